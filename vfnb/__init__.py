@@ -1,0 +1,7 @@
+"""vfnb: vertebral fracture grading from CT with supervised contrastive learning.
+
+The helper package of the "Faint Features Tell" reproducible study. Heavy code
+lives here; the notebooks in ``notebooks/`` call it.
+"""
+
+__version__ = "0.1.0"

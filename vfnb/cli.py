@@ -1,0 +1,158 @@
+"""The ``vfnb`` command: thin wrappers over the package API.
+
+Each sub-command parses its arguments and calls one function; errors the user
+can fix (:class:`vfnb.errors.VfnbError`) print ``error: ...`` and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import VfnbError
+
+SYNTH_HELP = (
+    "Generate SynthSpine, a SYNTHETIC spine CT dataset (original layout: img/, seg/, "
+    "annotation.yaml, synth_truth.csv). It models vertebral bodies with cortical shell and "
+    "trabecular texture, posterior elements, discs, kyphosis/lordosis, body contour, bone "
+    "density classes, Genant-graded wedge/biconcave/crush fractures, partial-volume blur, "
+    "noise and varied scanner orientations. It does NOT model metal, degenerative disease, "
+    "other pathology or scanner artefacts beyond noise and blur. Results on it are results "
+    "on synthetic data."
+)
+
+
+def _cmd_synth(a):
+    from .data.synth import generate_dataset
+
+    out = generate_dataset(a.out, cases=a.cases, seed=a.seed, workers=a.workers, overwrite=a.overwrite)
+    print(f"wrote {out}")
+
+
+def _cmd_preprocess(a):
+    from .data.preprocess import preprocess_dataset
+
+    out = preprocess_dataset(a.original, a.processed, size=a.size, workers=a.workers, overwrite=a.overwrite)
+    print(f"wrote {out}")
+
+
+def _cmd_split(a):
+    from .data.split import split_dataset
+
+    split_dataset(a.processed, a.tag, folds=a.folds, val_fraction=a.val_fraction,
+                  test_fraction=a.test_fraction, seed=a.seed)
+
+
+def _cmd_check(a):
+    from .data.check import check_dataset
+
+    report = check_dataset(a.dataset)
+    print(report.summary_text())
+    return 1 if report.errors else 0
+
+
+def _cmd_import_verse(a):
+    from .data.verse import import_verse
+
+    out = import_verse(a.verse_root, a.grades, a.out, overwrite=a.overwrite)
+    print(f"wrote {out}")
+
+
+def _cmd_train(a):
+    from .train import train_from_cli
+
+    train_from_cli(a.params, a.param, a.out, resume=a.resume)
+
+
+def _cmd_predict(a):
+    from .predict import predict_scan_cli
+
+    predict_scan_cli(a.ct, a.seg, a.checkpoint, a.out, device=a.device)
+
+
+def _cmd_study(a):
+    from .study import run_study
+
+    run_study(a.params, a.param, a.out, overwrite=a.overwrite)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vfnb", description="Vertebral fracture grading with supervised contrastive learning.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="generate the SynthSpine synthetic dataset", description=SYNTH_HELP)
+    s.add_argument("out", type=Path)
+    s.add_argument("--cases", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=_cmd_synth)
+
+    s = sub.add_parser("preprocess", help="original layout -> per-vertebra patches (processed layout)")
+    s.add_argument("original", type=Path)
+    s.add_argument("processed", type=Path)
+    s.add_argument("--size", type=int, default=128, help="in-plane patch size in voxels (default 128)")
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=_cmd_preprocess)
+
+    s = sub.add_parser("split", help="patient-grouped, grade-stratified train/val/test lists")
+    s.add_argument("processed", type=Path)
+    s.add_argument("--tag", required=True)
+    s.add_argument("--folds", type=int, default=1, help="k > 1 writes TAG-f0 .. TAG-f{k-1}")
+    s.add_argument("--val-fraction", type=float, default=0.2)
+    s.add_argument("--test-fraction", type=float, default=0.2, help="used when --folds 1")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_split)
+
+    s = sub.add_parser("check", help="validate an original or processed dataset and summarise it")
+    s.add_argument("dataset", type=Path)
+    s.set_defaults(func=_cmd_check)
+
+    s = sub.add_parser("import-verse", help="VerSe release + grade table -> original layout")
+    s.add_argument("verse_root", type=Path)
+    s.add_argument("grades", type=Path, help="wide spreadsheet (CSV/XLSX, <Level>_fx-g columns) or long CSV subject,level,grade")
+    s.add_argument("out", type=Path)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=_cmd_import_verse)
+
+    s = sub.add_parser("train", help="train a model (supcon, linear, finetune, joint, ce)")
+    s.add_argument("--params", type=Path, action="append", default=[], help="YAML parameter file (repeatable)")
+    s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--out", type=Path, help="run folder (default: from params)")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("predict", help="grade every vertebra of one CT with a checkpoint")
+    s.add_argument("--ct", type=Path, required=True)
+    s.add_argument("--seg", type=Path, required=True)
+    s.add_argument("--checkpoint", type=Path, required=True)
+    s.add_argument("--out", type=Path, help="CSV table (default: print)")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=_cmd_predict)
+
+    s = sub.add_parser("study", help="run the study notebooks with papermill and render the report")
+    s.add_argument("--params", type=Path, action="append", default=[], required=True)
+    s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=_cmd_study)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except VfnbError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

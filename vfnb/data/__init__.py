@@ -1,0 +1,1 @@
+"""Data: formats (original, processed, VerSe), checks, pre-processing, splits, SynthSpine, transforms, sampling."""
