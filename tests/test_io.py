@@ -1,0 +1,72 @@
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from vfnb.errors import DatasetError, VfnbError
+from vfnb.io import atomic_write_text, load_nifti, load_yaml, output_folder, safe_member, save_nifti
+
+
+def test_safe_member_refuses_escapes(tmp_path):
+    assert safe_member(tmp_path, "a_1_0.nii.gz") == tmp_path / "a_1_0.nii.gz"
+    for bad in ("../x.nii.gz", "/etc/passwd", "sub/a.nii.gz", "..", "a\\b", "", None, 3):
+        with pytest.raises(DatasetError) as info:
+            safe_member(tmp_path, bad, "list entry")
+        assert str(tmp_path) in str(info.value)
+
+
+def test_load_yaml_refuses_python_tags(tmp_path):
+    path = tmp_path / "train_file_list.t.yaml"
+    path.write_text("- !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(DatasetError, match="train_file_list.t.yaml.*tag"):
+        load_yaml(path)
+    path.write_text("a: [1, 2\n")
+    with pytest.raises(DatasetError, match="not valid YAML"):
+        load_yaml(path)
+
+
+def test_nifti_round_trip_and_truncation(tmp_path):
+    data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    path = save_nifti(tmp_path / "ct.nii.gz", data, affine)
+    back, aff, _ = load_nifti(path)
+    np.testing.assert_array_equal(back, data)
+    np.testing.assert_allclose(aff, affine)
+    assert back.dtype == np.int16
+    raw = path.read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DatasetError, match="cut.nii.gz.*corrupt or truncated"):
+        load_nifti(tmp_path / "cut.nii.gz")
+    (tmp_path / "junk.nii.gz").write_bytes(gzip.compress(b"not a nifti"))
+    with pytest.raises(DatasetError, match="junk.nii.gz"):
+        load_nifti(tmp_path / "junk.nii.gz")
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
+
+
+def test_output_folder_is_atomic_and_refuses_existing(tmp_path):
+    out = tmp_path / "out"
+    with output_folder(out) as staging:
+        (staging / "a.txt").write_text("1")
+        assert not out.exists()
+    assert (out / "a.txt").read_text() == "1"
+    with pytest.raises(VfnbError, match="already exists"):
+        with output_folder(out):
+            pass
+    with pytest.raises(RuntimeError):
+        with output_folder(out, overwrite=True) as staging:
+            (staging / "b.txt").write_text("2")
+            raise RuntimeError("boom")
+    # a failed rebuild leaves the previous output untouched and no staging debris
+    assert (out / "a.txt").read_text() == "1" and not (out / "b.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with output_folder(out, overwrite=True) as staging:
+        (staging / "b.txt").write_text("2")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    path = atomic_write_text(tmp_path / "m.json", "old")
+    atomic_write_text(path, "new")
+    assert path.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
