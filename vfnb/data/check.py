@@ -1,0 +1,348 @@
+"""Validate a dataset folder, original or processed layout, and summarise it.
+
+``check_dataset(root)`` tells the layout apart (``annotation.yaml`` -> original;
+``img/`` + ``seg/`` or ``<split>_file_list.<tag>.yaml`` -> processed), then collects
+*every* problem it finds, each one line naming the file and what was expected:
+
+errors
+    list entries with a path component or a name that does not parse; YAML with
+    Python tags or not of the expected shape; labels outside 1-28 / grades outside
+    0-3; corrupt or truncated NIfTI (every file is decompressed in full, once);
+    image/mask shape or affine mismatch (affine tolerance 1e-3 mm); list entries
+    with no file; a CT in two lists of one tag (patient leakage); annotated
+    cases whose image or label map is missing; label-map values outside 0-28.
+warnings
+    (original) graded labels absent from the label map, labels in the map but not
+    graded, CTs in ``img/`` that are not annotated; (processed) empty or non-binary
+    masks, a tag without a train or test list, no lists at all.
+
+``require_valid(root)`` raises :class:`DatasetError` listing the errors; every
+command that reads a dataset calls it first.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DatasetError
+from ..io import NIFTI_SUFFIX, load_yaml, strip_nifti_suffix
+from ..levels import GRADES, LEVEL_NAMES, MAX_LABEL, level_name, spine_order
+from .original import ANNOTATION_FILE, scan_original
+from .processed import (LIST_INFIX, LIST_SUFFIX, SPLITS, parse_list_filename, parse_patch_name,
+                        validate_list_entries)
+
+AFFINE_TOLERANCE_MM = 1e-3
+_CHUNK = 1 << 22
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check_dataset` found.
+
+    ``grade_counts[label][grade]``: vertebrae per level and Genant grade;
+    ``list_counts[tag][split][grade]``: listed vertebrae per grade (processed only);
+    ``list_cts[tag][split]``: number of CTs (image ids) per list.
+    """
+
+    root: Path
+    kind: str = "unknown"  # "original" | "processed" | "unknown"
+    errors: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    cases: int = 0
+    vertebrae: int = 0
+    grade_counts: dict = field(default_factory=lambda: defaultdict(Counter))
+    list_counts: dict = field(default_factory=dict)
+    list_cts: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def summary_text(self) -> str:
+        lines = [f"dataset: {self.root} ({self.kind} layout)",
+                 f"cases (CTs): {self.cases}    vertebrae: {self.vertebrae}"]
+        if self.grade_counts:
+            lines += ["", "vertebrae per level and Genant grade:", _grade_table(self.grade_counts)]
+        for tag in sorted(self.list_counts):
+            lines += ["", f"lists of tag {tag!r} (vertebrae per grade):"]
+            header = f"  {'list':<6}{'CTs':>6}" + "".join(f"{'g' + str(g):>7}" for g in GRADES) + f"{'total':>8}"
+            lines.append(header)
+            for split, counts in self.list_counts[tag].items():
+                cts = self.list_cts.get(tag, {}).get(split, 0)
+                lines.append(f"  {split:<6}{cts:>6}" + "".join(f"{counts.get(g, 0):>7}" for g in GRADES)
+                             + f"{sum(counts.values()):>8}")
+        lines.append("")
+        # one line per problem, whatever a library put in its message
+        lines += [f"warning: {_one_line(w)}" for w in self.warnings]
+        lines += [f"error: {_one_line(e)}" for e in self.errors]
+        if self.errors:
+            lines.append(f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)")
+        else:
+            lines.append(f"ok: no errors, {len(self.warnings)} warning(s)")
+        return "\n".join(lines)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _grade_table(grade_counts) -> str:
+    rows = [f"  {'level':<7}" + "".join(f"{'g' + str(g):>7}" for g in GRADES) + f"{'total':>8}"]
+    totals = Counter()
+    for label in sorted(grade_counts, key=spine_order):
+        counts = grade_counts[label]
+        totals.update(counts)
+        rows.append(f"  {level_name(label):<7}" + "".join(f"{counts.get(g, 0):>7}" for g in GRADES)
+                    + f"{sum(counts.values()):>8}")
+    rows.append(f"  {'total':<7}" + "".join(f"{totals.get(g, 0):>7}" for g in GRADES) + f"{sum(totals.values()):>8}")
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------- NIfTI reading
+def _nifti_from_bytes(raw: bytes):
+    import nibabel as nib
+
+    try:
+        return nib.Nifti1Image.from_bytes(raw)
+    except Exception:
+        return nib.Nifti2Image.from_bytes(raw)
+
+
+def _read_nifti(path: Path, want_data: bool):
+    """``(shape, affine, data or None)``, decompressing the whole file exactly once.
+
+    With ``want_data`` the file is decompressed into memory and the array built
+    from those bytes; otherwise the stream is read in chunks and only counted, so
+    a large CT costs no memory. Either way a truncated gzip stream, a bad CRC or
+    too few voxel bytes raise :class:`DatasetError` naming the file.
+    """
+    import nibabel as nib
+
+    try:
+        if want_data:
+            if path.name.endswith(".gz"):
+                with gzip.open(path, "rb") as f:
+                    raw = f.read()
+            else:
+                raw = path.read_bytes()
+            img = _nifti_from_bytes(raw)
+            data = np.asanyarray(img.dataobj)
+        else:
+            img = nib.load(str(path))  # header only
+            expected = int(img.header.get_data_offset()) + \
+                math.prod(img.shape) * img.header.get_data_dtype().itemsize
+            opener = gzip.open if path.name.endswith(".gz") else open
+            size = 0
+            with opener(path, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    size += len(chunk)
+            if size < expected:
+                raise EOFError(f"{size} bytes of data, the header needs {expected}")
+            data = None
+        shape = tuple(int(s) for s in img.shape)
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except Exception as exc:  # gzip, zlib, nibabel and numpy each raise their own types
+        raise DatasetError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc}); "
+                           "expected a complete NIfTI file (is it corrupt or truncated?)") from None
+    return shape, affine, data
+
+
+def _compare_geometry(image_path, image_geo, mask_path, mask_geo, errors) -> None:
+    (shape_i, affine_i), (shape_m, affine_m) = image_geo, mask_geo
+    if len(shape_i) != 3:
+        errors.append(f"{image_path}: image has shape {shape_i} (expected a 3-D volume)")
+    if shape_i != shape_m:
+        errors.append(f"{mask_path}: shape {shape_m} differs from its image {image_path.name} {shape_i} "
+                      "(expected the same voxel grid)")
+    elif not np.allclose(affine_i, affine_m, rtol=0.0, atol=AFFINE_TOLERANCE_MM):
+        worst = float(np.max(np.abs(affine_i - affine_m)))
+        errors.append(f"{mask_path}: affine differs from its image {image_path.name} by up to {worst:.4g} mm "
+                      f"(expected the same affine within {AFFINE_TOLERANCE_MM} mm)")
+
+
+# ---------------------------------------------------------------- layouts
+def detect_layout(root) -> str:
+    """``"original"`` (has annotation.yaml), ``"processed"`` (img/+seg/ or list files) or ``"unknown"``."""
+    root = Path(root)
+    if (root / ANNOTATION_FILE).is_file():
+        return "original"
+    if any(parse_list_filename(p.name) for p in root.glob(f"*{LIST_INFIX}*{LIST_SUFFIX}")):
+        return "processed"
+    if (root / "img").is_dir() and (root / "seg").is_dir():
+        return "processed"
+    return "unknown"
+
+
+def check_dataset(root) -> CheckReport:
+    """Check an original- or processed-layout folder; never raises for dataset problems."""
+    root = Path(root)
+    report = CheckReport(root=root)
+    if not root.is_dir():
+        report.errors.append(f"{root}: dataset folder not found")
+        return report
+    report.kind = detect_layout(root)
+    if report.kind == "original":
+        _check_original(root, report)
+    elif report.kind == "processed":
+        _check_processed(root, report)
+    else:
+        report.errors.append(f"{root}: not a dataset (expected {ANNOTATION_FILE} with img/ and seg/ "
+                             "for the original layout, or img/, seg/ and <split>_file_list.<tag>.yaml "
+                             "for the processed layout)")
+    return report
+
+
+def require_valid(root) -> CheckReport:
+    """Run :func:`check_dataset`; raise :class:`DatasetError` listing every error, else return the report."""
+    report = check_dataset(root)
+    if report.errors:
+        raise DatasetError(f"{root}: {len(report.errors)} problem(s) in the dataset "
+                           f"(run `vfnb check {root}` for the full report):\n  " + "\n  ".join(report.errors))
+    return report
+
+
+def _nifti_names(folder: Path) -> set[str]:
+    if not folder.is_dir():
+        return set()
+    # hidden names are temporary files of atomic writes in progress
+    return {p.name for p in folder.glob("*" + NIFTI_SUFFIX) if not p.name.startswith(".")}
+
+
+def _check_original(root: Path, report: CheckReport) -> None:
+    cases, problems = scan_original(root)
+    report.errors.extend(problems)
+    annotated = {c.case_id for c in cases}
+    annotation = root / ANNOTATION_FILE
+    for name in sorted(_nifti_names(root / "img")):
+        if strip_nifti_suffix(name) not in annotated and not any(
+                f"{annotation}: {strip_nifti_suffix(name)}" in p for p in problems):
+            report.warnings.append(f"{root / 'img' / name}: CT is not in {ANNOTATION_FILE} (it will be ignored)")
+    for case in cases:
+        report.cases += 1
+        for label, grade in case.grades.items():
+            report.grade_counts[label][grade] += 1
+            report.vertebrae += 1
+        try:
+            ct_shape, ct_affine, _ = _read_nifti(case.image_path, want_data=False)
+            seg_shape, seg_affine, seg = _read_nifti(case.seg_path, want_data=True)
+        except DatasetError as exc:
+            report.errors.append(str(exc))
+            continue
+        _compare_geometry(case.image_path, (ct_shape, ct_affine), case.seg_path, (seg_shape, seg_affine),
+                          report.errors)
+        values = np.unique(seg)
+        bad = [v for v in values.tolist() if not (math.isfinite(v) and v == int(v) and 0 <= v <= MAX_LABEL)]
+        if bad:
+            report.errors.append(f"{case.seg_path}: label map holds values {bad[:5]} "
+                                 f"(expected integers 0-{MAX_LABEL}: 0 background, VerSe labels 1-28)")
+            continue
+        present = {int(v) for v in values.tolist() if v != 0}
+        where = f"{annotation}: {case.case_id}"
+        missing = sorted(set(case.grades) - present, key=spine_order)
+        if missing:
+            report.warnings.append(f"{where}: graded vertebrae {_levels(missing)} are absent from "
+                                   f"the label map {case.seg_path.name} (they will be skipped)")
+        ungraded = sorted((present - set(case.grades)) & set(LEVEL_NAMES) - {26, 27}, key=spine_order)
+        if ungraded:
+            report.warnings.append(f"{where}: vertebrae {_levels(ungraded)} in the label map "
+                                   f"{case.seg_path.name} have no grade (they will be skipped)")
+
+
+def _levels(labels) -> str:
+    return ", ".join(f"{level_name(l)} ({l})" for l in labels)
+
+
+def _check_processed(root: Path, report: CheckReport) -> None:
+    img_dir, seg_dir = root / "img", root / "seg"
+    for folder in (img_dir, seg_dir):
+        if not folder.is_dir():
+            report.errors.append(f"{root}: no {folder.name}/ folder (expected the processed layout: "
+                                 "img/, seg/, <split>_file_list.<tag>.yaml)")
+    img_names, seg_names = _nifti_names(img_dir), _nifti_names(seg_dir)
+    patches = {}
+    for name in sorted(img_names):
+        try:
+            patches[name] = parse_patch_name(name, where=str(img_dir))
+        except DatasetError as exc:
+            report.errors.append(str(exc))
+    for name in sorted(seg_names - img_names):
+        report.errors.append(f"{seg_dir / name}: mask has no image img/{name} (expected a pair)")
+    report.cases = len({p.image_id for p in patches.values()})
+    report.vertebrae = len(patches)
+    for name, patch in patches.items():
+        report.grade_counts[patch.label][patch.grade] += 1
+        image_path, mask_path = img_dir / name, seg_dir / name
+        if name not in seg_names:
+            report.errors.append(f"{image_path}: image has no mask seg/{name} (expected a pair)")
+            continue
+        try:
+            image_shape, image_affine, _ = _read_nifti(image_path, want_data=False)
+        except DatasetError as exc:
+            report.errors.append(str(exc))
+            image_shape = None
+        try:
+            mask_shape, mask_affine, mask = _read_nifti(mask_path, want_data=True)
+        except DatasetError as exc:
+            report.errors.append(str(exc))
+            continue
+        if image_shape is not None:
+            _compare_geometry(image_path, (image_shape, image_affine), mask_path, (mask_shape, mask_affine),
+                              report.errors)
+        if not np.any(mask):
+            report.warnings.append(f"{mask_path}: mask is empty (expected the vertebra's voxels set to 1)")
+        elif not np.all((mask == 0) | (mask == 1)):
+            report.warnings.append(f"{mask_path}: mask is not binary (expected 0/1; nonzero is read as the vertebra)")
+    _check_lists(root, img_names, seg_names, report)
+
+
+def _check_lists(root: Path, img_names: set, seg_names: set, report: CheckReport) -> None:
+    lists_by_tag: dict[str, dict[str, list[str]]] = defaultdict(dict)
+    for path in sorted(root.glob(f"*{LIST_INFIX}*{LIST_SUFFIX}")):
+        parsed = parse_list_filename(path.name)
+        if parsed is None:
+            report.warnings.append(f"{path}: not a list name vfnb reads "
+                                   f"(expected <split>_file_list.<tag>.yaml with split one of {', '.join(SPLITS)})")
+            continue
+        split, tag = parsed
+        try:
+            data = load_yaml(path)
+        except DatasetError as exc:
+            report.errors.append(str(exc))
+            lists_by_tag[tag][split] = []
+            continue
+        names, problems = validate_list_entries(path, data)
+        report.errors.extend(problems)
+        for name in names:
+            for sub, present in (("img", img_names), ("seg", seg_names)):
+                if name not in present:
+                    report.errors.append(f"{path}: lists {name!r} but {sub}/{name} does not exist")
+        lists_by_tag[tag][split] = names
+    if not lists_by_tag:
+        report.warnings.append(f"{root}: no <split>_file_list.<tag>.yaml lists (run `vfnb split`)")
+    for tag, lists in sorted(lists_by_tag.items()):
+        for split in ("train", "test"):
+            if split not in lists:
+                report.warnings.append(f"{root / f'{split}_file_list.{tag}.yaml'}: missing (tag {tag!r} has "
+                                       f"{', '.join(sorted(lists))} only)")
+        splits_of_ct: dict[str, list[str]] = defaultdict(list)
+        report.list_counts[tag], report.list_cts[tag] = {}, {}
+        for split in SPLITS:
+            if split not in lists:
+                continue
+            parsed = [parse_patch_name(n) for n in lists[split]]
+            report.list_counts[tag][split] = Counter(p.grade for p in parsed)
+            image_ids = sorted({p.image_id for p in parsed})
+            report.list_cts[tag][split] = len(image_ids)
+            for image_id in image_ids:
+                splits_of_ct[image_id].append(split)
+        for image_id, splits in sorted(splits_of_ct.items()):
+            if len(splits) > 1:
+                files = " and ".join(f"{s}_file_list.{tag}.yaml" for s in splits)
+                report.errors.append(f"{root}: CT {image_id!r} appears in {files} (patient leakage: "
+                                     "expected all vertebrae of one CT in one list)")

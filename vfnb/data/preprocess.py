@@ -1,0 +1,541 @@
+"""Pre-processing (REFERENCE 1.2): full CT scans + label maps -> per-vertebra patches.
+
+Geometry
+--------
+Every patch is sampled in one canonical frame, whatever the source header says
+(RAS, LPS, permuted axes, slightly oblique directions): the patch axis convention
+of ``docs/ARCHITECTURE.md``, arrays ``[X, Y, Z]`` in RAS+ with axis 0 running
+right-ward, axis 1 posterior -> anterior and axis 2 inferior -> superior (the
+vertebral body height lies along axis 2).
+
+For each vertebra label:
+
+1. **World box.** The label's voxels (in the label map's own grid) are carried
+   through the label map's affine. The box is the tight bounding box, aligned with
+   the RAS world axes, of the union of those voxel *cells* (each voxel is a
+   parallelepiped spanning +-1/2 voxel around its centre), in mm.
+2. **Square in-plane.** The shorter of the two in-plane extents (X, Y) is widened
+   symmetrically about the box centre so the in-plane box is square, of side
+   ``s`` mm.
+3. **Isotropic grid.** Output spacing ``d = s / size`` mm along all three axes;
+   ``N = max(1, round(z extent / d))`` slices, centred on the box along Z. The
+   patch is ``size x size x N`` voxels, isotropic in mm. Patch voxel ``(i, j, k)``
+   is the centre of a cell of the box, so the patch affine is
+   ``diag(d, d, d)`` with translation ``box minimum + d / 2``.
+4. **One interpolation.** Each patch voxel centre is mapped patch voxel -> world
+   (patch affine) -> source voxel (inverse source affine) and sampled directly from
+   the source with :func:`scipy.ndimage.map_coordinates`: the CT with a cubic
+   B-spline (order 3), the mask as ``label map == label`` with nearest neighbour
+   (order 0). This equals the study's "align to identity direction, crop, zoom"
+   chain (image cubic, mask order 0) without the intermediate resampling, and is
+   exact for any orientation. Points outside the scan's voxel cells get
+   -1024 HU (air) in the image and 0 in the mask.
+
+The spline prefilter and the sampling are restricted to the source sub-box
+covering the patch plus a margin of :data:`SPLINE_MARGIN` voxels (the prefilter's
+boundary effect decays as 0.27**n, below 0.1 HU at that margin), so a 512 x 512 x 300
+scan is never filtered as a whole.
+
+The image is rounded to int16 (clipped to the int16 range) and the mask stored
+as uint8 0/1 for that vertebra only. The CT and the label map are each sampled
+through their own affine, so a label map on a different grid still lines up in
+world space.
+
+Outputs
+-------
+:func:`preprocess_dataset` turns an original-layout dataset into the processed
+layout (REFERENCE 1.1)::
+
+    processed/
+      img/<case id>_<label>_<grade>.nii.gz   int16 HU patch, patch affine
+      seg/<case id>_<label>_<grade>.nii.gz   uint8 0/1 mask of that vertebra
+      patches.csv                            one row per patch (see PATCH_COLUMNS)
+      preprocess.json                        settings, counts and every warning
+
+No split lists are written here (``vfnb split`` does that).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import DatasetError, ParamsError
+from ..io import atomic_write_json, atomic_write_text, load_nifti, output_folder, save_nifti
+from ..levels import LEVEL_NAMES, MAX_LABEL, level_name, spine_order
+from .processed import patch_filename
+
+PAD_HU = -1024  # air: the value of patch voxels that fall outside the scan
+SPLINE_MARGIN = 8  # source voxels kept around the patch for the cubic prefilter
+MIN_VOLUME_MM3 = 1000.0  # below ~1 cm^3 a "vertebra" is most likely a stray fragment
+PATCH_COLUMNS = ("patch", "case", "label", "level", "grade", "source_spacing", "box",
+                 "patch_shape", "patch_spacing_mm", "warnings")
+
+Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+
+
+@dataclass
+class Patch:
+    """One vertebra sampled into the canonical patch frame.
+
+    - ``label``: VerSe vertebra label (1-28).
+    - ``image``: int16 HU, ``[size, size, N]`` (``[X, Y, Z]`` RAS+, isotropic voxels).
+    - ``mask``: uint8 0/1, same shape, 1 on that vertebra only.
+    - ``affine``: 4x4, patch voxel -> world RAS mm of the source scan.
+    - ``box``: the label's bounding box in source (label map) voxel indices,
+      ``((i0, i1), (j0, j1), (k0, k1))``, inclusive-exclusive per axis.
+    - ``spacing``: the source voxel spacing in mm, per source array axis.
+    - ``warnings``: human-readable notes (cut off at the scan border, fragments, ...).
+    """
+
+    label: int
+    image: np.ndarray
+    mask: np.ndarray
+    affine: np.ndarray
+    box: Box
+    spacing: tuple[float, float, float]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def patch_spacing_mm(self) -> float:
+        """Isotropic patch voxel size in mm."""
+        return float(self.affine[0, 0])
+
+    @property
+    def level(self) -> str:
+        return level_name(self.label)
+
+
+# ------------------------------------------------------------------ geometry
+def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm along each array axis (norms of the affine's columns)."""
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+
+
+def _world_box(voxels: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """RAS-aligned bounding box (mm) of the union of voxel cells ``voxels`` ``[3, n]``."""
+    rot, shift = affine[:3, :3], affine[:3, 3]
+    centres = rot @ voxels + shift[:, None]
+    # a voxel cell spans +-1/2 along each voxel axis: its half-extent along world axis d
+    half = 0.5 * np.abs(rot).sum(axis=1)
+    return centres.min(axis=1) - half, centres.max(axis=1) + half
+
+
+def patch_grid(world_lo: np.ndarray, world_hi: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Patch affine and shape for a world box: square in-plane, isotropic, ``[size, size, N]``.
+
+    ``world_lo`` / ``world_hi``: box corners in RAS mm. Returns ``(affine 4x4, shape)``.
+    """
+    lo, hi = np.asarray(world_lo, float), np.asarray(world_hi, float)
+    centre = (lo + hi) / 2.0
+    extent = hi - lo
+    side = float(max(extent[0], extent[1]))  # widen the shorter in-plane extent
+    step = side / size
+    slices = max(1, int(round(extent[2] / step)))
+    start = centre - np.array([side, side, slices * step]) / 2.0
+    affine = np.diag([step, step, step, 1.0])
+    affine[:3, 3] = start + step / 2.0  # voxel centres sit half a voxel inside the box
+    return affine, (int(size), int(size), slices)
+
+
+def sample_in_world(volume, volume_affine: np.ndarray, patch_affine: np.ndarray,
+                    shape: Sequence[int], order: int, fill: float,
+                    out_dtype=np.float32) -> tuple[np.ndarray, bool]:
+    """Sample ``volume`` ``[I, J, K]`` on the grid ``(patch_affine, shape)``.
+
+    Maps patch voxel -> world -> source voxel and interpolates as
+    :func:`scipy.ndimage.map_coordinates` does (``order`` 3: cubic B-spline with
+    prefilter; 0: nearest; edge mode ``"nearest"``) on the source sub-box that
+    covers the patch plus a margin. Points outside the source's voxel cells get
+    ``fill``. ``volume`` may be any object with ``.shape`` and 3D slicing.
+    Returns ``(array [shape] of out_dtype, whether any point fell outside)``.
+    """
+    shape = tuple(int(s) for s in shape)
+    to_source = np.linalg.inv(volume_affine) @ patch_affine
+    rot, shift = to_source[:3, :3], to_source[:3, 3]
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape], indexing="ij")).reshape(3, -1)
+    src_corners = rot @ corners + shift[:, None]
+    margin = SPLINE_MARGIN if order > 1 else 1
+    lo = np.maximum(np.floor(src_corners.min(axis=1)).astype(int) - margin, 0)
+    hi = np.minimum(np.ceil(src_corners.max(axis=1)).astype(int) + margin + 1, volume.shape)
+    if np.any(hi <= lo):  # the patch lies wholly outside the scan
+        return np.full(shape, fill, dtype=out_dtype), True
+    sub = volume[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    if order > 1:
+        sub = np.asarray(sub, dtype=np.float64)
+
+    source_axis = _axis_permutation(rot)
+    if source_axis is not None:
+        out, outside = _sample_separable(sub, lo, volume.shape, rot, shift, source_axis, shape, order)
+    else:
+        out, outside = _sample_general(sub, lo, volume.shape, rot, shift, shape, order)
+    any_outside = bool(outside.any())
+    out = np.ascontiguousarray(out, dtype=out_dtype)
+    if any_outside:
+        out[outside] = fill
+    return out, any_outside
+
+
+def _axis_permutation(rot: np.ndarray) -> tuple[int, int, int] | None:
+    """Source axis of each patch axis when ``rot`` is a signed, scaled permutation, else None."""
+    scale = np.abs(rot).max()
+    big = np.abs(rot) > 1e-6 * scale
+    if not np.all(big.sum(axis=0) == 1) or not np.all(big.sum(axis=1) == 1):
+        return None
+    return tuple(int(np.argmax(big[:, p])) for p in range(3))
+
+
+def _sample_separable(sub, lo, full_shape, rot, shift, source_axis, shape, order):
+    """Axis-aligned source (RAS, LPS, permuted axes): three 1-D interpolations.
+
+    The cubic B-spline (prefilter and basis, edge mode included) is a tensor
+    product, so sampling a separable grid equals three 1-D linear maps, one per
+    axis. Each 1-D map is obtained by applying scipy's own 1-D interpolation to
+    the unit vectors, so the result matches 3D ``map_coordinates`` (up to
+    rounding) at a fraction of its cost (4 instead of 64 taps per output voxel).
+    """
+    coords, outside_1d = [], []
+    for p in range(3):
+        s = source_axis[p]
+        c = rot[s, p] * np.arange(shape[p], dtype=np.float64) + shift[s]
+        outside_1d.append((c < -0.5) | (c > full_shape[s] - 0.5))
+        coords.append(c - lo[s])
+    outside = outside_1d[0][:, None, None] | outside_1d[1][None, :, None] | outside_1d[2][None, None, :]
+    block = np.transpose(sub, source_axis)  # source axes in patch-axis order
+    if order == 0:
+        index = [np.clip(np.floor(c + 0.5).astype(np.intp), 0, n - 1) for c, n in zip(coords, block.shape)]
+        return block[np.ix_(*index)], outside
+    out = block
+    # shrink first: contract the axes in order of output/input length (cheapest chain)
+    for p in sorted(range(3), key=lambda axis: shape[axis] / block.shape[axis]):
+        weights = _interpolation_matrix(coords[p], block.shape[p], order)  # [shape[p], n_source]
+        out = np.moveaxis(np.tensordot(weights, out, axes=(1, p)), 0, p)
+    return out, outside
+
+
+def _interpolation_matrix(coords: np.ndarray, n: int, order: int) -> np.ndarray:
+    """``[len(coords), n]`` matrix of scipy's 1-D spline interpolation (linear in the data).
+
+    Column ``a`` is the 1-D interpolation of the unit vector ``e_a`` at ``coords``.
+    All columns come from one 2-D call on the identity matrix sampled at integer
+    positions along its second axis, where an interpolating spline returns the data
+    exactly, so only the first axis is interpolated.
+    """
+    rows = np.broadcast_to(np.asarray(coords, dtype=np.float64)[:, None], (coords.size, n))
+    cols = np.broadcast_to(np.arange(n, dtype=np.float64)[None, :], (coords.size, n))
+    return ndimage.map_coordinates(np.eye(n), [rows, cols], order=order, mode="nearest")
+
+
+def _sample_general(sub, lo, full_shape, rot, shift, shape, order):
+    """Oblique source: full 3D ``map_coordinates`` (64 taps per output voxel for cubic)."""
+    idx = [np.arange(n, dtype=np.float64) for n in shape]
+    coords = np.empty((3,) + shape, dtype=np.float64)
+    outside = np.zeros(shape, dtype=bool)
+    for d in range(3):
+        # source coordinate along axis d, built by broadcasting (no [3, n] index matrix)
+        c = (rot[d, 0] * idx[0][:, None, None] + rot[d, 1] * idx[1][None, :, None]
+             + rot[d, 2] * idx[2][None, None, :] + shift[d])
+        outside |= (c < -0.5) | (c > full_shape[d] - 0.5)
+        coords[d] = c - lo[d]
+    out = ndimage.map_coordinates(sub, coords, order=order, mode="nearest", prefilter=order > 1,
+                                  output=np.float64 if order > 1 else sub.dtype)
+    return out, outside
+
+
+def _to_int16(hu: np.ndarray) -> np.ndarray:
+    info = np.iinfo(np.int16)
+    return np.clip(np.rint(hu), info.min, info.max).astype(np.int16)
+
+
+# ------------------------------------------------------------------ label maps
+def _as_label_map(seg: np.ndarray, where: str) -> np.ndarray:
+    """Validate a label map and return it as uint8 (VerSe labels 0-28)."""
+    seg = np.asarray(seg)
+    if seg.ndim != 3:
+        raise DatasetError(f"{where}: label map has {seg.ndim} dimensions; expected a 3D volume")
+    if seg.dtype.kind == "f":
+        if not np.all(np.isfinite(seg)) or not np.array_equal(seg, np.round(seg)):
+            raise DatasetError(f"{where}: label map holds non-integer values; expected integer VerSe labels 0-{MAX_LABEL}")
+    elif seg.dtype.kind not in "iub":
+        raise DatasetError(f"{where}: label map has data type {seg.dtype}; expected integer VerSe labels")
+    low, high = (seg.min(), seg.max()) if seg.size else (0, 0)
+    if low < 0 or high > MAX_LABEL:
+        bad = (low if low < 0 else high).item()
+        raise DatasetError(f"{where}: label map holds the value {bad:g}; expected VerSe labels 0-{MAX_LABEL} (0 = background)")
+    return seg.astype(np.uint8, copy=False)
+
+
+def label_boxes(label_map: np.ndarray) -> dict[int, Box]:
+    """``{label: ((i0, i1), (j0, j1), (k0, k1))}`` for every non-zero label present.
+
+    ``find_objects`` visits every voxel in a slow generic loop, so it runs only on
+    the box around all non-zero voxels (found with two fast projections): the
+    spine fills a few percent of a CT volume.
+    """
+    in_plane = label_map.any(axis=2)
+    if not in_plane.any():
+        return {}
+    xs, ys = np.nonzero(in_plane.any(axis=1))[0], np.nonzero(in_plane.any(axis=0))[0]
+    x0, x1, y0, y1 = xs[0], xs[-1] + 1, ys[0], ys[-1] + 1
+    zs = np.nonzero(label_map[x0:x1, y0:y1].any(axis=(0, 1)))[0]
+    z0, z1 = zs[0], zs[-1] + 1
+    offset = (int(x0), int(y0), int(z0))
+    slices = ndimage.find_objects(label_map[x0:x1, y0:y1, z0:z1])
+    return {index + 1: tuple((int(s.start) + o, int(s.stop) + o) for s, o in zip(sl, offset))
+            for index, sl in enumerate(slices) if sl is not None}
+
+
+# ------------------------------------------------------------------ extraction
+def extract_patches_from_arrays(image: np.ndarray, label_map: np.ndarray, affine: np.ndarray,
+                                size: int = 128, labels: Iterable[int] | None = None,
+                                seg_affine: np.ndarray | None = None, where: str = "scan") -> list[Patch]:
+    """Per-vertebra patches from in-memory arrays (what ``vfnb predict`` uses).
+
+    ``image``: CT in HU, any 3D shape/dtype, with ``affine`` (voxel -> world RAS mm).
+    ``label_map``: VerSe labels 0-28, with ``seg_affine`` (default: ``affine``; then
+    its shape must equal the image's). ``labels``: which vertebrae (default: every
+    label present, in spine order); a requested label absent from the map raises
+    :class:`DatasetError`. ``where`` names the scan in messages.
+    Returns one :class:`Patch` per label, ``[size, size, N]``.
+    """
+    if not isinstance(size, (int, np.integer)) or size < 2:
+        raise ParamsError(f"patch size {size!r} is not valid; expected an integer >= 2 voxels")
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise DatasetError(f"{where}: CT has {image.ndim} dimensions; expected a 3D volume")
+    affine = np.asarray(affine, dtype=np.float64)
+    seg_affine = affine if seg_affine is None else np.asarray(seg_affine, dtype=np.float64)
+    for name, a in (("CT", affine), ("label map", seg_affine)):
+        if a.shape != (4, 4) or not np.all(np.isfinite(a)) or abs(np.linalg.det(a[:3, :3])) < 1e-9:
+            raise DatasetError(f"{where}: {name} affine is not an invertible 4x4 matrix")
+    label_map = _as_label_map(label_map, where)
+    if seg_affine is affine and label_map.shape != image.shape:
+        raise DatasetError(f"{where}: label map shape {label_map.shape} differs from CT shape {image.shape}")
+
+    boxes = label_boxes(label_map)
+    if labels is None:
+        wanted = sorted(boxes, key=spine_order)
+    else:
+        wanted = [int(label) for label in labels]
+        missing = [label for label in wanted if label not in boxes]
+        if missing:
+            raise DatasetError(f"{where}: label(s) {missing} not found in the label map (present: {sorted(boxes)})")
+
+    grid_notes = []
+    if seg_affine is not affine and not np.allclose(seg_affine, affine, atol=1e-3):
+        grid_notes.append("label map affine differs from the CT affine; each was sampled through its own")
+    seg_spacing = voxel_spacing(seg_affine)
+    voxel_volume = float(abs(np.linalg.det(seg_affine[:3, :3])))
+    patches = []
+    for label in wanted:
+        box = boxes[label]
+        region = tuple(slice(a, b) for a, b in box)
+        in_region = label_map[region] == label
+        voxels = np.array(np.nonzero(in_region), dtype=np.float64) + np.array([a for a, _ in box], float)[:, None]
+        world_lo, world_hi = _world_box(voxels, seg_affine)
+        patch_affine, shape = patch_grid(world_lo, world_hi, size)
+
+        notes = []
+        cut = [axis for axis, (a, b) in enumerate(box) if a == 0 or b == label_map.shape[axis]]
+        if cut:
+            notes.append(f"touches the scan border along source axis {cut}: the vertebra may be cut off")
+        pieces = ndimage.label(in_region)[1]
+        if pieces > 1:
+            notes.append(f"label map holds {pieces} separate pieces of this label; the patch box covers all of them")
+        volume_mm3 = voxels.shape[1] * voxel_volume
+        if volume_mm3 < MIN_VOLUME_MM3:
+            notes.append(f"only {volume_mm3:.0f} mm^3 of this label (< {MIN_VOLUME_MM3:.0f}): likely a fragment")
+
+        hu, outside = sample_in_world(image, affine, patch_affine, shape, order=3, fill=PAD_HU)
+        if outside:
+            notes.append(f"patch extends beyond the scan; padded with {PAD_HU} HU")
+        notes.extend(grid_notes)
+        mask, _ = sample_in_world(_LabelView(label_map, label), seg_affine, patch_affine, shape,
+                                  order=0, fill=0, out_dtype=np.uint8)
+        patches.append(Patch(label=label, image=_to_int16(hu), mask=mask, affine=patch_affine,
+                             box=box, spacing=seg_spacing, warnings=notes))
+    return patches
+
+
+class _LabelView:
+    """``label_map == label`` computed lazily on the slices that are read (no full-size copy)."""
+
+    def __init__(self, label_map: np.ndarray, label: int):
+        self.label_map, self.label = label_map, label
+        self.shape = label_map.shape
+
+    def __getitem__(self, region):
+        return (self.label_map[region] == self.label).astype(np.uint8)
+
+
+def extract_patches(ct_path: str | os.PathLike, seg_path: str | os.PathLike, size: int = 128,
+                    labels: Iterable[int] | None = None) -> list[Patch]:
+    """Per-vertebra patches of one scan on disk (CT NIfTI + VerSe label map NIfTI).
+
+    See the module docstring for the geometry. ``labels`` defaults to every label
+    in the map. Returns a list of :class:`Patch` (image int16 ``[size, size, N]``).
+    """
+    image, affine, _ = load_nifti(ct_path)
+    seg, seg_affine, _ = load_nifti(seg_path)
+    if seg.shape != image.shape:
+        raise DatasetError(f"{seg_path}: label map shape {seg.shape} differs from the CT {ct_path} shape {image.shape}")
+    if image.dtype.kind not in "iuf":
+        raise DatasetError(f"{ct_path}: CT has data type {image.dtype}; expected numeric HU values")
+    return extract_patches_from_arrays(image, seg, affine, size=size, labels=labels,
+                                       seg_affine=seg_affine, where=str(seg_path))
+
+
+# ------------------------------------------------------------------ datasets
+def _fmt_floats(values: Iterable[float]) -> str:
+    return json.dumps([round(float(v), 4) for v in values])
+
+
+def _process_case(case_id: str, ct_path: str, seg_path: str, grades: dict[int, int],
+                  staging: str, size: int) -> dict:
+    """Worker: all graded vertebrae of one scan -> patch files in ``staging``.
+
+    Returns ``{"rows": [patches.csv rows], "warnings": [{case, label, level, message}]}``
+    (metadata only: the arrays never travel between processes).
+    """
+    image, affine, _ = load_nifti(ct_path)
+    seg, seg_affine, _ = load_nifti(seg_path)
+    if seg.shape != image.shape:
+        raise DatasetError(f"{seg_path}: label map shape {seg.shape} differs from the CT {ct_path} shape {image.shape}")
+    if image.dtype.kind not in "iuf":
+        raise DatasetError(f"{ct_path}: CT has data type {image.dtype}; expected numeric HU values")
+    seg = _as_label_map(seg, seg_path)
+    present = set(label_boxes(seg))
+    graded = {int(label): int(grade) for label, grade in grades.items()}
+
+    warnings = []
+    for label in sorted(present - set(graded), key=spine_order):
+        warnings.append({"case": case_id, "label": label, "level": level_name(label),
+                         "message": f"label {label} ({level_name(label)}) is in the label map {seg_path} but not graded; no patch"})
+    for label in sorted(set(graded) - present, key=spine_order):
+        level = LEVEL_NAMES.get(label, "?")
+        warnings.append({"case": case_id, "label": label, "level": level,
+                         "message": f"label {label} ({level}) is graded but absent from the label map {seg_path}; no patch"})
+
+    labels = sorted(present & set(graded), key=spine_order)
+    patches = extract_patches_from_arrays(image, seg, affine, size=size, labels=labels,
+                                          seg_affine=seg_affine, where=str(seg_path))
+    del image, seg
+    rows = []
+    for patch in patches:
+        grade = graded[patch.label]
+        name = patch_filename(case_id, patch.label, grade)
+        save_nifti(Path(staging) / "img" / name, patch.image, patch.affine)
+        save_nifti(Path(staging) / "seg" / name, patch.mask, patch.affine)
+        for message in patch.warnings:
+            warnings.append({"case": case_id, "label": patch.label, "level": patch.level, "message": message})
+        rows.append({
+            "patch": name, "case": case_id, "label": patch.label, "level": patch.level, "grade": grade,
+            "source_spacing": _fmt_floats(patch.spacing),
+            "box": json.dumps([list(axis) for axis in patch.box]),
+            "patch_shape": json.dumps(list(patch.image.shape)),
+            "patch_spacing_mm": round(patch.patch_spacing_mm, 6),
+            "warnings": "; ".join(patch.warnings),
+        })
+    return {"rows": rows, "warnings": warnings}
+
+
+def _patches_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=PATCH_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _refuse_overlap(original: Path, processed: Path) -> None:
+    src, dst = original.resolve(), processed.resolve()
+    if dst == src or dst in src.parents or src in dst.parents:
+        raise ParamsError(f"{processed}: the output folder overlaps the input dataset {original} "
+                          "(it is, contains or lies inside it); choose a folder outside the input")
+
+
+def preprocess_dataset(original: str | os.PathLike, processed: str | os.PathLike, size: int = 128,
+                       workers: int = 1, overwrite: bool = False) -> Path:
+    """Original layout -> processed layout (REFERENCE 1.2); returns the output folder.
+
+    Every graded vertebra of every case becomes ``img/`` + ``seg/`` patches named
+    ``<case id>_<label>_<grade>.nii.gz`` (``[size, size, N]``, int16 HU / uint8 mask,
+    isotropic mm; geometry in the module docstring). Labels present but not graded,
+    and graded labels absent from the label map, are reported on stderr and recorded
+    in ``preprocess.json``; per-patch notes also go to ``patches.csv``.
+    ``workers > 1`` processes scans in parallel (one task per scan); the output does
+    not depend on it. The output folder is built atomically and an existing one is
+    refused unless ``overwrite``; the input is only read.
+    """
+    from tqdm import tqdm
+
+    from .. import __version__
+    from .original import read_original
+
+    original, processed = Path(original), Path(processed)
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 2:
+        raise ParamsError(f"patch size {size!r} is not valid; expected an integer >= 2 voxels")
+    if not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ParamsError(f"workers {workers!r} is not valid; expected an integer >= 1")
+    _refuse_overlap(original, processed)
+    cases = read_original(original)  # raises DatasetError naming the problem
+    if not cases:
+        raise DatasetError(f"{original}: no cases to pre-process (annotation lists no scans)")
+
+    results: dict[int, dict] = {}
+    with output_folder(processed, overwrite) as staging:
+        (staging / "img").mkdir()
+        (staging / "seg").mkdir()
+        tasks = [(c.case_id, str(c.image_path), str(c.seg_path), dict(c.grades), str(staging), int(size))
+                 for c in cases]
+        with tqdm(total=len(tasks), desc="preprocess", unit="scan", file=sys.stderr) as bar:
+            def done(index: int, result: dict) -> None:
+                results[index] = result
+                for warning in result["warnings"]:
+                    tqdm.write(f"warning: {warning['case']}: {warning['message']}", file=sys.stderr)
+                bar.update(1)
+
+            if workers == 1:
+                for index, task in enumerate(tasks):
+                    done(index, _process_case(*task))
+            else:
+                # spawn: no inherited threads or locks (tqdm's monitor) in the workers
+                with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=get_context("spawn")) as pool:
+                    futures = {pool.submit(_process_case, *task): index for index, task in enumerate(tasks)}
+                    try:
+                        for future in as_completed(futures):
+                            done(futures[future], future.result())
+                    except BaseException:
+                        for future in futures:
+                            future.cancel()
+                        raise
+
+        rows = [row for index in range(len(tasks)) for row in results[index]["rows"]]
+        warnings = [w for index in range(len(tasks)) for w in results[index]["warnings"]]
+        atomic_write_text(staging / "patches.csv", _patches_csv(rows))
+        atomic_write_json(staging / "preprocess.json", {
+            "vfnb_version": __version__,
+            "source": str(original.resolve()),
+            "size": int(size),
+            "orientation": "RAS+ [X, Y, Z]: axis 0 right-ward, axis 1 posterior->anterior, axis 2 inferior->superior",
+            "box": "tight RAS-aligned box of the label's voxel cells; shorter in-plane extent widened to a square",
+            "spacing": "isotropic, in-plane box side / size (mm)",
+            "image_interpolation": "cubic B-spline (scipy map_coordinates order 3), rounded to int16",
+            "mask_interpolation": "nearest neighbour (order 0) of label map == label, uint8 0/1",
+            "pad_hu": PAD_HU,
+            "cases": len(tasks),
+            "patches": len(rows),
+            "warnings": warnings,
+        })
+    return processed
