@@ -1,0 +1,174 @@
+"""Inference on written NIfTI patches and scans."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from vfnb.cli import main
+from vfnb.data.channels import crop_or_pad_to_cube, make_input_channels
+from vfnb.errors import DatasetError
+from vfnb.io import load_nifti, save_nifti
+from vfnb.models import build_model, save_checkpoint
+from vfnb.predict import _sizes_from_checkpoint, predict_patches, predict_scan
+
+COLUMNS = ["name", "image_id", "label", "level", "grade", "pred", "p0", "p1", "p2", "p3", "fracture_prob"]
+SCAN_COLUMNS = ["label", "level", "pred", "p0", "p1", "p2", "p3", "fracture_prob", "warnings"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    net = build_model("resnet10", block_inplanes=[4, 8, 8, 16])
+    # a random classifier gives near-uniform probabilities: make the grades differ
+    with torch.no_grad():
+        net.classifier.weight.mul_(50.0)
+    return net.eval()
+
+
+def write_patch(root, name, image, mask):
+    affine = np.diag([0.8, 0.8, 0.8, 1.0])
+    save_nifti(root / "img" / name, image.astype(np.int16), affine)
+    save_nifti(root / "seg" / name, mask.astype(np.uint8), affine)
+    image_id, label, grade = name[: -len(".nii.gz")].rsplit("_", 2)
+    return {"image": str(root / "img" / name), "seg": str(root / "seg" / name), "image_id": image_id,
+            "label": int(label), "grade": int(grade), "name": name}
+
+
+def test_predict_patches_matches_the_model(tmp_path, model):
+    rng = np.random.default_rng(0)
+    records = []
+    for name, shape in [("case_a_20_0.nii.gz", (16, 16, 12)), ("case_a_21_2.nii.gz", (16, 16, 20)),
+                        ("case_b_8_3.nii.gz", (16, 16, 16))]:
+        image = rng.integers(-200, 1200, size=shape)
+        mask = np.zeros(shape, np.uint8)
+        mask[4:12, 4:12, 3:-3] = 1
+        records.append(write_patch(tmp_path, name, image, mask))
+    model.train()
+    table, embeddings = predict_patches(model, records, cube_size=16, batch_size=2, device="cpu")
+    assert model.training  # mode restored
+    model.eval()
+    assert list(table.columns) == COLUMNS
+    assert table["name"].tolist() == [r["name"] for r in records]
+    assert table["image_id"].tolist() == ["case_a", "case_a", "case_b"]
+    assert table["level"].tolist() == ["L1", "L2", "T1"] and table["grade"].tolist() == [0, 2, 3]
+
+    # the same numbers by hand: channels, centred cube, softmax of the classifier on the pooled feature
+    x = []
+    for r in records:
+        hu, _, _ = load_nifti(r["image"])
+        mask, _, _ = load_nifti(r["seg"])
+        x.append(crop_or_pad_to_cube(make_input_channels(hu, mask, r["label"]), 16))
+    with torch.no_grad():
+        logits, _ = model(torch.from_numpy(np.stack(x)))
+        feature = model.embed(torch.from_numpy(np.stack(x)))
+    probs = torch.softmax(logits, 1).numpy()
+    np.testing.assert_allclose(table[["p0", "p1", "p2", "p3"]].to_numpy(), probs, atol=1e-5)
+    np.testing.assert_allclose(table["fracture_prob"], 1 - probs[:, 0], atol=1e-5)
+    assert table["pred"].tolist() == probs.argmax(1).tolist()
+    np.testing.assert_allclose(embeddings, feature.numpy(), atol=1e-5)
+    assert embeddings.shape == (3, model.num_features)
+
+
+def test_predict_patches_empty_and_bad_records(model, tmp_path):
+    table, embeddings = predict_patches(model, [], cube_size=16, device="cpu")
+    assert list(table.columns) == COLUMNS and len(table) == 0 and embeddings.shape == (0, model.num_features)
+    with pytest.raises(DatasetError, match="seg"):
+        predict_patches(model, [{"image": str(tmp_path / "x.nii.gz"), "label": 20}], cube_size=16, device="cpu")
+
+
+# ------------------------------------------------------------------ scans
+def synthetic_scan(labels=(19, 20, 21, 26), flip=False):
+    """A small spine-like scan: boxes of bone (300 HU) stacked along the slice axis, 1 x 1 x 1.5 mm."""
+    shape = (36, 36, 16 * len(labels))
+    ct = np.full(shape, -80, np.int16)
+    seg = np.zeros(shape, np.uint8)
+    rng = np.random.default_rng(1)
+    for i, label in enumerate(labels):
+        z0 = 16 * i + 2
+        height = 12 - 2 * (label == 20)  # a flattened "L1"
+        ct[10:26, 8:28, z0:z0 + height] = 300 + rng.integers(-30, 30, size=(16, 20, height))
+        seg[10:26, 8:28, z0:z0 + height] = label
+    affine = np.diag([1.0, 1.0, 1.5, 1.0])
+    affine[:3, 3] = [-18.0, -20.0, 100.0]
+    if flip:  # the same world data stored LPS-style: first two axes reversed
+        ct, seg = ct[::-1, ::-1].copy(), seg[::-1, ::-1].copy()
+        flipped = np.diag([-1.0, -1.0, 1.5, 1.0])
+        flipped[:3, 3] = affine[:3, 3] + [35.0, 35.0, 0.0]
+        affine = flipped
+    return ct, seg, affine
+
+
+@pytest.fixture(scope="module")
+def checkpoint(model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    return save_checkpoint(path, model, params={"patch_size": 24, "cube_size": 16})
+
+
+def write_scan(folder, flip=False, labels=(19, 20, 21, 26)):
+    ct, seg, affine = synthetic_scan(labels, flip)
+    return (save_nifti(folder / "scan_ct.nii.gz", ct, affine), save_nifti(folder / "scan_seg.nii.gz", seg, affine))
+
+
+def test_predict_scan_rows_and_orientation_invariance(tmp_path, checkpoint):
+    (tmp_path / "ras").mkdir()
+    (tmp_path / "lps").mkdir()
+    ras = predict_scan(*write_scan(tmp_path / "ras"), checkpoint, device="cpu")
+    assert list(ras.columns) == SCAN_COLUMNS
+    assert ras["label"].tolist() == [19, 20, 21]  # the sacrum (26) is never graded
+    assert ras["level"].tolist() == ["T12", "L1", "L2"]
+    probs = ras[["p0", "p1", "p2", "p3"]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(ras["fracture_prob"], 1 - ras["p0"], atol=1e-9)
+    assert (ras["pred"] == probs.argmax(1)).all()
+    # the flattened L1 looks different from its neighbours
+    assert not np.allclose(probs[1], probs[0], atol=1e-4)
+
+    lps = predict_scan(*write_scan(tmp_path / "lps", flip=True), checkpoint, device="cpu")
+    np.testing.assert_allclose(lps[["p0", "p1", "p2", "p3"]].to_numpy(), probs, atol=1e-4)
+
+
+def test_sizes_come_from_the_checkpoint():
+    assert _sizes_from_checkpoint({"params": {"patch_size": 24, "cube_size": 16}}, None, None) == (24, 16)
+    assert _sizes_from_checkpoint({"params": {"cube_size": 48}}, None, None) == (48, 48)
+    assert _sizes_from_checkpoint({"g_step": 3}, None, None) == (128, 128)
+    assert _sizes_from_checkpoint({"params": {"patch_size": 24}}, 32, 20) == (32, 20)
+
+
+def test_scan_without_vertebrae_is_refused(tmp_path, checkpoint):
+    ct, seg = write_scan(tmp_path, labels=(26, 27))
+    with pytest.raises(DatasetError, match=r"scan_seg\.nii\.gz: the label map holds no vertebra"):
+        predict_scan(ct, seg, checkpoint, device="cpu")
+
+
+def test_mismatched_scan_and_label_map_are_refused(tmp_path, checkpoint):
+    ct, seg, affine = synthetic_scan()
+    ct_path = save_nifti(tmp_path / "ct.nii.gz", ct, affine)
+    short = save_nifti(tmp_path / "short_seg.nii.gz", seg[:, :, :-4], affine)
+    with pytest.raises(DatasetError, match=r"short_seg\.nii\.gz.*shape.*ct\.nii\.gz"):
+        predict_scan(ct_path, short, checkpoint, device="cpu")
+    moved = affine.copy()
+    moved[2, 3] += 5.0
+    shifted = save_nifti(tmp_path / "shifted_seg.nii.gz", seg, moved)
+    with pytest.raises(DatasetError, match=r"shifted_seg\.nii\.gz.*affine.*ct\.nii\.gz"):
+        predict_scan(ct_path, shifted, checkpoint, device="cpu")
+
+
+def test_cli_writes_csv_and_refuses_to_overwrite(tmp_path, checkpoint, capsys):
+    ct, seg = write_scan(tmp_path)
+    out = tmp_path / "grades.csv"
+    argv = ["predict", "--ct", str(ct), "--seg", str(seg), "--checkpoint", str(checkpoint), "--device", "cpu"]
+    assert main(argv + ["--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert table["level"].tolist() == ["T12", "L1", "L2"] and list(table.columns) == SCAN_COLUMNS
+    assert main(argv + ["--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(argv + ["--out", str(out), "--overwrite"]) == 0
+    capsys.readouterr()
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0] == ",".join(SCAN_COLUMNS) and len(printed.splitlines()) == 4
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 10)
+    assert main(["predict", "--ct", str(ct), "--seg", str(seg), "--checkpoint", str(bad)]) == 2
+    assert "bad.pt: cannot read checkpoint" in capsys.readouterr().err
