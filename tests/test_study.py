@@ -1,0 +1,208 @@
+"""The study runner: parameter merging, refusals, failures that name the cell, and a real smoke study.
+
+The smoke study runs the four notebooks with papermill on ``params/smoke.yaml``
+(SynthSpine generated into ``tmp_path``) and checks what a reader relies on:
+finite metrics per model, the rendered reports, an index whose links resolve, no
+errored cell, provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from vfnb import cli
+from vfnb.errors import ParamsError, VfnbError
+from vfnb.study import (NOTEBOOKS, HEADLINE_METRICS, StudyError, body_heights, format_ci, merge_params,
+                        parse_override, run_study)
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "params" / "smoke.yaml"
+
+
+# ------------------------------------------------------------------ parameters
+def test_merge_later_files_and_overrides_win(tmp_path):
+    a = tmp_path / "a.yaml"
+    b = tmp_path / "b.yaml"
+    a.write_text("supcon_epochs: 3\nseed: 5\n")
+    b.write_text("supcon_epochs: 4\n")
+    merged = merge_params([a, b], ["seed=7", "batches_per_epoch=null", "models=[ce]", "tag=f-1"])
+    assert merged["supcon_epochs"] == 4          # b over a
+    assert merged["seed"] == 7                   # -p over files
+    assert merged["batches_per_epoch"] is None   # YAML scalars
+    assert merged["models"] == ["ce"]
+    assert merged["tag"] == "f-1"
+    assert merged["ce_lr"] == 0.05               # untouched default
+
+
+def test_unknown_key_in_a_file_names_key_and_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("supcon_epoch: 3\n")
+    with pytest.raises(ParamsError, match=r"bad\.yaml: unknown parameter 'supcon_epoch' \(did you mean 'supcon_epochs'\?\)"):
+        merge_params([bad])
+
+
+def test_unknown_or_malformed_override():
+    with pytest.raises(ParamsError, match=r"-p nonsense=1: unknown parameter 'nonsense'"):
+        merge_params([], ["nonsense=1"])
+    with pytest.raises(ParamsError, match="expected KEY=VALUE"):
+        parse_override("seed")
+    with pytest.raises(ParamsError, match="not a YAML"):
+        parse_override("models=[a, b")
+
+
+def test_params_file_must_be_a_mapping_and_plain_yaml(tmp_path):
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(ParamsError, match="list.yaml: expected a mapping"):
+        merge_params([listy])
+    tagged = tmp_path / "tagged.yaml"
+    tagged.write_text("seed: !!python/object/apply:os.getcwd []\n")
+    with pytest.raises(ParamsError, match="tagged.yaml"):
+        merge_params([tagged])
+
+
+def test_format_ci():
+    assert format_ci({"value": 0.85, "ci_low": 0.8, "ci_high": 0.9}) == "0.85 [0.80, 0.90]"
+    assert format_ci({"value": None}) == "–"
+    assert format_ci({"value": 0.5, "ci_low": None, "ci_high": None}) == "0.50"
+
+
+def test_body_heights_of_a_wedge():
+    import numpy as np
+
+    # body 20 voxels deep (axis 1: 10..29, anterior = high), 16 tall at the back, 10 at the front
+    mask = np.zeros((8, 40, 30), dtype=np.uint8)
+    for y in range(10, 30):
+        top = 5 + int(round(16 - 6 * (y - 10) / 19))
+        mask[2:6, y, 5:top] = 1
+    mask[2:6, 2:6, 5:25] = 1  # posterior elements behind a canal gap: not the body
+    h = body_heights(mask, spacing_mm=0.5)
+    assert h["posterior"] > h["middle"] > h["anterior"]
+    assert h["anterior"] == pytest.approx(0.5 * 11, abs=0.6)
+    assert h["posterior"] == pytest.approx(0.5 * 15, abs=0.6)
+
+
+# ------------------------------------------------------------------ refusals and failures
+def test_refuses_an_existing_out_folder(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("previous run")
+    with pytest.raises(VfnbError, match="already exists"):
+        run_study([SMOKE], [], out, progress=False)
+    assert (out / "keep.txt").read_text() == "previous run"
+    assert cli.main(["study", "--params", str(SMOKE), "--out", str(out)]) == 2
+
+
+def _notebook(path: Path, *sources: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells.append(nbformat.v4.new_markdown_cell("# test notebook"))
+    nb.cells.append(nbformat.v4.new_code_cell('run_dir = "x"\nseed = 0', metadata={"tags": ["parameters"]}))
+    for source in sources:
+        nb.cells.append(nbformat.v4.new_code_cell(source))
+    nbformat.write(nb, str(path))
+
+
+def test_failing_cell_names_notebook_and_cell_and_keeps_the_partial_run(tmp_path):
+    notebooks = tmp_path / "nb"
+    notebooks.mkdir()
+    _notebook(notebooks / "ok.ipynb", "from pathlib import Path\nPath(run_dir, 'ok.txt').write_text(str(seed))")
+    _notebook(notebooks / "broken.ipynb", "x = 1", "raise ValueError('boom in the study')", "y = 2")
+    out = tmp_path / "results" / "run"
+    with pytest.raises(StudyError) as info:
+        run_study([SMOKE], ["seed=3"], out, progress=False, notebooks=("ok", "broken"), notebook_dir=notebooks)
+    message = str(info.value)
+    # cell 0 markdown, 1 parameters, 2 papermill's injected parameters, 3 "x = 1", 4 the raise
+    assert "broken.ipynb" in message and "cell 4" in message
+    assert "ValueError: boom in the study" in message
+    assert not out.exists()
+    failed = out.with_name("run.failed")
+    assert (failed / "ok.txt").read_text() == "3"  # parameters passed, earlier notebook ran
+    executed = nbformat.read(str(failed / "broken.ipynb"), as_version=4)
+    assert any(o.get("output_type") == "error" for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert (failed / "broken.html").is_file()
+
+
+def test_cli_bad_parameter_fails_in_the_first_notebook(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(["study", "--params", str(SMOKE), "-p", f"dataset={tmp_path / 'no-such-dataset'}",
+                     "--out", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "00_data_exploration.ipynb" in err and "cell" in err and "no-such-dataset" in err
+    assert not out.exists() and (tmp_path / "run.failed" / "00_data_exploration.ipynb").is_file()
+
+
+# ------------------------------------------------------------------ the smoke study
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.targets = []
+
+    def handle_starttag(self, tag, attrs):
+        for key, value in attrs:
+            if (tag, key) in (("a", "href"), ("img", "src")) and value:
+                self.targets.append(value)
+
+
+@pytest.mark.slow
+def test_smoke_study_end_to_end(tmp_path):
+    out = tmp_path / "results" / "smoke"
+    result = run_study([SMOKE], [f"data_dir={tmp_path / 'data'}"], out, progress=False)
+    assert result == out and not out.with_name("smoke.failed").exists()
+
+    # metrics.json: every model, every headline number finite, CIs around the point
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"supcon_linear", "supcon_finetune", "ce"}
+    for model, entry in metrics["models"].items():
+        for key in ("sensitivity", "specificity", "roc_auc", "macro_f1", "accuracy", "weighted_f1"):
+            value = entry["metrics"][key]
+            assert value["value"] is not None and math.isfinite(value["value"]), (model, key)
+            if value["ci_low"] is not None:
+                assert value["ci_low"] - 1e-9 <= value["value"] <= value["ci_high"] + 1e-9, (model, key)
+        assert entry["n_vertebrae"] == metrics["test"]["vertebrae"] > 0
+    assert metrics["dataset"]["synthetic"] is True
+    assert metrics["paper"]["metrics"]["specificity"]["value"] == 0.99
+
+    # no cell errored; every notebook executed and rendered
+    for name in NOTEBOOKS:
+        nb = nbformat.read(str(out / f"{name}.ipynb"), as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(c.execution_count is not None for c in code), name
+        assert not [o for c in code for o in c.outputs if o.get("output_type") == "error"], name
+        assert (out / f"{name}.html").stat().st_size > 10_000
+
+    # index.html: a headline row per model and the paper's, every link resolves
+    index = (out / "index.html").read_text()
+    assert "synthetic" in index and "Paper (Wei et al. 2022)" in index
+    for label, _ in [(t, None) for t in ("SupCon encoder + linear probe", "Cross-entropy baseline")]:
+        assert label in index
+    parser = _Links()
+    parser.feed(index)
+    assert {f"{n}.html" for n in NOTEBOOKS} | {f"{n}.ipynb" for n in NOTEBOOKS} <= set(parser.targets)
+    assert any(t.startswith("figures/") for t in parser.targets)
+    for target in parser.targets:
+        assert (out / target).is_file(), target
+    summary = (out / "summary.md").read_text()
+    for target in re.findall(r"\]\(([^)]+)\)", summary):
+        assert (out / target).is_file(), target
+    assert re.search(r"\| Cross-entropy baseline \| \d", summary)
+
+    # provenance
+    prov = json.loads((out / "provenance.json").read_text())
+    assert set(prov["notebook_seconds"]) == set(NOTEBOOKS)
+    assert prov["packages"]["torch"] and prov["packages"]["papermill"]
+    assert len(prov["data"]["fingerprint"]) == 64
+    assert prov["params"]["supcon_epochs"] == 2 and "seed" in prov["seeds"]
+    assert "commit" in prov["git"] and prov["machine"]["cores"]
+    # operating points chosen on validation and passed on
+    points = json.loads((out / "operating_points.json").read_text())
+    assert set(points) == set(metrics["models"]) and all(p["chosen_on"] == "validation" for p in points.values())
+    assert (out / "runs" / "ce" / "val_predictions.csv").is_file()
