@@ -1,0 +1,178 @@
+"""Benchmarks harness: the reference augmentation is right, and the entries run.
+
+No timing is asserted: the smoke runs only check that ``python -m benchmarks
+--quick`` and ``benchmarks/gpu.py --tiny`` finish and write the figures they
+promise, with the machine and versions recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import harness
+from benchmarks.patches import synthetic_patch
+from benchmarks.reference_augment import reference_augment
+from vfnb.levels import MAX_LABEL
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+# ------------------------------------------------------------------ reference augmentation
+@pytest.mark.parametrize("size", [16, 24])
+def test_reference_augment_shape_mask_and_ranges(size):
+    label = 20
+    x = synthetic_patch(size, label=label, seed=1)
+    before = x.copy()
+    rng = np.random.default_rng(0)
+    code = np.float32(label / MAX_LABEL)
+    changed_mask = 0
+    for _ in range(30):
+        y = reference_augment(x, size, rng)
+        assert y.shape == (3, size, size, size) and y.dtype == np.float32
+        # nearest-neighbour resampling and zero fill keep the mask code two-valued
+        assert set(np.unique(y[2]).tolist()) <= {0.0, float(code)}
+        assert 0.0 <= y[:2].min() and y[:2].max() <= 1.0
+        changed_mask += int(not np.array_equal(y[2], reference_augment(x, size, np.random.default_rng(99))[2]))
+    assert np.array_equal(x, before), "the input patch must not be modified"
+    assert changed_mask > 0, "different draws should give different geometry"
+
+
+def test_reference_augment_seeded_and_mask_not_noised():
+    x = synthetic_patch(24, label=13, seed=2)
+    a = reference_augment(x, 24, np.random.default_rng(5))
+    b = reference_augment(x, 24, np.random.default_rng(5))
+    assert np.array_equal(a, b)
+    # noise is drawn on the window channels only: the mask channel of many draws
+    # never holds a value other than 0 and the code, while the windows take many values
+    assert len(np.unique(a[0])) > 50
+    with pytest.raises(ValueError):
+        reference_augment(x[:2], 24, np.random.default_rng(0))
+
+
+# ------------------------------------------------------------------ harness pieces
+def test_figure_and_merge(tmp_path):
+    fig = harness.figure([3.0, 1.0, 2.0], "s", "three runs")
+    assert fig["value"] == 2.0 and fig["min"] == 1.0 and fig["max"] == 3.0 and fig["n"] == 3
+    ratio = harness.ratio_figure([4.0, 9.0], [2.0, 3.0])
+    assert ratio["samples"] == [2.0, 3.0]
+
+    out = tmp_path / "r.json"
+    meta = {"machine_name": "m", "sections": {"a": {"date": "d1"}, "b": {"date": "d1"}}}
+    harness.write_results(out, meta, {"a.x": fig, "b.y": fig}, {}, sections_run=["a", "b"])
+    harness.write_results(out, {"machine_name": "m", "sections": {"a": {"date": "d2"}}},
+                          {"a.z": fig}, {"c": "why"}, sections_run=["a", "c"], merge=True)
+    data = json.loads(out.read_text())
+    assert set(data["figures"]) == {"a.z", "b.y"}  # a replaced, b kept
+    assert data["errors"] == {"c": "why"}
+    assert data["meta"]["sections"]["b"]["date"] == "d1" and data["meta"]["sections"]["a"]["date"] == "d2"
+    text = harness.markdown_report(data)
+    assert "`a.z`" in text and "`b.y`" in text and "not measured" in text
+
+
+def test_update_doc_renders_every_results_file(tmp_path):
+    results = tmp_path / "results"
+    fig = harness.figure([1.0, 2.0, 4.0], "views/s", "a note")
+    harness.write_results(results / "box-a.json", {"machine_name": "box-a", "machine": {"cpu_model": "CPU A"}},
+                          {"augmentation.speedup_128": fig})
+    harness.write_results(results / "gpu-card.json", {"machine_name": "card"}, {"gpu.bf16_samples_per_s": fig})
+    doc = tmp_path / "DOC.md"
+    doc.write_text(f"# title\n{harness.DOC_BEGIN}\nold numbers\n{harness.DOC_END}\ntail\n")
+    harness.update_doc(doc, results)
+    text = doc.read_text()
+    assert "old numbers" not in text and text.startswith("# title") and text.endswith("tail\n")
+    assert text.index("`augmentation.speedup_128`") < text.index("`gpu.bf16_samples_per_s`")  # CPU first
+    assert "| 2.00 | views/s | 1.00 - 4.00 (n=3) |" in text
+    doc.write_text("no markers")
+    with pytest.raises(ValueError):
+        harness.update_doc(doc, results)
+
+
+def test_pipeline_dataset_view_keeps_train_and_cuts_val(tmp_path):
+    from benchmarks.pipeline import BENCH_TAG, bench_view, tiny_dataset
+    from vfnb.data.processed import ProcessedDataset, read_file_list
+
+    source = tiny_dataset(tmp_path / "source", per_grade=3, size=8)
+    view = bench_view(source, BENCH_TAG, tmp_path / "view", val_per_grade=1)
+    ds = ProcessedDataset(view)
+    assert [r["name"] for r in ds.records("train", BENCH_TAG)] == read_file_list(source, "train", BENCH_TAG)
+    val = ds.records("val", BENCH_TAG)
+    assert sorted(r["grade"] for r in val) == [0, 1, 2, 3] and all(Path(r["image"]).is_file() for r in val)
+    assert not (view / f"test_file_list.{BENCH_TAG}.yaml").exists()  # the view never lists test patches
+
+
+def test_study_wall_time_from_provenance(tmp_path):
+    from benchmarks.study import from_provenance
+
+    (tmp_path / "provenance.json").write_text(json.dumps({
+        "started_utc": "2026-01-01T10:00:00+00:00", "finished_utc": "2026-01-01T10:12:30+00:00",
+        "notebook_seconds": {"01_supcon_pretraining": 300.0}}))
+    figs = from_provenance(tmp_path)
+    assert figs["study.wall_minutes"]["value"] == pytest.approx(12.5)
+    assert figs["study.notebook_seconds_01_supcon_pretraining"]["value"] == 300.0
+
+
+# ------------------------------------------------------------------ smoke runs
+@pytest.mark.slow
+def test_quick_benchmark_writes_expected_keys(tmp_path):
+    out = tmp_path / "quick.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out), "--machine", "test box",
+                           "--workdir", str(tmp_path / "work")], cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    figures, meta = data["figures"], data["meta"]
+    expected = [f"augmentation.{k}_{s}" for s in (16, 32)
+                for k in ("speedup", "vfnb_samples_per_s", "reference_samples_per_s")]
+    expected += ["pipeline.wait_fraction_default", "pipeline.wait_fraction_paper"]
+    expected += [f"training.{b}_{s}_{k}" for b in ("resnet10", "seresnet50") for s in ("default", "paper")
+                 for k in ("samples_per_s", "peak_mb")]
+    expected += ["inference.seconds_per_scan", "inference.vertebrae_per_s", "inference.peak_mb",
+                 "data.preprocess_seconds_16", "data.preprocess_peak_mb_16", "data.synth_cases_per_minute"]
+    missing = [k for k in expected if k not in figures]
+    assert not missing, f"missing figures {missing}; errors: {data['errors']}"
+    for key in expected:
+        fig = figures[key]
+        assert fig["n"] >= 1 and fig["min"] <= fig["value"] <= fig["max"] and fig["unit"], key
+        assert np.isfinite(fig["value"]) and fig["value"] > 0, key
+    assert "study" in data["errors"]  # neither --study-dir nor --with-study given
+    machine = meta["machine"]
+    assert machine["cpu_model"] and machine["cores"] >= 1
+    assert all(machine["versions"][m] for m in ("torch", "monai", "numpy", "scipy"))
+    assert meta["date"] and meta["command"].startswith("python -m benchmarks --quick") and meta["quick"]
+    assert meta["machine_name"] == "test box"
+
+    md = subprocess.run([sys.executable, "-m", "benchmarks", "--markdown", str(out)], cwd=REPO, env=_env(),
+                        capture_output=True, text=True, timeout=120)
+    assert md.returncode == 0, md.stderr
+    assert "`augmentation.speedup_32`" in md.stdout and machine["cpu_model"] in md.stdout
+
+
+@pytest.mark.slow
+def test_gpu_script_tiny_runs_on_cpu(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, "benchmarks/gpu.py", "--tiny", "--out", str(out)], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    figures = data["figures"]
+    for key in ("gpu.matmul_ceiling_fp32_tflops", "gpu.flops_per_step", "gpu.fp32_samples_per_s",
+                "gpu.bf16_samples_per_s", "gpu.bf16_channels_last_samples_per_s", "gpu.fp32_tflops",
+                "gpu.cpu_loader_views_per_s", "gpu.cpu_loader_keeps_up_ratio"):
+        assert key in figures, f"{key} missing; errors: {data['errors']}"
+    assert figures["gpu.flops_per_step"]["value"] > 0
+    assert data["meta"]["card"].startswith("cpu") and data["meta"]["setting"]["cube_size"] == 16
+    assert "compile" in data["errors"]  # skipped with --tiny
