@@ -14,12 +14,16 @@ from .errors import VfnbError
 
 SYNTH_HELP = (
     "Generate SynthSpine, a SYNTHETIC spine CT dataset (original layout: img/, seg/, "
-    "annotation.yaml, synth_truth.csv). It models vertebral bodies with cortical shell and "
-    "trabecular texture, posterior elements, discs, kyphosis/lordosis, body contour, bone "
-    "density classes, Genant-graded wedge/biconcave/crush fractures, partial-volume blur, "
-    "noise and varied scanner orientations. It does NOT model metal, degenerative disease, "
-    "other pathology or scanner artefacts beyond noise and blur. Results on it are results "
-    "on synthetic data."
+    "annotation.yaml, plus synth_truth.csv with every vertebra's true heights and grade, and "
+    "synth.json). Case k depends only on (seed, k). It models runs of 8-12 vertebrae between T4 and "
+    "L5 (rarely T13/L6) with kyphosis/lordosis; vertebral bodies with cortical shell, textured "
+    "trabecular bone and endplates; pedicles, laminae, spinous/transverse/articular processes, "
+    "canal; discs; ribs; muscle, fat, lungs and air; sizes by level and sex; bone density classes; "
+    "Genant-graded wedge/biconcave/crush fractures with faint signs (endplate irregularity, "
+    "cortical buckling, a dense compaction band) and sub-threshold normal variation; partial-volume "
+    "blur, noise and RAS/LPS/permuted/oblique headers. It does NOT model metal, degenerative "
+    "disease, other pathology, contrast, scoliosis, realistic organs, or scanner artefacts beyond "
+    "noise and blur. Results on it are results on synthetic data."
 )
 
 
@@ -41,13 +45,14 @@ def _cmd_split(a):
     from .data.split import split_dataset
 
     split_dataset(a.processed, a.tag, folds=a.folds, val_fraction=a.val_fraction,
-                  test_fraction=a.test_fraction, seed=a.seed)
+                  test_fraction=a.test_fraction, seed=a.seed, overwrite=a.overwrite)
 
 
 def _cmd_check(a):
     from .data.check import check_dataset
 
     report = check_dataset(a.dataset)
+    # summary_text() ends with one `warning:` / `error:` line per problem
     print(report.summary_text())
     return 1 if report.errors else 0
 
@@ -68,7 +73,7 @@ def _cmd_train(a):
 def _cmd_predict(a):
     from .predict import predict_scan_cli
 
-    predict_scan_cli(a.ct, a.seg, a.checkpoint, a.out, device=a.device)
+    predict_scan_cli(a.ct, a.seg, a.checkpoint, a.out, device=a.device, overwrite=a.overwrite)
 
 
 def _cmd_study(a):
@@ -93,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("original", type=Path)
     s.add_argument("processed", type=Path)
     s.add_argument("--size", type=int, default=128, help="in-plane patch size in voxels (default 128)")
-    s.add_argument("--workers", type=int, default=1)
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--workers", type=int, default=1, help="scans processed in parallel (default 1)")
+    s.add_argument("--overwrite", action="store_true", help="replace PROCESSED if it exists")
     s.set_defaults(func=_cmd_preprocess)
 
     s = sub.add_parser("split", help="patient-grouped, grade-stratified train/val/test lists")
@@ -104,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-fraction", type=float, default=0.2)
     s.add_argument("--test-fraction", type=float, default=0.2, help="used when --folds 1")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true", help="replace existing lists of the same tag")
     s.set_defaults(func=_cmd_split)
 
     s = sub.add_parser("check", help="validate an original or processed dataset and summarise it")
@@ -117,10 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=_cmd_import_verse)
 
-    s = sub.add_parser("train", help="train a model (supcon, linear, finetune, joint, ce)")
+    s = sub.add_parser("train", help="train a model (supcon, linear, finetune, joint, ce)",
+                       description="Train one model; parameters: vfnb.train.DEFAULT_PARAMS. Several processes: "
+                                   "torchrun --nproc_per_node=N -m vfnb train ...")
     s.add_argument("--params", type=Path, action="append", default=[], help="YAML parameter file (repeatable)")
     s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--out", type=Path, help="run folder (default: from params)")
+    s.add_argument("--out", type=Path, required=True,
+                   help="run folder to create (must not exist or be empty); with --resume, the run to continue")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.set_defaults(func=_cmd_train)
 
@@ -128,15 +137,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ct", type=Path, required=True)
     s.add_argument("--seg", type=Path, required=True)
     s.add_argument("--checkpoint", type=Path, required=True)
-    s.add_argument("--out", type=Path, help="CSV table (default: print)")
-    s.add_argument("--device", default="auto")
+    s.add_argument("--out", type=Path, help="CSV table, one row per vertebra (default: print CSV)")
+    s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     s.set_defaults(func=_cmd_predict)
 
-    s = sub.add_parser("study", help="run the study notebooks with papermill and render the report")
-    s.add_argument("--params", type=Path, action="append", default=[], required=True)
-    s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--overwrite", action="store_true")
+    s = sub.add_parser("study", help="run the study notebooks with papermill and render the report",
+                       description="Run notebooks/00-03 with papermill in this environment and write the run "
+                                   "folder: executed notebooks and their HTML, index.html, summary.md, "
+                                   "metrics.json, provenance.json, figures/. Parameters: params/default.yaml, "
+                                   "then each --params file, then each -p (later wins).")
+    s.add_argument("--params", type=Path, action="append", default=[], required=True,
+                   help="YAML parameter file merged over params/default.yaml (repeatable)")
+    s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one parameter; the value is read as YAML (3, 0.5, null, [a, b])")
+    s.add_argument("--out", type=Path, required=True, help="run folder to create, e.g. results/<name>")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run folder (only once the new run is complete)")
     s.set_defaults(func=_cmd_study)
     return p
 

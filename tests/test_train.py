@@ -1,0 +1,194 @@
+"""The training engine: modes, run folders, resume, determinism, params, CLI, DDP (tiny runs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from vfnb.cli import main as cli_main
+from vfnb.errors import CheckpointError, ParamsError, VfnbError
+from vfnb.models import load_checkpoint, load_checkpoint_dict
+from vfnb.train import DEFAULT_PARAMS, parse_overrides, train, train_from_cli, validate_params
+
+# a light network on 16^3 cubes: every run here takes seconds
+TINY = dict(tag="t0", cube_size=16, backbone="resnet10", backbone_kwargs={"block_inplanes": [4, 8, 8, 16]},
+            workers=0, threads=1, eval_batch_size=32, progress=False)
+TIMING_KEYS = ("epoch_seconds", "data_wait_fraction")
+
+
+def _params(dataset, **kw):
+    return {**TINY, "dataset": str(dataset), **kw}
+
+
+def _metrics(history):
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in history]
+
+
+def _corrupt_test_split(root: Path) -> None:
+    """Make anything that reads the test list or its patches fail loudly."""
+    names = yaml.safe_load((root / "test_file_list.t0.yaml").read_text())
+    for name in names:
+        (root / "img" / name).write_bytes(b"corrupt")
+    (root / "test_file_list.t0.yaml").write_text("{{{ not yaml\n")
+
+
+def test_supcon_then_linear_and_every_mode(tiny_processed, tmp_path):
+    _corrupt_test_split(tiny_processed)  # the test list is never read during training
+    sup = train(_params(tiny_processed, mode="supcon", epochs=2, progress=True), tmp_path / "supcon")
+    for name in ("params.yaml", "last.pt", "best.pt", "metrics.csv", "history.json"):
+        assert (tmp_path / "supcon" / name).is_file(), name
+    assert [h["epoch"] for h in sup.history] == [1, 2]
+    row = sup.history[-1]
+    assert set(row) == {"epoch", "loss", "lr", "val_macro_f1", "val_accuracy", "epoch_seconds", "data_wait_fraction"}
+    assert 0.0 <= row["data_wait_fraction"] <= 1.0 and row["lr"] == pytest.approx(0.005)
+    assert 0.0 <= row["val_macro_f1"] <= 1.0  # the logistic-regression probe
+    assert json.loads((tmp_path / "supcon" / "history.json").read_text()) == sup.history
+    assert len((tmp_path / "supcon" / "metrics.csv").read_text().strip().splitlines()) == 3
+    assert yaml.safe_load((tmp_path / "supcon" / "params.yaml").read_text())["mode"] == "supcon"
+    ckpt = load_checkpoint_dict(sup.best_checkpoint)
+    for key in ("model_args", "params", "epoch", "optimizer", "scheduler", "rng", "history", "best_metric"):
+        assert key in ckpt, key
+    assert ckpt["params"]["mode"] == "supcon" and ckpt["model_args"]["block_inplanes"] == [4, 8, 8, 16]
+
+    # linear: encoder frozen (weights and batch-norm statistics), only the classifier moves
+    lin = train(_params(tiny_processed, mode="linear", epochs=1, init_checkpoint=str(sup.best_checkpoint)),
+                tmp_path / "linear")
+    before, after = load_checkpoint(sup.best_checkpoint).state_dict(), load_checkpoint(lin.last_checkpoint).state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("classifier."))
+    assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
+    # the classifier starts from a logistic regression on the frozen features: far above chance at once
+    # (the tiny patches' grades differ by the box height, which even a 2-epoch encoder separates)
+    assert lin.history[0]["val_macro_f1"] > 0.5
+
+    # finetune moves the encoder; joint and ce run with the same engine
+    fin = train(_params(tiny_processed, mode="finetune", epochs=1, init_checkpoint=str(sup.best_checkpoint)),
+                tmp_path / "finetune")
+    tuned = load_checkpoint(fin.last_checkpoint).state_dict()
+    assert not torch.equal(before["encoder.conv1.weight"], tuned["encoder.conv1.weight"])
+    assert torch.equal(before["head.weight"], tuned["head.weight"])  # unused by CE: frozen
+    for mode, extra in (("joint", {}), ("ce", {"ce_views": 1})):
+        result = train(_params(tiny_processed, mode=mode, epochs=1, lr_schedule="cosine", **extra), tmp_path / mode)
+        assert result.best_checkpoint.is_file() and result.history[0]["loss"] > 0
+
+
+def test_resume_gives_the_uninterrupted_weights_and_same_seed_same_metrics(tiny_processed, tmp_path):
+    params = _params(tiny_processed, mode="joint", epochs=3, lr_milestones=[2], lr_gamma=0.5)
+    whole = train(params, tmp_path / "whole")
+    # interrupted after one epoch, with a DataLoader worker this time (augmentation must not depend on it)
+    cut = train({**params, "workers": 1}, tmp_path / "cut", stop_after_epochs=1)
+    assert len(cut.history) == 1 and load_checkpoint_dict(cut.last_checkpoint)["epoch"] == 1
+    resumed = train(None, tmp_path / "cut", resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    a = load_checkpoint(whole.last_checkpoint).state_dict()
+    b = load_checkpoint(resumed.last_checkpoint).state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    # the same seed gives the same metrics (two separate runs on the CPU)
+    assert _metrics(whole.history) == _metrics(resumed.history)
+    assert [h["lr"] for h in whole.history] == [0.005, 0.005, 0.0025]
+    assert whole.best_metric == resumed.best_metric
+    # a different seed gives a different run
+    other = train({**params, "seed": 1, "epochs": 1}, tmp_path / "other")
+    assert _metrics(other.history)[0] != _metrics(whole.history)[0]
+
+
+def test_supcon_selection_without_probe_is_lowest_loss(tiny_processed, tmp_path):
+    result = train(_params(tiny_processed, mode="supcon", epochs=2, probe="none"), tmp_path / "none")
+    assert result.selected_by == "train_loss"
+    assert all(h["val_macro_f1"] is None for h in result.history)
+    losses = [h["loss"] for h in result.history]
+    assert result.best_metric == min(losses)
+    assert load_checkpoint_dict(result.best_checkpoint)["epoch"] == 1 + losses.index(min(losses))
+    knn = train(_params(tiny_processed, mode="supcon", epochs=1, probe="knn"), tmp_path / "knn")
+    assert 0.0 <= knn.history[0]["val_macro_f1"] <= 1.0 and knn.best_metric == knn.history[0]["val_macro_f1"]
+
+
+def test_run_folder_rules(tiny_processed, tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    with pytest.raises(VfnbError, match="not empty"):
+        train(_params(tiny_processed, mode="ce", epochs=1), tmp_path / "taken")
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+    with pytest.raises(CheckpointError, match="last.pt"):
+        train(None, tmp_path / "nothing", resume=True)
+
+
+def test_params_validation_names_the_key(tmp_path):
+    assert validate_params({})["lr"] == 0.005 and DEFAULT_PARAMS["temperature"] == 0.07
+    with pytest.raises(ParamsError, match="'learning_rate'"):
+        validate_params({"learning_rate": 0.1})
+    for key, value in (("lr", -1), ("epochs", 0), ("mode", "simclr"), ("linear_init", "zeros"), ("amp", "yes"), ("lr_milestones", [1, "x"]),
+                       ("batch_per_grade", 2.5), ("sync_bn", "true"), ("device", "tpu"), ("ce_views", 3)):
+        with pytest.raises(ParamsError, match=repr(key)):
+            validate_params({key: value})
+    assert validate_params({"epochs": 3.0})["epochs"] == 3
+    with pytest.raises(ParamsError, match="init_checkpoint"):
+        validate_params({"mode": "linear"})
+    with pytest.raises(ParamsError, match="batches_per_epoch"):
+        validate_params({"batches_per_epoch": 5})
+    assert parse_overrides(["lr=0.01", "lr_milestones=[3, 4]", "init_checkpoint=null", "amp=false"]) == {
+        "lr": 0.01, "lr_milestones": [3, 4], "init_checkpoint": None, "amp": False}
+    with pytest.raises(ParamsError, match="KEY=VALUE"):
+        parse_overrides(["lr"])
+    with pytest.raises(ParamsError, match="'lrr'"):
+        parse_overrides(["lrr=1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mode: ce\nepochz: 3\n")
+    with pytest.raises(ParamsError, match=r"bad\.yaml.*'epochz'"):
+        train_from_cli([bad], [], tmp_path / "run")
+    bad.write_text("!!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(VfnbError, match="bad.yaml"):
+        train_from_cli([bad], [], tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_train_and_resume(tiny_processed, tmp_path, capsys):
+    params_file = tmp_path / "p.yaml"
+    params_file.write_text(yaml.safe_dump(_params(tiny_processed, mode="ce", epochs=1)))
+    out = tmp_path / "run"
+    assert cli_main(["train", "--params", str(params_file), "-p", "epochs=1", "--out", str(out)]) == 0
+    assert (out / "best.pt").is_file()
+    assert "wrote" in capsys.readouterr().out
+    # continue the same run for one more epoch: only 'epochs' changes
+    assert cli_main(["train", "--out", str(out), "--resume", "-p", "epochs=2"]) == 0
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2]
+    assert cli_main(["train", "--out", str(out), "--resume", "-p", "epochs=3", "-p", "lr=0.1"]) == 2
+    assert "'lr'" in capsys.readouterr().err
+    assert cli_main(["train", "--params", str(params_file), "-p", "nope=1", "--out", str(tmp_path / "x")]) == 2
+    assert "'nope'" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_see_different_vertebrae(tiny_processed, tmp_path):
+    params_file = tmp_path / "p.yaml"
+    # 7-8 vertebrae per grade: replacement mode gives each rank 2 steps of 3 per grade, distinct within a step
+    params_file.write_text(yaml.safe_dump(_params(tiny_processed, mode="joint", epochs=1, epoch_mode="replacement",
+                                                  batches_per_epoch=2, log_names=True, sync_bn=True)))
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "vfnb", "train", "--params", str(params_file), "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
+    assert len(json.loads((out / "history.json").read_text())) == 1
+    logs = [[json.loads(line) for line in (out / f"names.rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert [len(log) for log in logs] == [2, 2]
+    for step0, step1 in zip(*logs):
+        assert step0["step"] == step1["step"]
+        assert len(step0["names"]) == 12 and not set(step0["names"]) & set(step1["names"])
+    assert proc.stdout.count("wrote") == 1  # only rank 0 prints

@@ -1,0 +1,410 @@
+"""Training augmentation and evaluation transforms (REFERENCE 1.3, 1.4), built from MONAI.
+
+A record (``ProcessedDataset.records``: ``image``/``seg`` paths, ``label``, ``grade``,
+``name``, ``image_id``) goes through two parts:
+
+1. *Load* (deterministic, cached once per vertebra by :func:`build_dataset`): read the
+   int16 HU patch and its binary mask ``[X, Y, Z]``; when the in-plane size ``X`` is not
+   ``cube_size`` both are resized by ``cube_size / X`` on every axis (isotropic voxels
+   stay isotropic; image trilinear with anti-aliasing, rounded back to int16 HU; mask
+   nearest), so a dataset pre-processed at 128 can be trained at a smaller cube.
+2. *Per draw*: the three input channels (:func:`vfnb.data.channels.make_input_channels`,
+   ``[3, X, Y, Z]`` float32 in [0, 1]) and then, for training (two independent views
+   per vertebra, :class:`TwoViews`):
+
+   - cutout: two boxes, each with probability 0.5, edges 1..20 voxels (at a 128 cube),
+     all three channels set to 0 (MONAI ``RandCoarseDropoutd``);
+   - with probability 0.7, all together: rotation +-10 degrees about each axis, zoom
+     +-20 % and shift +-10 voxels in one resampling (MONAI ``RandAffined``; window
+     channels bilinear, mask channel nearest-neighbour, zeros outside), then an
+     intensity scale +-10 % (one factor for both windows) and Gaussian noise
+     sigma 0.05 on the two window channels only, then a clip to [0, 1]. The noise is
+     added after the resampling so its sigma is exactly 0.05 (bilinear resampling
+     would smooth it); the mask channel is never scaled nor noised, so it keeps the
+     values {0, label/28};
+   - crop/pad to ``cube_size^3`` at a random offset;
+   - cutout again.
+
+   Evaluation: channels, then a centred crop/pad to the cube.
+
+Ranges are given for a 128 cube and scale with ``cube_size`` (shift 10 voxels and
+cutout 20 voxels at 128 -> 3.75 and 7.5 at 48); angles and factors do not scale.
+The original used nearest-neighbour for every channel; bilinear for the windows
+avoids blocky aliasing when zooming and costs the same.
+
+Randomness: every random transform draws from its own ``numpy.random.RandomState``
+(MONAI ``Randomizable``). ``transform.set_random_state(seed)`` fixes all of them, so
+the same seed gives the same views. :class:`PatchDataset` accepts ``(index, seed)``
+keys and reseeds per draw, which makes a training run's augmentation a function of
+``(seed, epoch, step, position)`` only: independent of worker count and exactly
+reproducible after a resume.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable, Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.transforms import (
+    Compose,
+    ConcatItemsd,
+    DeleteItemsd,
+    EnsureTyped,
+    Lambdad,
+    MapTransform,
+    Randomizable,
+    RandAffined,
+    RandCoarseDropoutd,
+    RandGaussianNoised,
+    RandScaleIntensityd,
+    Resize,
+    Transform,
+)
+from monai.utils import MAX_SEED
+
+from ..errors import DatasetError, VfnbError
+from ..io import load_nifti
+from .channels import crop_or_pad_to_cube, make_input_channels
+
+REFERENCE_CUBE = 128  # the ranges below are the paper's, for a 128^3 cube
+CUTOUT_MAX_EDGE = 20  # voxels at 128
+CUTOUT_PROB = 0.5  # per box; two boxes
+AFFINE_PROB = 0.7  # rotation, zoom, shift, intensity scale and noise together
+ROTATE_DEGREES = 10.0
+ZOOM_RANGE = 0.2
+SHIFT_VOXELS = 10.0  # at 128
+INTENSITY_SCALE = 0.1
+NOISE_SIGMA = 0.05
+
+# keys carried from a record into every item
+META_KEYS = ("label", "grade", "name", "image_id")
+
+
+def scaled_voxels(value_at_128: float, cube_size: int) -> float:
+    """A length in voxels given for a 128 cube, scaled to ``cube_size``."""
+    return float(value_at_128) * int(cube_size) / REFERENCE_CUBE
+
+
+def _user_error(exc: BaseException) -> BaseException | None:
+    """The :class:`VfnbError` MONAI wrapped in ``RuntimeError("applying transform ...")``, if any."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, VfnbError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+class Pipeline(Compose):
+    """MONAI ``Compose`` that lets a vfnb error (bad file, bad shape) through unwrapped."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except RuntimeError as exc:
+            cause = _user_error(exc)
+            if cause is None:
+                raise
+            raise cause.with_traceback(None) from None
+
+
+# ------------------------------------------------------------------ load (deterministic)
+class LoadPatchd(Transform):
+    """Record -> ``{"hu": int16 [X,Y,Z] HU, "mask": uint8 [X,Y,Z] binary, label, grade, name, image_id}``.
+
+    Reads ``record["image"]`` and ``record["seg"]`` with :func:`vfnb.io.load_nifti`
+    (a corrupt file raises :class:`vfnb.errors.DatasetError` naming it). When the
+    in-plane size differs from ``cube_size`` the patch is resized by
+    ``cube_size / X`` along every axis. Cached by :func:`build_dataset`, so kept
+    compact (int16 + uint8, not the float channels).
+    """
+
+    def __init__(self, cube_size: int):
+        self.cube_size = int(cube_size)
+
+    def __call__(self, record: Mapping[Hashable, Any]) -> dict:
+        hu, _, _ = load_nifti(record["image"])
+        mask, _, _ = load_nifti(record["seg"])
+        if hu.ndim != 3 or hu.shape != mask.shape:
+            raise DatasetError(f"{record['seg']}: mask shape {mask.shape} does not match image {record['image']} "
+                               f"shape {hu.shape}; expected two 3D arrays of the same shape")
+        hu = np.asarray(hu, dtype=np.int16)
+        mask = (np.asarray(mask) > 0).astype(np.uint8)
+        if hu.shape[0] != self.cube_size:
+            factor = self.cube_size / hu.shape[0]
+            size = tuple(max(1, int(round(s * factor))) for s in hu.shape)
+            image_resize = Resize(size, mode="trilinear", anti_aliasing=factor < 1)
+            mask_resize = Resize(size, mode="nearest")
+            hu = np.round(np.asarray(image_resize(torch.from_numpy(hu[None].astype(np.float32))))[0]).astype(np.int16)
+            mask = np.asarray(mask_resize(torch.from_numpy(mask[None].astype(np.float32))))[0].astype(np.uint8)
+        out = {"hu": hu, "mask": mask}
+        for key in META_KEYS:
+            if key in record:
+                out[key] = record[key]
+        return out
+
+
+class InputChannelsd(Transform):
+    """``hu`` + ``mask`` + ``label`` -> the network input (REFERENCE 1.3).
+
+    ``split=False``: ``"image"`` = ``[3, X, Y, Z]`` float32. ``split=True`` (training):
+    ``"window"`` = channels 0-1 ``[2, X, Y, Z]`` and ``"mask"`` = channel 2
+    ``[1, X, Y, Z]`` (mask * label/28), so intensity augmentation can skip the mask.
+    """
+
+    def __init__(self, split: bool = False):
+        self.split = bool(split)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = {k: v for k, v in data.items() if k not in ("hu", "mask")}
+        channels = make_input_channels(data["hu"], data["mask"], int(data["label"]))
+        if self.split:
+            d["window"], d["mask"] = channels[:2], channels[2:]
+        else:
+            d["image"] = channels
+        return d
+
+
+# ------------------------------------------------------------------ random parts
+def _clip_unit(x):
+    # a module-level function (not a lambda) so the transform pickles into DataLoader workers
+    return x.clamp(0.0, 1.0) if isinstance(x, torch.Tensor) else np.clip(x, 0.0, 1.0)
+
+
+class RandTogether(Randomizable, Transform):
+    """Apply ``transforms`` (a list, run in order) all together with probability ``prob``, else none."""
+
+    def __init__(self, transforms: Sequence[Callable], prob: float):
+        self.inner = Compose(list(transforms))
+        self.prob = float(prob)
+        self._do = False
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed=seed, state=state)
+        self.inner.set_random_state(seed=int(self.R.randint(MAX_SEED, dtype="uint32")))
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        self._do = self.R.rand() < self.prob
+
+    def __call__(self, data):
+        self.randomize()
+        return self.inner(data) if self._do else data
+
+
+class RandCubed(Randomizable, MapTransform):
+    """Crop or zero-pad ``[C, X, Y, Z]`` to ``size^3`` at a uniformly random offset per axis."""
+
+    def __init__(self, keys, size: int):
+        MapTransform.__init__(self, keys)
+        self.size = int(size)
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = np.asarray(d[key].detach().cpu() if isinstance(d[key], torch.Tensor) else d[key])
+            offset = tuple(int(self.R.randint(0, abs(int(s) - self.size) + 1)) for s in x.shape[1:])
+            d[key] = torch.from_numpy(crop_or_pad_to_cube(x, self.size, offset))
+        return d
+
+
+class CentredCubed(MapTransform):
+    """Crop or zero-pad ``[C, X, Y, Z]`` to ``size^3``, centred (evaluation)."""
+
+    def __init__(self, keys, size: int):
+        super().__init__(keys)
+        self.size = int(size)
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = torch.from_numpy(crop_or_pad_to_cube(np.asarray(d[key]), self.size))
+        return d
+
+
+def _cutout(cube_size: int) -> list:
+    edge = max(1, int(round(scaled_voxels(CUTOUT_MAX_EDGE, cube_size))))
+    # two independent single-box transforms: "up to 2 boxes, each with probability 0.5"
+    return [RandCoarseDropoutd(keys="image", holes=1, spatial_size=1, max_spatial_size=edge,
+                               fill_value=0.0, prob=CUTOUT_PROB) for _ in range(2)]
+
+
+def augment_transform(cube_size: int, seed: int | None = 0) -> Compose:
+    """Per-draw training part: ``{hu, mask, label, ...}`` -> ``{"image": [3, S, S, S] float32, ...}``.
+
+    ``S = cube_size``. See the module docstring for the steps and their order.
+    """
+    cube_size = int(cube_size)
+    shift = scaled_voxels(SHIFT_VOXELS, cube_size)
+    angle = math.radians(ROTATE_DEGREES)
+    together = RandTogether([
+        RandAffined(keys=("window", "mask"), prob=1.0, rotate_range=(angle, angle, angle),
+                    scale_range=(ZOOM_RANGE,) * 3, translate_range=(shift,) * 3,
+                    mode=("bilinear", "nearest"), padding_mode="zeros"),
+        RandScaleIntensityd(keys="window", factors=INTENSITY_SCALE, prob=1.0),
+        RandGaussianNoised(keys="window", prob=1.0, mean=0.0, std=NOISE_SIGMA, sample_std=False),
+        Lambdad(keys="window", func=_clip_unit),
+    ], prob=AFFINE_PROB)
+    pipeline = Pipeline([
+        InputChannelsd(split=False),
+        *_cutout(cube_size),
+        _SplitChannelsd(),
+        together,
+        ConcatItemsd(keys=("window", "mask"), name="image", dim=0),
+        DeleteItemsd(keys=("window", "mask")),
+        RandCubed(keys="image", size=cube_size),
+        *_cutout(cube_size),
+        EnsureTyped(keys="image", data_type="tensor", dtype=torch.float32, track_meta=False),
+    ])
+    if seed is not None:
+        pipeline.set_random_state(seed=int(seed))
+    return pipeline
+
+
+class _SplitChannelsd(Transform):
+    """``image [3,...]`` -> ``window [2,...]`` + ``mask [1,...]`` as plain tensors (so both branches match)."""
+
+    def __call__(self, data):
+        d = dict(data)
+        image = d.pop("image")
+        image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(np.asarray(image))
+        d["window"], d["mask"] = image[:2].contiguous(), image[2:].contiguous()
+        return d
+
+
+def train_transform(cube_size: int, seed: int | None = 0) -> Compose:
+    """Record -> one augmented view ``{"image": [3, S, S, S] float32, label, grade, name, image_id}``.
+
+    Load + :func:`augment_transform`; seeded with ``seed`` (the same seed gives the
+    same sequence of views). Wrap in :class:`TwoViews` for the two-view input.
+    """
+    pipeline = Pipeline([LoadPatchd(cube_size), augment_transform(cube_size, seed=None)])
+    if seed is not None:
+        pipeline.set_random_state(seed=int(seed))
+    return pipeline
+
+
+def eval_transform(cube_size: int) -> Compose:
+    """Record -> ``{"image": [3, S, S, S] float32, label, grade, name, image_id}``: channels, centred cube."""
+    return Pipeline([LoadPatchd(cube_size), _eval_part(cube_size)])
+
+
+def _eval_part(cube_size: int) -> Compose:
+    return Pipeline([
+        InputChannelsd(split=False),
+        CentredCubed(keys="image", size=cube_size),
+        EnsureTyped(keys="image", data_type="tensor", dtype=torch.float32, track_meta=False),
+    ])
+
+
+class TwoViews(Randomizable, Transform):
+    """Apply a random ``transform`` twice: ``"image"`` becomes ``[2, C, S, S, S]`` (two views).
+
+    The views are independent draws from the transform's random stream; other keys
+    come from the input.
+    """
+
+    def __init__(self, transform: Callable, views: int = 2):
+        self.transform = transform
+        self.views = int(views)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed=seed, state=state)
+        if isinstance(self.transform, Randomizable):
+            self.transform.set_random_state(seed=int(self.R.randint(MAX_SEED, dtype="uint32")))
+        return self
+
+    def randomize(self, data: Any = None) -> None:  # the wrapped transform draws its own numbers
+        return None
+
+    def __call__(self, data):
+        drawn = [self.transform(dict(data)) for _ in range(self.views)]
+        out = dict(drawn[0])
+        out["image"] = torch.stack([torch.as_tensor(v["image"]) for v in drawn])
+        return out
+
+
+# ------------------------------------------------------------------ dataset
+class PatchDataset(torch.utils.data.Dataset):
+    """Vertebra patches for training (two augmented views) or evaluation (one centred view).
+
+    ``dataset[i]`` -> dict ``image`` (train ``[2, 3, S, S, S]``, eval ``[3, S, S, S]``,
+    float32), ``grade``, ``label``, ``name``, ``image_id``, ``index``. For training,
+    ``dataset[(i, seed)]`` draws the views with the random state reset to ``seed``
+    (what the training engine does: reproducible per draw, whatever the worker
+    count); a plain ``i`` continues the dataset's own random stream, seeded at
+    construction (in DataLoader workers each worker holds a copy of that stream).
+
+    Loading (read + resize) happens once per vertebra when ``cache=True`` (MONAI
+    ``CacheDataset``, filled at construction); with ``cache=False`` every draw reads
+    the files again.
+    """
+
+    def __init__(self, records: Sequence[Mapping], cube_size: int, train: bool, cache: bool = True,
+                 seed: int = 0, cache_workers: int = 1):
+        from monai.data import CacheDataset
+
+        self.records = [dict(r) for r in records]
+        self.cube_size = int(cube_size)
+        self.train = bool(train)
+        load = Pipeline([LoadPatchd(self.cube_size)])
+        if cache:
+            try:
+                self.loaded = CacheDataset(self.records, transform=load, cache_rate=1.0, num_workers=cache_workers,
+                                           progress=False, copy_cache=False)
+            except RuntimeError as exc:  # CacheDataset's threads wrap errors again
+                cause = _user_error(exc)
+                if cause is None:
+                    raise
+                raise cause.with_traceback(None) from None
+        else:
+            self.loaded = _Uncached(self.records, load)
+        if self.train:
+            self.transform = TwoViews(augment_transform(self.cube_size, seed=None))
+            self.transform.set_random_state(seed=int(seed))
+        else:
+            self.transform = _eval_part(self.cube_size)
+        self.grades = [int(r["grade"]) for r in self.records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def as_eval(self) -> "PatchDataset":
+        """The same vertebrae (sharing the cache) with the evaluation transform: one centred view."""
+        other = copy.copy(self)
+        other.train = False
+        other.transform = _eval_part(self.cube_size)
+        return other
+
+    def __getitem__(self, key):
+        if isinstance(key, (tuple, list)):
+            index, draw_seed = int(key[0]), int(key[1])
+            if self.train:
+                self.transform.set_random_state(seed=draw_seed)
+        else:
+            index = int(key)
+        item = self.transform(self.loaded[index])
+        item["index"] = index
+        return item
+
+
+class _Uncached:
+    """``loaded[i]``: read record ``i`` now (``cache=False``)."""
+
+    def __init__(self, records, load):
+        self.records, self.load = records, load
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, index):
+        return self.load(self.records[index])
+
+
+def build_dataset(records: Sequence[Mapping], cube_size: int, train: bool, cache: bool = True,
+                  seed: int = 0) -> PatchDataset:
+    """A :class:`PatchDataset` over ``records`` (from ``ProcessedDataset.records``)."""
+    return PatchDataset(records, cube_size, train, cache=cache, seed=seed)
