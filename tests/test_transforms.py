@@ -149,3 +149,16 @@ def test_mismatched_mask_shape_is_refused(tmp_path, records):
     record = {**records[0], "seg": str(tmp_path / "seg.nii.gz")}
     with pytest.raises(DatasetError, match="shape"):
         T.eval_transform(24)(record)
+
+
+def test_window_noise_has_the_reference_sigma_and_is_seeded():
+    from vfnb.data.transforms import RandWindowNoised
+
+    window = torch.full((2, 24, 24, 24), 0.5)
+    first = RandWindowNoised(keys="window", std=0.05).set_random_state(seed=3)({"window": window})["window"]
+    again = RandWindowNoised(keys="window", std=0.05).set_random_state(seed=3)({"window": window})["window"]
+    other = RandWindowNoised(keys="window", std=0.05).set_random_state(seed=4)({"window": window})["window"]
+    assert first.dtype == torch.float32
+    assert abs(float((first - 0.5).std()) - 0.05) < 0.002
+    assert abs(float((first - 0.5).mean())) < 0.002
+    assert torch.equal(first, again) and not torch.equal(first, other)
