@@ -5,7 +5,7 @@ scan of 512 x 512 x 300 int16 voxels (0.8 x 0.8 x 1.0 mm, HU noise sigma 20) wit
 12 graded vertebrae T6-L5 (ellipsoid bodies plus a posterior arch, so each label
 spans about 80 x 75 x 25 mm like a real one), then runs ``preprocess_dataset`` at
 ``--size`` in a child process and prints its wall time and peak resident memory
-(``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss``).
+(the child's own ``VmHWM``).
 
     .venv/bin/python benchmarks/preprocess_one_scan.py [--size 128] [--oblique] [--workers 1]
 
@@ -79,7 +79,16 @@ def child(original: str, processed: str, size: int, workers: int) -> None:
     imported = time.perf_counter()
     preprocess_dataset(original, processed, size=size, workers=workers)
     done = time.perf_counter()
-    print(json.dumps({"import_s": imported - start, "preprocess_s": done - imported}))
+    print(json.dumps({"import_s": imported - start, "preprocess_s": done - imported, "peak_mb": _peak_rss_mb()}))
+
+
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS (``VmHWM``); ``ru_maxrss`` would include the parent's at fork."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def main() -> int:
@@ -104,7 +113,7 @@ def main() -> int:
                                 check=True, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         timing = json.loads(result.stdout.strip().splitlines()[-1])
-        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0  # KiB on Linux
+        peak_mb = timing["peak_mb"]  # measured inside the child (workers > 1: the main process only)
         patches = len(list((processed / "img").glob("*.nii.gz")))
         import csv
 

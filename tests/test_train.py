@@ -68,6 +68,12 @@ def test_supcon_then_linear_and_every_mode(tiny_processed, tmp_path):
     # (the tiny patches' grades differ by the box height, which even a 2-epoch encoder separates)
     assert lin.history[0]["val_macro_f1"] > 0.5
 
+    # the probe fit itself is a candidate (epoch 0): an SGD step that ruins it is not selected
+    ruined = train(_params(tiny_processed, mode="linear", epochs=1, lr=500.0, momentum=0.0,
+                           init_checkpoint=str(sup.best_checkpoint)), tmp_path / "linear_ruined")
+    chosen = load_checkpoint_dict(ruined.best_checkpoint)
+    assert chosen["best_epoch"] == 0 and chosen["best_metric"] > ruined.history[0]["val_macro_f1"]
+
     # finetune moves the encoder; joint and ce run with the same engine
     fin = train(_params(tiny_processed, mode="finetune", epochs=1, init_checkpoint=str(sup.best_checkpoint)),
                 tmp_path / "finetune")

@@ -651,6 +651,15 @@ def _train(p, run_dir, ckpt, dist_ctx, stop_after_epochs):
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    if main and ckpt is None and mode == "linear" and p["linear_init"] == "probe":
+        # The probe fit is itself a candidate ("epoch 0"): SGD on augmented views starts from it,
+        # and model selection by validation macro-F1 keeps it when SGD does not improve on it.
+        model.eval()
+        logits, _, val_y = _forward_all(model, val_loader, device, autocast, channels_last)
+        best, best_epoch = _macro_f1_accuracy(val_y, logits.argmax(1))[0], 0
+        save_checkpoint(run_dir / "best.pt", model, params=p, epoch=0, optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), rng=rng_state(), history=[], best_metric=best,
+                        best_epoch=0, selected_by=selected_by)
     names_log = (run_dir / f"names.rank{dist_ctx.rank}.jsonl") if p["log_names"] else None
     epochs_this_call = 0
     for epoch in range(start_epoch, p["epochs"]):
