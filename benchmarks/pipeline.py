@@ -1,7 +1,8 @@
 """Input pipeline vs model: the share of each training step spent waiting for data.
 
-Runs the real training engine (:func:`vfnb.train.train`, default parameters:
-mode, backbone, ``batch_per_grade``, DataLoader ``workers``, balanced epochs) on
+Runs the real training engine (:func:`vfnb.train.train`, with the default study's
+training settings from ``params/default.yaml``: backbone, cube, ``batch_per_grade``,
+DataLoader ``workers``, replacement epochs of ``batches_per_epoch`` batches) on
 the default study's dataset (SynthSpine as ``params/default.yaml`` sets it: 64
 scans, pre-processed at 64, tag ``synth-f0``) and reads the engine's own
 per-epoch ``data_wait_fraction`` (time blocked in ``next(loader)`` / epoch
@@ -92,6 +93,19 @@ def bench_view(processed: Path, tag: str, root: Path, val_per_grade: int = 2) ->
     return root
 
 
+def study_training_settings() -> dict:
+    """The default study's training settings that shape the input pipeline (``params/default.yaml``).
+
+    The study trains with these (e.g. replacement epochs of ``batches_per_epoch``
+    balanced batches), so the data-wait share is measured with them too.
+    """
+    from vfnb.io import load_yaml
+
+    study = load_yaml(DEFAULT_STUDY_PARAMS)
+    keys = ("backbone", "cube_size", "batch_per_grade", "epoch_mode", "batches_per_epoch", "workers")
+    return {k: study[k] for k in keys if k in study}
+
+
 def child(runs: list[dict]) -> dict:
     """Each of ``runs`` (keyword arguments of :func:`train_once`) in turn."""
     return {"runs": [train_once(**r) for r in runs]}
@@ -108,7 +122,7 @@ def train_once(dataset: str, run_dir: str, cube_size: int, epochs: int, extra: d
               "progress": False, "device": "cpu", **(extra or {})}
     result = train(params, run_dir)
     used = {k: ({**DEFAULT_PARAMS, **params})[k] for k in ("mode", "backbone", "batch_per_grade", "workers",
-                                                           "epoch_mode", "cube_size")}
+                                                           "epoch_mode", "batches_per_epoch", "cube_size")}
     return {"history": result.history, "params": used,
             "peak_rss_mb": peak_rss_mb(),
             "workers_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0}
@@ -125,8 +139,11 @@ def run(cfg) -> dict:
         processed, tag = default_dataset(cfg.data_dir or REPO_DATA_DIR)
         dataset = bench_view(processed, tag, cfg.workdir / "pipeline-view")
         d = default_settings()
-        settings = [("default", d["cube_size"], 1 + cfg.reps, {}),
-                    ("paper", PAPER["cube_size"], 3, {})]
+        study = study_training_settings()
+        settings = [("default", study.get("cube_size", d["cube_size"]), 1 + cfg.reps, study),
+                    # 128^3 steps take seconds on a CPU: fewer batches per epoch keep the run short
+                    ("paper", PAPER["cube_size"], 3, {**{k: v for k, v in study.items() if k != "cube_size"},
+                                                      "batches_per_epoch": 6})]
     # a new run folder each time: the engine refuses to write over an existing run
     runs = [dict(dataset=str(dataset), run_dir=str(Path(tempfile.mkdtemp(prefix=f"pipeline-run-{setting}-",
                                                                          dir=cfg.workdir)) / "run"), cube_size=cube,
