@@ -379,6 +379,17 @@ class _LabelView:
         return (self.label_map[region] == self.label).astype(np.uint8)
 
 
+def _load_scan(ct_path, seg_path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(image, affine, label map, label-map affine)`` of one scan, checked to belong together."""
+    image, affine, _ = load_nifti(ct_path)
+    seg, seg_affine, _ = load_nifti(seg_path)
+    if seg.shape != image.shape:
+        raise DatasetError(f"{seg_path}: label map shape {seg.shape} differs from the CT {ct_path} shape {image.shape}")
+    if image.dtype.kind not in "iuf":
+        raise DatasetError(f"{ct_path}: CT has data type {image.dtype}; expected numeric HU values")
+    return image, affine, seg, seg_affine
+
+
 def extract_patches(ct_path: str | os.PathLike, seg_path: str | os.PathLike, size: int = 128,
                     labels: Iterable[int] | None = None) -> list[Patch]:
     """Per-vertebra patches of one scan on disk (CT NIfTI + VerSe label map NIfTI).
@@ -386,12 +397,7 @@ def extract_patches(ct_path: str | os.PathLike, seg_path: str | os.PathLike, siz
     See the module docstring for the geometry. ``labels`` defaults to every label
     in the map. Returns a list of :class:`Patch` (image int16 ``[size, size, N]``).
     """
-    image, affine, _ = load_nifti(ct_path)
-    seg, seg_affine, _ = load_nifti(seg_path)
-    if seg.shape != image.shape:
-        raise DatasetError(f"{seg_path}: label map shape {seg.shape} differs from the CT {ct_path} shape {image.shape}")
-    if image.dtype.kind not in "iuf":
-        raise DatasetError(f"{ct_path}: CT has data type {image.dtype}; expected numeric HU values")
+    image, affine, seg, seg_affine = _load_scan(ct_path, seg_path)
     return extract_patches_from_arrays(image, seg, affine, size=size, labels=labels,
                                        seg_affine=seg_affine, where=str(seg_path))
 
@@ -408,12 +414,7 @@ def _process_case(case_id: str, ct_path: str, seg_path: str, grades: dict[int, i
     Returns ``{"rows": [patches.csv rows], "warnings": [{case, label, level, message}]}``
     (metadata only: the arrays never travel between processes).
     """
-    image, affine, _ = load_nifti(ct_path)
-    seg, seg_affine, _ = load_nifti(seg_path)
-    if seg.shape != image.shape:
-        raise DatasetError(f"{seg_path}: label map shape {seg.shape} differs from the CT {ct_path} shape {image.shape}")
-    if image.dtype.kind not in "iuf":
-        raise DatasetError(f"{ct_path}: CT has data type {image.dtype}; expected numeric HU values")
+    image, affine, seg, seg_affine = _load_scan(ct_path, seg_path)
     seg = _as_label_map(seg, seg_path)
     present = set(label_boxes(seg))
     graded = {int(label): int(grade) for label, grade in grades.items()}
