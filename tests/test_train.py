@@ -198,3 +198,33 @@ def test_two_cpu_processes_see_different_vertebrae(tiny_processed, tmp_path):
         assert step0["step"] == step1["step"]
         assert len(step0["names"]) == 12 and not set(step0["names"]) & set(step1["names"])
     assert proc.stdout.count("wrote") == 1  # only rank 0 prints
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_uninterrupted_weights(tiny_processed, tmp_path):
+    """SIGKILL a real `vfnb train` process once it has written a checkpoint; `--resume` finishes it."""
+    import signal
+    import time
+
+    params = _params(tiny_processed, mode="joint", epochs=8, epoch_mode="replacement", batches_per_epoch=4)
+    params_file = tmp_path / "p.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "vfnb", "train", "--params", str(params_file), "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (out / "last.pt").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    epoch_at_kill = load_checkpoint_dict(out / "last.pt")["epoch"]
+    assert 1 <= epoch_at_kill < 8
+    resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    whole = train(params, tmp_path / "whole")
+    a = load_checkpoint(whole.last_checkpoint).state_dict()
+    b = load_checkpoint(out / "last.pt").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == list(range(1, 9))
