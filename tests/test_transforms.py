@@ -162,3 +162,22 @@ def test_window_noise_has_the_reference_sigma_and_is_seeded():
     assert abs(float((first - 0.5).std()) - 0.05) < 0.002
     assert abs(float((first - 0.5).mean())) < 0.002
     assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_random_zoom_is_isotropic_so_body_proportions_survive():
+    from vfnb.data.transforms import IsotropicRandAffined
+
+    affine = IsotropicRandAffined(keys="image", prob=1.0, scale_range=(0.2, 0.2, 0.2), mode="nearest")
+    for seed in range(20):
+        affine.set_random_state(seed=seed)
+        affine({"image": torch.zeros(1, 8, 8, 8)})
+        factors = affine.rand_affine.rand_affine_grid.scale_params
+        assert len(factors) == 3 and factors[0] == factors[1] == factors[2]
+        assert 0.8 <= factors[0] <= 1.2
+    # a box keeps its height / depth ratio through the zoom (within a voxel of nearest-neighbour rounding)
+    box = torch.zeros(1, 40, 40, 40)
+    box[0, 10:30, 12:28, 14:26] = 1.0  # 20 x 16 x 12 voxels
+    affine.set_random_state(seed=3)
+    zoomed = affine({"image": box})["image"][0]
+    extent = [int((zoomed.sum(dim=tuple(d for d in range(3) if d != axis)) > 0).sum()) for axis in range(3)]
+    assert abs(extent[2] / extent[1] - 12 / 16) < 0.1

@@ -15,7 +15,8 @@ A record (``ProcessedDataset.records``: ``image``/``seg`` paths, ``label``, ``gr
    - cutout: two boxes, each with probability 0.5, edges 1..20 voxels (at a 128 cube),
      all three channels set to 0 (MONAI ``RandCoarseDropoutd``);
    - with probability 0.7, all together: rotation +-10 degrees about each axis, zoom
-     +-20 % and shift +-10 voxels in one resampling (MONAI ``RandAffined``; window
+     +-20 % (one factor for all axes, :class:`IsotropicRandAffined`, so the body keeps its
+     proportions) and shift +-10 voxels in one resampling (MONAI ``RandAffined``; window
      channels bilinear, mask channel nearest-neighbour, zeros outside), then an
      intensity scale +-10 % (one factor for both windows) and Gaussian noise
      sigma 0.05 on the two window channels only (drawn in float32 with torch,
@@ -63,6 +64,7 @@ from monai.transforms import (
     Resize,
     Transform,
 )
+from monai.transforms import RandAffine
 from monai.utils import MAX_SEED
 
 from ..errors import DatasetError, VfnbError
@@ -195,6 +197,32 @@ class RandTogether(Randomizable, Transform):
         return self.inner(data) if self._do else data
 
 
+class _IsotropicRandAffine(RandAffine):
+    """MONAI ``RandAffine`` whose random zoom uses one factor for all axes."""
+
+    def randomize(self, data: Any = None) -> None:
+        super().randomize(data)
+        grid = self.rand_affine_grid
+        if grid.scale_params:
+            grid.scale_params = [grid.scale_params[0]] * len(grid.scale_params)
+
+
+class IsotropicRandAffined(RandAffined):
+    """MONAI ``RandAffined`` with an isotropic zoom (one factor for X, Y and Z).
+
+    MONAI draws an independent zoom per axis. Independent factors of +-20 % change
+    a vertebral body's height relative to its depth by up to ~50 %, more than the
+    20-25 % height loss that defines a mild (grade 1) fracture: the augmentation
+    would erase the very sign the model must learn, and SupCon would be trained to
+    call a shortened and a normal view of one vertebra the same. One zoom factor
+    keeps the body's proportions; rotation and shift stay per axis.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rand_affine.__class__ = _IsotropicRandAffine
+
+
 class RandWindowNoised(Randomizable, MapTransform):
     """Add zero-mean Gaussian noise (``std``) to float tensors, drawn in float32 with torch.
 
@@ -269,9 +297,9 @@ def augment_transform(cube_size: int, seed: int | None = 0) -> Compose:
     shift = scaled_voxels(SHIFT_VOXELS, cube_size)
     angle = math.radians(ROTATE_DEGREES)
     together = RandTogether([
-        RandAffined(keys=("window", "mask"), prob=1.0, rotate_range=(angle, angle, angle),
-                    scale_range=(ZOOM_RANGE,) * 3, translate_range=(shift,) * 3,
-                    mode=("bilinear", "nearest"), padding_mode="zeros"),
+        IsotropicRandAffined(keys=("window", "mask"), prob=1.0, rotate_range=(angle, angle, angle),
+                             scale_range=(ZOOM_RANGE,) * 3, translate_range=(shift,) * 3,
+                             mode=("bilinear", "nearest"), padding_mode="zeros"),
         RandScaleIntensityd(keys="window", factors=INTENSITY_SCALE, prob=1.0),
         RandWindowNoised(keys="window", std=NOISE_SIGMA),
         Lambdad(keys="window", func=_clip_unit),
