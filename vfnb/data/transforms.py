@@ -64,7 +64,7 @@ from monai.transforms import (
     Resize,
     Transform,
 )
-from monai.transforms import RandAffine
+from monai.transforms import RandAffineGrid
 from monai.utils import MAX_SEED
 
 from ..errors import DatasetError, VfnbError
@@ -197,14 +197,13 @@ class RandTogether(Randomizable, Transform):
         return self.inner(data) if self._do else data
 
 
-class _IsotropicRandAffine(RandAffine):
-    """MONAI ``RandAffine`` whose random zoom uses one factor for all axes."""
+class _IsotropicRandAffineGrid(RandAffineGrid):
+    """MONAI ``RandAffineGrid`` whose random zoom uses one factor for all axes."""
 
     def randomize(self, data: Any = None) -> None:
         super().randomize(data)
-        grid = self.rand_affine_grid
-        if grid.scale_params:
-            grid.scale_params = [grid.scale_params[0]] * len(grid.scale_params)
+        if self.scale_params:
+            self.scale_params = [self.scale_params[0]] * len(self.scale_params)
 
 
 class IsotropicRandAffined(RandAffined):
@@ -220,7 +219,8 @@ class IsotropicRandAffined(RandAffined):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.rand_affine.__class__ = _IsotropicRandAffine
+        # the grid draws the zoom (also when RandAffine re-randomizes it inside its call)
+        self.rand_affine.rand_affine_grid.__class__ = _IsotropicRandAffineGrid
 
 
 class RandWindowNoised(Randomizable, MapTransform):
