@@ -19,7 +19,7 @@ from vfnb.models import (
     set_rng_state,
 )
 
-FEATURES = {"resnet10": 128, "resnet18": 512, "seresnet50": 2048}
+FEATURES = {"resnet10": 64, "resnet18": 512, "seresnet50": 2048}
 
 
 @pytest.fixture(scope="module")
@@ -293,3 +293,27 @@ def test_save_refuses_what_weights_only_loading_would_refuse(tmp_path):
     assert not (tmp_path / "p.pt").exists() and not (tmp_path / "n.pt").exists()
     with pytest.raises(ValueError, match="reserved"):
         save_checkpoint(tmp_path / "r.pt", model, model_args={})
+
+
+def test_resnet10_keeps_resolution_and_checkpoint_records_preset(tmp_path, monkeypatch):
+    # the light backbone downsamples 2x in its stem (no max-pool): a 48^3 input reaches layer1 at 24^3
+    model = build_model("resnet10")
+    seen = {}
+
+    def record(module, inputs, output):
+        seen["shape"] = tuple(output.shape)
+
+    model.encoder.layer1.register_forward_hook(record)
+    with torch.no_grad():
+        model.embed(torch.zeros(1, 3, 48, 48, 48))
+    assert seen["shape"] == (1, 8, 24, 24, 24)
+    assert model.model_args["no_max_pool"] is True and model.model_args["block_inplanes"] == [8, 16, 32, 64]
+    # the preset is written into the checkpoint: changing it later does not change a saved model
+    path = save_checkpoint(tmp_path / "r10.pt", model)
+    import vfnb.models as models
+    monkeypatch.setitem(models._RESNET_PRESETS, "resnet10", dict(layers=[1, 1, 1, 1], block_inplanes=[16, 32, 64, 128],
+                                                                  conv1_t_size=3, conv1_t_stride=2, no_max_pool=False))
+    loaded = load_checkpoint(path)
+    assert loaded.num_features == 64
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)

@@ -16,11 +16,18 @@ Backbones (``build_model(backbone=...)``):
 - ``seresnet50``: the paper's encoder, MONAI ``SEResNet50(spatial_dims=3)``;
   its ``features()`` then adaptive average pooling give a 2048-d feature.
 - ``resnet10``: a light MONAI ``ResNet`` (basic blocks, layers 1-1-1-1, first
-  convolution 3^3 with stride 2, widths 16-32-64-128) giving a 128-d feature; fast
-  enough on a CPU for the default study. The 3^3 first kernel (MONAI's default is
-  7^3) is for speed: on a CPU the 7^3 kernel's backward pass dominated the step
-  (about 4x the whole step's CPU time at 48^3). ``block_inplanes``, ``conv1_t_stride``,
-  ``conv1_t_size`` and ``layers`` can be overridden through ``build_model(**kw)``.
+  convolution 3^3 with stride 2 and **no max-pooling**, widths 8-16-32-64) giving a
+  64-d feature; fast enough on a CPU for the default study. The 3^3 first kernel
+  (MONAI's default is 7^3) is for speed: on a CPU the 7^3 kernel's backward pass
+  dominated the step (about 4x the whole step's CPU time at 48^3). Max-pooling is
+  left out because the grade lives in fine detail: a mild fracture is a 20-25 %
+  height loss, 3-4 voxels of a body about 15 voxels tall at 48^3, and a stem that
+  downsamples 4x (stride 2 + max-pool) leaves less than a cell of it. On the
+  default SynthSpine a SupCon encoder with max-pool (widths 16-128) did not move
+  the validation probe in 300 steps (fracture AUC 0.51-0.63), and without it
+  reached 0.87 (see the issue-4 note). Halving the widths pays for the finer
+  grid. ``block_inplanes``, ``conv1_t_stride``, ``conv1_t_size``, ``layers`` and
+  ``no_max_pool`` can be overridden through ``build_model(**kw)``.
 - ``resnet18``: MONAI ``ResNet`` basic blocks 2-2-2-2, widths 64-128-256-512 (512-d).
 
 Checkpoints are plain dicts, loadable with ``torch.load(weights_only=True)``:
@@ -52,8 +59,10 @@ BACKBONES = ("resnet10", "resnet18", "seresnet50")
 HEADS = ("linear", "mlp")
 
 _RESNET_PRESETS: dict[str, dict[str, Any]] = {
-    "resnet10": dict(layers=[1, 1, 1, 1], block_inplanes=[16, 32, 64, 128], conv1_t_size=3, conv1_t_stride=2),
-    "resnet18": dict(layers=[2, 2, 2, 2], block_inplanes=[64, 128, 256, 512], conv1_t_size=7, conv1_t_stride=2),
+    "resnet10": dict(layers=[1, 1, 1, 1], block_inplanes=[8, 16, 32, 64], conv1_t_size=3, conv1_t_stride=2,
+                     no_max_pool=True),
+    "resnet18": dict(layers=[2, 2, 2, 2], block_inplanes=[64, 128, 256, 512], conv1_t_size=7, conv1_t_stride=2,
+                     no_max_pool=False),
 }
 
 
@@ -130,6 +139,8 @@ def build_model(backbone: str = "resnet10", in_channels: int = 3, num_grades: in
     if head not in HEADS:
         raise ValueError(f"head {head!r} unknown; expected one of {', '.join(HEADS)}")
     backbone_kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in backbone_kwargs.items()}
+    # record the preset's values too, so a checkpoint rebuilds the same network even if a preset changes
+    backbone_kwargs = {**_RESNET_PRESETS.get(backbone, {}), **backbone_kwargs}
     encoder, num_features = _build_encoder(backbone, int(in_channels), int(num_grades), backbone_kwargs)
     model_args = dict(backbone=backbone, in_channels=int(in_channels), num_grades=int(num_grades), head=head,
                       feature_dim=int(feature_dim), **backbone_kwargs)
