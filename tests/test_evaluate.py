@@ -337,3 +337,30 @@ def test_evaluate_predictions_intervals_equal_the_generic_bootstrap():
         entry = out["metrics"][name]
         expected = [None if math.isnan(v) else v for v in generic[name]]
         assert [entry["value"], entry["ci_low"], entry["ci_high"]] == pytest.approx(expected), name
+
+
+def test_chance_macro_f1_of_image_blind_graders():
+    from vfnb.evaluate import chance_macro_f1
+
+    y = [0] * 80 + [1] * 10 + [2] * 7 + [3] * 3
+    chance = chance_macro_f1(y, seed=0)
+    # always 0: F1 of grade 0 = 2*80/(80+100), averaged over the 4 grades present
+    assert chance["always_normal"] == pytest.approx(2 * 80 / 180 / 4)
+    assert 0.1 < chance["uniform"] < chance["always_normal"]
+    assert chance_macro_f1(y, seed=0) == chance
+    with pytest.raises(DatasetError):
+        chance_macro_f1([])
+
+
+def test_permutation_p_value_separates_graders_from_noise():
+    from vfnb.evaluate import permutation_p_value
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 120)
+    perfect = permutation_p_value(y, y, n_permutations=500, seed=0)
+    assert perfect == pytest.approx(1 / 501)
+    unrelated = permutation_p_value(y, rng.integers(0, 4, 120), n_permutations=500, seed=0)
+    assert unrelated > 0.05
+    assert permutation_p_value(y, np.zeros_like(y), n_permutations=200) == 1.0  # a constant grader never beats chance
+    with pytest.raises(DatasetError):
+        permutation_p_value(y, y[:-1])

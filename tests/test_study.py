@@ -206,3 +206,45 @@ def test_smoke_study_end_to_end(tmp_path):
     points = json.loads((out / "operating_points.json").read_text())
     assert set(points) == set(metrics["models"]) and all(p["chosen_on"] == "validation" for p in points.values())
     assert (out / "runs" / "ce" / "val_predictions.csv").is_file()
+
+
+def test_git_state_counts_code_not_outputs(tmp_path):
+    import subprocess
+
+    from vfnb.study import git_state
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results" / "default").mkdir(parents=True)
+    (tmp_path / "results" / "default" / "metrics.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    # a re-run replacing its own committed report, and generated data: not code changes
+    (tmp_path / "results" / "default" / "metrics.json").write_text('{"a": 1}')
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "scan.nii.gz").write_bytes(b"x")
+    state = git_state(tmp_path)
+    assert state["dirty"] is False and len(state["commit"]) == 40
+    (tmp_path / "code.py").write_text("x = 2\n")
+    (tmp_path / "new.py").write_text("")
+    state = git_state(tmp_path)
+    assert state["dirty"] is True
+    assert state["changed_files"] == ["code.py"] and state["untracked_files"] == ["new.py"]
+
+
+def test_probe_comparison_reports_probe_and_chance(tiny_processed):
+    from vfnb.data.processed import ProcessedDataset
+    from vfnb.study import initial_model, probe_comparison
+
+    ds = ProcessedDataset(tiny_processed)
+    model = initial_model("resnet10", "linear", 16, seed=0, block_inplanes=[4, 4, 4, 8])
+    table = probe_comparison({"random init": model}, ds.records("train", "t0"), ds.records("val", "t0"), 16,
+                             device="cpu", n_permutations=50)
+    assert list(table.index) == ["random init", "chance: always grade 0", "chance: uniform guess"]
+    row = table.loc["random init"]
+    assert 0 <= row["macro-F1"] <= 1 and 0 <= row["fracture AUC"] <= 1 and 1 / 51 <= row["p (macro-F1 vs chance)"] <= 1
+    # the val list holds all four grades about equally: always-0 reaches F1(grade 0) / 4
+    assert table.loc["chance: always grade 0", "macro-F1"] < 0.2

@@ -204,6 +204,41 @@ def grade_metrics(y: Sequence[int], pred: Sequence[int]) -> dict:
     }
 
 
+def chance_macro_f1(y: Sequence[int], n_draws: int = 2000, seed: int = 0) -> dict:
+    """Macro-F1 that graders blind to the image reach on the true grades ``y``.
+
+    ``always_normal``: every vertebra called grade 0. ``uniform``: grades guessed
+    uniformly at random (the mean over ``n_draws`` seeded draws). Macro-F1 as in
+    :func:`grade_metrics` (grades present in ``y`` or the guesses).
+    """
+    y = _as_grades(y, "chance_macro_f1: y")
+    if y.size == 0:
+        raise DatasetError("chance_macro_f1: no vertebrae (empty y)")
+    rng = np.random.default_rng(seed)
+    uniform = [skm.f1_score(y, rng.integers(0, NUM_GRADES, y.size), average="macro", zero_division=0)
+               for _ in range(int(n_draws))]
+    return {"always_normal": float(skm.f1_score(y, np.zeros_like(y), average="macro", zero_division=0)),
+            "uniform": float(np.mean(uniform))}
+
+
+def permutation_p_value(y: Sequence[int], pred: Sequence[int], n_permutations: int = 2000, seed: int = 0) -> float:
+    """One-sided p-value of the macro-F1 of ``pred`` against "predictions unrelated to the grades".
+
+    The null distribution shuffles ``pred`` over the vertebrae (keeping how often each
+    grade is predicted); p = (1 + #{shuffled macro-F1 >= observed}) / (1 + n_permutations).
+    A small p says the grader is above chance; it says nothing about how far above.
+    """
+    y = _as_grades(y, "permutation_p_value: y")
+    pred = _as_grades(pred, "permutation_p_value: pred")
+    if y.shape != pred.shape or y.size == 0:
+        raise DatasetError(f"permutation_p_value: y has {y.size} grades and pred {pred.size}; expected the same, > 0")
+    observed = skm.f1_score(y, pred, average="macro", zero_division=0)
+    rng = np.random.default_rng(seed)
+    hits = sum(skm.f1_score(y, rng.permutation(pred), average="macro", zero_division=0) >= observed - 1e-12
+               for _ in range(int(n_permutations)))
+    return float((1 + hits) / (1 + int(n_permutations)))
+
+
 # ------------------------------------------------------------------ binary screening
 def screening_metrics(grade: Sequence[int], fracture_prob: Sequence[float], threshold: float) -> dict:
     """Binary screening (fractured = grade >= 1) at an operating point (scikit-learn).

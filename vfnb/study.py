@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import yaml
 
@@ -372,7 +372,7 @@ def _say(text: str, enabled: bool) -> None:
 
 # ===================================================================== provenance
 def git_state(root: Path) -> dict:
-    """Commit, whether tracked files differ from it, and untracked files outside results/ and data/."""
+    """Commit, and whether the code differs from it: changed or untracked files outside results/ and data/."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
 
@@ -386,11 +386,9 @@ def git_state(root: Path) -> dict:
     changed, untracked = [], []
     for line in status.stdout.splitlines():
         path = line[3:]
-        if line.startswith("??"):
-            if not path.startswith(("results/", "data/")):
-                untracked.append(path)
-        else:
-            changed.append(path)
+        if path.startswith(("results/", "data/")):
+            continue  # outputs and data, not code (a study re-run replaces its own committed report)
+        (untracked if line.startswith("??") else changed).append(path)
     return {"commit": head.stdout.strip(), "dirty": bool(changed or untracked),
             "changed_files": changed, "untracked_files": untracked}
 
@@ -942,6 +940,49 @@ def initial_model(backbone: str, head: str, feature_dim: int, seed: int = 0, **k
 
     torch.manual_seed(int(seed))
     return build_model(backbone=backbone, head=head, feature_dim=feature_dim, **kw).eval()
+
+
+def probe_comparison(stages: Mapping[str, Any], train_records: Sequence[dict], val_records: Sequence[dict],
+                     cube_size: int, device: str = "auto", seed: int = 0, n_permutations: int = 2000):
+    """How well a linear probe grades validation vertebrae from each encoder's pooled features.
+
+    ``stages``: name -> model (e.g. the random initialisation and the SupCon encoder).
+    For each, a class-balanced logistic regression on standardised features of the
+    training vertebrae (centred views) predicts the validation vertebrae. Returns a
+    DataFrame indexed by stage (then two image-blind chance rows) with validation
+    ``macro-F1``, ``fracture AUC`` (1 - P(grade 0), fractured = grade >= 1) and the
+    permutation ``p (macro-F1 vs chance)`` (:func:`vfnb.evaluate.permutation_p_value`).
+    """
+    import numpy as np
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score, roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from .evaluate import chance_macro_f1, permutation_p_value
+    from .predict import predict_patches
+
+    train_y = np.array([int(r["grade"]) for r in train_records])
+    val_y = np.array([int(r["grade"]) for r in val_records])
+    rows = {}
+    for stage, model in stages.items():
+        _, train_f = predict_patches(model, train_records, cube_size, device=device)
+        _, val_f = predict_patches(model, val_records, cube_size, device=device)
+        clf = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=2000,
+                                                                 random_state=seed))
+        clf.fit(train_f, train_y)
+        pred = clf.predict(val_f)
+        p_normal = clf.predict_proba(val_f)[:, list(clf.classes_).index(0)]
+        fractured = val_y > 0
+        auc = float(roc_auc_score(fractured, 1 - p_normal)) if 0 < fractured.sum() < fractured.size else float("nan")
+        rows[stage] = {"macro-F1": float(f1_score(val_y, pred, average="macro", zero_division=0)),
+                       "fracture AUC": auc,
+                       "p (macro-F1 vs chance)": permutation_p_value(val_y, pred, n_permutations, seed)}
+    chance = chance_macro_f1(val_y, seed=seed)
+    rows["chance: always grade 0"] = {"macro-F1": chance["always_normal"], "fracture AUC": 0.5}
+    rows["chance: uniform guess"] = {"macro-F1": chance["uniform"], "fracture AUC": 0.5}
+    return pd.DataFrame(rows).T
 
 
 def body_heights(mask, spacing_mm: float = 1.0) -> dict:
