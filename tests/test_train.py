@@ -47,9 +47,11 @@ def test_supcon_then_linear_and_every_mode(tiny_processed, tmp_path):
         assert (tmp_path / "supcon" / name).is_file(), name
     assert [h["epoch"] for h in sup.history] == [1, 2]
     row = sup.history[-1]
-    assert set(row) == {"epoch", "loss", "lr", "val_macro_f1", "val_accuracy", "epoch_seconds", "data_wait_fraction"}
+    assert set(row) == {"epoch", "loss", "lr", "val_macro_f1", "val_accuracy", "val_fracture_auc", "epoch_seconds",
+                        "data_wait_fraction"}
     assert 0.0 <= row["data_wait_fraction"] <= 1.0 and row["lr"] == pytest.approx(0.005)
     assert 0.0 <= row["val_macro_f1"] <= 1.0  # the logistic-regression probe
+    assert 0.0 <= row["val_fracture_auc"] <= 1.0
     assert json.loads((tmp_path / "supcon" / "history.json").read_text()) == sup.history
     assert len((tmp_path / "supcon" / "metrics.csv").read_text().strip().splitlines()) == 3
     assert yaml.safe_load((tmp_path / "supcon" / "params.yaml").read_text())["mode"] == "supcon"

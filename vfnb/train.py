@@ -31,7 +31,8 @@ the best checkpoint is kept by validation macro-F1. The ``test`` list is never r
 A run folder holds ``params.yaml``, ``last.pt``, ``best.pt`` (atomic, via
 :func:`vfnb.models.save_checkpoint`: model arguments, params, epoch, optimizer,
 scheduler, RNG states, history, best metric), ``metrics.csv`` and ``history.json``
-(one row per epoch: loss, lr, val macro-F1 and accuracy, epoch seconds, data-wait
+(one row per epoch: loss, lr, val macro-F1 and accuracy, val fracture AUC (screening
+ROC AUC of 1 - P(grade 0); for ``supcon``, of the probe), epoch seconds, data-wait
 fraction = time blocked waiting for the next batch / epoch training time).
 
 Reproducibility: the model is initialised from ``seed``; batches depend on
@@ -481,7 +482,10 @@ def _forward_all(model, loader, device, autocast, channels_last):
 
 
 def _probe(kind: str, train_feats, train_y, val_feats, seed: int):
-    """Fit a probe on training features and predict validation grades."""
+    """Fit a probe on training features; return validation ``(predicted grades, fracture scores)``.
+
+    The fracture score is the probe's 1 - P(grade 0).
+    """
     if kind == "knn":
         from sklearn.neighbors import KNeighborsClassifier
 
@@ -494,7 +498,20 @@ def _probe(kind: str, train_feats, train_y, val_feats, seed: int):
         clf = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=2000,
                                                                  random_state=seed))
     clf.fit(train_feats, train_y)
-    return clf.predict(val_feats)
+    classes = list(clf.classes_)
+    proba = clf.predict_proba(val_feats)
+    score = 1.0 - proba[:, classes.index(0)] if 0 in classes else np.ones(len(val_feats))
+    return clf.predict(val_feats), score
+
+
+def _fracture_auc(y_true, score) -> float | None:
+    """Screening ROC AUC (fractured = grade >= 1) of ``score``; None when only one class is present."""
+    from sklearn.metrics import roc_auc_score
+
+    fractured = np.asarray(y_true) > 0
+    if fractured.all() or not fractured.any():
+        return None
+    return float(roc_auc_score(fractured, np.asarray(score, dtype=np.float64)))
 
 
 def _write_metrics(run_dir: Path, history: list[dict]) -> None:
@@ -728,18 +745,20 @@ def _train(p, run_dir, ckpt, dist_ctx, stop_after_epochs):
         if main:
             model.eval()
             if mode == "supcon" and p["probe"] == "none":
-                f1 = acc = None
+                f1 = acc = auc = None
             else:
                 logits, feats, val_y = _forward_all(model, val_loader, device, autocast, channels_last)
             if mode == "supcon":
                 if p["probe"] != "none":
                     _, train_feats, train_y = _forward_all(model, probe_loader, device, autocast, channels_last)
-                    pred = _probe(p["probe"], train_feats, train_y, feats, p["seed"])
+                    pred, score = _probe(p["probe"], train_feats, train_y, feats, p["seed"])
                     f1, acc = _macro_f1_accuracy(val_y, pred)
+                    auc = _fracture_auc(val_y, score)
             else:
                 f1, acc = _macro_f1_accuracy(val_y, logits.argmax(1))
+                auc = _fracture_auc(val_y, 1.0 - torch.softmax(torch.as_tensor(logits), dim=1)[:, 0].numpy())
             row = {"epoch": epoch + 1, "loss": train_loss, "lr": lr, "val_macro_f1": f1, "val_accuracy": acc,
-                   "epoch_seconds": round(epoch_seconds, 4), "data_wait_fraction": round(wait / epoch_seconds, 4)}
+                   "val_fracture_auc": auc, "epoch_seconds": round(epoch_seconds, 4), "data_wait_fraction": round(wait / epoch_seconds, 4)}
             history.append(row)
             metric = -train_loss if selected_by == "train_loss" else f1
             if best is None or metric > best:
