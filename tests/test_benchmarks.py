@@ -176,3 +176,19 @@ def test_gpu_script_tiny_runs_on_cpu(tmp_path):
     assert figures["gpu.flops_per_step"]["value"] > 0
     assert data["meta"]["card"].startswith("cpu") and data["meta"]["setting"]["cube_size"] == 16
     assert "compile" in data["errors"]  # skipped with --tiny
+
+
+def test_supcon_seeds_reports_probe_before_and_after(tiny_processed, tmp_path):
+    out = tmp_path / "seeds.json"
+    proc = subprocess.run([sys.executable, "benchmarks/supcon_seeds.py", "--seeds", "0", "1", "--dataset",
+                           str(tiny_processed), "--tag", "t0", "--out", str(out), "-p", "cube_size=16",
+                           "-p", "epochs=1", "-p", "batches_per_epoch=2", "-p", "workers=0",
+                           "-p", "backbone_kwargs={block_inplanes: [4, 4, 4, 8]}"],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [r["seed"] for r in result["rows"]] == [0, 1] and result["params"]["cube_size"] == 16
+    for row in result["rows"]:
+        for stage in ("init", "best", "last"):
+            assert 0 <= row[f"{stage}_fracture_auc"] <= 1 and 0 < row[f"{stage}_p"] <= 1
+        assert row["chance_always_normal_macro_f1"] < 0.2

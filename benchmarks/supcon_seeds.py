@@ -1,0 +1,91 @@
+"""Experiment: how much does SupCon pretraining help a linear probe, seed by seed?
+
+Trains the SupCon encoder of the default study (``params/default.yaml``: backbone,
+cube, batches, epochs, learning rate) on the default SynthSpine (SYNTHETIC data)
+once per seed, then fits a class-balanced logistic-regression probe on the pooled
+features of the training vertebrae, before (the seed's random initialisation) and
+after pretraining, and grades the validation vertebrae
+(:func:`vfnb.study.probe_comparison`). Prints one line per seed and writes the
+table as JSON. The test list is never read.
+
+    .venv/bin/python benchmarks/supcon_seeds.py --seeds 0 1 2 [--out /tmp/supcon_seeds.json] [-p key=value ...]
+
+About 4-5 min per seed on 2 CPU cores. SynthSpine is generated into ``data/`` first
+when missing (as ``make study`` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None) -> int:
+    from vfnb.data.processed import ProcessedDataset
+    from vfnb.data.synth import ensure_default_dataset
+    from vfnb.io import atomic_write_text, load_yaml
+    from vfnb.models import load_checkpoint
+    from vfnb.study import initial_model, probe_comparison
+    from vfnb.train import parse_overrides, train
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default=None, help="JSON file for the table (default: print only)")
+    ap.add_argument("--dataset", default=None, help="a processed dataset instead of the default SynthSpine")
+    ap.add_argument("--tag", default=None, help="split tag of --dataset (default: the study's tag)")
+    ap.add_argument("-p", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="training parameter override, e.g. -p epochs=4")
+    args = ap.parse_args(argv)
+
+    d = load_yaml(ROOT / "params" / "default.yaml")
+    if args.dataset is None:
+        paths = ensure_default_dataset(ROOT / d["data_dir"], cases=d["synth_cases"], seed=d["synth_seed"],
+                                       size=d["patch_size"], workers=max(1, int(d["workers"])), tag="synth",
+                                       folds=d["synth_folds"], val_fraction=d["val_fraction"])
+    else:
+        paths = {"processed": Path(args.dataset)}
+    d["tag"] = args.tag or d["tag"]
+    data = ProcessedDataset(paths["processed"])
+    train_records, val_records = data.records("train", d["tag"]), data.records("val", d["tag"])
+    base = dict(mode="supcon", dataset=str(paths["processed"]), tag=d["tag"], backbone=d["backbone"],
+                head=d["head"], feature_dim=d["feature_dim"], cube_size=d["cube_size"],
+                batch_per_grade=d["batch_per_grade"], epoch_mode=d["epoch_mode"],
+                batches_per_epoch=d["batches_per_epoch"], epochs=d["supcon_epochs"], lr=d["supcon_lr"],
+                momentum=d["momentum"], weight_decay=d["weight_decay"], lr_schedule=d["lr_schedule"],
+                temperature=d["temperature"], base_temperature=d["base_temperature"], probe=d["probe"],
+                workers=d["workers"], progress=False)
+    base.update(parse_overrides(args.overrides))
+    rows = []
+    for seed in args.seeds:
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            result = train({**base, "seed": seed}, Path(tmp) / "supcon")
+            stages = {"init": initial_model(base["backbone"], base["head"], base["feature_dim"], seed),
+                      "best": load_checkpoint(result.best_checkpoint),
+                      "last": load_checkpoint(result.last_checkpoint)}
+            table = probe_comparison(stages, train_records, val_records, base["cube_size"], device="cpu",
+                                     seed=seed, n_permutations=1000)
+        row = {"seed": seed, "seconds": round(time.perf_counter() - t0, 1),
+               "best_epoch": int(max(result.history, key=lambda h: h["val_macro_f1"] or -1)["epoch"]),
+               **{f"{stage}_{key}": round(float(table.loc[stage, col]), 4)
+                  for stage in ("init", "best", "last")
+                  for key, col in (("macro_f1", "macro-F1"), ("fracture_auc", "fracture AUC"),
+                                   ("p", "p (macro-F1 vs chance)"))},
+               "chance_always_normal_macro_f1": round(float(table.loc["chance: always grade 0", "macro-F1"]), 4),
+               "chance_uniform_macro_f1": round(float(table.loc["chance: uniform guess", "macro-F1"]), 4)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.out:
+        atomic_write_text(args.out, json.dumps({"params": base, "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
