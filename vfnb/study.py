@@ -955,13 +955,11 @@ def probe_comparison(stages: Mapping[str, Any], train_records: Sequence[dict], v
     """
     import numpy as np
     import pandas as pd
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import f1_score, roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.metrics import f1_score
 
     from .evaluate import chance_macro_f1, permutation_p_value
     from .predict import predict_patches
+    from .train import fracture_auc, probe_predict
 
     train_y = np.array([int(r["grade"]) for r in train_records])
     val_y = np.array([int(r["grade"]) for r in val_records])
@@ -969,15 +967,10 @@ def probe_comparison(stages: Mapping[str, Any], train_records: Sequence[dict], v
     for stage, model in stages.items():
         _, train_f = predict_patches(model, train_records, cube_size, device=device)
         _, val_f = predict_patches(model, val_records, cube_size, device=device)
-        clf = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=2000,
-                                                                 random_state=seed))
-        clf.fit(train_f, train_y)
-        pred = clf.predict(val_f)
-        p_normal = clf.predict_proba(val_f)[:, list(clf.classes_).index(0)]
-        fractured = val_y > 0
-        auc = float(roc_auc_score(fractured, 1 - p_normal)) if 0 < fractured.sum() < fractured.size else float("nan")
+        pred, score = probe_predict("logreg", train_f, train_y, val_f, seed)
+        auc = fracture_auc(val_y, score)
         rows[stage] = {"macro-F1": float(f1_score(val_y, pred, average="macro", zero_division=0)),
-                       "fracture AUC": auc,
+                       "fracture AUC": float("nan") if auc is None else auc,
                        "p (macro-F1 vs chance)": permutation_p_value(val_y, pred, n_permutations, seed)}
     chance = chance_macro_f1(val_y, seed=seed)
     rows["chance: always grade 0"] = {"macro-F1": chance["always_normal"], "fracture AUC": 0.5}

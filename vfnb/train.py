@@ -481,10 +481,11 @@ def _forward_all(model, loader, device, autocast, channels_last):
     return torch.cat(logits).numpy(), torch.cat(feats).numpy(), torch.cat(grades).numpy()
 
 
-def _probe(kind: str, train_feats, train_y, val_feats, seed: int):
+def probe_predict(kind: str, train_feats, train_y, val_feats, seed: int):
     """Fit a probe on training features; return validation ``(predicted grades, fracture scores)``.
 
-    The fracture score is the probe's 1 - P(grade 0).
+    ``kind``: ``logreg`` (class-balanced logistic regression on standardised features)
+    or ``knn`` (5 nearest neighbours, cosine). The fracture score is 1 - P(grade 0).
     """
     if kind == "knn":
         from sklearn.neighbors import KNeighborsClassifier
@@ -504,7 +505,7 @@ def _probe(kind: str, train_feats, train_y, val_feats, seed: int):
     return clf.predict(val_feats), score
 
 
-def _fracture_auc(y_true, score) -> float | None:
+def fracture_auc(y_true, score) -> float | None:
     """Screening ROC AUC (fractured = grade >= 1) of ``score``; None when only one class is present."""
     from sklearn.metrics import roc_auc_score
 
@@ -751,14 +752,15 @@ def _train(p, run_dir, ckpt, dist_ctx, stop_after_epochs):
             if mode == "supcon":
                 if p["probe"] != "none":
                     _, train_feats, train_y = _forward_all(model, probe_loader, device, autocast, channels_last)
-                    pred, score = _probe(p["probe"], train_feats, train_y, feats, p["seed"])
+                    pred, score = probe_predict(p["probe"], train_feats, train_y, feats, p["seed"])
                     f1, acc = _macro_f1_accuracy(val_y, pred)
-                    auc = _fracture_auc(val_y, score)
+                    auc = fracture_auc(val_y, score)
             else:
                 f1, acc = _macro_f1_accuracy(val_y, logits.argmax(1))
-                auc = _fracture_auc(val_y, 1.0 - torch.softmax(torch.as_tensor(logits), dim=1)[:, 0].numpy())
+                auc = fracture_auc(val_y, 1.0 - torch.softmax(torch.as_tensor(logits), dim=1)[:, 0].numpy())
             row = {"epoch": epoch + 1, "loss": train_loss, "lr": lr, "val_macro_f1": f1, "val_accuracy": acc,
-                   "val_fracture_auc": auc, "epoch_seconds": round(epoch_seconds, 4), "data_wait_fraction": round(wait / epoch_seconds, 4)}
+                   "val_fracture_auc": auc, "epoch_seconds": round(epoch_seconds, 4),
+                   "data_wait_fraction": round(wait / epoch_seconds, 4)}
             history.append(row)
             metric = -train_loss if selected_by == "train_loss" else f1
             if best is None or metric > best:
