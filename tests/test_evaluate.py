@@ -364,3 +364,10 @@ def test_permutation_p_value_separates_graders_from_noise():
     assert permutation_p_value(y, np.zeros_like(y), n_permutations=200) == 1.0  # a constant grader never beats chance
     with pytest.raises(DatasetError):
         permutation_p_value(y, y[:-1])
+
+
+def test_fracture_auc_matches_scikit_learn_and_needs_both_classes():
+    y = [0, 0, 1, 2, 3, 0, 1]
+    score = [0.1, 0.4, 0.35, 0.8, 0.9, 0.2, 0.3]
+    assert ev.fracture_auc(y, score) == pytest.approx(skm.roc_auc_score(np.array(y) > 0, score))
+    assert ev.fracture_auc([0, 0], [0.1, 0.2]) is None

@@ -391,6 +391,13 @@ def _roc_auc(positive: np.ndarray, score: np.ndarray) -> float:
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
 
 
+def fracture_auc(grade: Sequence[int], score: Sequence[float]) -> float | None:
+    """Screening ROC AUC (fractured = grade >= 1) of ``score``; None when only one class is present."""
+    grade = _as_grades(grade, "fracture_auc: grade")
+    auc = _roc_auc(grade >= 1, _as_scores(score, grade.size, "fracture_auc: score"))
+    return None if math.isnan(auc) else auc
+
+
 def _average_precision(positive: np.ndarray, score: np.ndarray) -> float:
     # sum over distinct thresholds (descending) of (R_k - R_{k-1}) * P_k, as scikit-learn
     n_pos = int(positive.sum())

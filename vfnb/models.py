@@ -26,8 +26,9 @@ Backbones (``build_model(backbone=...)``):
   study (SynthSpine, synthetic) the cross-entropy baseline's validation macro-F1
   went from 0.38 (widths 16-128 with max-pool, 13 epochs; reference run at 731ea71)
   to 0.64 (this preset, 10 epochs; 05e268a), its test macro-F1 from 0.31 to 0.59.
-  Halving the widths pays for the finer grid. ``block_inplanes``, ``conv1_t_stride``, ``conv1_t_size``, ``layers`` and
-  ``no_max_pool`` can be overridden through ``build_model(**kw)``.
+  Halving the widths pays for the finer grid. ``block_inplanes``, ``conv1_t_stride``,
+  ``conv1_t_size``, ``layers`` and ``no_max_pool`` can be overridden through
+  ``build_model(**kw)``.
 - ``resnet18``: MONAI ``ResNet`` basic blocks 2-2-2-2, widths 64-128-256-512 (512-d).
 
 Checkpoints are plain dicts, loadable with ``torch.load(weights_only=True)``:

@@ -957,9 +957,9 @@ def probe_comparison(stages: Mapping[str, Any], train_records: Sequence[dict], v
     import pandas as pd
     from sklearn.metrics import f1_score
 
-    from .evaluate import chance_macro_f1, permutation_p_value
+    from .evaluate import chance_macro_f1, fracture_auc, permutation_p_value
     from .predict import predict_patches
-    from .train import fracture_auc, probe_predict
+    from .train import probe_predict
 
     train_y = np.array([int(r["grade"]) for r in train_records])
     val_y = np.array([int(r["grade"]) for r in val_records])

@@ -505,16 +505,6 @@ def probe_predict(kind: str, train_feats, train_y, val_feats, seed: int):
     return clf.predict(val_feats), score
 
 
-def fracture_auc(y_true, score) -> float | None:
-    """Screening ROC AUC (fractured = grade >= 1) of ``score``; None when only one class is present."""
-    from sklearn.metrics import roc_auc_score
-
-    fractured = np.asarray(y_true) > 0
-    if fractured.all() or not fractured.any():
-        return None
-    return float(roc_auc_score(fractured, np.asarray(score, dtype=np.float64)))
-
-
 def _write_metrics(run_dir: Path, history: list[dict]) -> None:
     atomic_write_json(run_dir / "history.json", history)
     columns = list(history[0]) if history else []
@@ -583,6 +573,7 @@ def _train(p, run_dir, ckpt, dist_ctx, stop_after_epochs):
     from torch.nn.parallel import DistributedDataParallel
     from tqdm.auto import tqdm
 
+    from . import evaluate
     from .data.processed import ProcessedDataset
     from .data.sampling import ClassBalancedBatchSampler
     from .data.transforms import build_dataset
@@ -754,10 +745,11 @@ def _train(p, run_dir, ckpt, dist_ctx, stop_after_epochs):
                     _, train_feats, train_y = _forward_all(model, probe_loader, device, autocast, channels_last)
                     pred, score = probe_predict(p["probe"], train_feats, train_y, feats, p["seed"])
                     f1, acc = _macro_f1_accuracy(val_y, pred)
-                    auc = fracture_auc(val_y, score)
+                    auc = evaluate.fracture_auc(val_y, score)
             else:
                 f1, acc = _macro_f1_accuracy(val_y, logits.argmax(1))
-                auc = fracture_auc(val_y, 1.0 - torch.softmax(torch.as_tensor(logits), dim=1)[:, 0].numpy())
+                p_normal = torch.softmax(torch.as_tensor(logits), dim=1)[:, 0].numpy()
+                auc = evaluate.fracture_auc(val_y, 1.0 - p_normal)
             row = {"epoch": epoch + 1, "loss": train_loss, "lr": lr, "val_macro_f1": f1, "val_accuracy": acc,
                    "val_fracture_auc": auc, "epoch_seconds": round(epoch_seconds, 4),
                    "data_wait_fraction": round(wait / epoch_seconds, 4)}
