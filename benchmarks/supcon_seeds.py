@@ -79,7 +79,10 @@ def main(argv=None) -> int:
                   for key, col in (("macro_f1", "macro-F1"), ("fracture_auc", "fracture AUC"),
                                    ("p", "p (macro-F1 vs chance)"))},
                "chance_always_normal_macro_f1": round(float(table.loc["chance: always grade 0", "macro-F1"]), 4),
-               "chance_uniform_macro_f1": round(float(table.loc["chance: uniform guess", "macro-F1"]), 4)}
+               "chance_uniform_macro_f1": round(float(table.loc["chance: uniform guess", "macro-F1"]), 4),
+               "epoch_loss": [round(float(h["loss"]), 4) for h in result.history],
+               "epoch_val_fracture_auc": [None if h["val_fracture_auc"] is None
+                                          else round(float(h["val_fracture_auc"]), 3) for h in result.history]}
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.out:

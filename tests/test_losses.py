@@ -102,6 +102,21 @@ def test_identical_positive_views_lower_the_loss():
     assert loss(aligned) < loss(shuffled)
 
 
+@pytest.mark.parametrize("temperature,base", [(0.07, 0.07), (0.2, 0.07)])
+def test_uninformative_value_is_the_loss_of_identical_projections(temperature, base):
+    loss = SupConLoss(temperature=temperature, base_temperature=base)
+    same = F.normalize(torch.randn(1, 1, 16), dim=2).expand(12, 2, 16)  # 24 identical views
+    labels = torch.tensor([0, 1, 2, 3] * 3)
+    expected = loss.uninformative_value(24)
+    assert expected == pytest.approx(temperature / base * math.log(23))
+    assert float(loss(same, labels)) == pytest.approx(expected, rel=1e-5)
+    # any grade structure in the projections brings the loss below it
+    spread = F.normalize(same + 0.5 * F.one_hot(labels, 16).float()[:, None, :], dim=2)
+    assert float(loss(spread, labels)) < expected
+    with pytest.raises(ValueError):
+        loss.uninformative_value(1)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="contrast_mode"):
         SupConLoss(contrast_mode="some")

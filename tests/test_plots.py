@@ -113,6 +113,10 @@ def test_plot_curves_from_history_with_gaps():
     metric_line = [line for line in axes[1].get_lines() if line.get_label() == "val_macro_f1"][0]
     assert list(metric_line.get_xdata()) == [2, 4, 6, 8, 10]  # missing epochs skipped, not zeros
     assert axes[2].get_yscale() == "log"
+    assert not any(line.get_label() == "no structure" for line in axes[0].get_lines())
+    fig = plots.plot_curves(history, loss_reference=("no structure", 3.135))
+    reference = [line for line in plot_axes(fig)[0].get_lines() if line.get_label() == "no structure"]
+    assert len(reference) == 1 and list(reference[0].get_ydata()) == [3.135, 3.135]
     with pytest.raises(DatasetError):
         plots.plot_curves([])
 

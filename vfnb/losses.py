@@ -20,6 +20,8 @@ authors' reference code does::
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -49,6 +51,21 @@ class SupConLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, base_temperature={self.base_temperature}, contrast_mode={self.contrast_mode!r}"
+
+    def uninformative_value(self, n_views_total: int) -> float:
+        """The loss when every projected view is one and the same vector.
+
+        It is ``(tau / tau_base) * ln(N - 1)``.
+
+        ``N`` is the number of views in the batch (vertebrae x views). Every log-probability
+        is then ``-ln(N - 1)``, whatever the labels. A training loss that stays near this
+        value means the encoder has not separated the grades on the training batches: the
+        projections are (close to) one point, or their differences carry no grade.
+        """
+        n = int(n_views_total)
+        if n < 2:
+            raise ValueError(f"n_views_total must be >= 2 (got {n_views_total})")
+        return float(self.temperature / self.base_temperature * math.log(n - 1))
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if features.dim() != 3:

@@ -227,7 +227,7 @@ def plot_reliability(calibrations: Mapping[str, Any], title: str = "Reliability 
 
 
 def plot_curves(history: Sequence[Mapping[str, Any]], keys: Sequence[str] | None = None,
-                title: str = "Learning curves") -> Figure:
+                title: str = "Learning curves", loss_reference: tuple[str, float] | None = None) -> Figure:
     """Learning curves from a training history (list of per-epoch dicts).
 
     Keys containing ``loss`` share one panel (nats), ``lr`` gets a log-scale
@@ -235,6 +235,8 @@ def plot_curves(history: Sequence[Mapping[str, Any]], keys: Sequence[str] | None
     metrics panel (0-1). The x axis is ``epoch`` when present, else the row
     number + 1. ``keys`` restricts which keys are drawn. Values missing in some
     epochs (validation every k epochs) are skipped, not drawn as zeros.
+    ``loss_reference``: ``(label, value)`` drawn as a dashed line on the loss panel
+    (e.g. :meth:`vfnb.losses.SupConLoss.uninformative_value`).
     """
     if not history:
         raise DatasetError("plot_curves: the training history is empty (expected a list of per-epoch dicts)")
@@ -265,6 +267,8 @@ def plot_curves(history: Sequence[Mapping[str, Any]], keys: Sequence[str] | None
             # the learning rate changes in steps at epoch boundaries
             ax.plot(x[ok], y[ok], marker="o" if ok.sum() < 30 else None, ms=3, label=key,
                     drawstyle="steps-post" if group == "lr" else "default")
+        if group == "loss" and loss_reference is not None:
+            ax.axhline(float(loss_reference[1]), ls="--", c="0.5", lw=1, label=str(loss_reference[0]))
         ax.set_ylabel(ylabels[group])
         ax.set_xlabel("Epoch")
         if group == "lr":
