@@ -25,7 +25,8 @@ Backbones (``build_model(backbone=...)``):
   downsamples 4x (stride 2 + max-pool) leaves less than a cell of it. In the default
   study (SynthSpine, synthetic) the cross-entropy baseline's validation macro-F1
   went from 0.38 (widths 16-128 with max-pool, 13 epochs; reference run at 731ea71)
-  to 0.64 (this preset, 10 epochs; 05e268a), its test macro-F1 from 0.31 to 0.59.
+  to 0.64 (this preset, 10 epochs of 30 batches; 05e268a), its test macro-F1 from
+  0.31 to 0.59; with the current 24-batch epochs (2cdc1a2) it reached 0.52 and 0.48.
   Halving the widths pays for the finer grid. ``block_inplanes``, ``conv1_t_stride``,
   ``conv1_t_size``, ``layers`` and ``no_max_pool`` can be overridden through
   ``build_model(**kw)``.
