@@ -76,6 +76,21 @@ def test_supcon_then_linear_and_every_mode(tiny_processed, tmp_path):
     chosen = load_checkpoint_dict(ruined.best_checkpoint)
     assert chosen["best_epoch"] == 0 and chosen["best_metric"] > ruined.history[0]["val_macro_f1"]
 
+    # finetune starts its classifier from the same probe fit (linear probing, then fine-tuning), and that
+    # start is a candidate too: a fine-tuning step that ruins the network is not selected
+    fin_ruined = train(_params(tiny_processed, mode="finetune", epochs=1, lr=500.0, momentum=0.0,
+                               init_checkpoint=str(sup.best_checkpoint)), tmp_path / "finetune_ruined")
+    start = load_checkpoint_dict(fin_ruined.best_checkpoint)
+    assert start["best_epoch"] == 0 and start["best_metric"] == chosen["best_metric"] and fin_ruined.best_epoch == 0
+    assert start["best_metric"] > fin_ruined.history[0]["val_macro_f1"]
+    lin_start = load_checkpoint(ruined.best_checkpoint).state_dict()
+    fin_start = load_checkpoint(fin_ruined.best_checkpoint).state_dict()
+    assert all(torch.equal(lin_start[k], fin_start[k]) for k in lin_start)  # encoder and classifier alike
+    # classifier_init: random keeps the old behaviour (no epoch-0 candidate, a fresh classifier)
+    fin_random = train(_params(tiny_processed, mode="finetune", epochs=1, classifier_init="random",
+                               init_checkpoint=str(sup.best_checkpoint)), tmp_path / "finetune_random")
+    assert load_checkpoint_dict(fin_random.best_checkpoint)["best_epoch"] == 1 == fin_random.best_epoch
+
     # finetune moves the encoder; joint and ce run with the same engine
     fin = train(_params(tiny_processed, mode="finetune", epochs=1, init_checkpoint=str(sup.best_checkpoint)),
                 tmp_path / "finetune")
@@ -133,11 +148,16 @@ def test_params_validation_names_the_key(tmp_path):
     assert validate_params({})["lr"] == 0.005 and DEFAULT_PARAMS["temperature"] == 0.07
     with pytest.raises(ParamsError, match="'learning_rate'"):
         validate_params({"learning_rate": 0.1})
-    for key, value in (("lr", -1), ("epochs", 0), ("mode", "simclr"), ("linear_init", "zeros"), ("amp", "yes"), ("lr_milestones", [1, "x"]),
+    for key, value in (("lr", -1), ("epochs", 0), ("mode", "simclr"), ("classifier_init", "zeros"), ("amp", "yes"),
+                       ("lr_milestones", [1, "x"]),
                        ("batch_per_grade", 2.5), ("sync_bn", "true"), ("device", "tpu"), ("ce_views", 3)):
         with pytest.raises(ParamsError, match=repr(key)):
             validate_params({key: value})
     assert validate_params({"epochs": 3.0})["epochs"] == 3
+    # a renamed parameter still validates under its old name (old runs resume), but not both names at once
+    assert validate_params({"linear_init": "random"})["classifier_init"] == "random"
+    with pytest.raises(ParamsError, match="'linear_init' and 'classifier_init'"):
+        validate_params({"linear_init": "random", "classifier_init": "probe"})
     with pytest.raises(ParamsError, match="init_checkpoint"):
         validate_params({"mode": "linear"})
     with pytest.raises(ParamsError, match="batches_per_epoch"):

@@ -891,8 +891,11 @@ def train_model(run: StudyRun, model: str, mode: str, data: StudyData, epochs: i
         start = time.monotonic()
         result = train(params, run.model_dir(model))
         best = "n/a" if result.best_metric is None else f"{result.best_metric:.3f}"
+        when = "" if result.best_epoch is None else f" at epoch {result.best_epoch}"
+        if result.best_epoch == 0:
+            when += " (the classifier's probe fit, before any training step: training did not improve on it)"
         print(f"{model}: {len(result.history)} epochs of {mode} in {time.monotonic() - start:.0f} s; "
-              f"best {result.selected_by} {best} (validation)")
+              f"best {result.selected_by} {best}{when} (validation)")
         path = Path(result.best_checkpoint)
     run.record_checkpoint(model, path)
     return path

@@ -9,12 +9,17 @@ Modes (``params["mode"]``):
   highest probe macro-F1, or the lowest training loss with ``probe: none``.
 - ``linear``: the encoder of ``init_checkpoint`` frozen (and kept in eval mode, so its
   batch-norm statistics stay), the classifier trained with CE on augmented views. With
-  ``linear_init: probe`` (default) the classifier starts from a class-balanced logistic
+  ``classifier_init: probe`` (default) the classifier starts from a class-balanced logistic
   regression (scikit-learn, on standardised pooled features of the training vertebrae's
   centred views, the scaler folded into the weights); SGD at the paper's lr on raw pooled
   features (small, of similar size for every vertebra) otherwise needs many epochs to
   leave chance level. ``random``: a freshly initialised classifier.
-- ``finetune``: the whole network from ``init_checkpoint`` with CE (classifier re-initialised).
+- ``finetune``: the whole network from ``init_checkpoint`` with CE. The classifier starts
+  as in ``linear`` (``classifier_init``): from the probe, the gradient that first reaches
+  the encoder comes from a classifier that already reads its features, not from a random
+  one that pulls the pretrained features apart (linear probing, then fine-tuning).
+- ``linear`` and ``finetune`` with ``classifier_init: probe``: the probe's start is itself a
+  candidate (epoch 0), so model selection keeps it when training does not improve on it.
 - ``joint``: the paper's recipe: CE on the *detached* pooled feature (trains only the
   classifier) + SupCon on the projections, equal weights.
 - ``ce``: the baseline: same backbone, augmentation, sampler and budget, plain CE on
@@ -94,7 +99,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "base_temperature": 0.07,
     "ce_views": 2,              # ce mode: views per vertebra fed to CE (1 or 2)
     "probe": "logreg",          # supcon validation probe: logreg | knn | none
-    "linear_init": "probe",     # linear mode: classifier starts from a logistic-regression fit (probe) | random
+    "classifier_init": "probe",  # linear / finetune: classifier starts from a logistic-regression fit | random
     "init_checkpoint": None,    # required for linear / finetune; optional warm start otherwise
     "seed": 0,
     "device": "auto",           # auto (CUDA when present) | cpu | cuda | cuda:N
@@ -131,7 +136,7 @@ PARAM_HELP: dict[str, str] = {
     "base_temperature": "SupCon base temperature (> 0)",
     "ce_views": "views per vertebra for the ce baseline: 1 or 2",
     "probe": "supcon validation probe: logreg, knn or none",
-    "linear_init": "linear mode classifier start: probe or random",
+    "classifier_init": "linear and finetune modes, classifier start: probe or random",
     "init_checkpoint": "checkpoint path to start from (required for linear and finetune) or null",
     "seed": "integer random seed (>= 0)",
     "device": "auto, cpu, cuda or cuda:N",
@@ -162,6 +167,9 @@ def _bad(key: str, value: Any, where: str) -> ParamsError:
     return ParamsError(f"{where}parameter {key!r} = {value!r} is invalid; expected {PARAM_HELP[key]}")
 
 
+RENAMED_PARAMS = {"linear_init": "classifier_init"}  # old name -> current name
+
+
 def validate_params(params: dict | None, where: str = "") -> dict:
     """Defaults updated with ``params``; raises :class:`ParamsError` naming the key.
 
@@ -175,6 +183,12 @@ def validate_params(params: dict | None, where: str = "") -> dict:
         params = {}
     if not isinstance(params, dict):
         raise ParamsError(f"{prefix}parameters must be a mapping of key: value, got {type(params).__name__}")
+    for old, new in RENAMED_PARAMS.items():  # runs written before a rename still validate and resume
+        if old in params:
+            if new in params:
+                raise ParamsError(f"{prefix}parameters {old!r} and {new!r} both given; {old!r} is the old "
+                                  f"name of {new!r}, keep one")
+            params = {(new if k == old else k): v for k, v in params.items()}
     unknown = [k for k in params if k not in DEFAULT_PARAMS]
     if unknown:
         raise ParamsError(f"{prefix}unknown parameter {unknown[0]!r}" + (f" (and {unknown[1:]})" if unknown[1:] else "")
@@ -206,7 +220,7 @@ def validate_params(params: dict | None, where: str = "") -> dict:
 
     for key, options in (("mode", MODES), ("backbone", BACKBONES), ("head", HEADS),
                          ("epoch_mode", ("balanced", "replacement")), ("lr_schedule", ("step", "cosine")),
-                         ("probe", ("logreg", "knn", "none")), ("linear_init", ("probe", "random"))):
+                         ("probe", ("logreg", "knn", "none")), ("classifier_init", ("probe", "random"))):
         if not isinstance(p[key], str) or p[key] not in options:
             raise _bad(key, p[key], prefix)
     for key in ("amp", "channels_last"):
@@ -303,6 +317,7 @@ class TrainResult:
     last_checkpoint: Path
     history: list = field(default_factory=list)
     best_metric: float | None = None
+    best_epoch: int | None = None  # 0: the start (the probe fit of linear / finetune) beat every epoch
     selected_by: str = "val_macro_f1"
 
 
@@ -626,7 +641,7 @@ def _train(p, run_dir, ckpt, dist_ctx, stop_after_epochs):
             print("note: sync_bn ignored on CPU (SyncBatchNorm needs CUDA); each process keeps its own "
                   "batch-norm statistics", file=sys.stderr)
     model = model.to(device)
-    if mode == "linear" and p["linear_init"] == "probe" and ckpt is None:
+    if mode in ("linear", "finetune") and p["classifier_init"] == "probe" and ckpt is None:
         # deterministic, so every rank computes the same start (DDP also broadcasts rank 0's)
         _fit_classifier_from_probe(model, train_set, p["eval_batch_size"], device, p["seed"])
     if channels_last:
@@ -660,7 +675,7 @@ def _train(p, run_dir, ckpt, dist_ctx, stop_after_epochs):
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    if main and ckpt is None and mode == "linear" and p["linear_init"] == "probe":
+    if main and ckpt is None and mode in ("linear", "finetune") and p["classifier_init"] == "probe":
         # The probe fit is itself a candidate ("epoch 0"): SGD on augmented views starts from it,
         # and model selection by validation macro-F1 keeps it when SGD does not improve on it.
         model.eval()
@@ -776,7 +791,7 @@ def _train(p, run_dir, ckpt, dist_ctx, stop_after_epochs):
         raise ParamsError(f"{run_dir}: nothing to train (epochs = {p['epochs']} already done)")
     best_value = None if best is None else (-best if selected_by == "train_loss" else best)
     return TrainResult(run_dir=run_dir, best_checkpoint=run_dir / "best.pt", last_checkpoint=run_dir / "last.pt",
-                       history=history, best_metric=best_value, selected_by=selected_by)
+                       history=history, best_metric=best_value, best_epoch=best_epoch, selected_by=selected_by)
 
 
 def train_from_cli(params_files: Sequence[str | os.PathLike], kv_overrides: Sequence[str],
