@@ -19,13 +19,20 @@ from vfnb.models import load_checkpoint, load_checkpoint_dict
 from vfnb.train import DEFAULT_PARAMS, parse_overrides, train, train_from_cli, validate_params
 
 # a light network on 16^3 cubes: every run here takes seconds
+# device: cpu, also on a machine with a GPU: these tests check the CPU path (bit-for-bit resume, same seed ->
+# same metrics); test_cuda_run_* checks the GPU path where there is one
 TINY = dict(tag="t0", cube_size=16, backbone="resnet10", backbone_kwargs={"block_inplanes": [4, 8, 8, 16]},
-            workers=0, threads=1, eval_batch_size=32, progress=False)
+            workers=0, threads=1, eval_batch_size=32, progress=False, device="cpu")
 TIMING_KEYS = ("epoch_seconds", "data_wait_fraction")
 
 
 def _params(dataset, **kw):
     return {**TINY, "dataset": str(dataset), **kw}
+
+
+def _pythonpath() -> str:
+    """The repository first, then whatever PYTHONPATH already held (packages installed beside, not in, site)."""
+    return os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p)
 
 
 def _metrics(history):
@@ -200,6 +207,58 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.parametrize("device_param", ["auto", "cuda", "cuda:1"])
+def test_cuda_device_always_carries_an_index(device_param, monkeypatch):
+    """torch.cuda.set_device refuses a bare torch.device("cuda"): found on an H200 with device: cuda."""
+    from vfnb.train import _Dist
+
+    chosen = []
+
+    def set_device(device):
+        assert isinstance(device, torch.device) and device.index is not None, device
+        chosen.append(device)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ctx = _Dist(device_param)
+    assert ctx.device == chosen[0] == torch.device("cuda", 1 if device_param == "cuda:1" else 0)
+    # with more processes per node than GPUs, a clear error instead of an invalid device
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    with pytest.raises(ParamsError, match="LOCAL_RANK 3 but this machine has 2 CUDA device"):
+        _Dist("auto")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run_with_bf16_autocast_and_channels_last(tiny_processed, tmp_path):
+    """The GPU path: bf16 autocast and channels-last-3d (both "auto" = on for CUDA), then finetune from it."""
+    params = _params(tiny_processed, mode="joint", epochs=2, device="cuda", amp="auto", channels_last="auto")
+    run = train(params, tmp_path / "joint")
+    assert [h["epoch"] for h in run.history] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(h["loss"])) and h["loss"] > 0 for h in run.history)
+    model = load_checkpoint(run.last_checkpoint)  # saved from the GPU, loads on the CPU
+    assert all(t.device.type == "cpu" for t in model.state_dict().values())
+    x = torch.randn(4, 3, 16, 16, 16)
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # compare fp32 with fp32 (TF32 convolutions round to 10 bits)
+    try:
+        with torch.no_grad():
+            cpu_logits, cpu_proj = model(x)
+            gpu = model.to("cuda").to(memory_format=torch.channels_last_3d)
+            gpu_logits, gpu_proj = gpu(x.to("cuda").contiguous(memory_format=torch.channels_last_3d))
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    assert torch.allclose(cpu_logits, gpu_logits.float().cpu(), atol=1e-3, rtol=1e-3)
+    assert torch.allclose(cpu_proj, gpu_proj.float().cpu(), atol=1e-3, rtol=1e-3)
+    # finetune on the GPU starts from the probe fit (features computed on the GPU), a candidate as epoch 0
+    fin = train(_params(tiny_processed, mode="finetune", epochs=1, device="cuda",
+                        init_checkpoint=str(run.best_checkpoint)), tmp_path / "finetune")
+    assert fin.best_epoch in (0, 1) and fin.best_metric >= fin.history[0]["val_macro_f1"]
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_see_different_vertebrae(tiny_processed, tmp_path):
     params_file = tmp_path / "p.yaml"
@@ -207,7 +266,7 @@ def test_two_cpu_processes_see_different_vertebrae(tiny_processed, tmp_path):
     params_file.write_text(yaml.safe_dump(_params(tiny_processed, mode="joint", epochs=1, epoch_mode="replacement",
                                                   batches_per_epoch=2, log_names=True, sync_bn=True)))
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": _pythonpath()}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={_free_port()}", "-m", "vfnb", "train", "--params", str(params_file), "--out", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -232,7 +291,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(tiny_processed, tmp_p
     params_file = tmp_path / "p.yaml"
     params_file.write_text(yaml.safe_dump(params))
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": _pythonpath()}
     cmd = [sys.executable, "-m", "vfnb", "train", "--params", str(params_file), "--out", str(out)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240

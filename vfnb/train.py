@@ -339,9 +339,15 @@ class _Dist:
             raise ParamsError(f"parameter 'device' = {device_param!r} but no CUDA device is available")
         if want_cuda:
             if self.world_size > 1:
+                if self.local_rank >= torch.cuda.device_count():
+                    raise ParamsError(f"process with LOCAL_RANK {self.local_rank} but this machine has "
+                                      f"{torch.cuda.device_count()} CUDA device(s): start at most that many "
+                                      "processes per node (torchrun --nproc_per_node), or set device: cpu")
                 self.device = torch.device("cuda", self.local_rank)
-            else:
-                self.device = torch.device(device_param if device_param.startswith("cuda") else "cuda")
+            elif device_param.startswith("cuda:"):
+                self.device = torch.device(device_param)
+            else:  # "cuda" / "auto": the current device, with its index (set_device refuses a bare "cuda")
+                self.device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(self.device)
         else:
             self.device = torch.device("cpu")

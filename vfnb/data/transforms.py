@@ -246,8 +246,8 @@ class RandWindowNoised(Randomizable, MapTransform):
         generator = torch.Generator().manual_seed(self._seed)
         for key in self.key_iterator(d):
             x = torch.as_tensor(d[key])
-            noise = torch.randn(x.shape, generator=generator, dtype=torch.float32)
-            d[key] = x + noise.mul_(self.std).to(x.dtype)
+            noise = torch.randn(x.shape, generator=generator, dtype=torch.float32)  # on the CPU: same views anywhere
+            d[key] = x + noise.mul_(self.std).to(device=x.device, dtype=x.dtype)
         return d
 
 
