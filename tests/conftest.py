@@ -12,6 +12,7 @@ Everything is small so each fixture costs well under a second.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,3 +179,14 @@ def tiny_processed(tmp_path, _tiny_processed_template):
     root = tmp_path / "processed"
     shutil.copytree(_tiny_processed_template, root)
     return root
+
+
+@pytest.fixture
+def subprocess_env() -> dict:
+    """Environment for a child Python started by a test: this checkout importable first (then any
+    PYTHONPATH already set, e.g. packages installed beside site-packages), one OpenMP thread."""
+    env = dict(os.environ)
+    repo = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
+    env["OMP_NUM_THREADS"] = "1"
+    return env

@@ -8,7 +8,6 @@ promise, with the machine and versions recorded.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,13 +21,6 @@ from benchmarks.reference_augment import reference_augment
 from vfnb.levels import MAX_LABEL
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
 
 
 # ------------------------------------------------------------------ reference augmentation
@@ -127,10 +119,10 @@ def test_study_wall_time_from_provenance(tmp_path):
 
 # ------------------------------------------------------------------ smoke runs
 @pytest.mark.slow
-def test_quick_benchmark_writes_expected_keys(tmp_path):
+def test_quick_benchmark_writes_expected_keys(tmp_path, subprocess_env):
     out = tmp_path / "quick.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out), "--machine", "test box",
-                           "--workdir", str(tmp_path / "work")], cwd=REPO, env=_env(), capture_output=True,
+                           "--workdir", str(tmp_path / "work")], cwd=REPO, env=subprocess_env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
@@ -155,17 +147,17 @@ def test_quick_benchmark_writes_expected_keys(tmp_path):
     assert meta["date"] and meta["command"].startswith("python -m benchmarks --quick") and meta["quick"]
     assert meta["machine_name"] == "test box"
 
-    md = subprocess.run([sys.executable, "-m", "benchmarks", "--markdown", str(out)], cwd=REPO, env=_env(),
+    md = subprocess.run([sys.executable, "-m", "benchmarks", "--markdown", str(out)], cwd=REPO, env=subprocess_env,
                         capture_output=True, text=True, timeout=120)
     assert md.returncode == 0, md.stderr
     assert "`augmentation.speedup_32`" in md.stdout and machine["cpu_model"] in md.stdout
 
 
 @pytest.mark.slow
-def test_gpu_script_tiny_runs_on_cpu(tmp_path):
+def test_gpu_script_tiny_runs_on_cpu(tmp_path, subprocess_env):
     out = tmp_path / "gpu.json"
-    proc = subprocess.run([sys.executable, "benchmarks/gpu.py", "--tiny", "--out", str(out)], cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "benchmarks/gpu.py", "--tiny", "--out", str(out)], cwd=REPO,
+                          env=subprocess_env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     figures = data["figures"]
@@ -178,13 +170,13 @@ def test_gpu_script_tiny_runs_on_cpu(tmp_path):
     assert "compile" in data["errors"]  # skipped with --tiny
 
 
-def test_supcon_seeds_reports_probe_before_and_after(tiny_processed, tmp_path):
+def test_supcon_seeds_reports_probe_before_and_after(tiny_processed, tmp_path, subprocess_env):
     out = tmp_path / "seeds.json"
     proc = subprocess.run([sys.executable, "benchmarks/supcon_seeds.py", "--seeds", "0", "1", "--dataset",
                            str(tiny_processed), "--tag", "t0", "--out", str(out), "-p", "cube_size=16",
                            "-p", "epochs=1", "-p", "batches_per_epoch=2", "-p", "workers=0",
                            "-p", "backbone_kwargs={block_inplanes: [4, 4, 4, 8]}"],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=subprocess_env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert [r["seed"] for r in result["rows"]] == [0, 1] and result["params"]["cube_size"] == 16

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -28,11 +27,6 @@ TIMING_KEYS = ("epoch_seconds", "data_wait_fraction")
 
 def _params(dataset, **kw):
     return {**TINY, "dataset": str(dataset), **kw}
-
-
-def _pythonpath() -> str:
-    """The repository first, then whatever PYTHONPATH already held (packages installed beside, not in, site)."""
-    return os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p)
 
 
 def _metrics(history):
@@ -260,16 +254,15 @@ def test_cuda_run_with_bf16_autocast_and_channels_last(tiny_processed, tmp_path)
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_see_different_vertebrae(tiny_processed, tmp_path):
+def test_two_cpu_processes_see_different_vertebrae(tiny_processed, tmp_path, subprocess_env):
     params_file = tmp_path / "p.yaml"
     # 7-8 vertebrae per grade: replacement mode gives each rank 2 steps of 3 per grade, distinct within a step
     params_file.write_text(yaml.safe_dump(_params(tiny_processed, mode="joint", epochs=1, epoch_mode="replacement",
                                                   batches_per_epoch=2, log_names=True, sync_bn=True)))
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": _pythonpath()}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={_free_port()}", "-m", "vfnb", "train", "--params", str(params_file), "--out", str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=subprocess_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
     assert len(json.loads((out / "history.json").read_text())) == 1
@@ -282,7 +275,7 @@ def test_two_cpu_processes_see_different_vertebrae(tiny_processed, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_to_the_uninterrupted_weights(tiny_processed, tmp_path):
+def test_a_killed_run_resumes_to_the_uninterrupted_weights(tiny_processed, tmp_path, subprocess_env):
     """SIGKILL a real `vfnb train` process once it has written a checkpoint; `--resume` finishes it."""
     import signal
     import time
@@ -291,9 +284,8 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(tiny_processed, tmp_p
     params_file = tmp_path / "p.yaml"
     params_file.write_text(yaml.safe_dump(params))
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": _pythonpath()}
     cmd = [sys.executable, "-m", "vfnb", "train", "--params", str(params_file), "--out", str(out)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while not (out / "last.pt").is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -302,7 +294,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(tiny_processed, tmp_p
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     epoch_at_kill = load_checkpoint_dict(out / "last.pt")["epoch"]
     assert 1 <= epoch_at_kill < 8
-    resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(cmd + ["--resume"], env=subprocess_env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     whole = train(params, tmp_path / "whole")
     a = load_checkpoint(whole.last_checkpoint).state_dict()

@@ -647,7 +647,8 @@ def _train(p, run_dir, ckpt, dist_ctx, stop_after_epochs):
             print("note: sync_bn ignored on CPU (SyncBatchNorm needs CUDA); each process keeps its own "
                   "batch-norm statistics", file=sys.stderr)
     model = model.to(device)
-    if mode in ("linear", "finetune") and p["classifier_init"] == "probe" and ckpt is None:
+    start_from_probe = ckpt is None and mode in ("linear", "finetune") and p["classifier_init"] == "probe"
+    if start_from_probe:
         # deterministic, so every rank computes the same start (DDP also broadcasts rank 0's)
         _fit_classifier_from_probe(model, train_set, p["eval_batch_size"], device, p["seed"])
     if channels_last:
@@ -681,7 +682,7 @@ def _train(p, run_dir, ckpt, dist_ctx, stop_after_epochs):
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    if main and ckpt is None and mode in ("linear", "finetune") and p["classifier_init"] == "probe":
+    if main and start_from_probe:
         # The probe fit is itself a candidate ("epoch 0"): SGD on augmented views starts from it,
         # and model selection by validation macro-F1 keeps it when SGD does not improve on it.
         model.eval()
