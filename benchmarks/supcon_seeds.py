@@ -9,6 +9,12 @@ after pretraining, and grades the validation vertebrae
 table as JSON. The test list is never read.
 
     .venv/bin/python benchmarks/supcon_seeds.py --seeds 0 1 2 [--out /tmp/supcon_seeds.json] [-p key=value ...]
+    .venv/bin/python benchmarks/supcon_seeds.py --synth-seed 1 ...   # another SynthSpine draw
+
+Each row also says whether SupCon left its collapse value: the last epoch's loss
+against the loss of projections with no grade structure, and the mean cosine
+between projections of two views of one vertebra, of same-grade and of
+other-grade vertebrae (:class:`vfnb.losses.ProjectionSimilarity`).
 
 About 4-5 min per seed on 2 CPU cores. SynthSpine is generated into ``data/`` first
 when missing (as ``make study`` does).
@@ -40,11 +46,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="JSON file for the table (default: print only)")
     ap.add_argument("--dataset", default=None, help="a processed dataset instead of the default SynthSpine")
     ap.add_argument("--tag", default=None, help="split tag of --dataset (default: the study's tag)")
+    ap.add_argument("--synth-seed", type=int, default=None,
+                    help="SynthSpine generator seed (default: the study's; generated into data/ when missing)")
+    ap.add_argument("--label", default="", help="a name for this setting, copied into every row")
     ap.add_argument("-p", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="training parameter override, e.g. -p epochs=4")
     args = ap.parse_args(argv)
 
     d = load_yaml(ROOT / "params" / "default.yaml")
+    if args.synth_seed is not None:
+        d["synth_seed"] = args.synth_seed
     if args.dataset is None:
         paths = ensure_default_dataset(ROOT / d["data_dir"], cases=d["synth_cases"], seed=d["synth_seed"],
                                        size=d["patch_size"], workers=max(1, int(d["workers"])), tag="synth",
@@ -60,7 +71,9 @@ def main(argv=None) -> int:
                 batches_per_epoch=d["batches_per_epoch"], epochs=d["supcon_epochs"], lr=d["supcon_lr"],
                 momentum=d["momentum"], weight_decay=d["weight_decay"], lr_schedule=d["lr_schedule"],
                 temperature=d["temperature"], base_temperature=d["base_temperature"], probe=d["probe"],
-                workers=d["workers"], progress=False)
+                workers=d["workers"], progress=False,
+                **{k: d[k] for k in ("views", "warmup_epochs") if k in d},
+                augmentation=d.get("supcon_augmentation", "paper"))
     base.update(parse_overrides(args.overrides))
     rows = []
     for seed in args.seeds:
@@ -72,7 +85,14 @@ def main(argv=None) -> int:
                       "last": load_checkpoint(result.last_checkpoint)}
             table = probe_comparison(stages, train_records, val_records, base["cube_size"], device="cpu",
                                      seed=seed, n_permutations=1000)
-        row = {"seed": seed, "seconds": round(time.perf_counter() - t0, 1),
+        last = result.history[-1]
+        row = {"label": args.label, "synth_seed": d["synth_seed"] if args.dataset is None else None,
+               "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
+               "train_seconds": round(sum(h["epoch_seconds"] for h in result.history), 1),
+               "steps": last.get("steps"), "last_loss": round(float(last["loss"]), 4),
+               "loss_no_structure": last.get("loss_no_structure"),
+               **{k: (None if last.get(k) is None else round(float(last[k]), 3))
+                  for k in ("proj_cos_own_view", "proj_cos_same_grade", "proj_cos_other_grade")},
                "best_epoch": int(max(result.history, key=lambda h: h["val_macro_f1"] or -1)["epoch"]),
                **{f"{stage}_{key}": round(float(table.loc[stage, col]), 4)
                   for stage in ("init", "best", "last")

@@ -105,3 +105,44 @@ class SupConLoss(nn.Module):
             return features.sum() * 0.0
         mean_log_prob_pos = sum_pos[has_pos] / n_pos[has_pos].to(log_prob.dtype)
         return -(self.temperature / self.base_temperature) * mean_log_prob_pos.mean()
+
+
+class ProjectionSimilarity:
+    """Running means of the cosine between projected views, by pair kind: is SupCon collapsing?
+
+    ``add(features [batch, views, dim], labels [batch])`` with L2-normalised features
+    accumulates, over every ordered pair of distinct views in the batch, the mean
+    cosine of pairs that are two views of one vertebra (``own_view``), views of two
+    vertebrae of the same grade (``same_grade``), and of different grades
+    (``other_grade``). Collapse shows as all three near 1 (every projection the same
+    vector, the loss at :meth:`SupConLoss.uninformative_value`); grade structure as
+    ``other_grade`` clearly below ``same_grade``. ``means()`` -> dict with keys
+    ``proj_cos_own_view``, ``proj_cos_same_grade``, ``proj_cos_other_grade`` (None
+    for a kind never seen).
+    """
+
+    KINDS = ("own_view", "same_grade", "other_grade")
+
+    def __init__(self):
+        self.sums = dict.fromkeys(self.KINDS, 0.0)
+        self.counts = dict.fromkeys(self.KINDS, 0)
+
+    @torch.no_grad()
+    def add(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        n, v = features.shape[:2]
+        flat = features.reshape(n * v, -1).float()
+        cosine = flat @ flat.T
+        sample = torch.arange(n, device=flat.device).repeat_interleave(v)
+        label = labels.to(flat.device).repeat_interleave(v)
+        distinct = ~torch.eye(n * v, dtype=torch.bool, device=flat.device)
+        same_sample = sample[:, None] == sample[None, :]
+        same_label = label[:, None] == label[None, :]
+        masks = {"own_view": distinct & same_sample, "same_grade": same_label & ~same_sample,
+                 "other_grade": ~same_label}
+        for kind, mask in masks.items():
+            self.sums[kind] += float(cosine[mask].sum())
+            self.counts[kind] += int(mask.sum())
+
+    def means(self) -> dict:
+        return {f"proj_cos_{kind}": (self.sums[kind] / self.counts[kind] if self.counts[kind] else None)
+                for kind in self.KINDS}

@@ -98,6 +98,9 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "temperature": 0.07,
     "base_temperature": 0.07,
     "ce_views": 2,              # ce mode: views per vertebra fed to CE (1 or 2)
+    "views": 2,                 # augmented views drawn per vertebra (paper: 2)
+    "augmentation": "paper",    # paper | weak (deviation for SupCon at small budgets; vfnb.data.transforms)
+    "warmup_epochs": 0,         # linear learning-rate warm-up over this many epochs, step by step (paper: none)
     "probe": "logreg",          # supcon validation probe: logreg | knn | none
     "classifier_init": "probe",  # linear / finetune: classifier starts from a logistic-regression fit | random
     "init_checkpoint": None,    # required for linear / finetune; optional warm start otherwise
@@ -135,6 +138,9 @@ PARAM_HELP: dict[str, str] = {
     "temperature": "SupCon temperature (> 0)",
     "base_temperature": "SupCon base temperature (> 0)",
     "ce_views": "views per vertebra for the ce baseline: 1 or 2",
+    "views": "augmented views per vertebra (integer >= 2)",
+    "augmentation": "augmentation strength: paper or weak (vfnb.data.transforms.AUGMENTATIONS)",
+    "warmup_epochs": "epochs of linear learning-rate warm-up (integer >= 0, less than epochs)",
     "probe": "supcon validation probe: logreg, knn or none",
     "classifier_init": "linear and finetune modes, classifier start: probe or random",
     "init_checkpoint": "checkpoint path to start from (required for linear and finetune) or null",
@@ -176,6 +182,7 @@ def validate_params(params: dict | None, where: str = "") -> dict:
     Unknown keys and values of the wrong type or outside their range are refused.
     Integers given as floats (``3.0``) are accepted as integers; returns a new dict.
     """
+    from .data.transforms import AUGMENTATIONS
     from .models import BACKBONES, HEADS
 
     prefix = f"{where}: " if where else ""
@@ -220,7 +227,8 @@ def validate_params(params: dict | None, where: str = "") -> dict:
 
     for key, options in (("mode", MODES), ("backbone", BACKBONES), ("head", HEADS),
                          ("epoch_mode", ("balanced", "replacement")), ("lr_schedule", ("step", "cosine")),
-                         ("probe", ("logreg", "knn", "none")), ("classifier_init", ("probe", "random"))):
+                         ("probe", ("logreg", "knn", "none")), ("classifier_init", ("probe", "random")),
+                         ("augmentation", tuple(AUGMENTATIONS))):
         if not isinstance(p[key], str) or p[key] not in options:
             raise _bad(key, p[key], prefix)
     for key in ("amp", "channels_last"):
@@ -249,6 +257,10 @@ def validate_params(params: dict | None, where: str = "") -> dict:
     as_int("ce_views", 1)
     if p["ce_views"] not in (1, 2):
         raise _bad("ce_views", p["ce_views"], prefix)
+    as_int("views", 2)
+    as_int("warmup_epochs", 0)
+    if p["warmup_epochs"] >= p["epochs"] and p["warmup_epochs"] > 0:
+        raise _bad("warmup_epochs", p["warmup_epochs"], prefix)
     as_int("seed", 0)
     as_int("workers", 0)
     as_int("eval_batch_size", 1)
@@ -578,6 +590,26 @@ def train(params: dict | None, run_dir: str | os.PathLike, resume: bool = False,
         dist_ctx.close()
 
 
+@contextlib.contextmanager
+def warmup(optimizer, step: int, warmup_steps: int):
+    """Scale every group's learning rate by ``min(1, (step + 1) / warmup_steps)`` for one optimizer step.
+
+    A linear warm-up, step by step, on top of the per-epoch schedule: inside the block
+    the rate is ``scheduled * factor``; after it the scheduled rate is restored, so the
+    epoch scheduler (cosine's recursion reads the group's rate) never sees the factor.
+    ``warmup_steps`` 0: no change.
+    """
+    factor = 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+    scheduled = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * factor
+    try:
+        yield factor
+    finally:
+        for group, lr in zip(optimizer.param_groups, scheduled):
+            group["lr"] = lr
+
+
 def _cpu_threads(threads, workers: int, world_size: int) -> int:
     if threads != "auto":
         return int(threads)
@@ -598,7 +630,7 @@ def _train(p, run_dir, ckpt, dist_ctx, stop_after_epochs):
     from .data.processed import ProcessedDataset
     from .data.sampling import ClassBalancedBatchSampler
     from .data.transforms import build_dataset
-    from .losses import SupConLoss
+    from .losses import ProjectionSimilarity, SupConLoss
     from .models import rng_state, save_checkpoint, set_rng_state
 
     device, main, mode = dist_ctx.device, dist_ctx.main, p["mode"]
@@ -615,7 +647,8 @@ def _train(p, run_dir, ckpt, dist_ctx, stop_after_epochs):
         if not records:
             raise ParamsError(f"{dataset.root}: the {split} list of tag {p['tag']!r} is empty; training needs "
                               "vertebrae in both the train and the val list")
-    train_set = build_dataset(train_records, p["cube_size"], train=True, cache=True, seed=p["seed"])
+    train_set = build_dataset(train_records, p["cube_size"], train=True, cache=True, seed=p["seed"],
+                              augmentation=p["augmentation"], views=p["views"])
     sampler = ClassBalancedBatchSampler(train_set.grades, per_grade=p["batch_per_grade"], mode=p["epoch_mode"],
                                         batches_per_epoch=p["batches_per_epoch"], seed=p["seed"],
                                         rank=dist_ctx.rank, world_size=dist_ctx.world_size)
@@ -631,7 +664,7 @@ def _train(p, run_dir, ckpt, dist_ctx, stop_after_epochs):
         val_set = build_dataset(val_records, p["cube_size"], train=False, cache=True)
         val_loader = torch.utils.data.DataLoader(val_set, batch_size=p["eval_batch_size"], shuffle=False)
         probe_loader = None
-        if mode == "supcon" and p["probe"] != "none":
+        if mode in ("supcon", "ce") and p["probe"] != "none":
             probe_loader = torch.utils.data.DataLoader(train_set.as_eval(), batch_size=p["eval_batch_size"],
                                                        shuffle=False)
 
@@ -705,6 +738,7 @@ def _train(p, run_dir, ckpt, dist_ctx, stop_after_epochs):
         if mode == "linear":
             model.encoder.eval()  # frozen encoder: keep its batch-norm statistics
         loss_sum = torch.zeros(2, dtype=torch.float64)  # [sum of batch losses, batches]
+        similarity = ProjectionSimilarity()
         wait = 0.0
         t_start = time.perf_counter()
         bar = tqdm(total=len(sampler), desc=f"{mode} epoch {epoch + 1}/{p['epochs']}", leave=False,
@@ -730,7 +764,10 @@ def _train(p, run_dir, ckpt, dist_ctx, stop_after_epochs):
                 loss = loss + F.cross_entropy(logits.float(), grades.repeat_interleave(v))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            with warmup(optimizer, epoch * len(sampler) + step, p["warmup_epochs"] * len(sampler)):
+                optimizer.step()
+            if mode in ("supcon", "joint"):
+                similarity.add(projected.detach().float().reshape(n, v, -1), grades)
             loss_value = float(loss.detach())
             loss_sum += torch.tensor([loss_value, 1.0], dtype=torch.float64)
             if names_log is not None:
@@ -762,19 +799,28 @@ def _train(p, run_dir, ckpt, dist_ctx, stop_after_epochs):
                 f1 = acc = auc = None
             else:
                 logits, feats, val_y = _forward_all(model, val_loader, device, autocast, channels_last)
+            probe_f1 = probe_auc = None
+            if probe_loader is not None:
+                _, train_feats, train_y = _forward_all(model, probe_loader, device, autocast, channels_last)
+                pred, score = probe_predict(p["probe"], train_feats, train_y, feats, p["seed"])
+                probe_f1 = _macro_f1_accuracy(val_y, pred)[0]
+                probe_auc = evaluate.fracture_auc(val_y, score)
             if mode == "supcon":
-                if p["probe"] != "none":
-                    _, train_feats, train_y = _forward_all(model, probe_loader, device, autocast, channels_last)
-                    pred, score = probe_predict(p["probe"], train_feats, train_y, feats, p["seed"])
+                if probe_loader is not None:
                     f1, acc = _macro_f1_accuracy(val_y, pred)
-                    auc = evaluate.fracture_auc(val_y, score)
+                    auc = probe_auc
             else:
                 f1, acc = _macro_f1_accuracy(val_y, logits.argmax(1))
                 p_normal = torch.softmax(torch.as_tensor(logits), dim=1)[:, 0].numpy()
                 auc = evaluate.fracture_auc(val_y, 1.0 - p_normal)
-            row = {"epoch": epoch + 1, "loss": train_loss, "lr": lr, "val_macro_f1": f1, "val_accuracy": acc,
-                   "val_fracture_auc": auc, "epoch_seconds": round(epoch_seconds, 4),
-                   "data_wait_fraction": round(wait / epoch_seconds, 4)}
+            row = {"epoch": epoch + 1, "steps": (epoch + 1) * len(sampler), "loss": train_loss, "lr": lr,
+                   "val_macro_f1": f1, "val_accuracy": acc, "val_fracture_auc": auc,
+                   "val_probe_macro_f1": probe_f1, "val_probe_fracture_auc": probe_auc,
+                   "epoch_seconds": round(epoch_seconds, 4), "data_wait_fraction": round(wait / epoch_seconds, 4)}
+            if mode == "supcon":
+                row["loss_no_structure"] = supcon.uninformative_value(n * v)
+            if mode in ("supcon", "joint"):
+                row.update(similarity.means())
             history.append(row)
             metric = -train_loss if selected_by == "train_loss" else f1
             if best is None or metric > best:

@@ -29,6 +29,10 @@ A record (``ProcessedDataset.records``: ``image``/``seg`` paths, ``label``, ``gr
 
    Evaluation: channels, then a centred crop/pad to the cube.
 
+These are the paper's ranges (:data:`AUGMENTATIONS` ``"paper"``). A weaker set,
+``"weak"`` (:class:`Augmentation`), is a named deviation used for SupCon pretraining
+at small budgets.
+
 Ranges are given for a 128 cube and scale with ``cube_size`` (shift 10 voxels and
 cutout 20 voxels at 128 -> 3.75 and 7.5 at 48); angles and factors do not scale.
 The original used nearest-neighbour for every channel; bilinear for the windows
@@ -46,6 +50,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
@@ -80,6 +85,46 @@ ZOOM_RANGE = 0.2
 SHIFT_VOXELS = 10.0  # at 128
 INTENSITY_SCALE = 0.1
 NOISE_SIGMA = 0.05
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The ranges of one augmentation strength (lengths in voxels at a 128 cube).
+
+    ``paper`` is the study's augmentation (see the module docstring). ``weak`` keeps
+    the geometry gentle (rotation +-3 degrees, zoom +-5 %, the paper's shift) and drops
+    cutout, intensity scaling and noise. It exists for SupCon pretraining at small
+    budgets: SupCon's positives are other vertebrae of the same grade, and with the
+    paper's augmentation the change between two views of one vertebra is larger than
+    the faint grade signal a young encoder can see, so the projections collapse and
+    the loss stays at its no-structure value (docs/SUPCON-RECIPE.md). A strength of
+    0 (or a probability of 0) removes that step from the pipeline.
+    """
+
+    affine_prob: float = AFFINE_PROB
+    rotate_degrees: float = ROTATE_DEGREES
+    zoom_range: float = ZOOM_RANGE
+    shift_voxels: float = SHIFT_VOXELS
+    intensity_scale: float = INTENSITY_SCALE
+    noise_sigma: float = NOISE_SIGMA
+    cutout_prob: float = CUTOUT_PROB
+    cutout_max_edge: float = CUTOUT_MAX_EDGE
+
+
+AUGMENTATIONS: dict[str, Augmentation] = {
+    "paper": Augmentation(),
+    "weak": Augmentation(rotate_degrees=3.0, zoom_range=0.05, intensity_scale=0.0, noise_sigma=0.0, cutout_prob=0.0),
+}
+
+
+def augmentation_named(name: "str | Augmentation") -> Augmentation:
+    """The :class:`Augmentation` called ``name`` (one of :data:`AUGMENTATIONS`); raises ``ValueError`` otherwise."""
+    if isinstance(name, Augmentation):
+        return name
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"augmentation {name!r}: expected one of {', '.join(AUGMENTATIONS)}")
+    return AUGMENTATIONS[name]
+
 
 # keys carried from a record into every item
 META_KEYS = ("label", "grade", "name", "image_id")
@@ -281,38 +326,42 @@ class CentredCubed(MapTransform):
         return d
 
 
-def _cutout(cube_size: int) -> list:
-    edge = max(1, int(round(scaled_voxels(CUTOUT_MAX_EDGE, cube_size))))
+def _cutout(cube_size: int, aug: Augmentation) -> list:
+    if aug.cutout_prob <= 0 or aug.cutout_max_edge <= 0:
+        return []
+    edge = max(1, int(round(scaled_voxels(aug.cutout_max_edge, cube_size))))
     # two independent single-box transforms: "up to 2 boxes, each with probability 0.5"
     return [RandCoarseDropoutd(keys="image", holes=1, spatial_size=1, max_spatial_size=edge,
-                               fill_value=0.0, prob=CUTOUT_PROB) for _ in range(2)]
+                               fill_value=0.0, prob=aug.cutout_prob) for _ in range(2)]
 
 
-def augment_transform(cube_size: int, seed: int | None = 0) -> Compose:
+def augment_transform(cube_size: int, seed: int | None = 0, augmentation: str | Augmentation = "paper") -> Compose:
     """Per-draw training part: ``{hu, mask, label, ...}`` -> ``{"image": [3, S, S, S] float32, ...}``.
 
-    ``S = cube_size``. See the module docstring for the steps and their order.
+    ``S = cube_size``; ``augmentation``: a name of :data:`AUGMENTATIONS` or an
+    :class:`Augmentation`. See the module docstring for the steps and their order.
     """
     cube_size = int(cube_size)
-    shift = scaled_voxels(SHIFT_VOXELS, cube_size)
-    angle = math.radians(ROTATE_DEGREES)
-    together = RandTogether([
-        IsotropicRandAffined(keys=("window", "mask"), prob=1.0, rotate_range=(angle, angle, angle),
-                             scale_range=(ZOOM_RANGE,) * 3, translate_range=(shift,) * 3,
-                             mode=("bilinear", "nearest"), padding_mode="zeros"),
-        RandScaleIntensityd(keys="window", factors=INTENSITY_SCALE, prob=1.0),
-        RandWindowNoised(keys="window", std=NOISE_SIGMA),
-        Lambdad(keys="window", func=_clip_unit),
-    ], prob=AFFINE_PROB)
+    aug = augmentation_named(augmentation)
+    shift = scaled_voxels(aug.shift_voxels, cube_size)
+    angle = math.radians(aug.rotate_degrees)
+    resample = [IsotropicRandAffined(keys=("window", "mask"), prob=1.0, rotate_range=(angle, angle, angle),
+                                     scale_range=(aug.zoom_range,) * 3, translate_range=(shift,) * 3,
+                                     mode=("bilinear", "nearest"), padding_mode="zeros")]
+    if aug.intensity_scale > 0:
+        resample.append(RandScaleIntensityd(keys="window", factors=aug.intensity_scale, prob=1.0))
+    if aug.noise_sigma > 0:
+        resample.append(RandWindowNoised(keys="window", std=aug.noise_sigma))
+    resample.append(Lambdad(keys="window", func=_clip_unit))
     pipeline = Pipeline([
         InputChannelsd(split=False),
-        *_cutout(cube_size),
+        *_cutout(cube_size, aug),
         _SplitChannelsd(),
-        together,
+        RandTogether(resample, prob=aug.affine_prob),
         ConcatItemsd(keys=("window", "mask"), name="image", dim=0),
         DeleteItemsd(keys=("window", "mask")),
         RandCubed(keys="image", size=cube_size),
-        *_cutout(cube_size),
+        *_cutout(cube_size, aug),
         EnsureTyped(keys="image", data_type="tensor", dtype=torch.float32, track_meta=False),
     ])
     if seed is not None:
@@ -331,13 +380,13 @@ class _SplitChannelsd(Transform):
         return d
 
 
-def train_transform(cube_size: int, seed: int | None = 0) -> Compose:
+def train_transform(cube_size: int, seed: int | None = 0, augmentation: str | Augmentation = "paper") -> Compose:
     """Record -> one augmented view ``{"image": [3, S, S, S] float32, label, grade, name, image_id}``.
 
     Load + :func:`augment_transform`; seeded with ``seed`` (the same seed gives the
     same sequence of views). Wrap in :class:`TwoViews` for the two-view input.
     """
-    pipeline = Pipeline([LoadPatchd(cube_size), augment_transform(cube_size, seed=None)])
+    pipeline = Pipeline([LoadPatchd(cube_size), augment_transform(cube_size, seed=None, augmentation=augmentation)])
     if seed is not None:
         pipeline.set_random_state(seed=int(seed))
     return pipeline
@@ -400,7 +449,7 @@ class PatchDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, records: Sequence[Mapping], cube_size: int, train: bool, cache: bool = True,
-                 seed: int = 0, cache_workers: int = 1):
+                 seed: int = 0, cache_workers: int = 1, augmentation: str | Augmentation = "paper", views: int = 2):
         from monai.data import CacheDataset
 
         self.records = [dict(r) for r in records]
@@ -419,7 +468,8 @@ class PatchDataset(torch.utils.data.Dataset):
         else:
             self.loaded = _Uncached(self.records, load)
         if self.train:
-            self.transform = TwoViews(augment_transform(self.cube_size, seed=None))
+            self.transform = TwoViews(augment_transform(self.cube_size, seed=None, augmentation=augmentation),
+                                      views=views)
             self.transform.set_random_state(seed=int(seed))
         else:
             self.transform = _eval_part(self.cube_size)
@@ -461,6 +511,9 @@ class _Uncached:
 
 
 def build_dataset(records: Sequence[Mapping], cube_size: int, train: bool, cache: bool = True,
-                  seed: int = 0) -> PatchDataset:
-    """A :class:`PatchDataset` over ``records`` (from ``ProcessedDataset.records``)."""
-    return PatchDataset(records, cube_size, train, cache=cache, seed=seed)
+                  seed: int = 0, augmentation: str | Augmentation = "paper", views: int = 2) -> PatchDataset:
+    """A :class:`PatchDataset` over ``records`` (from ``ProcessedDataset.records``).
+
+    Training sets draw ``views`` augmented views per vertebra with ``augmentation``.
+    """
+    return PatchDataset(records, cube_size, train, cache=cache, seed=seed, augmentation=augmentation, views=views)
