@@ -453,6 +453,12 @@ def _cell(stats: dict, digits: int = 2) -> str:
     return f"{_fmt(stats['mean'], digits)} [{interval}]"
 
 
+def _paired_cell(stats: dict) -> str:
+    """``mean [low, high], won W/N`` (``, T ties`` when some runs tie)."""
+    ties = f", {stats['ties']} ties" if stats.get("ties") else ""
+    return f"{_cell(stats)}, won {stats['wins']}/{stats['n']}{ties}"
+
+
 def collect_runs(out: Path, plan: SweepPlan) -> list[dict]:
     """The finished runs of ``plan`` in grid order: name, folder, grid values, headline metrics, dataset."""
     runs = []
@@ -510,8 +516,7 @@ def write_sweep_report(out: str | os.PathLike, plan: SweepPlan, failed: dict | N
     heads = [h for _, h in HEADLINE_METRICS]
     metric_rows = [(_title(m), [_cell(models[m][k]) for k, _ in HEADLINE_METRICS]) for m in models]
     paired_rows = [(f"{_title(p['model'])} − {_title(p['baseline'])}",
-                    [f"{_cell(p['metrics'][k])}, won {p['metrics'][k]['wins']}/{p['metrics'][k]['n']}"
-                     for k, _ in HEADLINE_METRICS]) for p in paired.values()]
+                    [_paired_cell(p["metrics"][k]) for k, _ in HEADLINE_METRICS]) for p in paired.values()]
     run_rows = [(r, _title(m), [_fmt(r["metrics"][m].get(k)) for k, _ in HEADLINE_METRICS])
                 for r in runs for m in r["metrics"]]
     caption = (f"Validation macro-F1 and fracture AUC against {budget['x']} for each training run: SupCon "
@@ -568,8 +573,10 @@ def write_sweep_report(out: str | os.PathLike, plan: SweepPlan, failed: dict | N
     md += md_table(["Model", *heads], metric_rows)
     md += ["", "## Paired difference, SupCon minus cross-entropy", ""] + md_table(["Difference", *heads], paired_rows)
     md += ["", "## Budget curves", "", f"![{caption}](figures/budget_curves.png)" if figure else "No training history.", ""]
-    md += ["## Runs", ""] + md_table(["Run", "Model", *heads], [(f"[{r['name']}]({r['folder']}/index.html)", [label, *cells])
-                                                                for r, label, cells in run_rows])
+    md += ["## Runs", ""] + md_table(["Run", "Grid values", "Model", *heads],
+                                     [(f"[{r['name']}]({r['folder']}/index.html)",
+                                       [", ".join(f"{k}={v}" for k, v in r["grid"].items()), label, *cells])
+                                      for r, label, cells in run_rows])
     if failed:
         md += ["", "## Failed runs", ""] + [f"- {n}: {m}" for n, m in failed.items()]
     atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
