@@ -176,6 +176,12 @@ def test_bad_sweep_files_are_refused_naming_file_and_key(tmp_path, text, message
         load_sweep([sweep_file(tmp_path, text)])
 
 
+def test_a_grid_key_fixed_by_an_option_is_refused_naming_the_option(tmp_path):
+    with pytest.raises(SweepError, match=r"grid key 'seed' is also in overrides \(-p seed=3\)"):
+        load_sweep([sweep_file(tmp_path)], ["seed=3"])
+    assert load_sweep([sweep_file(tmp_path)], ["ce_epochs=2"]).overrides == {"supcon_epochs": 1, "ce_epochs": 2}
+
+
 def test_grid_product_and_run_names(tmp_path):
     plan = load_sweep([sweep_file(tmp_path, "grid: {seed: [0, 1], tag: [synth-f0, synth-f1]}\n")])
     assert [n for n, _ in plan.points] == ["seed-0_tag-synth-f0", "seed-0_tag-synth-f1",

@@ -131,14 +131,13 @@ def load_sweep(params_files: Sequence[str | os.PathLike], overrides: Sequence[st
     fixed = raw["overrides"] if raw["overrides"] is not None else {}
     if not isinstance(fixed, dict):
         raise SweepError(f"{sources['overrides']}: 'overrides' must be a mapping of study parameters to values")
+    fixed_from = {key: f"{sources['overrides']}: overrides" for key in fixed}
     fixed = dict(fixed)
-    for key in fixed:
-        if key not in known:
-            raise _unknown_key(str(key), known, f"{sources['overrides']}: overrides", default_params_file())
     for key, (value, where) in extra.items():
+        fixed[key], fixed_from[key] = value, where
+    for key, where in fixed_from.items():
         if key not in known:
-            raise _unknown_key(key, known, where, default_params_file())
-        fixed[key] = value
+            raise _unknown_key(str(key), known, where, default_params_file())
 
     grid, where = raw["grid"], sources["grid"]
     if grid is None:
@@ -151,7 +150,7 @@ def load_sweep(params_files: Sequence[str | os.PathLike], overrides: Sequence[st
         if not isinstance(values, list) or not values:
             raise SweepError(f"{where}: grid key {key!r} has no values; expected a non-empty list")
         if key in fixed:
-            raise SweepError(f"{where}: grid key {key!r} is also in overrides ({sources['overrides']}); "
+            raise SweepError(f"{where}: grid key {key!r} is also in overrides ({fixed_from[key]}); "
                              "a key is either swept or fixed")
         for value in values:
             if isinstance(value, (dict, list)) or not _SAFE_VALUE.fullmatch(str(value)):
@@ -285,6 +284,9 @@ def run_sweep(params_files: Sequence[str | os.PathLike], overrides: Sequence[str
             _say(f"[{i + 1}/{len(points)}] {name} ...", progress)
             try:
                 with pid_lock(out / "runs" / f"{name}.lock", f"run {name}"):
+                    if is_finished(run_dir):  # finished by another job since the check above
+                        result.skipped.append(name)
+                        continue
                     if run_dir.exists():
                         raise SweepError(f"{run_dir}: exists without metrics.json (not a finished run); "
                                          "remove it to run it again")
