@@ -208,15 +208,24 @@ def pid_lock(path: str | os.PathLike, what: str) -> Iterator[Path]:
             holder = _read_json(path) or {}
             pid = holder.get("pid")
             stale = holder.get("host") == me["host"] and isinstance(pid, int) and not _pid_alive(pid)
+            locked = SweepError(f"{path}: {what} is locked by pid {pid} on {holder.get('host', '?')} "
+                                f"(since {holder.get('since_utc', '?')}); wait for it to end, or delete the lock "
+                                "file if that process is gone")
             if not stale:
-                raise SweepError(f"{path}: {what} is locked by pid {pid} on {holder.get('host', '?')} "
-                                 f"(since {holder.get('since_utc', '?')}); wait for it to end, or delete the lock "
-                                 "file if that process is gone") from None
-            # take the stale lock over: only one taker's rename succeeds
+                raise locked from None
+            # take the stale lock over by moving it aside; if what was moved is not the stale
+            # lock (another process took it over in between), put it back and refuse
             aside = path.with_name(f".stale-{uuid.uuid4().hex[:8]}-{path.name}")
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.replace(path, aside)
+            except FileNotFoundError:
+                continue
+            if (_read_json(aside) or {}) != holder:
+                with contextlib.suppress(FileExistsError):
+                    os.link(aside, path)
                 aside.unlink()
+                raise locked from None
+            aside.unlink()
             continue
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(me, f)
