@@ -82,6 +82,18 @@ def _cmd_study(a):
     run_study(a.params, a.param, a.out, overwrite=a.overwrite)
 
 
+def _cmd_sweep(a):
+    from .sweep import run_sweep
+
+    result = run_sweep(a.params, a.param, a.out, only=a.only, aggregate_only=a.aggregate_only)
+    if result.report is not None:
+        print(f"report: {result.report}")
+    print(f"ran {len(result.ran)}, finished before {len(result.skipped)}, failed {len(result.failed)}")
+    for name, message in result.failed.items():
+        print(f"failed: {name}: {message}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vfnb", description="Vertebral fracture grading with supervised contrastive learning.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -155,6 +167,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true",
                    help="replace an existing run folder (only once the new run is complete)")
     s.set_defaults(func=_cmd_study)
+
+    s = sub.add_parser("sweep", help="run the study over a grid of seeds/folds and aggregate across runs",
+                       description="Run the study once per grid point of a sweep file (params/sweep.yaml: "
+                                   "study_params, overrides, grid) into OUT/runs/<key>-<value>, in sequence, "
+                                   "skipping finished runs, then write OUT/index.html, summary.md and sweep.json: "
+                                   "mean and 95 %% t-interval across runs, paired SupCon - CE differences, budget "
+                                   "curves. Exit status 1 when a run failed.")
+    s.add_argument("--params", type=Path, action="append", default=[], required=True,
+                   help="sweep file (repeatable; a later file replaces an earlier file's keys)")
+    s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a sweep key (study_params, overrides, grid) replaced, or a study parameter fixed for every run")
+    s.add_argument("--out", type=Path, required=True, help="sweep folder, e.g. results/sweep-<name> (created or resumed)")
+    mode = s.add_mutually_exclusive_group()
+    mode.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
+                      help="run only the grid points with this value (repeatable; one cluster job per point); "
+                           "writes no report")
+    mode.add_argument("--aggregate-only", action="store_true", help="run nothing; write the report from finished runs")
+    s.set_defaults(func=_cmd_sweep)
     return p
 
 

@@ -1,0 +1,594 @@
+"""Sweeps: the study run over a grid of seeds and/or folds, then one report across the runs.
+
+``run_sweep(params_files, overrides, out)`` (``vfnb sweep --params params/sweep.yaml --out DIR``)
+reads a sweep file (``params/sweep.yaml`` documents its three keys: ``study_params``,
+``overrides``, ``grid``), runs :func:`vfnb.study.run_study` once per grid point, in
+sequence, into ``DIR/runs/<key>-<value>[_<key>-<value>]``, and after every run writes
+``DIR/sweep.json``, ``DIR/summary.md``, ``DIR/index.html`` and ``DIR/figures/``: every
+headline metric per model as the mean and 95 % t-interval across runs, the paired
+difference SupCon minus CE per run, and the budget curves (validation probe /
+classifier against optimizer steps). Intervals are across training runs (seeds,
+folds), not the per-run bootstrap over patients.
+
+Resuming: a run folder holding ``metrics.json`` is finished (``run_study`` moves a
+run into place only when complete) and is never run again, so the same command
+continues an interrupted sweep. A failing run is reported and the sweep goes on; the
+report uses the finished runs and says how many there are.
+
+One run per cluster job: every job runs one grid point, then one job writes the report::
+
+    vfnb sweep --params params/sweep.yaml --out results/sweep-x --only seed=3      # job k: seed=k
+    vfnb sweep --params params/sweep.yaml --out results/sweep-x --aggregate-only   # after all jobs
+
+``--only`` runs the points matching every ``KEY=VALUE`` given and writes no report.
+Locks (a JSON file with pid and host): a sweep or ``--aggregate-only`` holds
+``DIR/sweep.lock``; every run holds ``DIR/runs/<name>.lock`` while it runs, so jobs
+on several nodes can share ``DIR`` on a shared file system, each on its own point.
+A lock left by a dead process on the same host is taken over; one from another host
+is not (its pid cannot be checked there): remove it by hand once that job is gone.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as _dt
+import html
+import itertools
+import json
+import math
+import os
+import re
+import socket
+import statistics
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from .errors import VfnbError
+from .io import atomic_write_json, atomic_write_text, atomic_write_yaml, load_yaml
+from .study import (_CSS, HEADLINE_METRICS, MODEL_TITLES, _dataset_sentence, _read_json, _say, _strip_tags,
+                    _unknown_key, default_params_file, merge_params, parse_override, run_study)
+
+SWEEP_KEYS = ("study_params", "overrides", "grid")
+CONFIDENCE = 0.95
+# (SupCon model, baseline): the paired differences the report shows
+PAIRS = (("supcon_linear", "ce"), ("supcon_finetune", "ce"))
+# training runs (DIR/runs/<run>/runs/<name>/history.json) drawn as budget curves
+BUDGET_RUNS = {"supcon": "SupCon pretraining (validation probe)", "ce": "Cross-entropy baseline (validation classifier)"}
+BUDGET_METRICS = (("macro_f1", "validation macro-F1 (4 grades)"), ("fracture_auc", "validation fracture AUC (grade ≥ 1)"))
+_SAFE_VALUE = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]*")
+
+
+class SweepError(VfnbError):
+    """A sweep cannot start or continue (bad sweep file, locked folder); the message says where."""
+
+
+# ===================================================================== the plan
+@dataclass
+class SweepPlan:
+    """What a sweep runs: the study parameter files, overrides for every run, the grid points.
+
+    ``points``: ``[(run name, {grid key: value})]`` in grid order (the product of the
+    grid's lists, the first key varying slowest).
+    """
+
+    study_params: list[Path]
+    overrides: dict
+    grid: dict
+    points: list[tuple[str, dict]]
+    sources: dict = field(default_factory=dict)  # sweep key -> the file or -p option that set it
+
+    def describe(self) -> dict:
+        return {"study_params": [str(p) for p in self.study_params], "overrides": self.overrides,
+                "grid": self.grid, "runs": len(self.points)}
+
+
+def run_name(point: dict) -> str:
+    """``{"seed": 3, "tag": "synth-f1"}`` -> ``"seed-3_tag-synth-f1"`` (values must be safe in a file name)."""
+    return "_".join(f"{key}-{value}" for key, value in point.items())
+
+
+def load_sweep(params_files: Sequence[str | os.PathLike], overrides: Sequence[str] = ()) -> SweepPlan:
+    """Read and check sweep files (later files replace earlier files' keys), then ``-p`` options.
+
+    ``-p study_params=[...]`` / ``-p grid={...}`` / ``-p overrides={...}`` replace that
+    sweep key; ``-p KEY=VALUE`` with any other key is a study parameter added to
+    ``overrides``. Raises :class:`SweepError` naming the file (or option) and the key
+    for unknown sweep keys, unknown study parameters in ``grid`` or ``overrides``,
+    an empty grid or grid list, a grid key also in ``overrides``, and grid values that
+    would not make a safe folder name.
+    """
+    if not params_files:
+        raise SweepError("no sweep file given (expected --params params/sweep.yaml)")
+    raw: dict[str, Any] = {"study_params": [str(default_params_file())], "overrides": {}, "grid": None}
+    sources = {key: "the default" for key in raw}
+    for path in params_files:
+        data = load_yaml(path)
+        if not isinstance(data, dict):
+            raise SweepError(f"{path}: expected a mapping with keys {', '.join(SWEEP_KEYS)}")
+        for key, value in data.items():
+            if key not in SWEEP_KEYS:
+                raise SweepError(f"{path}: unknown sweep key {key!r}; expected {', '.join(SWEEP_KEYS)}")
+            raw[key], sources[key] = value, str(path)
+    extra = {}
+    for text in overrides:
+        key, value = parse_override(text)
+        if key in SWEEP_KEYS:
+            raw[key], sources[key] = value, f"-p {text}"
+        else:
+            extra[key] = (value, f"-p {text}")
+
+    study_params = raw["study_params"] or []
+    if isinstance(study_params, str):
+        study_params = [study_params]
+    if not isinstance(study_params, list) or not all(isinstance(p, str) for p in study_params):
+        raise SweepError(f"{sources['study_params']}: 'study_params' must be a list of parameter file paths")
+    study_params = [Path(p) for p in study_params]
+    known = merge_params(study_params)  # checks the files themselves, naming file and key
+
+    fixed = raw["overrides"] if raw["overrides"] is not None else {}
+    if not isinstance(fixed, dict):
+        raise SweepError(f"{sources['overrides']}: 'overrides' must be a mapping of study parameters to values")
+    fixed_from = {key: f"{sources['overrides']}: overrides" for key in fixed}
+    fixed = dict(fixed)
+    for key, (value, where) in extra.items():
+        fixed[key], fixed_from[key] = value, where
+    for key, where in fixed_from.items():
+        if key not in known:
+            raise _unknown_key(str(key), known, where, default_params_file())
+
+    grid, where = raw["grid"], sources["grid"]
+    if grid is None:
+        raise SweepError(f"{where}: no 'grid' (expected e.g. grid: {{seed: [0, 1, 2, 3, 4]}})")
+    if not isinstance(grid, dict) or not grid:
+        raise SweepError(f"{where}: 'grid' is empty; expected a mapping of study parameters to lists of values")
+    for key, values in grid.items():
+        if key not in known:
+            raise _unknown_key(str(key), known, f"{where}: grid", default_params_file())
+        if not isinstance(values, list) or not values:
+            raise SweepError(f"{where}: grid key {key!r} has no values; expected a non-empty list")
+        if key in fixed:
+            raise SweepError(f"{where}: grid key {key!r} is also in overrides ({fixed_from[key]}); "
+                             "a key is either swept or fixed")
+        for value in values:
+            if isinstance(value, (dict, list)) or not _SAFE_VALUE.fullmatch(str(value)):
+                raise SweepError(f"{where}: grid key {key!r}: value {value!r} does not make a safe folder name "
+                                 "(letters, digits, '.', '_', '+', '-', not starting with '.')")
+    points = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    named = [(run_name(p), p) for p in points]
+    names = [n for n, _ in named]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise SweepError(f"{where}: two grid points make the same run folder {dup!r}; make the values distinct")
+    return SweepPlan(study_params, fixed, grid, named, sources)
+
+
+def select_points(plan: SweepPlan, only: Sequence[str]) -> list[tuple[str, dict]]:
+    """The grid points matching every ``KEY=VALUE`` in ``only`` (values read as YAML, like ``-p``)."""
+    wanted = {}
+    for text in only:
+        key, value = parse_override(text)
+        if key not in plan.grid:
+            raise SweepError(f"--only {text}: {key!r} is not a grid key (grid keys: {', '.join(plan.grid)})")
+        if not any(str(v) == str(value) for v in plan.grid[key]):
+            raise SweepError(f"--only {text}: {value!r} is not among the grid's values of {key!r} "
+                             f"({', '.join(map(str, plan.grid[key]))})")
+        wanted[key] = str(value)
+    return [(n, p) for n, p in plan.points if all(str(p[k]) == v for k, v in wanted.items())]
+
+
+# ===================================================================== locks
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+@contextlib.contextmanager
+def pid_lock(path: str | os.PathLike, what: str) -> Iterator[Path]:
+    """Hold ``path`` (created exclusively, holding pid, host and time) while the context is open.
+
+    A lock whose pid is dead on this host is taken over; otherwise :class:`SweepError`
+    names the lock file, ``what`` it guards, and its holder.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "since_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_json(path) or {}
+            pid = holder.get("pid")
+            stale = holder.get("host") == me["host"] and isinstance(pid, int) and not _pid_alive(pid)
+            locked = SweepError(f"{path}: {what} is locked by pid {pid} on {holder.get('host', '?')} "
+                                f"(since {holder.get('since_utc', '?')}); wait for it to end, or delete the lock "
+                                "file if that process is gone")
+            if not stale:
+                raise locked from None
+            # take the stale lock over by moving it aside; if what was moved is not the stale
+            # lock (another process took it over in between), put it back and refuse
+            aside = path.with_name(f".stale-{uuid.uuid4().hex[:8]}-{path.name}")
+            try:
+                os.replace(path, aside)
+            except FileNotFoundError:
+                continue
+            if (_read_json(aside) or {}) != holder:
+                with contextlib.suppress(FileExistsError):
+                    os.link(aside, path)
+                aside.unlink()
+                raise locked from None
+            aside.unlink()
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(me, f)
+        break
+    else:
+        raise SweepError(f"{path}: could not take the lock for {what} (another process keeps taking it)")
+    try:
+        yield path
+    finally:
+        if (_read_json(path) or {}).get("pid") == me["pid"]:
+            path.unlink(missing_ok=True)
+
+
+# ===================================================================== running
+@dataclass
+class SweepResult:
+    """What one ``run_sweep`` call did: run names ``ran``, ``skipped`` (finished before), ``failed`` (name -> message)."""
+
+    out: Path
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    report: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (Path(run_dir) / "metrics.json").is_file()
+
+
+def run_sweep(params_files: Sequence[str | os.PathLike], overrides: Sequence[str] = (),
+              out: str | os.PathLike = "results/sweep", only: Sequence[str] = (), aggregate_only: bool = False,
+              progress: bool = True, run_one: Callable[..., Any] = run_study) -> SweepResult:
+    """Run every grid point not yet finished, in sequence, and write the aggregated report.
+
+    ``run_one(params_files, overrides, out, progress=...)`` runs one study (default
+    :func:`vfnb.study.run_study`); it gets the sweep's ``study_params`` then
+    ``<out>/params/<run>.yaml`` (that run's overrides and grid values). ``only``:
+    ``KEY=VALUE`` filters; the matching points run and no report is written.
+    ``aggregate_only``: run nothing, write the report. A run that raises is recorded
+    in ``failed`` and the sweep goes on.
+    """
+    out = Path(out)
+    plan = load_sweep(params_files, overrides)
+    result = SweepResult(out)
+    if aggregate_only:
+        if only:
+            raise SweepError("--only and --aggregate-only exclude each other")
+        with pid_lock(out / "sweep.lock", f"sweep {out}"):
+            result.report = write_sweep_report(out, plan)
+        return result
+    points = select_points(plan, only) if only else plan.points
+    with contextlib.ExitStack() as stack:
+        if not only:  # --only jobs of one sweep run side by side; each locks just its run
+            stack.enter_context(pid_lock(out / "sweep.lock", f"sweep {out}"))
+        for i, (name, point) in enumerate(points):
+            run_dir = out / "runs" / name
+            if is_finished(run_dir):
+                result.skipped.append(name)
+                _say(f"[{i + 1}/{len(points)}] {name}: finished before, kept", progress)
+                continue
+            _say(f"[{i + 1}/{len(points)}] {name} ...", progress)
+            try:
+                with pid_lock(out / "runs" / f"{name}.lock", f"run {name}"):
+                    if is_finished(run_dir):  # finished by another job since the check above
+                        result.skipped.append(name)
+                        continue
+                    if run_dir.exists():
+                        raise SweepError(f"{run_dir}: exists without metrics.json (not a finished run); "
+                                         "remove it to run it again")
+                    run_params = atomic_write_yaml(out / "params" / f"{name}.yaml", {**plan.overrides, **point})
+                    run_one([*plan.study_params, run_params], (), run_dir, progress=progress)
+                result.ran.append(name)
+            except Exception as exc:  # a failing run must not stop the others
+                result.failed[name] = f"{type(exc).__name__}: {exc}"
+                _say(f"[{i + 1}/{len(points)}] {name} FAILED: {exc}", progress)
+            if not only:
+                result.report = write_sweep_report(out, plan, result.failed)
+        if not only:
+            result.report = write_sweep_report(out, plan, result.failed)
+    return result
+
+
+# ===================================================================== statistics
+def _finite(values) -> list[float]:
+    return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+
+
+def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> dict:
+    """``n``, ``mean``, ``sd`` (n - 1), the ``confidence`` t-interval of the mean, ``min``, ``max``.
+
+    Non-finite values are left out. With fewer than 2 values ``sd`` and the interval
+    are ``None`` (shown as "n/a"); with none, everything but ``n`` is ``None``.
+    """
+    from scipy import stats
+
+    x = _finite(values)
+    n = len(x)
+    out = {"n": n, "mean": None, "sd": None, "ci_low": None, "ci_high": None, "min": None, "max": None}
+    if n == 0:
+        return out
+    out.update(mean=statistics.fmean(x), min=min(x), max=max(x))
+    if n > 1:
+        sd = statistics.stdev(x)
+        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+        out.update(sd=sd, ci_low=out["mean"] - half, ci_high=out["mean"] + half)
+    return out
+
+
+def _metric_value(metrics_doc: dict, model: str, metric: str):
+    entry = ((metrics_doc.get("models") or {}).get(model) or {}).get("metrics", {}).get(metric)
+    value = entry.get("value") if isinstance(entry, dict) else entry
+    return value if _finite([value]) else None
+
+
+def aggregate(runs: Sequence[dict], confidence: float = CONFIDENCE) -> tuple[dict, dict]:
+    """Across-run statistics from ``runs`` (each ``{"metrics": {model: {metric: value}}}``).
+
+    Returns ``(models, paired)``: ``models[model][metric]`` = :func:`mean_interval`;
+    ``paired["<a> - <b>"][metric]`` = :func:`mean_interval` of the per-run difference
+    a - b over the runs holding both, plus ``wins`` (runs where a > b) and ``ties``.
+    """
+    present = [m for m in MODEL_TITLES if any(m in r["metrics"] for r in runs)]
+    present += sorted({m for r in runs for m in r["metrics"]} - set(present))
+    models = {m: {k: mean_interval([r["metrics"].get(m, {}).get(k) for r in runs], confidence)
+                  for k, _ in HEADLINE_METRICS} for m in present}
+    paired = {}
+    for a, b in PAIRS:
+        if a not in present or b not in present:
+            continue
+        table = {}
+        for k, _ in HEADLINE_METRICS:
+            diffs = [r["metrics"][a][k] - r["metrics"][b][k] for r in runs
+                     if _finite([r["metrics"].get(a, {}).get(k)]) and _finite([r["metrics"].get(b, {}).get(k)])]
+            table[k] = {**mean_interval(diffs, confidence), "wins": sum(d > 0 for d in diffs),
+                        "ties": sum(d == 0 for d in diffs)}
+        paired[f"{a} - {b}"] = {"model": a, "baseline": b, "metrics": table}
+    return models, paired
+
+
+# ===================================================================== budget curves
+def _history_points(run_dir: Path, model: str) -> list[dict]:
+    """``[{"epoch", "steps", "macro_f1", "fracture_auc"}]`` from one training run's history.json.
+
+    ``steps``: the row's ``steps`` when recorded, else epoch x ``batches_per_epoch`` of
+    the run's params.yaml (``None`` when neither is known). The validation probe's
+    numbers (``val_probe_*``) are preferred to ``val_*`` when present.
+    """
+    history = _read_json(run_dir / "runs" / model / "history.json")
+    if not isinstance(history, list):
+        return []
+    try:
+        params = load_yaml(run_dir / "runs" / model / "params.yaml")
+    except VfnbError:
+        params = None
+    batches = params.get("batches_per_epoch") if isinstance(params, dict) else None
+    rows = []
+    for row in history:
+        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+            continue
+        steps = row.get("steps")
+        if not isinstance(steps, int):
+            steps = row["epoch"] * batches if isinstance(batches, int) else None
+        values = {name: next((row[k] for k in (f"val_probe_{name}", f"val_{name}") if _finite([row.get(k)])), None)
+                  for name, _ in BUDGET_METRICS}
+        rows.append({"epoch": row["epoch"], "steps": steps, **values})
+    return rows
+
+
+def budget_curves(out: Path, run_names: Sequence[str]) -> dict:
+    """Per training run (``supcon``, ``ce``) and metric: mean, min, max, n across runs at each x.
+
+    x is optimizer steps when every run records them (or its batches per epoch), else epochs.
+    """
+    histories = {m: [_history_points(out / "runs" / n, m) for n in run_names] for m in BUDGET_RUNS}
+    rows = [r for per_run in histories.values() for h in per_run for r in h]
+    x_key = "steps" if rows and all(r["steps"] is not None for r in rows) else "epoch"
+    curves = {}
+    for model, per_run in histories.items():
+        by_x: dict[int, dict[str, list]] = {}
+        for h in per_run:
+            for r in h:
+                slot = by_x.setdefault(r[x_key], {name: [] for name, _ in BUDGET_METRICS})
+                for name, _ in BUDGET_METRICS:
+                    if r[name] is not None:
+                        slot[name].append(r[name])
+        if by_x:
+            curves[model] = {name: [{"x": x, **{k: v for k, v in mean_interval(by_x[x][name]).items()
+                                               if k in ("n", "mean", "min", "max")}}
+                                    for x in sorted(by_x) if by_x[x][name]]
+                             for name, _ in BUDGET_METRICS}
+    return {"x": "optimizer steps" if x_key == "steps" else "epochs", "curves": curves}
+
+
+def plot_budget_curves(budget: dict, title: str):
+    """Two panels (macro-F1, fracture AUC) against steps: mean across runs, band min-max."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, (name, label) in zip(axes, BUDGET_METRICS):
+        for model, caption in BUDGET_RUNS.items():
+            points = budget["curves"].get(model, {}).get(name) or []
+            if not points:
+                continue
+            x = [p["x"] for p in points]
+            (line,) = ax.plot(x, [p["mean"] for p in points], marker="o", ms=3, label=f"{caption}, mean")
+            ax.fill_between(x, [p["min"] for p in points], [p["max"] for p in points], color=line.get_color(),
+                            alpha=0.2, label="min-max across runs")
+        ax.set_xlabel(f"training budget ({budget['x']})")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return fig
+
+
+# ===================================================================== report
+def _title(model: str) -> str:
+    return MODEL_TITLES.get(model, model)
+
+
+def _fmt(value, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _cell(stats: dict, digits: int = 2) -> str:
+    """``mean [low, high]``; "n/a" for an interval that does not exist (n < 2) or a missing mean."""
+    if stats.get("mean") is None:
+        return "n/a"
+    interval = ("n/a" if stats.get("ci_low") is None
+                else f"{_fmt(stats['ci_low'], digits)}, {_fmt(stats['ci_high'], digits)}")
+    return f"{_fmt(stats['mean'], digits)} [{interval}]"
+
+
+def _paired_cell(stats: dict) -> str:
+    """``mean [low, high], won W/N`` (``, T ties`` when some runs tie)."""
+    ties = f", {stats['ties']} ties" if stats.get("ties") else ""
+    return f"{_cell(stats)}, won {stats['wins']}/{stats['n']}{ties}"
+
+
+def collect_runs(out: Path, plan: SweepPlan) -> list[dict]:
+    """The finished runs of ``plan`` in grid order: name, folder, grid values, headline metrics, dataset."""
+    runs = []
+    for name, point in plan.points:
+        doc = _read_json(out / "runs" / name / "metrics.json")
+        if not isinstance(doc, dict):
+            continue
+        metrics = {m: {k: _metric_value(doc, m, k) for k, _ in HEADLINE_METRICS} for m in (doc.get("models") or {})}
+        runs.append({"name": name, "folder": f"runs/{name}", "grid": point, "metrics": metrics,
+                     "dataset": doc.get("dataset") or {}})
+    return runs
+
+
+def write_sweep_report(out: str | os.PathLike, plan: SweepPlan, failed: dict | None = None) -> Path:
+    """Write ``sweep.json``, ``summary.md``, ``index.html`` and ``figures/budget_curves.png``; return index.html."""
+    from .plots import save_figure
+
+    out = Path(out)
+    failed = dict(failed or {})
+    runs = collect_runs(out, plan)
+    models, paired = aggregate(runs)
+    datasets = [r["dataset"] for r in runs]
+    synthetic = any(d.get("synthetic") for d in datasets)
+    budget = budget_curves(out, [r["name"] for r in runs])
+    figure = None
+    if budget["curves"]:
+        figure = save_figure(plot_budget_curves(budget, f"Budget curves across {len(runs)} runs"
+                                                + (" (synthetic data)" if synthetic else "")),
+                             out / "figures" / "budget_curves.png")
+    missing = [n for n, _ in plan.points if n not in {r["name"] for r in runs}]
+    intervals = (f"{100 * CONFIDENCE:.0f} % t-interval of the mean across training runs (seeds/folds), "
+                 "n - 1 degrees of freedom; not the per-run bootstrap over patients")
+    document = {
+        "schema": 1,
+        "written_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "sweep": plan.describe(),
+        "synthetic": synthetic,
+        "intervals": intervals,
+        "runs_planned": len(plan.points),
+        "runs_finished": len(runs),
+        "runs_missing": missing,
+        "runs_failed": failed,
+        "runs": [{k: r[k] for k in ("name", "folder", "grid", "metrics")} for r in runs],
+        "models": {m: {"title": MODEL_TITLES.get(m, m), "metrics": v} for m, v in models.items()},
+        "paired": paired,
+        "budget_curves": {**budget, "figure": "figures/budget_curves.png" if figure else None},
+    }
+    atomic_write_json(out / "sweep.json", document)
+
+    dataset_text = _dataset_sentence(next((d for d in datasets if d.get("synthetic")), datasets[0])) if datasets else ""
+    count = (f"{len(runs)} of {len(plan.points)} planned runs finished"
+             + (f"; missing: {', '.join(missing)}" if missing else "")
+             + (f"; failed in this sweep: {', '.join(failed)}" if failed else ""))
+    grid_text = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in plan.grid.items())
+    heads = [h for _, h in HEADLINE_METRICS]
+    metric_rows = [(_title(m), [_cell(models[m][k]) for k, _ in HEADLINE_METRICS]) for m in models]
+    paired_rows = [(f"{_title(p['model'])} − {_title(p['baseline'])}",
+                    [_paired_cell(p["metrics"][k]) for k, _ in HEADLINE_METRICS]) for p in paired.values()]
+    run_rows = [(r, _title(m), [_fmt(r["metrics"][m].get(k)) for k, _ in HEADLINE_METRICS])
+                for r in runs for m in r["metrics"]]
+    caption = (f"Validation macro-F1 and fracture AUC against {budget['x']} for each training run: SupCon "
+               "pretraining (its validation probe) and the cross-entropy baseline (its classifier); line: mean across "
+               "runs, band: min-max.")
+
+    e = html.escape
+    title = f"vfnb sweep: {out.name}"
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>",
+             f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>",
+             f"<p>The study run once per grid point ({e(grid_text)}); {e(count)}.</p>"]
+    if dataset_text:
+        parts.append(f"<p class='{'synthetic' if synthetic else 'note'}'>{dataset_text}</p>")
+    parts.append(f"<p class='note'>Brackets: {e(intervals)}. “n/a”: fewer than 2 runs.</p>")
+
+    def table(head: list[str], rows: list[tuple[str, list[str]]]) -> str:
+        return ("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in (label, *cells)) + "</tr>"
+                          for label, cells in rows) + "</table>")
+
+    parts += ["<h2>Test-set metrics across runs</h2>", table(["Model", *heads], metric_rows),
+              "<h2>Paired difference, SupCon minus cross-entropy</h2>",
+              "<p class='note'>Per run, the SupCon model's value minus the cross-entropy baseline's on the same "
+              "seed/fold; mean [interval] of those differences, and in how many runs SupCon was higher.</p>",
+              table(["Difference", *heads], paired_rows) if paired_rows else "<p>No run holds both models.</p>",
+              "<h2>Budget curves</h2>"]
+    if figure:
+        data = base64.b64encode(figure.read_bytes()).decode("ascii")
+        parts.append(f"<figure style='max-width:100%'><img src='data:image/png;base64,{data}' alt='{e(caption)}'>"
+                     f"<figcaption>{e(caption)} (<a href='figures/budget_curves.png'>PNG</a>)</figcaption></figure>")
+    else:
+        parts.append("<p>No training history found in the finished runs.</p>")
+    parts.append("<h2>Runs</h2><table><tr><th>Run</th><th>Grid values</th><th>Model</th>"
+                 + "".join(f"<th>{e(h)}</th>" for h in heads) + "</tr>")
+    for r, label, cells in run_rows:
+        grid_values = ", ".join(f"{k}={v}" for k, v in r["grid"].items())
+        parts.append(f"<tr><td><a href='{e(r['folder'])}/index.html'>{e(r['name'])}</a></td><td>{e(grid_values)}</td>"
+                     f"<td>{e(label)}</td>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
+    parts.append("</table>")
+    if failed:
+        parts.append("<h2>Failed runs</h2><ul>" + "".join(f"<li>{e(n)}: {e(m)}</li>" for n, m in failed.items()) + "</ul>")
+    parts.append("<p>Files: <a href='sweep.json'>sweep.json</a> (every number above, per run and aggregated).</p>"
+                 "</body></html>\n")
+    index = atomic_write_text(out / "index.html", "\n".join(parts))
+
+    def md_table(head: list[str], rows: list[tuple[str, list[str]]]) -> list[str]:
+        return (["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+                + [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows])
+
+    md = [f"# {title}", "", f"The study run once per grid point ({grid_text}); {count}.", ""]
+    if dataset_text:
+        md += [_strip_tags(dataset_text), ""]
+    md += [f"Brackets: {intervals}. n/a: fewer than 2 runs.", "", "## Test-set metrics across runs", ""]
+    md += md_table(["Model", *heads], metric_rows)
+    md += ["", "## Paired difference, SupCon minus cross-entropy", ""] + md_table(["Difference", *heads], paired_rows)
+    md += ["", "## Budget curves", "", f"![{caption}](figures/budget_curves.png)" if figure else "No training history.", ""]
+    md += ["## Runs", ""] + md_table(["Run", "Grid values", "Model", *heads],
+                                     [(f"[{r['name']}]({r['folder']}/index.html)",
+                                       [", ".join(f"{k}={v}" for k, v in r["grid"].items()), label, *cells])
+                                      for r, label, cells in run_rows])
+    if failed:
+        md += ["", "## Failed runs", ""] + [f"- {n}: {m}" for n, m in failed.items()]
+    atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
+    return index
