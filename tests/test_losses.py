@@ -124,3 +124,25 @@ def test_bad_arguments():
         SupConLoss()(torch.zeros(4, 8))
     with pytest.raises(ValueError, match="labels"):
         SupConLoss()(torch.zeros(4, 2, 8), torch.tensor([0, 1]))
+
+
+def test_projection_similarity_means_by_pair_kind():
+    from vfnb.losses import ProjectionSimilarity
+
+    # vertebrae 0 and 1 share grade 0, vertebra 2 is grade 1; two views each, unit vectors in 2-D
+    e0, e1 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    diag = torch.tensor([0.6, 0.8])
+    features = torch.stack([torch.stack([e0, e0]), torch.stack([e0, diag]), torch.stack([e1, e1])])
+    stats = ProjectionSimilarity()
+    stats.add(features, torch.tensor([0, 0, 1]))
+    means = stats.means()
+    # own view: (1 + 1 + 0.6 + 0.6 + 1 + 1) / 6 ordered pairs
+    assert means["proj_cos_own_view"] == pytest.approx((2 + 1.2 + 2) / 6)
+    # same grade, other vertebra: views of 0 (e0, e0) against views of 1 (e0, diag), both orders
+    assert means["proj_cos_same_grade"] == pytest.approx(2 * (1 + 0.6 + 1 + 0.6) / 8)
+    # other grade: (e0, e0, e0, diag) against (e1, e1), both orders
+    assert means["proj_cos_other_grade"] == pytest.approx(2 * 2 * (0 + 0 + 0 + 0.8) / 16)
+    # a second batch is pooled with the first; a kind never seen stays None
+    stats.add(features[:1], torch.tensor([3]))
+    assert stats.means()["proj_cos_own_view"] == pytest.approx((2 + 1.2 + 2 + 2) / 8)
+    assert ProjectionSimilarity().means()["proj_cos_other_grade"] is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import subprocess
 import sys
@@ -48,8 +49,14 @@ def test_supcon_then_linear_and_every_mode(tiny_processed, tmp_path):
         assert (tmp_path / "supcon" / name).is_file(), name
     assert [h["epoch"] for h in sup.history] == [1, 2]
     row = sup.history[-1]
-    assert set(row) == {"epoch", "loss", "lr", "val_macro_f1", "val_accuracy", "val_fracture_auc", "epoch_seconds",
-                        "data_wait_fraction"}
+    assert set(row) == {"epoch", "steps", "loss", "lr", "val_macro_f1", "val_accuracy", "val_fracture_auc",
+                        "val_probe_macro_f1", "val_probe_fracture_auc", "epoch_seconds", "data_wait_fraction",
+                        "loss_no_structure", "proj_cos_own_view", "proj_cos_same_grade", "proj_cos_other_grade"}
+    assert [h["steps"] for h in sup.history] == [sup.history[0]["steps"] * k for k in (1, 2)]
+    # the probe is the supcon run's validation number; the reference loss is ln(views in a batch - 1)
+    assert row["val_probe_macro_f1"] == row["val_macro_f1"]
+    assert row["loss_no_structure"] == pytest.approx(math.log(2 * 4 * DEFAULT_PARAMS["batch_per_grade"] - 1))
+    assert -1.0 <= row["proj_cos_other_grade"] <= 1.0 and row["proj_cos_own_view"] <= 1.0 + 1e-6
     assert 0.0 <= row["data_wait_fraction"] <= 1.0 and row["lr"] == pytest.approx(0.005)
     assert 0.0 <= row["val_macro_f1"] <= 1.0  # the logistic-regression probe
     assert 0.0 <= row["val_fracture_auc"] <= 1.0
@@ -101,6 +108,40 @@ def test_supcon_then_linear_and_every_mode(tiny_processed, tmp_path):
     for mode, extra in (("joint", {}), ("ce", {"ce_views": 1})):
         result = train(_params(tiny_processed, mode=mode, epochs=1, lr_schedule="cosine", **extra), tmp_path / mode)
         assert result.best_checkpoint.is_file() and result.history[0]["loss"] > 0
+    # ce also records a probe on its pooled features (budget curves read both encoders the same way)
+    assert 0.0 <= result.history[0]["val_probe_macro_f1"] <= 1.0
+    assert "loss_no_structure" not in result.history[0]
+
+
+def test_warmup_scales_each_step_linearly_and_restores_the_schedule():
+    from vfnb.train import warmup
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=0.2)
+    seen = []
+    for step in range(6):
+        with warmup(optimizer, step, warmup_steps=4):
+            seen.append(optimizer.param_groups[0]["lr"])
+        assert optimizer.param_groups[0]["lr"] == 0.2  # the scheduler never sees the factor
+    assert seen == pytest.approx([0.05, 0.1, 0.15, 0.2, 0.2, 0.2])  # 0.2 * min(1, (k + 1) / 4)
+    with warmup(optimizer, 0, warmup_steps=0) as factor:
+        assert factor == 1.0 and optimizer.param_groups[0]["lr"] == 0.2
+
+
+def test_weak_augmentation_more_views_and_warmup_train(tiny_processed, tmp_path):
+    result = train(_params(tiny_processed, mode="supcon", epochs=2, augmentation="weak", views=3, warmup_epochs=1),
+                   tmp_path / "weak")
+    row = result.history[-1]
+    # 3 views per vertebra: the no-structure loss counts 3 x 4 x batch_per_grade views
+    assert row["loss_no_structure"] == pytest.approx(math.log(3 * 4 * DEFAULT_PARAMS["batch_per_grade"] - 1))
+    saved = yaml.safe_load((tmp_path / "weak" / "params.yaml").read_text())
+    assert (saved["augmentation"], saved["views"], saved["warmup_epochs"]) == ("weak", 3, 1)
+    with pytest.raises(ParamsError, match="augmentation"):
+        validate_params({"augmentation": "strong"})
+    with pytest.raises(ParamsError, match="warmup_epochs"):
+        validate_params({"warmup_epochs": 30, "epochs": 30})
+    with pytest.raises(ParamsError, match="views"):
+        validate_params({"views": 1})
 
 
 def test_resume_gives_the_uninterrupted_weights_and_same_seed_same_metrics(tiny_processed, tmp_path):

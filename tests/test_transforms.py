@@ -182,3 +182,25 @@ def test_random_zoom_is_isotropic_so_body_proportions_survive():
         zoomed = torch.as_tensor(affine({"image": box})["image"])[0]
         extent = [int((zoomed.sum(dim=tuple(d for d in range(3) if d != axis)) > 0).sum()) for axis in range(3)]
         assert abs(extent[2] / extent[0] - 16 / 30) < 0.05 and abs(extent[1] / extent[0] - 24 / 30) < 0.05, extent
+
+
+def test_weak_augmentation_drops_cutout_intensity_and_noise_and_paper_is_the_default(records):
+    def steps(pipeline):
+        inner = [t for t in pipeline.transforms if isinstance(t, T.RandTogether)][0].inner.transforms
+        return [type(t).__name__ for t in list(pipeline.transforms) + list(inner)]
+
+    weak, paper = steps(T.augment_transform(32, augmentation="weak")), steps(T.augment_transform(32))
+    assert "RandCoarseDropoutd" not in weak and "RandScaleIntensityd" not in weak and "RandWindowNoised" not in weak
+    assert paper.count("RandCoarseDropoutd") == 4 and "RandWindowNoised" in paper
+    affine = [t for t in T.augment_transform(32, augmentation="weak").transforms
+              if isinstance(t, T.RandTogether)][0].inner.transforms[0].rand_affine.rand_affine_grid
+    assert np.abs(np.ravel(affine.rotate_range)).max() == pytest.approx(np.radians(3.0))
+    assert np.abs(np.ravel(affine.scale_range)).max() == pytest.approx(0.05)
+    # the paper's preset is the default: same seed, same views
+    a = T.PatchDataset(records[:2], 24, train=True)[(0, 3)]["image"]
+    b = T.PatchDataset(records[:2], 24, train=True, augmentation="paper")[(0, 3)]["image"]
+    assert torch.equal(a, b)
+    weak_views = T.PatchDataset(records[:2], 24, train=True, augmentation="weak", views=3)[(0, 3)]["image"]
+    assert weak_views.shape == (3, 3, 24, 24, 24) and not torch.equal(weak_views[0], weak_views[1])
+    with pytest.raises(ValueError, match="strong"):
+        T.augment_transform(32, augmentation="strong")

@@ -38,6 +38,7 @@ Typical use (notebook 02 picks the threshold, notebook 03 reports)::
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -738,3 +739,30 @@ def comparison_table(evaluations: Mapping[str, Mapping[str, Any]],
         columns["Paper (Wei et al. 2022, its own data)"] = [
             f"{PAPER_REPORTED[m]:.{digits}f}" if m in PAPER_REPORTED else "-" for m in metrics]
     return pd.DataFrame(columns, index=pd.Index([METRIC_LABELS.get(m, m) for m in metrics], name="metric"))
+
+
+# ------------------------------------------------------------------ across training runs
+def finite_values(values) -> list[float]:
+    """The finite numbers of ``values`` as floats (None, NaN, inf and non-numbers left out)."""
+    return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> dict:
+    """``n``, ``mean``, ``sd`` (n - 1), the ``confidence`` t-interval of the mean, ``min``, ``max``.
+
+    Non-finite values are left out. With fewer than 2 values ``sd`` and the interval
+    are ``None`` (shown as "n/a"); with none, everything but ``n`` is ``None``.
+    """
+    from scipy import stats
+
+    x = finite_values(values)
+    n = len(x)
+    out = {"n": n, "mean": None, "sd": None, "ci_low": None, "ci_high": None, "min": None, "max": None}
+    if n == 0:
+        return out
+    out.update(mean=statistics.fmean(x), min=min(x), max=max(x))
+    if n > 1:
+        sd = statistics.stdev(x)
+        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+        out.update(sd=sd, ci_low=out["mean"] - half, ci_high=out["mean"] + half)
+    return out

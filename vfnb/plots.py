@@ -231,7 +231,8 @@ def plot_curves(history: Sequence[Mapping[str, Any]], keys: Sequence[str] | None
     """Learning curves from a training history (list of per-epoch dicts).
 
     Keys containing ``loss`` share one panel (nats), ``lr`` gets a log-scale
-    panel, every other numeric key (``val_macro_f1``, ``val_accuracy``, ...) a
+    panel, ``proj_cos_*`` (:class:`vfnb.losses.ProjectionSimilarity`) a cosine panel,
+    every other numeric key (``val_macro_f1``, ``val_accuracy``, ...) a
     metrics panel (0-1). The x axis is ``epoch`` when present, else the row
     number + 1. ``keys`` restricts which keys are drawn. Values missing in some
     epochs (validation every k epochs) are skipped, not drawn as zeros.
@@ -251,13 +252,15 @@ def plot_curves(history: Sequence[Mapping[str, Any]], keys: Sequence[str] | None
         numeric = [k for k in keys if pd.api.types.is_numeric_dtype(frame[k])]
     groups = {
         "loss": [k for k in numeric if "loss" in k],
-        "metric": [k for k in numeric if "loss" not in k and k != "lr"],
+        "metric": [k for k in numeric if "loss" not in k and k != "lr" and not k.startswith("proj_cos")],
+        "cosine": [k for k in numeric if k.startswith("proj_cos")],
         "lr": [k for k in numeric if k == "lr"],
     }
     groups = {g: ks for g, ks in groups.items() if ks}
     if not groups:
         raise DatasetError(f"plot_curves: no numeric values to plot (keys {list(frame.columns)})")
-    ylabels = {"loss": "Loss (nats)", "metric": "Metric value (fraction, 0-1)", "lr": "Learning rate (log scale)"}
+    ylabels = {"loss": "Loss (nats)", "metric": "Metric value (fraction, 0-1)",
+               "cosine": "Mean cosine between projections", "lr": "Learning rate (log scale)"}
     fig = _figure(6.4, 2.6 * len(groups) + 0.6)
     axes = np.atleast_1d(fig.subplots(len(groups), 1, sharex=True))
     for ax, (group, group_keys) in zip(axes, groups.items()):

@@ -495,6 +495,45 @@ def headline_rows(metrics: dict) -> list[tuple[str, list[str]]]:
     return rows
 
 
+# The settings that define the method, as the paper ran it (their values live in
+# params/paper.yaml): a run whose value differs departs from the paper's recipe, and
+# its report says so. Data, hardware and evaluation settings are not listed.
+RECIPE_KEYS = {
+    "backbone": "encoder network",
+    "head": "projection head",
+    "feature_dim": "projection size",
+    "cube_size": "network input cube (voxels)",
+    "batch_per_grade": "vertebrae of each grade per batch",
+    "epoch_mode": "what an epoch is",
+    "lr_schedule": "learning-rate schedule",
+    "temperature": "SupCon temperature",
+    "base_temperature": "SupCon base temperature",
+    "supcon_augmentation": "augmentation during SupCon pretraining",
+    "supcon_epochs": "SupCon pretraining epochs",
+    "supcon_lr": "SupCon learning rate",
+}
+
+
+def paper_params_file() -> Path:
+    return project_root() / "params" / "paper.yaml"
+
+
+def recipe_deviations(params: Mapping[str, Any], paper: Mapping[str, Any] | None = None) -> list[dict]:
+    """Where ``params`` (a study's merged parameters) depart from the paper's recipe.
+
+    ``[{"key", "meaning", "value", "paper"}]`` for every :data:`RECIPE_KEYS` entry whose
+    value differs from ``paper`` (default: ``params/paper.yaml``), in that order. An
+    empty list: the run follows the paper's recipe (budget included).
+    """
+    if paper is None:
+        paper = read_params_file(paper_params_file())
+    out = []
+    for key, meaning in RECIPE_KEYS.items():
+        if key in params and key in paper and params[key] != paper[key]:
+            out.append({"key": key, "meaning": meaning, "value": params[key], "paper": paper[key]})
+    return out
+
+
 def figure_index(run_dir: Path) -> list[dict]:
     """``figures/index.json`` as written by :meth:`StudyRun.figure` (``[]`` when absent)."""
     return _read_json(Path(run_dir) / "figures" / "index.json") or []
@@ -575,6 +614,16 @@ def write_report(run_dir: Path, params: dict, provenance: dict, notebooks: Seque
     else:
         parts.append("<p>No metrics.json was written: see the evaluation notebook.</p>")
 
+    deviations = recipe_deviations(params)
+    parts.append("<h2>Recipe: where this run departs from the paper</h2>")
+    if deviations:
+        parts.append("<table><tr><th>Parameter</th><th>What it sets</th><th>This run</th><th>Paper</th></tr>")
+        parts += [f"<tr><td><code>{e(d['key'])}</code></td><td>{e(d['meaning'])}</td><td>{e(str(d['value']))}</td>"
+                  f"<td>{e(str(d['paper']))}</td></tr>" for d in deviations]
+        parts.append("</table>")
+    else:
+        parts.append("<p>None: every setting that defines the method has the paper's value.</p>")
+
     if key_figures:
         parts.append("<h2>Key figures</h2><div>")
         for f in key_figures:
@@ -628,6 +677,12 @@ def write_report(run_dir: Path, params: dict, provenance: dict, notebooks: Seque
                    f"{op.get('target_specificity', params.get('target_specificity', '?'))}."]
         if metrics.get("paper"):
             md.append("The paper's row is its own report on its own data, not a result of this run.")
+    md += ["", "## Recipe: where this run departs from the paper", ""]
+    if deviations:
+        md += ["| Parameter | What it sets | This run | Paper |", "|---|---|---|---|"]
+        md += [f"| `{d['key']}` | {d['meaning']} | {d['value']} | {d['paper']} |" for d in deviations]
+    else:
+        md.append("None: every setting that defines the method has the paper's value.")
     md += ["", "## Key figures", ""] + [f"![{f.get('caption', '')}]({f['path']})" for f in key_figures]
     md += ["", "## Notebooks", ""] + [f"- {NOTEBOOK_TITLES.get(n, n)}: [{n}.html]({n}.html), [{n}.ipynb]({n}.ipynb) "
                                       f"({secs.get(n, 0):.0f} s)" for n in notebooks]

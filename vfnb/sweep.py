@@ -36,17 +36,17 @@ import datetime as _dt
 import html
 import itertools
 import json
-import math
 import os
 import re
 import socket
-import statistics
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from .errors import VfnbError
+from .budget import budget_curves, plot_budget_curves
+from .evaluate import finite_values as _finite, mean_interval
 from .io import atomic_write_json, atomic_write_text, atomic_write_yaml, load_yaml
 from .study import (_CSS, HEADLINE_METRICS, MODEL_TITLES, _dataset_sentence, _read_json, _say, _strip_tags,
                     _unknown_key, default_params_file, merge_params, parse_override, run_study)
@@ -55,9 +55,6 @@ SWEEP_KEYS = ("study_params", "overrides", "grid")
 CONFIDENCE = 0.95
 # (SupCon model, baseline): the paired differences the report shows
 PAIRS = (("supcon_linear", "ce"), ("supcon_finetune", "ce"))
-# training runs (DIR/runs/<run>/runs/<name>/history.json) drawn as budget curves
-BUDGET_RUNS = {"supcon": "SupCon pretraining (validation probe)", "ce": "Cross-entropy baseline (validation classifier)"}
-BUDGET_METRICS = (("macro_f1", "validation macro-F1 (4 grades)"), ("fracture_auc", "validation fracture AUC (grade ≥ 1)"))
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]*")
 
 
@@ -313,31 +310,6 @@ def run_sweep(params_files: Sequence[str | os.PathLike], overrides: Sequence[str
 
 
 # ===================================================================== statistics
-def _finite(values) -> list[float]:
-    return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
-
-
-def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> dict:
-    """``n``, ``mean``, ``sd`` (n - 1), the ``confidence`` t-interval of the mean, ``min``, ``max``.
-
-    Non-finite values are left out. With fewer than 2 values ``sd`` and the interval
-    are ``None`` (shown as "n/a"); with none, everything but ``n`` is ``None``.
-    """
-    from scipy import stats
-
-    x = _finite(values)
-    n = len(x)
-    out = {"n": n, "mean": None, "sd": None, "ci_low": None, "ci_high": None, "min": None, "max": None}
-    if n == 0:
-        return out
-    out.update(mean=statistics.fmean(x), min=min(x), max=max(x))
-    if n > 1:
-        sd = statistics.stdev(x)
-        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
-        out.update(sd=sd, ci_low=out["mean"] - half, ci_high=out["mean"] + half)
-    return out
-
-
 def _metric_value(metrics_doc: dict, model: str, metric: str):
     entry = ((metrics_doc.get("models") or {}).get(model) or {}).get("metrics", {}).get(metric)
     value = entry.get("value") if isinstance(entry, dict) else entry
@@ -367,83 +339,6 @@ def aggregate(runs: Sequence[dict], confidence: float = CONFIDENCE) -> tuple[dic
                         "ties": sum(d == 0 for d in diffs)}
         paired[f"{a} - {b}"] = {"model": a, "baseline": b, "metrics": table}
     return models, paired
-
-
-# ===================================================================== budget curves
-def _history_points(run_dir: Path, model: str) -> list[dict]:
-    """``[{"epoch", "steps", "macro_f1", "fracture_auc"}]`` from one training run's history.json.
-
-    ``steps``: the row's ``steps`` when recorded, else epoch x ``batches_per_epoch`` of
-    the run's params.yaml (``None`` when neither is known). The validation probe's
-    numbers (``val_probe_*``) are preferred to ``val_*`` when present.
-    """
-    history = _read_json(run_dir / "runs" / model / "history.json")
-    if not isinstance(history, list):
-        return []
-    try:
-        params = load_yaml(run_dir / "runs" / model / "params.yaml")
-    except VfnbError:
-        params = None
-    batches = params.get("batches_per_epoch") if isinstance(params, dict) else None
-    rows = []
-    for row in history:
-        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
-            continue
-        steps = row.get("steps")
-        if not isinstance(steps, int):
-            steps = row["epoch"] * batches if isinstance(batches, int) else None
-        values = {name: next((row[k] for k in (f"val_probe_{name}", f"val_{name}") if _finite([row.get(k)])), None)
-                  for name, _ in BUDGET_METRICS}
-        rows.append({"epoch": row["epoch"], "steps": steps, **values})
-    return rows
-
-
-def budget_curves(out: Path, run_names: Sequence[str]) -> dict:
-    """Per training run (``supcon``, ``ce``) and metric: mean, min, max, n across runs at each x.
-
-    x is optimizer steps when every run records them (or its batches per epoch), else epochs.
-    """
-    histories = {m: [_history_points(out / "runs" / n, m) for n in run_names] for m in BUDGET_RUNS}
-    rows = [r for per_run in histories.values() for h in per_run for r in h]
-    x_key = "steps" if rows and all(r["steps"] is not None for r in rows) else "epoch"
-    curves = {}
-    for model, per_run in histories.items():
-        by_x: dict[int, dict[str, list]] = {}
-        for h in per_run:
-            for r in h:
-                slot = by_x.setdefault(r[x_key], {name: [] for name, _ in BUDGET_METRICS})
-                for name, _ in BUDGET_METRICS:
-                    if r[name] is not None:
-                        slot[name].append(r[name])
-        if by_x:
-            curves[model] = {name: [{"x": x, **{k: v for k, v in mean_interval(by_x[x][name]).items()
-                                               if k in ("n", "mean", "min", "max")}}
-                                    for x in sorted(by_x) if by_x[x][name]]
-                             for name, _ in BUDGET_METRICS}
-    return {"x": "optimizer steps" if x_key == "steps" else "epochs", "curves": curves}
-
-
-def plot_budget_curves(budget: dict, title: str):
-    """Two panels (macro-F1, fracture AUC) against steps: mean across runs, band min-max."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    axes = fig.subplots(1, 2)
-    for ax, (name, label) in zip(axes, BUDGET_METRICS):
-        for model, caption in BUDGET_RUNS.items():
-            points = budget["curves"].get(model, {}).get(name) or []
-            if not points:
-                continue
-            x = [p["x"] for p in points]
-            (line,) = ax.plot(x, [p["mean"] for p in points], marker="o", ms=3, label=f"{caption}, mean")
-            ax.fill_between(x, [p["min"] for p in points], [p["max"] for p in points], color=line.get_color(),
-                            alpha=0.2, label="min-max across runs")
-        ax.set_xlabel(f"training budget ({budget['x']})")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(title)
-    return fig
 
 
 # ===================================================================== report
@@ -493,7 +388,7 @@ def write_sweep_report(out: str | os.PathLike, plan: SweepPlan, failed: dict | N
     models, paired = aggregate(runs)
     datasets = [r["dataset"] for r in runs]
     synthetic = any(d.get("synthetic") for d in datasets)
-    budget = budget_curves(out, [r["name"] for r in runs])
+    budget = budget_curves([out / "runs" / r["name"] for r in runs])
     figure = None
     if budget["curves"]:
         figure = save_figure(plot_budget_curves(budget, f"Budget curves across {len(runs)} runs"
