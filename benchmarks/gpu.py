@@ -75,6 +75,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed(fn, reps: int, device: torch.device) -> list[float]:
+    """Seconds of each of ``reps`` calls of ``fn()``, the device synchronised after each."""
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def matmul_ceiling(device: torch.device, n: int, dtype: torch.dtype, tf32: bool, reps: int) -> list[float]:
     """TFLOP/s of ``n x n`` matmuls (2 n^3 FLOPs each), one value per repetition."""
     old = torch.backends.cuda.matmul.allow_tf32
@@ -130,12 +141,7 @@ def time_variant(device, backbone, size, vertebrae, steps, warmup, autocast_dtyp
         step()
     _sync(device)
     warm_s = time.perf_counter() - t0
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+    times = _timed(step, steps, device)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     del step, model, x
     if device.type == "cuda":
@@ -245,13 +251,7 @@ def time_setting(device: torch.device, backbone: str, size: int, vertebrae: int,
         step()
     _sync(device)
     warm_s = time.perf_counter() - t0
-
-    compute = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        _sync(device)
-        compute.append(time.perf_counter() - t)
+    compute = _timed(step, steps, device)
 
     loader = _cached_patch_loader(size, vertebrae, workers, pin=cuda)
     batches = iter(loader)
@@ -267,22 +267,9 @@ def time_setting(device: torch.device, backbone: str, size: int, vertebrae: int,
     for _ in range(max(1, warmup)):
         fed_step()
     _sync(device)
-    fed = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        fed_step()
-        _sync(device)
-        fed.append(time.perf_counter() - t)
-    augment = []
-    for _ in range(max(2, steps // 2)):
-        batch = next(batches)
-        t = time.perf_counter()
-        augment_batch(batch, 2, "paper", size, generator, device)
-        _sync(device)
-        augment.append(time.perf_counter() - t)
-    del batches, loader, step, model, x
-    if cuda:
-        torch.cuda.empty_cache()
+    fed = _timed(fed_step, steps, device)
+    ready = [next(batches) for _ in range(max(2, steps // 2))]  # read before the timing: augmentation alone
+    augment = _timed(lambda: augment_batch(ready.pop(), 2, "paper", size, generator, device), len(ready), device)
     return {"compute": compute, "fed": fed, "augment": augment, "warmup_s": warm_s, "compiled": compiled,
             "compile_error": compile_error}
 
@@ -404,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
             per_vertebra = flops_per_vertebra(device, backbone_s, size_s)
             try_compile = cuda and not args.no_compile and left() > 180
             res = time_setting(device, backbone_s, size_s, vertebrae, steps, warmup, workers, try_compile)
+            if cuda:
+                torch.cuda.empty_cache()  # the setting's model, inputs and loader are gone with its frame
             how = "bf16 + channels-last-3d" if cuda else "fp32"
             how += ", torch.compile" if res["compiled"] else ", eager"
             extra = {"compiled": res["compiled"], "warmup_s": res["warmup_s"], "inputs_per_step": 2 * vertebrae,

@@ -110,7 +110,6 @@ def test_drawn_parameters_follow_their_distributions():
     aug = AUGMENTATIONS["paper"]
     cube = 128  # the ranges as given
     p = _draw(aug, seed=1, batch=500, views=4, cube=cube)  # N = 2000 views
-    n = 2000
     # Bernoulli means: 4 standard errors
     for on, prob in ((p.affine_on, aug.affine_prob), (p.cutout_before_on, aug.cutout_prob),
                      (p.cutout_after_on, aug.cutout_prob)):
