@@ -15,9 +15,19 @@ Measures, in one run:
    achieved TFLOP/s of each against the ceiling of its precision (a variant that
    runs out of memory is retried with half the batch, and says so);
 4. whether the input pipeline keeps up: augmented 128^3 views per second from a
-   DataLoader with CPU workers running vfnb's training transform, and from the
-   same MONAI transforms applied to CUDA tensors (augmentation on the GPU), each
-   against the views per second the fastest step consumes.
+   DataLoader with CPU workers running vfnb's training transform, and from
+   vfnb's batched device augmentation (:mod:`vfnb.data.device_augment`), each
+   against the views per second the fastest step consumes;
+5. per setting of :data:`SETTINGS` (SEResNet50-3D at 128^3 and 64^3, the light
+   resnet10 at 128^3; ``--tiny``: resnet10 at 16^3), bf16 autocast + channels-last-3d
+   on CUDA: compute-only steps/s (the step on one fixed input), pipeline-fed steps/s
+   (a DataLoader of cached int16 patches with pinned memory, then device
+   augmentation and the step: what training with ``augment_on: device`` does), their
+   ratio, the achieved TFLOP/s (FLOPs of the fp32 step / step time) and its fraction
+   of the card's bf16 dense ceiling (:data:`BF16_DENSE_TFLOPS`, datasheet numbers:
+   a constant, so the fraction does not move with a matmul measurement).
+   ``torch.compile`` is tried for each setting; when it fails (or time is short) the
+   eager model is used and the figure says which (``compiled``, ``compile_error``).
 
 Writes ``benchmarks/results/gpu-<card>.json`` (``--out``; ``--tiny``: the temporary
 folder) in the format of the CPU benchmarks (``{"meta", "figures", "errors"}``), so
@@ -45,11 +55,35 @@ from benchmarks import harness
 from benchmarks.steps import build_step
 
 PAPER_SIZE, PAPER_VERTEBRAE = 128, 12  # 12 vertebrae x 2 views = 24 inputs per step (REFERENCE 1.5)
+SETTINGS = (("seresnet50", 128), ("seresnet50", 64), ("resnet10", 128))  # (backbone, cube) of part 5
+TINY_SETTINGS = (("resnet10", 16),)
+# Dense (no structured sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s, matched
+# by a substring of the card's name; the denominators of "fraction of the bf16 dense ceiling".
+BF16_DENSE_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+
+
+def bf16_dense_ceiling(card: str) -> float | None:
+    """The datasheet bf16 dense peak (TFLOP/s) of ``card``, or None for a card not in the table."""
+    for name, tflops in BF16_DENSE_TFLOPS.items():
+        if name.lower() in card.lower():
+            return tflops
+    return None
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _timed(fn, reps: int, device: torch.device) -> list[float]:
+    """Seconds of each of ``reps`` calls of ``fn()``, the device synchronised after each."""
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
 
 
 def matmul_ceiling(device: torch.device, n: int, dtype: torch.dtype, tf32: bool, reps: int) -> list[float]:
@@ -107,12 +141,7 @@ def time_variant(device, backbone, size, vertebrae, steps, warmup, autocast_dtyp
         step()
     _sync(device)
     warm_s = time.perf_counter() - t0
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+    times = _timed(step, steps, device)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     del step, model, x
     if device.type == "cuda":
@@ -156,37 +185,93 @@ def _loader_views_per_s(size: int, workers: int, vertebrae: int, batches: int, s
     return {"views_per_s": got / elapsed, "views": got, "seconds": elapsed}
 
 
-def _gpu_augment_views_per_s(device: torch.device, size: int, views: int) -> dict:
-    """vfnb's augmentation with the patch as a CUDA tensor (MONAI transforms run on the tensor's device)."""
-    from vfnb.data.transforms import augment_transform
+def _device_augment_views_per_s(device: torch.device, size: int, vertebrae: int, batches: int) -> dict:
+    """Views/s of vfnb's batched device augmentation (:func:`vfnb.data.device_augment.augment_batch`), two per vertebra."""
+    from vfnb.data.device_augment import augment_batch
+
+    loader = _cached_patch_loader(size, vertebrae, workers=0, pin=device.type == "cuda")
+    it = iter(loader)
+    generator = torch.Generator().manual_seed(0)
+    augment_batch(next(it), 2, "paper", size, generator, device)
+    _sync(device)
+    elapsed, views = 0.0, 0
+    for _ in range(batches):
+        batch = next(it)  # read outside the timing: the loader is measured with the step (part 5)
+        t0 = time.perf_counter()
+        out = augment_batch(batch, 2, "paper", size, generator, device)
+        _sync(device)
+        elapsed += time.perf_counter() - t0
+        views += out.shape[0] * out.shape[1]
+    return {"views_per_s": views / elapsed, "output_device": str(out.device)}
+
+
+def _cached_patch_loader(size: int, vertebrae: int, workers: int, pin: bool):
+    """A DataLoader of cached int16 patches (:class:`vfnb.data.device_augment.CachedPatches`), endless."""
+    from types import SimpleNamespace
+
+    from vfnb.data.device_augment import CachedPatches
 
     from benchmarks.patches import synthetic_hu_patch
 
-    hu, mask = synthetic_hu_patch(size)
-    item = {"hu": hu, "mask": mask, "label": 20}
-    transform = augment_transform(size, seed=0)
-    # the channels are computed on the CPU by InputChannelsd; move them to the device
-    # right after, by running the transform list by hand: channels (CPU) -> device -> the rest
-    steps = list(transform.transforms)
-    first, rest = steps[0], steps[1:]
+    items = []
+    for i in range(16):  # depths 0.5-0.7 of the in-plane size, as pre-processed vertebrae: padding is exercised
+        hu, mask = synthetic_hu_patch(size, seed=i, depth_fraction=0.5 + 0.2 * (i % 5) / 4)
+        items.append({"hu": hu, "mask": mask, "label": 17 + i % 4, "grade": i % 4})
+    dataset = CachedPatches(SimpleNamespace(loaded=items))
+    sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=10**7)
+    return torch.utils.data.DataLoader(dataset, batch_size=vertebrae, sampler=sampler, num_workers=workers,
+                                       pin_memory=pin, persistent_workers=workers > 0,
+                                       prefetch_factor=4 if workers > 0 else None, drop_last=True)
 
-    from monai.data import MetaTensor
 
-    def one():
-        d = first(dict(item))
-        d["image"] = MetaTensor(torch.as_tensor(d["image"]).to(device))
-        for t in rest:
-            d = t(d)
-        return d["image"]
+def time_setting(device: torch.device, backbone: str, size: int, vertebrae: int, steps: int, warmup: int,
+                 workers: int, try_compile: bool) -> dict:
+    """Compute-only and pipeline-fed step times of one setting (bf16 + channels-last on CUDA, fp32 on CPU)."""
+    from vfnb.data.device_augment import augment_batch
 
-    out = one()
-    on_device = str(out.device)
-    _sync(device)
+    from benchmarks.steps import balanced_grades, make_joint_step
+
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else None
+    step, model, x = build_step(backbone, size, vertebrae, device=str(device), autocast_dtype=dtype,
+                                channels_last=cuda)
+    compiled, compile_error = False, None
     t0 = time.perf_counter()
-    for _ in range(views):
-        one()
+    if try_compile:
+        try:
+            compiled_step, _ = make_joint_step(torch.compile(model), x, balanced_grades(vertebrae),
+                                               autocast_dtype=dtype)
+            for _ in range(2):  # compiles here (and fails here when it fails)
+                compiled_step()
+            step, compiled = compiled_step, True
+        except Exception as exc:  # fall back to eager; the figure records why
+            compile_error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[-500:]
+            torch._dynamo.reset()
+    for _ in range(warmup):
+        step()
     _sync(device)
-    return {"views_per_s": views / (time.perf_counter() - t0), "output_device": on_device}
+    warm_s = time.perf_counter() - t0
+    compute = _timed(step, steps, device)
+
+    loader = _cached_patch_loader(size, vertebrae, workers, pin=cuda)
+    batches = iter(loader)
+    generator = torch.Generator().manual_seed(0)
+
+    def fed_step():
+        views = augment_batch(next(batches), 2, "paper", size, generator, device)  # [B, 2, 3, S, S, S]
+        inputs = views.transpose(0, 1).reshape((2 * vertebrae, 3) + (size,) * 3)  # view-major, as the step expects
+        if cuda:
+            inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
+        step(inputs)
+
+    for _ in range(max(1, warmup)):
+        fed_step()
+    _sync(device)
+    fed = _timed(fed_step, steps, device)
+    ready = [next(batches) for _ in range(max(2, steps // 2))]  # read before the timing: augmentation alone
+    augment = _timed(lambda: augment_batch(ready.pop(), 2, "paper", size, generator, device), len(ready), device)
+    return {"compute": compute, "fed": fed, "augment": augment, "warmup_s": warm_s, "compiled": compiled,
+            "compile_error": compile_error}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="timed steps per variant (default 10; 2 with --tiny)")
     p.add_argument("--workers", type=int, help="CPU DataLoader workers (default: cores - 1)")
     p.add_argument("--no-compile", action="store_true", help="do not try torch.compile")
+    p.add_argument("--settings-only", action="store_true", help="skip parts 3 and 4 (the fp32 / bf16 variants and "
+                   "the views/s comparison): ceiling, FLOPs and the per-setting pipeline figures only")
     args = p.parse_args(argv)
 
     t_start = time.perf_counter()
@@ -230,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.budget_s - (time.perf_counter() - t_start)
 
     def part(name: str, fn) -> None:
+        if args.settings_only and name in ("fp32", "bf16", "bf16_channels_last", "cpu_loader", "device_augment"):
+            errors[name] = "skipped (--settings-only)"
+            return
         print(f"[{name}] ({left():.0f} s of budget left)", flush=True)
         try:
             fn()
@@ -292,14 +382,59 @@ def main(argv: list[str] | None = None) -> int:
                         [100 * a / ceilings[ceiling] for a in achieved], "%", f"achieved / {ceiling} matmul ceiling")
         return fn
 
+    dense = bf16_dense_ceiling(card) if cuda else None
+
+    def setting(backbone_s: str, size_s: int):
+        tag = f"{backbone_s}_{size_s}"
+
+        def fn():
+            per_vertebra = flops_per_vertebra(device, backbone_s, size_s)
+            try_compile = cuda and not args.no_compile and left() > 180
+            res = time_setting(device, backbone_s, size_s, vertebrae, steps, warmup, workers, try_compile)
+            if cuda:
+                torch.cuda.empty_cache()  # the setting's model, inputs and loader are gone with its frame
+            how = "bf16 + channels-last-3d" if cuda else "fp32"
+            how += ", torch.compile" if res["compiled"] else ", eager"
+            extra = {"compiled": res["compiled"], "warmup_s": res["warmup_s"], "inputs_per_step": 2 * vertebrae,
+                     "workers": workers}
+            if res["compile_error"]:
+                extra["compile_error"] = res["compile_error"]
+            elif not try_compile:
+                extra["compile_error"] = "not tried (" + ("CPU" if not cuda else "--no-compile or time budget") + ")"
+            what = f"{backbone_s}, {2 * vertebrae} inputs at {size_s}^3, {how}"
+            figures[f"gpu.{tag}.compute_steps_per_s"] = harness.figure(
+                [1 / t for t in res["compute"]], "steps/s", f"{what}, one fixed input (compute only)", **extra)
+            figures[f"gpu.{tag}.fed_steps_per_s"] = harness.figure(
+                [1 / t for t in res["fed"]], "steps/s", f"{what}, fed by a DataLoader of cached patches "
+                f"({workers} workers) + device augmentation", **extra)
+            figures[f"gpu.{tag}.fed_over_compute_ratio"] = harness.single(
+                float(np.median(res["compute"]) / np.median(res["fed"])), "x",
+                "pipeline-fed steps/s / compute-only steps/s (target >= 0.9)")
+            figures[f"gpu.{tag}.device_augment_views_per_s"] = harness.figure(
+                [2 * vertebrae / t for t in res["augment"]], "views/s", f"device augmentation alone at {size_s}^3")
+            achieved = [per_vertebra * vertebrae / t / 1e12 for t in res["compute"]]
+            figures[f"gpu.{tag}.tflops"] = harness.figure(
+                achieved, "TFLOP/s", "achieved, compute only (FLOPs of the fp32 step / step time)", **extra)
+            if dense:
+                figures[f"gpu.{tag}.fraction_of_bf16_dense_ceiling"] = harness.figure(
+                    [100 * a / dense for a in achieved], "%", f"achieved / {dense:.0f} TFLOP/s (datasheet bf16 dense "
+                    "peak, benchmarks.gpu.BF16_DENSE_TFLOPS)")
+        return fn
+
     part("ceiling", do_ceiling)
     part("flops", do_flops)
+    for backbone_s, size_s in (TINY_SETTINGS if args.tiny else SETTINGS):
+        if left() > 60:
+            part(f"setting_{backbone_s}_{size_s}", setting(backbone_s, size_s))
+        else:
+            errors[f"setting_{backbone_s}_{size_s}"] = "skipped: time budget spent"
     part("fp32", variant("fp32", "tf32" if cuda else "fp32"))
     part("bf16", variant("bf16", "bf16", autocast_dtype=torch.bfloat16))
     part("bf16_channels_last", variant("bf16_channels_last", "bf16", autocast_dtype=torch.bfloat16,
                                        channels_last=True))
-    if args.no_compile or args.tiny:
-        errors["compile"] = "skipped (" + ("--tiny" if args.tiny else "--no-compile") + ")"
+    if args.no_compile or args.tiny or args.settings_only:
+        errors["compile"] = "skipped (" + ("--tiny" if args.tiny else "--no-compile" if args.no_compile
+                                           else "--settings-only") + ")"
     elif left() < 240:
         errors["compile"] = f"skipped: {left():.0f} s of the time budget left (< 240 s)"
     else:
@@ -320,10 +455,10 @@ def main(argv: list[str] | None = None) -> int:
                 res["views_per_s"] / consumer, "x", "CPU loader views/s / fastest step's inputs/s (>= 1 keeps up)")
 
     def do_gpu_augment():
-        res = _gpu_augment_views_per_s(device, size, views=20 if cuda else 2)
+        res = _device_augment_views_per_s(device, size, vertebrae, batches=10 if cuda else 2)
         figures["gpu.device_augment_views_per_s"] = harness.single(
-            res["views_per_s"], "views/s", f"vfnb augmentation with the patch on {res['output_device']} "
-            "(one view at a time, channels on CPU first)", output_device=res["output_device"])
+            res["views_per_s"], "views/s", f"vfnb.data.device_augment on {res['output_device']}, "
+            f"{vertebrae} vertebrae x 2 views per batch at {size}^3", output_device=res["output_device"])
         if consumer:
             figures["gpu.device_augment_keeps_up_ratio"] = harness.single(
                 res["views_per_s"] / consumer, "x", "device augmentation views/s / fastest step's inputs/s")

@@ -29,7 +29,10 @@ def balanced_grades(n: int) -> torch.Tensor:
 def make_joint_step(model: torch.nn.Module, x: torch.Tensor, grades: torch.Tensor, views: int = VIEWS,
                     autocast_dtype: torch.dtype | None = None
                     ) -> tuple[Callable[[], torch.Tensor], torch.optim.Optimizer]:
-    """Return ``(step, optimizer)``; ``step()`` runs one SGD step and returns the loss."""
+    """Return ``(step, optimizer)``; ``step()`` runs one SGD step on ``x`` and returns the loss.
+
+    ``step(inputs)`` steps on ``inputs`` instead (same shape as ``x``: fresh views from a pipeline).
+    """
     optimizer = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9, weight_decay=1e-4)
     supcon = SupConLoss(temperature=0.07, base_temperature=0.07)
     n = grades.shape[0]
@@ -39,11 +42,11 @@ def make_joint_step(model: torch.nn.Module, x: torch.Tensor, grades: torch.Tenso
     grades = grades.to(x.device)
     device_type = x.device.type
 
-    def step() -> torch.Tensor:
+    def step(inputs: torch.Tensor | None = None) -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
         ctx = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
         with ctx:
-            logits, projected = model(x, detach_classifier=True)
+            logits, projected = model(x if inputs is None else inputs, detach_classifier=True)
         # losses in fp32: [views * n, D] -> [n, views, D]
         features = projected.float().view(views, n, -1).transpose(0, 1)
         loss = F.cross_entropy(logits.float(), target) + supcon(features, grades)

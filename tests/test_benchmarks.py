@@ -163,11 +163,14 @@ def test_gpu_script_tiny_runs_on_cpu(tmp_path, subprocess_env):
     figures = data["figures"]
     for key in ("gpu.matmul_ceiling_fp32_tflops", "gpu.flops_per_step", "gpu.fp32_samples_per_s",
                 "gpu.bf16_samples_per_s", "gpu.bf16_channels_last_samples_per_s", "gpu.fp32_tflops",
-                "gpu.cpu_loader_views_per_s", "gpu.cpu_loader_keeps_up_ratio"):
+                "gpu.cpu_loader_views_per_s", "gpu.cpu_loader_keeps_up_ratio", "gpu.device_augment_views_per_s",
+                "gpu.resnet10_16.compute_steps_per_s", "gpu.resnet10_16.fed_steps_per_s",
+                "gpu.resnet10_16.fed_over_compute_ratio", "gpu.resnet10_16.tflops"):
         assert key in figures, f"{key} missing; errors: {data['errors']}"
     assert figures["gpu.flops_per_step"]["value"] > 0
     assert data["meta"]["card"].startswith("cpu") and data["meta"]["setting"]["cube_size"] == 16
     assert "compile" in data["errors"]  # skipped with --tiny
+    assert figures["gpu.resnet10_16.fed_steps_per_s"]["compiled"] is False
 
 
 def test_supcon_seeds_reports_probe_before_and_after(tiny_processed, tmp_path, subprocess_env):

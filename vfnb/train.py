@@ -42,7 +42,10 @@ fraction = time blocked waiting for the next batch / epoch training time).
 
 Reproducibility: the model is initialised from ``seed``; batches depend on
 ``(seed, epoch)`` and each vertebra's augmentation on ``(seed, epoch, rank, step,
-position)``, never on a worker's random stream. A resumed run therefore ends with
+position)``, never on a worker's random stream. With ``augment_on: device`` (``auto``
+on CUDA) the loader only reads the cached patches and the views are made on the training
+device, batch by batch (:mod:`vfnb.data.device_augment`), from ``(seed, epoch, rank,
+step)``; ``cpu`` keeps the MONAI transforms in the loader workers. A resumed run therefore ends with
 exactly the weights of an uninterrupted one, whatever ``workers`` is, on a CPU with the
 same number of torch threads (``threads``; float sums depend on it; cuDNN kernels on a
 GPU may differ run to run).
@@ -100,6 +103,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "ce_views": 2,              # ce mode: views per vertebra fed to CE (1 or 2)
     "views": 2,                 # augmented views drawn per vertebra (paper: 2)
     "augmentation": "paper",    # paper | weak (deviation for SupCon at small budgets; vfnb.data.transforms)
+    "augment_on": "auto",       # auto (device on CUDA) | cpu (MONAI in loader workers) | device (vfnb.data.device_augment)
     "warmup_epochs": 0,         # linear learning-rate warm-up over this many epochs, step by step (paper: none)
     "probe": "logreg",          # supcon validation probe: logreg | knn | none
     "classifier_init": "probe",  # linear / finetune: classifier starts from a logistic-regression fit | random
@@ -140,6 +144,7 @@ PARAM_HELP: dict[str, str] = {
     "ce_views": "views per vertebra for the ce baseline: 1 or 2",
     "views": "augmented views per vertebra (integer >= 2)",
     "augmentation": "augmentation strength: paper or weak (vfnb.data.transforms.AUGMENTATIONS)",
+    "augment_on": "where views are augmented: auto (device on CUDA, else cpu), cpu or device",
     "warmup_epochs": "epochs of linear learning-rate warm-up (integer >= 0, less than epochs)",
     "probe": "supcon validation probe: logreg, knn or none",
     "classifier_init": "linear and finetune modes, classifier start: probe or random",
@@ -157,6 +162,8 @@ PARAM_HELP: dict[str, str] = {
 }
 
 # keys that may change when a run is resumed (they do not change what is computed)
+AUGMENT_ON = ("auto", "cpu", "device")
+
 RESUME_MUTABLE = ("epochs", "workers", "threads", "device", "eval_batch_size", "progress", "log_names", "dataset")
 
 
@@ -228,7 +235,7 @@ def validate_params(params: dict | None, where: str = "") -> dict:
     for key, options in (("mode", MODES), ("backbone", BACKBONES), ("head", HEADS),
                          ("epoch_mode", ("balanced", "replacement")), ("lr_schedule", ("step", "cosine")),
                          ("probe", ("logreg", "knn", "none")), ("classifier_init", ("probe", "random")),
-                         ("augmentation", tuple(AUGMENTATIONS))):
+                         ("augmentation", tuple(AUGMENTATIONS)), ("augment_on", AUGMENT_ON)):
         if not isinstance(p[key], str) or p[key] not in options:
             raise _bad(key, p[key], prefix)
     for key in ("amp", "channels_last"):
@@ -400,6 +407,39 @@ class _SeededBatches:
         for step, batch in enumerate(self.sampler):
             seeds = np.random.SeedSequence([self.seed, epoch, self.rank, step]).generate_state(len(batch))
             yield [(int(i), int(s)) for i, s in zip(batch, seeds)]
+
+
+def augments_on_device(augment_on: str, device) -> bool:
+    """Whether training views are augmented on ``device`` (``augment_on``: auto = on CUDA only)."""
+    return augment_on == "device" or (augment_on == "auto" and device.type == "cuda")
+
+
+def _loader_dataset(train_set, on_device: bool):
+    """What the training DataLoader reads: augmented views (cpu) or the cached patches (device)."""
+    if not on_device:
+        return train_set
+    from .data.device_augment import CachedPatches
+
+    return CachedPatches(train_set)
+
+
+def _device_views(batch, p: dict, epoch: int, rank: int, step: int, device):
+    """A :class:`~vfnb.data.device_augment.CachedPatches` batch -> ``[B, V, 3, S, S, S]`` views on ``device``.
+
+    The parameters are drawn from a generator seeded by ``(seed, epoch, rank, step)`` (the
+    same key as :class:`_SeededBatches`, with a last entry that keeps the stream apart),
+    so a resumed run draws the same views, whatever ``workers`` is.
+    """
+    import torch
+
+    from .data.device_augment import augment_batch
+
+    seed = int(np.random.SeedSequence([p["seed"], epoch, rank, step, DEVICE_AUGMENT_STREAM]).generate_state(1)[0])
+    return augment_batch(batch, p["views"], p["augmentation"], p["cube_size"], torch.Generator().manual_seed(seed),
+                         device)
+
+
+DEVICE_AUGMENT_STREAM = 1
 
 
 # ------------------------------------------------------------------ the engine
@@ -652,8 +692,9 @@ def _train(p, run_dir, ckpt, dist_ctx, stop_after_epochs):
     sampler = ClassBalancedBatchSampler(train_set.grades, per_grade=p["batch_per_grade"], mode=p["epoch_mode"],
                                         batches_per_epoch=p["batches_per_epoch"], seed=p["seed"],
                                         rank=dist_ctx.rank, world_size=dist_ctx.world_size)
+    on_device = augments_on_device(p["augment_on"], device)
     loader = torch.utils.data.DataLoader(
-        train_set, batch_sampler=_SeededBatches(sampler, p["seed"], dist_ctx.rank), num_workers=p["workers"],
+        _loader_dataset(train_set, on_device), batch_sampler=_SeededBatches(sampler, p["seed"], dist_ctx.rank), num_workers=p["workers"],
         persistent_workers=p["workers"] > 0, pin_memory=device.type == "cuda",
         prefetch_factor=4 if p["workers"] > 0 else None)
     prefetched = None  # the next epoch's batch iterator, started early so workers fill it meanwhile
@@ -747,7 +788,8 @@ def _train(p, run_dir, ckpt, dist_ctx, stop_after_epochs):
             t_wait = time.perf_counter()
             batch = next(batches)
             wait += time.perf_counter() - t_wait
-            views = batch["image"]  # [B, V, 3, S, S, S]
+            views = (_device_views(batch, p, epoch, dist_ctx.rank, step, device) if on_device
+                     else batch["image"])  # [B, V, 3, S, S, S]
             grades = batch["grade"].to(device)
             if mode == "ce" and p["ce_views"] == 1:
                 views = views[:, :1]
