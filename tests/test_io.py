@@ -62,7 +62,7 @@ def test_output_folder_is_atomic_and_refuses_existing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     with output_folder(out, overwrite=True) as staging:
         (staging / "b.txt").write_text("2")
-    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".vfnb-output", "b.txt"]  # the marker --overwrite needs
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):

@@ -66,6 +66,9 @@ def test_every_parameter_is_documented_in_default_yaml():
 def test_parameter_files_use_known_keys(name):
     merged = merge_params([ROOT / "params" / name])
     assert set(merged) == set(load_yaml(DEFAULTS))
+    from vfnb.study import validate_study_params
+
+    validate_study_params(merged)  # what `vfnb study` checks before notebook 00
 
 
 def test_notebook_parameters_refuses_non_literals(tmp_path):

@@ -290,8 +290,15 @@ def test_existing_output_is_refused_and_overwrite_replaces_it(tmp_path, original
     with pytest.raises(VfnbError, match="already exists"):
         preprocess_dataset(original, out, size=SIZE)
     assert (out / "keep.txt").read_text() == "user data"
-    preprocess_dataset(original, out, size=SIZE, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "patches.csv").is_file()
+    # a folder vfnb did not write is not ours to delete, even with overwrite (issue 15, item 9)
+    with pytest.raises(VfnbError, match="does not look like a vfnb output"):
+        preprocess_dataset(original, out, size=SIZE, overwrite=True)
+    assert (out / "keep.txt").read_text() == "user data"
+    (out / "keep.txt").unlink()
+    preprocess_dataset(original, out, size=SIZE, overwrite=True)  # an empty folder may be overwritten
+    (out / "stale.txt").write_text("ours to replace")
+    preprocess_dataset(original, out, size=SIZE, overwrite=True)  # and so may our own output
+    assert not (out / "stale.txt").exists() and (out / "patches.csv").is_file()
     # the input folder itself is never an output, even with overwrite
     before = _snapshot(original)
     with pytest.raises(ParamsError, match="overlaps the input"):

@@ -195,6 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     except VfnbError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # read-only or full disk, permissions, a vanished file: say where, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc} (vfnb {args.command} could not read or write this path; "
+              "check free space and permissions)", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"error: vfnb {args.command} ran out of memory; expected inputs of a size this machine can "
+              "hold (see docs/GUARANTEES.md for the size limits)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -150,10 +150,28 @@ def build_model(backbone: str = "resnet10", in_channels: int = 3, num_grades: in
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when present, else CPU; anything else as ``torch.device``."""
+    """``"auto"`` -> CUDA when present, else CPU; anything else as ``torch.device``.
+
+    Raises :class:`vfnb.errors.VfnbError` for a malformed name or a CUDA device this
+    machine does not have.
+    """
+    from .errors import VfnbError
+
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise VfnbError(f"device {device!r} is not a device name; expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            have = f"devices cuda:0 .. cuda:{count - 1}" if count else "no CUDA device"
+            raise VfnbError(f"device {device!r} is not available: this machine has {have}; "
+                            "expected auto, cpu or one of those")
+    elif dev.type not in ("cpu", "mps"):
+        raise VfnbError(f"device {device!r} is not supported; expected auto, cpu, cuda or cuda:N")
+    return dev
 
 
 # ------------------------------------------------------------------ RNG states
@@ -369,6 +387,11 @@ def _load_state(model: GradingModel, state: dict, path) -> None:
            if tuple(state[k].shape) != tuple(v.shape)]
     if bad:
         raise CheckpointError(f"{path}: weight shapes do not match the model: {_few(bad)}")
+    # NaN/Inf weights give NaN probabilities and argmax 0 everywhere: a silent "all normal"
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CheckpointError(f"{path}: weights {_few(broken)} hold NaN or infinite values; expected finite "
+                              "weights (the training that wrote it diverged, or the file was damaged)")
     model.load_state_dict(state, strict=True)
 
 

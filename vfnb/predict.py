@@ -15,6 +15,7 @@ The fracture probability is ``1 - P(grade 0)`` (REFERENCE 1.6).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from .models import GradingModel, load_checkpoint_dict, model_from_checkpoint, r
 
 DEFAULT_PATCH_SIZE = 128  # the study's in-plane patch size (REFERENCE 1.2, 1.3)
 AFFINE_TOLERANCE_MM = 1e-3  # CT and label map affines must agree to this (voxel -> world mm)
+MAX_PATCH_SIZE = 512  # the paper uses 128; 512^3 float32 is already 0.5 GB per input
 
 
 def _prob_columns(num_grades: int) -> list[str]:
@@ -99,6 +101,11 @@ def predict_patches(model: torch.nn.Module, records: Sequence[Mapping[str, Any]]
     for g, column in enumerate(_prob_columns(num_grades)):
         table[column] = prob[:, g].astype(np.float64)
     table["fracture_prob"] = 1.0 - prob[:, 0].astype(np.float64)
+    broken = ~np.isfinite(prob).all(axis=1)
+    if broken.any():
+        raise VfnbError(f"the model gave NaN or infinite grade probabilities for {int(broken.sum())} of "
+                        f"{len(prob)} vertebrae (first: {table['name'][int(np.argmax(broken))]}); no prediction "
+                        "is written (is the checkpoint diverged, or the input extreme?)")
     return table, embeddings
 
 
@@ -114,6 +121,11 @@ def _sizes_from_checkpoint(ckpt: Mapping, size: int | None, cube_size: int | Non
         size = params.get("patch_size") or params.get("cube_size") or DEFAULT_PATCH_SIZE
     if cube_size is None:
         cube_size = params.get("cube_size") or size
+    for name, value, low in (("patch_size", size, 2), ("cube_size", cube_size, 8)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value != int(value) or not low <= value <= MAX_PATCH_SIZE:
+            raise VfnbError(f"{name} {value!r} (from the checkpoint's params or the argument) is not valid; "
+                            f"expected an integer {low}-{MAX_PATCH_SIZE} voxels")
     return int(size), int(cube_size)
 
 
@@ -161,8 +173,14 @@ def predict_scan(ct: str | os.PathLike, seg: str | os.PathLike, checkpoint: str 
         raise DatasetError(f"{seg}: the label map holds no vertebra to grade (labels present: {present or 'none'}; "
                            "expected VerSe labels 1-25 or 28)")
 
+    skipped: list = []
     patches = extract_patches_from_arrays(image, label_map, affine, size=size, labels=labels,
-                                          seg_affine=seg_affine, where=str(seg))
+                                          seg_affine=seg_affine, where=str(seg), skipped=skipped)
+    for _, reason in skipped:
+        print(f"warning: {seg}: {reason}", file=sys.stderr)
+    if not patches:
+        raise DatasetError(f"{seg}: no vertebra left to grade ({len(skipped)} label(s) too small or too thin "
+                           "for a vertebra); expected VerSe vertebra labels of plausible size")
     del image, label_map
     image_id = strip_nifti_suffix(ct.name)
     # write the patches as a tiny processed dataset so they take the very same
@@ -185,8 +203,13 @@ def predict_scan_cli(ct, seg, checkpoint, out=None, device: str = "auto", overwr
 
     An existing ``out`` is refused unless ``overwrite``.
     """
+    if out is not None and Path(out).is_dir():
+        raise VfnbError(f"{out}: --out is a folder; expected the path of a CSV file to write")
     if out is not None and Path(out).exists() and not overwrite:
         raise VfnbError(f"{out}: file already exists (choose another --out, or pass --overwrite)")
+    from .models import resolve_device
+
+    resolve_device(device)  # an unknown or absent device is refused before any file is read
     try:
         table = predict_scan(ct, seg, checkpoint, device=device)
     except (RuntimeError, ValueError) as exc:

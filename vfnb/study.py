@@ -46,7 +46,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import yaml
 
 from .errors import DatasetError, ParamsError, VfnbError
-from .io import atomic_write_json, atomic_write_text, atomic_write_yaml, load_yaml, output_folder
+from .io import atomic_write_json, atomic_write_text, atomic_write_yaml, load_yaml, output_folder, parse_yaml
 
 NOTEBOOKS = ("00_data_exploration", "01_supcon_pretraining", "02_finetuning", "03_evaluation")
 NOTEBOOK_TITLES = {
@@ -146,10 +146,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ParamsError(f"-p {text!r}: empty parameter name")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
-        raise ParamsError(f"-p {text!r}: value {value!r} is not a YAML scalar/list") from None
+    parsed = parse_yaml(value, f"-p {key}", ParamsError) if value.strip() else ""
     return key, parsed
 
 
@@ -180,6 +177,59 @@ def merge_params(params_files: Sequence[str | os.PathLike] = (), overrides: Sequ
             raise _unknown_key(key, merged, f"-p {text}", defaults_file)
         merged[key] = value
     return merged
+
+
+# the training settings notebook 01 passes to every model (its `shared` dict)
+SHARED_TRAINING_KEYS = ("backbone", "head", "feature_dim", "cube_size", "batch_per_grade", "epoch_mode",
+                        "batches_per_epoch", "momentum", "weight_decay", "lr_schedule", "lr_milestones", "lr_gamma",
+                        "temperature", "base_temperature", "probe", "seed", "device", "amp", "workers")
+# model -> (training mode, its epochs and learning-rate parameters), as notebooks 01 and 02 train them
+MODEL_PLANS = {"supcon": ("supcon", "supcon_epochs", "supcon_lr"),
+               "supcon_linear": ("linear", "linear_epochs", "linear_lr"),
+               "supcon_finetune": ("finetune", "finetune_epochs", "finetune_lr"),
+               "ce": ("ce", "ce_epochs", "ce_lr")}
+# study-only integers: (key, smallest value)
+STUDY_INTS = (("synth_cases", 1), ("synth_seed", 0), ("synth_folds", 2), ("patch_size", 8), ("n_boot", 1),
+              ("umap_neighbors", 2), ("umap_max_points", 2), ("n_errors_shown", 0), ("scans_shown", 0),
+              ("patches_per_grade", 0), ("height_patches_per_grade", 0))
+
+
+def validate_study_params(params: dict, where: str = "vfnb study") -> None:
+    """Check every parameter the notebooks will use, before notebook 00 starts; :class:`ParamsError` names the key.
+
+    Each model's training parameters go through :func:`vfnb.train.validate_params`
+    exactly as :func:`training_params` will pass them.
+    """
+    from .train import validate_params
+
+    for key, low in STUDY_INTS:
+        value = params.get(key)
+        if key in params and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ParamsError(f"{where}: parameter {key!r} = {value!r} is invalid; expected an integer >= {low}")
+    for key in ("val_fraction", "target_specificity"):
+        value = params.get(key)
+        if key in params and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not 0.0 < float(value) < 1.0):
+            raise ParamsError(f"{where}: parameter {key!r} = {value!r} is invalid; expected a number between 0 and 1")
+    models = params.get("models")
+    if not isinstance(models, list) or not models or any(m not in MODEL_PLANS or m == "supcon" for m in models):
+        raise ParamsError(f"{where}: parameter 'models' = {models!r} is invalid; expected a non-empty list of "
+                          f"{', '.join(m for m in MODEL_PLANS if m != 'supcon')}")
+    if not isinstance(params.get("checkpoints", {}), dict):
+        raise ParamsError(f"{where}: parameter 'checkpoints' = {params.get('checkpoints')!r} is invalid; "
+                          "expected a mapping model -> checkpoint file")
+    shared = {k: params[k] for k in SHARED_TRAINING_KEYS if k in params}
+    for model in ["supcon", *models]:
+        mode, epochs_key, lr_key = MODEL_PLANS[model]
+        trial = {"mode": mode, "dataset": "-", "tag": params.get("tag"), "epochs": params.get(epochs_key),
+                 "lr": params.get(lr_key), "init_checkpoint": "-" if mode in ("linear", "finetune") else None,
+                 **shared}
+        try:
+            validate_params(trial)
+        except ParamsError as exc:
+            message = str(exc).replace("parameter 'epochs'", f"parameter {epochs_key!r}")
+            message = message.replace("parameter 'lr'", f"parameter {lr_key!r}")
+            raise ParamsError(f"{where}: {message} (model {model})") from None
 
 
 def resolve_param_paths(params: dict, base: str | os.PathLike) -> dict:
@@ -328,6 +378,7 @@ def run_study(params_files: Sequence[str | os.PathLike], overrides: Sequence[str
     """
     out = Path(out)
     params = merge_params(params_files, overrides)
+    validate_study_params(params)  # in seconds, not after notebook 00 has run
     params = resolve_param_paths(params, Path.cwd())
     if out.exists() and not overwrite:
         raise VfnbError(f"{out}: output folder already exists (choose another --out, or pass --overwrite)")
@@ -433,7 +484,8 @@ def dataset_fingerprint(root: str | os.PathLike) -> str:
     """
     root = Path(root)
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    # hidden files (the .vfnb-output marker, temporaries of atomic writes) are not data
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
         rel = path.relative_to(root).as_posix()
         digest.update(f"{rel}\t{path.stat().st_size}\n".encode())
         if path.suffix in (".yaml", ".csv"):

@@ -73,7 +73,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .errors import CheckpointError, ParamsError, VfnbError
-from .io import atomic_write_json, atomic_write_text, atomic_write_yaml, load_yaml
+from .io import atomic_write_json, atomic_write_text, atomic_write_yaml, load_yaml, parse_yaml
 
 MODES = ("supcon", "linear", "finetune", "joint", "ce")
 
@@ -125,10 +125,10 @@ PARAM_HELP: dict[str, str] = {
     "dataset": "path of a processed dataset folder",
     "tag": "split tag of the lists train/val_file_list.<tag>.yaml",
     "backbone": "encoder name (vfnb.models.BACKBONES)",
-    "backbone_kwargs": "mapping of extra arguments for the MONAI encoder",
+    "backbone_kwargs": "mapping of extra arguments the MONAI encoder accepts, integers at most 4096",
     "head": "projection head: linear or mlp",
-    "feature_dim": "projection size (positive integer)",
-    "cube_size": "input cube edge in voxels (integer >= 8)",
+    "feature_dim": "projection size (integer 1-65536)",
+    "cube_size": "input cube edge in voxels (integer 8-512)",
     "batch_per_grade": "vertebrae of each grade per batch (positive integer)",
     "epoch_mode": "balanced or replacement",
     "batches_per_epoch": "batches per epoch in replacement mode (positive integer or null)",
@@ -211,13 +211,13 @@ def validate_params(params: dict | None, where: str = "") -> dict:
     p["backbone_kwargs"] = dict(p["backbone_kwargs"]) if isinstance(p["backbone_kwargs"], dict) else p["backbone_kwargs"]
     p["lr_milestones"] = list(p["lr_milestones"]) if isinstance(p["lr_milestones"], (list, tuple)) else p["lr_milestones"]
 
-    def as_int(key, low=None, nullable=False):
+    def as_int(key, low=None, nullable=False, high=None):
         v = p[key]
         if v is None and nullable:
             return
         if isinstance(v, float) and v.is_integer():
             v = int(v)
-        if not _is_int(v) or (low is not None and v < low):
+        if not _is_int(v) or (low is not None and v < low) or (high is not None and v > high):
             raise _bad(key, p[key], prefix)
         p[key] = v
 
@@ -256,8 +256,9 @@ def validate_params(params: dict | None, where: str = "") -> dict:
         raise _bad("device", p["device"], prefix)
     if not isinstance(p["backbone_kwargs"], dict) or not all(isinstance(k, str) for k in p["backbone_kwargs"]):
         raise _bad("backbone_kwargs", p["backbone_kwargs"], prefix)
-    as_int("feature_dim", 1)
-    as_int("cube_size", 8)
+    _check_backbone_kwargs(p["backbone"], p["backbone_kwargs"], prefix)
+    as_int("feature_dim", 1, high=65536)
+    as_int("cube_size", 8, high=512)
     as_int("batch_per_grade", 1)
     as_int("batches_per_epoch", 1, nullable=True)
     as_int("epochs", 1)
@@ -293,10 +294,42 @@ def validate_params(params: dict | None, where: str = "") -> dict:
     return p
 
 
-def parse_overrides(kv_overrides: Iterable[str]) -> dict:
-    """``["lr=0.01", "lr_milestones=[10, 20]"]`` -> dict; values parsed as YAML (safe_load)."""
-    import yaml
+MAX_BACKBONE_INT = 4096  # widths, kernel sizes, layer counts: far beyond any sane 3D CNN
 
+
+def _check_backbone_kwargs(backbone: str, kwargs: dict, prefix: str) -> None:
+    """Refuse ``backbone_kwargs`` the MONAI network does not take, or integers that would exhaust memory."""
+    import inspect
+
+    if backbone == "seresnet50":
+        from monai.networks.nets import SEResNet50 as net
+    else:
+        from monai.networks.nets import ResNet as net
+    accepted = set(inspect.signature(net.__init__).parameters) - {"self", "spatial_dims", "in_channels",
+                                                                 "n_input_channels", "num_classes", "block",
+                                                                 "feed_forward", "args", "kwargs"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ParamsError(f"{prefix}parameter 'backbone_kwargs': {unknown} not accepted by the {backbone} "
+                          f"encoder; expected some of {sorted(accepted)}")
+
+    def ints(v):
+        if isinstance(v, bool):
+            return []
+        if isinstance(v, (int, float)):
+            return [v]
+        if isinstance(v, (list, tuple)):
+            return [x for item in v for x in ints(item)]
+        return []
+
+    for key, value in kwargs.items():
+        if any(not math.isfinite(x) or abs(x) > MAX_BACKBONE_INT for x in ints(value)):
+            raise ParamsError(f"{prefix}parameter 'backbone_kwargs': {key} = {value!r} is out of range; "
+                              f"expected numbers up to {MAX_BACKBONE_INT}")
+
+
+def parse_overrides(kv_overrides: Iterable[str]) -> dict:
+    """``["lr=0.01", "lr_milestones=[10, 20]"]`` -> dict; values parsed as YAML (:func:`vfnb.io.parse_yaml`)."""
     out = {}
     for item in kv_overrides or []:
         if not isinstance(item, str) or "=" not in item:
@@ -305,10 +338,7 @@ def parse_overrides(kv_overrides: Iterable[str]) -> dict:
         key = key.strip()
         if key not in DEFAULT_PARAMS:
             raise ParamsError(f"-p {item!r}: unknown parameter {key!r}; known: {', '.join(DEFAULT_PARAMS)}")
-        try:
-            out[key] = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            raise ParamsError(f"-p {item!r}: value of {key!r} is not valid YAML") from None
+        out[key] = parse_yaml(text, f"-p {key}", ParamsError) if text.strip() else None
     return out
 
 
@@ -443,15 +473,80 @@ DEVICE_AUGMENT_STREAM = 1
 
 
 # ------------------------------------------------------------------ the engine
-def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
+RUN_LOCK = ".vfnb-lock"  # held in the run folder by the run writing it (rank 0); see vfnb.io.claim_lock
+
+
+def _is_rank0() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool) -> Path | None:
+    """Check ``run_dir`` and, on rank 0, claim it with :data:`RUN_LOCK`; return the lock (None elsewhere).
+
+    A new run needs a folder that does not exist or is empty; checked again once
+    the lock is held, so of two runs started into one folder the second is refused.
+    """
+    from .io import claim_lock
+
     if resume:
         if not (run_dir / "last.pt").is_file():
             raise CheckpointError(f"{run_dir / 'last.pt'}: checkpoint file not found; cannot resume "
                                   "(start a new run without --resume)")
-        return
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+    else:
+        _refuse_used_run_dir(run_dir)
+    if not _is_rank0():
+        return None
+    if run_dir.exists() and not run_dir.is_dir():
+        _refuse_used_run_dir(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = claim_lock(run_dir / RUN_LOCK, f"{run_dir}: run folder")
+    if not resume:
+        try:
+            _refuse_used_run_dir(run_dir)
+        except VfnbError:
+            lock.unlink(missing_ok=True)
+            raise
+    return lock
+
+
+def _refuse_used_run_dir(run_dir: Path) -> None:
+    if run_dir.exists() and (not run_dir.is_dir() or any(p.name != RUN_LOCK for p in run_dir.iterdir())):
         raise VfnbError(f"{run_dir}: run folder already exists and is not empty; choose another folder "
                         "(or pass --resume to continue the run in it)")
+
+
+def _check_training_data(p: dict) -> None:
+    """Refuse a missing dataset or an empty train/val list before the run folder is created."""
+    from .data.processed import ProcessedDataset
+
+    if p["dataset"] is None:
+        raise ParamsError("parameter 'dataset' is required (path of a processed dataset folder)")
+    dataset = ProcessedDataset(p["dataset"])
+    for split in ("train", "val"):
+        if not dataset.records(split, p["tag"]):
+            raise ParamsError(f"{dataset.root}: the {split} list of tag {p['tag']!r} is empty; training needs "
+                              "vertebrae in both the train and the val list")
+    if p["init_checkpoint"] is not None and not Path(p["init_checkpoint"]).is_file():
+        raise ParamsError(f"parameter 'init_checkpoint': {p['init_checkpoint']}: checkpoint file not found")
+    if "WORLD_SIZE" not in os.environ and p["device"] != "auto":
+        from .models import resolve_device
+
+        resolve_device(p["device"])  # a CUDA device this machine lacks is refused here
+
+
+def _discard_unfinished(run_dir: Path) -> None:
+    """After a new run failed before its first checkpoint: empty the folder it claimed, so a re-run may use it."""
+    import shutil
+
+    if (run_dir / "last.pt").exists() or not run_dir.is_dir():
+        return
+    for entry in run_dir.iterdir():
+        if entry.name == RUN_LOCK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def _merge_resume_params(saved: dict, given: dict | None, where: Path) -> dict:
@@ -493,8 +588,12 @@ def _build_network(p: dict):
         if p["mode"] in ("linear", "finetune"):
             model.classifier.reset_parameters()  # a fresh classifier, as in linear evaluation
     else:
-        model = build_model(p["backbone"], in_channels=3, head=p["head"], feature_dim=p["feature_dim"],
-                            **p["backbone_kwargs"])
+        try:
+            model = build_model(p["backbone"], in_channels=3, head=p["head"], feature_dim=p["feature_dim"],
+                                **p["backbone_kwargs"])
+        except (TypeError, ValueError, RuntimeError, IndexError, AssertionError) as exc:
+            raise ParamsError(f"parameter 'backbone_kwargs' {p['backbone_kwargs']!r} cannot build the "
+                              f"{p['backbone']} encoder ({type(exc).__name__}: {exc})") from None
     return model
 
 
@@ -601,19 +700,33 @@ def train(params: dict | None, run_dir: str | os.PathLike, resume: bool = False,
     """
     from .models import load_checkpoint_dict
 
+    from .io import release_lock
+
     run_dir = Path(run_dir)
-    _prepare_run_dir(run_dir, resume)
     ckpt = None
     if resume:
+        if not (run_dir / "last.pt").is_file():
+            _prepare_run_dir(run_dir, resume)  # raises, naming the missing checkpoint
         ckpt = load_checkpoint_dict(run_dir / "last.pt")
         if not isinstance(ckpt.get("params"), dict):
             raise CheckpointError(f"{run_dir / 'last.pt'}: field 'params' missing; not a vfnb training checkpoint")
         p = _merge_resume_params(ckpt["params"], params, run_dir / "last.pt")
     else:
         p = validate_params(params)
-    if p["dataset"] is None:
-        raise ParamsError("parameter 'dataset' is required (path of a processed dataset folder)")
+    # everything the user can get wrong is checked before the run folder is created
+    _check_training_data(p)
+    lock = _prepare_run_dir(run_dir, resume)
+    try:
+        return _train_claimed(p, run_dir, ckpt, stop_after_epochs)
+    except BaseException:
+        if not resume and lock is not None:
+            _discard_unfinished(run_dir)
+        raise
+    finally:
+        release_lock(lock)
 
+
+def _train_claimed(p, run_dir, ckpt, stop_after_epochs):
     import torch
 
     dist_ctx = _Dist(p["device"])

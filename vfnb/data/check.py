@@ -22,7 +22,6 @@ command that reads a dataset calls it first.
 
 from __future__ import annotations
 
-import gzip
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -31,14 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError
-from ..io import NIFTI_SUFFIX, load_yaml, strip_nifti_suffix
+from ..io import NIFTI_SUFFIX, load_nifti, load_yaml, strip_nifti_suffix, verify_nifti
 from ..levels import GRADES, LEVEL_NAMES, MAX_LABEL, level_name, spine_order
-from .original import ANNOTATION_FILE, scan_original
+from .original import ANNOTATION_FILE, outside_links, scan_original
 from .processed import (LIST_INFIX, LIST_SUFFIX, SPLITS, parse_list_filename, parse_patch_name,
                         validate_list_entries)
 
 AFFINE_TOLERANCE_MM = 1e-3
-_CHUNK = 1 << 22
 
 
 @dataclass
@@ -105,52 +103,18 @@ def _grade_table(grade_counts) -> str:
 
 
 # ---------------------------------------------------------------- NIfTI reading
-def _nifti_from_bytes(raw: bytes):
-    import nibabel as nib
-
-    try:
-        return nib.Nifti1Image.from_bytes(raw)
-    except Exception:
-        return nib.Nifti2Image.from_bytes(raw)
-
-
 def _read_nifti(path: Path, want_data: bool):
-    """``(shape, affine, data or None)``, decompressing the whole file exactly once.
+    """``(shape, affine, data or None)`` checked exactly as pre-processing will read the file.
 
-    With ``want_data`` the file is decompressed into memory and the array built
-    from those bytes; otherwise the stream is read in chunks and only counted, so
-    a large CT costs no memory. Either way a truncated gzip stream, a bad CRC or
-    too few voxel bytes raise :class:`DatasetError` naming the file.
+    :func:`vfnb.io.load_nifti` with ``want_data``, else :func:`vfnb.io.verify_nifti`
+    (the stream is read through, not kept): a truncated stream, a bad CRC, a broken
+    geometry, NaN/Inf voxels or an oversized header raise :class:`DatasetError`.
     """
-    import nibabel as nib
-
-    try:
-        if want_data:
-            if path.name.endswith(".gz"):
-                with gzip.open(path, "rb") as f:
-                    raw = f.read()
-            else:
-                raw = path.read_bytes()
-            img = _nifti_from_bytes(raw)
-            data = np.asanyarray(img.dataobj)
-        else:
-            img = nib.load(str(path))  # header only
-            expected = int(img.header.get_data_offset()) + \
-                math.prod(img.shape) * img.header.get_data_dtype().itemsize
-            opener = gzip.open if path.name.endswith(".gz") else open
-            size = 0
-            with opener(path, "rb") as f:
-                while chunk := f.read(_CHUNK):
-                    size += len(chunk)
-            if size < expected:
-                raise EOFError(f"{size} bytes of data, the header needs {expected}")
-            data = None
-        shape = tuple(int(s) for s in img.shape)
-        affine = np.asarray(img.affine, dtype=np.float64)
-    except Exception as exc:  # gzip, zlib, nibabel and numpy each raise their own types
-        raise DatasetError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc}); "
-                           "expected a complete NIfTI file (is it corrupt or truncated?)") from None
-    return shape, affine, data
+    if want_data:
+        data, affine, _ = load_nifti(path)
+        return tuple(int(s) for s in data.shape), affine, data
+    shape, affine, _ = verify_nifti(path)
+    return shape, affine, None
 
 
 def _compare_geometry(image_path, image_geo, mask_path, mask_geo, errors) -> None:
@@ -217,6 +181,7 @@ def _nifti_names(folder: Path) -> set[str]:
 def _check_original(root: Path, report: CheckReport) -> None:
     cases, problems = scan_original(root)
     report.errors.extend(problems)
+    report.warnings.extend(outside_links(root, cases))
     annotated = {c.case_id for c in cases}
     annotation = root / ANNOTATION_FILE
     for name in sorted(_nifti_names(root / "img")):

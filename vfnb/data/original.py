@@ -19,12 +19,13 @@ must both exist. Nothing here reads voxels (see :mod:`vfnb.data.check` for that)
 from __future__ import annotations
 
 import numbers
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import DatasetError
-from ..io import NIFTI_SUFFIX, atomic_write_yaml, load_yaml, safe_member, strip_nifti_suffix
+from ..io import NIFTI_SUFFIX, atomic_write_yaml, link_outside, load_yaml, safe_member, strip_nifti_suffix
 from ..levels import GRADES, LEVEL_NAMES
 from .processed import join_problems
 
@@ -128,7 +129,15 @@ def read_original(root) -> list[Case]:
     cases, problems = scan_original(root)
     if problems:
         raise DatasetError(join_problems(problems))
+    for note in outside_links(root, cases):
+        print(f"warning: {note}", file=sys.stderr)
     return cases
+
+
+def outside_links(root, cases: list[Case]) -> list[str]:
+    """One warning per CT or label map of ``cases`` that is a symlink leading out of ``root``."""
+    notes = [link_outside(root, path) for case in cases for path in (case.image_path, case.seg_path)]
+    return [note for note in notes if note]
 
 
 def write_annotation(path, mapping: Mapping[str, Mapping[int, int]]) -> Path:

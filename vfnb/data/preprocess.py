@@ -79,6 +79,13 @@ from .processed import patch_filename
 PAD_HU = -1024  # air: the value of patch voxels that fall outside the scan
 SPLINE_MARGIN = 8  # source voxels kept around the patch for the cubic prefilter
 MIN_VOLUME_MM3 = 1000.0  # below ~1 cm^3 a "vertebra" is most likely a stray fragment
+# A label is skipped (no patch, a warning instead) when its in-plane box side is under
+# MIN_PATCH_SIDE_MM or its height exceeds MAX_HEIGHT_PER_SIDE times that side. The
+# smallest vertebral bodies (C3-C7) are about 15 mm wide and every body is wider than
+# it is tall; a 1-voxel label would otherwise become a patch of 0.01 mm voxels, and a
+# thin column a [size, size, 100 x size] array of gigabytes.
+MIN_PATCH_SIDE_MM = 5.0
+MAX_HEIGHT_PER_SIDE = 10.0
 PATCH_COLUMNS = ("patch", "case", "label", "level", "grade", "source_spacing", "box",
                  "patch_shape", "patch_spacing_mm", "warnings")
 
@@ -299,7 +306,8 @@ def label_boxes(label_map: np.ndarray) -> dict[int, Box]:
 # ------------------------------------------------------------------ extraction
 def extract_patches_from_arrays(image: np.ndarray, label_map: np.ndarray, affine: np.ndarray,
                                 size: int = 128, labels: Iterable[int] | None = None,
-                                seg_affine: np.ndarray | None = None, where: str = "scan") -> list[Patch]:
+                                seg_affine: np.ndarray | None = None, where: str = "scan",
+                                skipped: list | None = None) -> list[Patch]:
     """Per-vertebra patches from in-memory arrays (what ``vfnb predict`` uses).
 
     ``image``: CT in HU, any 3D shape/dtype, with ``affine`` (voxel -> world RAS mm).
@@ -307,7 +315,10 @@ def extract_patches_from_arrays(image: np.ndarray, label_map: np.ndarray, affine
     its shape must equal the image's). ``labels``: which vertebrae (default: every
     label present, in spine order); a requested label absent from the map raises
     :class:`DatasetError`. ``where`` names the scan in messages.
-    Returns one :class:`Patch` per label, ``[size, size, N]``.
+    Returns one :class:`Patch` per label, ``[size, size, N]``, except labels too
+    small or too thin to be a vertebra (:data:`MIN_PATCH_SIDE_MM`,
+    :data:`MAX_HEIGHT_PER_SIDE`): those get no patch, and ``(label, reason)`` is
+    appended to ``skipped`` when given (else the reason goes to stderr).
     """
     if not isinstance(size, (int, np.integer)) or size < 2:
         raise ParamsError(f"patch size {size!r} is not valid; expected an integer >= 2 voxels")
@@ -344,6 +355,17 @@ def extract_patches_from_arrays(image: np.ndarray, label_map: np.ndarray, affine
         in_region = label_map[region] == label
         voxels = np.array(np.nonzero(in_region), dtype=np.float64) + np.array([a for a, _ in box], float)[:, None]
         world_lo, world_hi = _world_box(voxels, seg_affine)
+        extent = world_hi - world_lo
+        side = float(max(extent[0], extent[1]))
+        if side < MIN_PATCH_SIDE_MM or extent[2] > MAX_HEIGHT_PER_SIDE * side:
+            reason = (f"label {label} ({level_name(label)}) spans {extent[0]:.1f} x {extent[1]:.1f} x "
+                      f"{extent[2]:.1f} mm: too small or too thin for a vertebra (in-plane side < "
+                      f"{MIN_PATCH_SIDE_MM:g} mm or height > {MAX_HEIGHT_PER_SIDE:g} x side); no patch")
+            if skipped is None:
+                print(f"warning: {where}: {reason}", file=sys.stderr)
+            else:
+                skipped.append((label, reason))
+            continue
         patch_affine, shape = patch_grid(world_lo, world_hi, size)
 
         notes = []
@@ -429,8 +451,12 @@ def _process_case(case_id: str, ct_path: str, seg_path: str, grades: dict[int, i
                          "message": f"label {label} ({level}) is graded but absent from the label map {seg_path}; no patch"})
 
     labels = sorted(present & set(graded), key=spine_order)
+    skipped: list = []
     patches = extract_patches_from_arrays(image, seg, affine, size=size, labels=labels,
-                                          seg_affine=seg_affine, where=str(seg_path))
+                                          seg_affine=seg_affine, where=str(seg_path), skipped=skipped)
+    for label, reason in skipped:
+        warnings.append({"case": case_id, "label": label, "level": level_name(label),
+                         "message": f"{seg_path}: {reason}"})
     del image, seg
     rows = []
     for patch in patches:
@@ -449,6 +475,24 @@ def _process_case(case_id: str, ct_path: str, seg_path: str, grades: dict[int, i
             "warnings": "; ".join(patch.warnings),
         })
     return {"rows": rows, "warnings": warnings}
+
+
+def exit_with_parent(parent_pid: int, every_s: float = 0.5) -> None:
+    """Pool-worker initializer: a daemon thread ends this process once ``parent_pid`` has gone.
+
+    A killed parent (SIGKILL) cannot stop its pool; without this the workers finish
+    their scan and then wait on the task queue for ever.
+    """
+    import threading
+    import time
+
+    def watch():
+        while True:
+            time.sleep(every_s)
+            if os.getppid() != parent_pid:  # re-parented: the parent is dead
+                os._exit(1)
+
+    threading.Thread(target=watch, name="vfnb-exit-with-parent", daemon=True).start()
 
 
 def _patches_csv(rows: list[dict]) -> str:
@@ -512,7 +556,8 @@ def preprocess_dataset(original: str | os.PathLike, processed: str | os.PathLike
                     done(index, _process_case(*task))
             else:
                 # spawn: no inherited threads or locks (tqdm's monitor) in the workers
-                with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=get_context("spawn")) as pool:
+                with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=get_context("spawn"),
+                                         initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
                     futures = {pool.submit(_process_case, *task): index for index, task in enumerate(tasks)}
                     try:
                         for future in as_completed(futures):
