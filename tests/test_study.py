@@ -53,7 +53,7 @@ def test_unknown_or_malformed_override():
         merge_params([], ["nonsense=1"])
     with pytest.raises(ParamsError, match="expected KEY=VALUE"):
         parse_override("seed")
-    with pytest.raises(ParamsError, match="not a YAML"):
+    with pytest.raises(ParamsError, match="not valid YAML"):
         parse_override("models=[a, b")
 
 
@@ -248,3 +248,19 @@ def test_probe_comparison_reports_probe_and_chance(tiny_processed):
     assert 0 <= row["macro-F1"] <= 1 and 0 <= row["fracture AUC"] <= 1 and 1 / 51 <= row["p (macro-F1 vs chance)"] <= 1
     # the val list holds all four grades about equally: always-0 reaches F1(grade 0) / 4
     assert table.loc["chance: always grade 0", "macro-F1"] < 0.2
+
+
+def test_recipe_deviations_are_listed_in_the_report(tmp_path):
+    from vfnb.study import RECIPE_KEYS, paper_params_file, read_params_file, recipe_deviations, write_report
+
+    paper = read_params_file(paper_params_file())
+    assert set(RECIPE_KEYS) <= set(paper)  # every recipe setting has the paper's value on record
+    default = merge_params([])
+    deviations = {d["key"]: d for d in recipe_deviations(default)}
+    assert deviations["supcon_augmentation"]["value"] == "weak" and deviations["supcon_augmentation"]["paper"] == "paper"
+    assert recipe_deviations({**default, **paper}) == []
+    index, summary = write_report(tmp_path, default, {})
+    assert "departs from the paper" in index.read_text() and "<code>supcon_augmentation</code>" in index.read_text()
+    assert "| `supcon_augmentation` | augmentation during SupCon pretraining | weak | paper |" in summary.read_text()
+    index, _ = write_report(tmp_path, {**default, **paper}, {})
+    assert "None: every setting that defines the method has the paper's value." in index.read_text()
