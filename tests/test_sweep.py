@@ -56,6 +56,7 @@ def fake_study(calls: list | None = None, fail_seeds=()):
             [{"epoch": e + 1, "steps": 24 * (e + 1), "val_macro_f1": 0.4, "val_fracture_auc": 0.9} for e in range(2)]))
         (out / "metrics.json").write_text(json.dumps(
             {"dataset": {"name": "SynthSpine", "synthetic": True}, "models": models}))
+        (out / "provenance.json").write_text(json.dumps({"params": {"supcon_augmentation": "weak", "cube_size": 32}}))
         (out / "index.html").write_text("<html></html>")
         return out
 
@@ -106,6 +107,14 @@ def test_aggregate_against_hand_computed_values_and_report(tmp_path):
     assert (out / "figures" / "budget_curves.png").stat().st_size > 0
     summary = (out / "summary.md").read_text()
     assert f"0.85 [{0.85 - half:.2f}, {0.85 + half:.2f}]" in summary and "(runs/seed-2/index.html)" in summary
+    # the answer: per metric, the verdict follows the paired interval (roc: entirely below 0; macro-F1: all ties)
+    verdicts = {row["metric"]: row["verdict"] for row in doc["answer"]["table"]}
+    assert verdicts["fracture AUC"] == "cross-entropy higher (SupCon won 0/3)"
+    assert verdicts["macro-F1"].startswith("no difference these runs can tell")
+    assert "Over 3 training runs" in doc["answer"]["text"] and doc["answer"]["text"] in page
+    # the recipe's deviations from the paper, read from the runs' provenance
+    assert {d["key"] for d in doc["recipe_deviations"]} == {"supcon_augmentation", "cube_size"}
+    assert "supcon_augmentation" in page and "| supcon_augmentation | augmentation during SupCon" in summary
     # every run got the sweep's overrides and its grid value
     assert yaml.safe_load((out / "params" / "seed-2.yaml").read_text()) == {"supcon_epochs": 1, "seed": 2}
 

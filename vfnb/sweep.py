@@ -49,7 +49,7 @@ from .budget import budget_curves, plot_budget_curves
 from .evaluate import finite_values as _finite, mean_interval
 from .io import atomic_write_json, atomic_write_text, atomic_write_yaml, load_yaml
 from .study import (_CSS, HEADLINE_METRICS, MODEL_TITLES, _dataset_sentence, _read_json, _say, _strip_tags,
-                    _unknown_key, default_params_file, merge_params, parse_override, run_study)
+                    _unknown_key, default_params_file, merge_params, parse_override, recipe_deviations, run_study)
 
 SWEEP_KEYS = ("study_params", "overrides", "grid")
 CONFIDENCE = 0.95
@@ -373,9 +373,44 @@ def collect_runs(out: Path, plan: SweepPlan) -> list[dict]:
         if not isinstance(doc, dict):
             continue
         metrics = {m: {k: _metric_value(doc, m, k) for k, _ in HEADLINE_METRICS} for m in (doc.get("models") or {})}
+        params = _read_json(out / "runs" / name / "provenance.json") or {}
         runs.append({"name": name, "folder": f"runs/{name}", "grid": point, "metrics": metrics,
-                     "dataset": doc.get("dataset") or {}})
+                     "dataset": doc.get("dataset") or {}, "params": params.get("params") or {}})
     return runs
+
+
+# the question the study asks, in the numbers that answer it: (metrics.json key, words)
+ANSWER_METRICS = (("roc_auc", "fracture AUC"), ("macro_f1", "macro-F1"), ("recall_grade1", "grade-1 recall"))
+
+
+def answer(models: dict, paired: dict, n_runs: int, pair: tuple[str, str] = ("supcon_linear", "ce")) -> dict:
+    """Does SupCon beat cross-entropy at this budget? ``{"table": [...], "text": "..."}`` (empty text: no pair).
+
+    Per :data:`ANSWER_METRICS`: both models' mean [interval] across runs, and the paired
+    difference with its interval. The verdict per metric follows the interval of the
+    paired difference only: above 0 SupCon is higher, below 0 cross-entropy is, and an
+    interval that holds 0 (or none, with one run) shows no difference these runs can tell.
+    """
+    a, b = pair
+    diff = (paired.get(f"{a} - {b}") or {}).get("metrics") or {}
+    if a not in models or b not in models or not diff:
+        return {"table": [], "text": ""}
+    table, verdicts = [], []
+    for key, words in ANSWER_METRICS:
+        d = diff.get(key) or {}
+        low, high = d.get("ci_low"), d.get("ci_high")
+        if low is not None and low > 0:
+            verdict = f"SupCon higher (won {d['wins']}/{d['n']})"
+        elif high is not None and high < 0:
+            verdict = f"cross-entropy higher (SupCon won {d['wins']}/{d['n']})"
+        else:
+            verdict = f"no difference these runs can tell (SupCon won {d.get('wins', 0)}/{d.get('n', 0)})"
+        table.append({"metric": words, a: models[a].get(key) or {}, b: models[b].get(key) or {}, "difference": d,
+                      "verdict": verdict})
+        verdicts.append(f"{words}: {verdict}")
+    text = (f"Over {n_runs} training run{'s' if n_runs != 1 else ''}, {_title(a)} against the "
+            f"{_title(b).lower()}, paired run by run: " + "; ".join(verdicts) + ".")
+    return {"table": table, "text": text}
 
 
 def write_sweep_report(out: str | os.PathLike, plan: SweepPlan, failed: dict | None = None) -> Path:
@@ -395,6 +430,8 @@ def write_sweep_report(out: str | os.PathLike, plan: SweepPlan, failed: dict | N
                                                 + (" (synthetic data)" if synthetic else "")),
                              out / "figures" / "budget_curves.png")
     missing = [n for n, _ in plan.points if n not in {r["name"] for r in runs}]
+    verdict = answer(models, paired, len(runs))
+    deviations = recipe_deviations(runs[0]["params"]) if runs and runs[0]["params"] else []
     intervals = (f"{100 * CONFIDENCE:.0f} % t-interval of the mean across training runs (seeds/folds), "
                  "n - 1 degrees of freedom; not the per-run bootstrap over patients")
     document = {
@@ -410,6 +447,8 @@ def write_sweep_report(out: str | os.PathLike, plan: SweepPlan, failed: dict | N
         "runs": [{k: r[k] for k in ("name", "folder", "grid", "metrics")} for r in runs],
         "models": {m: {"title": MODEL_TITLES.get(m, m), "metrics": v} for m, v in models.items()},
         "paired": paired,
+        "answer": verdict,
+        "recipe_deviations": deviations,
         "budget_curves": {**budget, "figure": "figures/budget_curves.png" if figure else None},
     }
     atomic_write_json(out / "sweep.json", document)
@@ -425,9 +464,13 @@ def write_sweep_report(out: str | os.PathLike, plan: SweepPlan, failed: dict | N
                     [_paired_cell(p["metrics"][k]) for k, _ in HEADLINE_METRICS]) for p in paired.values()]
     run_rows = [(r, _title(m), [_fmt(r["metrics"][m].get(k)) for k, _ in HEADLINE_METRICS])
                 for r in runs for m in r["metrics"]]
-    caption = (f"Validation macro-F1 and fracture AUC against {budget['x']} for each training run: SupCon "
-               "pretraining (its validation probe) and the cross-entropy baseline (its classifier); line: mean across "
-               "runs, band: min-max.")
+    caption = (f"Validation macro-F1 and fracture AUC against {budget['x']}: a logistic-regression probe on the pooled "
+               "features of the SupCon encoder and of the cross-entropy baseline's encoder, refitted after every "
+               "epoch; line: mean across runs, band: lowest to highest run.")
+    answer_head = ["Test metric", _title("supcon_linear"), _title("ce"), "Paired difference", "Verdict"]
+    answer_rows = [(row["metric"], [_cell(row["supcon_linear"]), _cell(row["ce"]), _cell(row["difference"]),
+                                    row["verdict"]]) for row in verdict["table"]]
+    deviation_rows = [(f"{d['key']}", [d["meaning"], str(d["value"]), str(d["paper"])]) for d in deviations]
 
     e = html.escape
     title = f"vfnb sweep: {out.name}"
@@ -443,6 +486,12 @@ def write_sweep_report(out: str | os.PathLike, plan: SweepPlan, failed: dict | N
                 + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in (label, *cells)) + "</tr>"
                           for label, cells in rows) + "</table>")
 
+    if verdict["text"]:
+        parts += ["<h2>The study's question: does SupCon pretraining beat cross-entropy?</h2>",
+                  f"<p>{e(verdict['text'])}</p>", table(answer_head, answer_rows)]
+    if deviation_rows:
+        parts += ["<h3>The recipe: where these runs depart from the paper</h3>",
+                  table(["Parameter", "What it sets", "These runs", "Paper"], deviation_rows)]
     parts += ["<h2>Test-set metrics across runs</h2>", table(["Model", *heads], metric_rows),
               "<h2>Paired difference, SupCon minus cross-entropy</h2>",
               "<p class='note'>Per run, the SupCon model's value minus the cross-entropy baseline's on the same "
@@ -475,7 +524,14 @@ def write_sweep_report(out: str | os.PathLike, plan: SweepPlan, failed: dict | N
     md = [f"# {title}", "", f"The study run once per grid point ({grid_text}); {count}.", ""]
     if dataset_text:
         md += [_strip_tags(dataset_text), ""]
-    md += [f"Brackets: {intervals}. n/a: fewer than 2 runs.", "", "## Test-set metrics across runs", ""]
+    md += [f"Brackets: {intervals}. n/a: fewer than 2 runs.", ""]
+    if verdict["text"]:
+        md += ["## The study's question: does SupCon pretraining beat cross-entropy?", "", verdict["text"], ""]
+        md += md_table(answer_head, answer_rows) + [""]
+    if deviation_rows:
+        md += ["### The recipe: where these runs depart from the paper", ""]
+        md += md_table(["Parameter", "What it sets", "These runs", "Paper"], deviation_rows) + [""]
+    md += ["## Test-set metrics across runs", ""]
     md += md_table(["Model", *heads], metric_rows)
     md += ["", "## Paired difference, SupCon minus cross-entropy", ""] + md_table(["Difference", *heads], paired_rows)
     md += ["", "## Budget curves", "", f"![{caption}](figures/budget_curves.png)" if figure else "No training history.", ""]
