@@ -49,9 +49,14 @@ def main(argv=None) -> int:
     ap.add_argument("--synth-seed", type=int, default=None,
                     help="SynthSpine generator seed (default: the study's; generated into data/ when missing)")
     ap.add_argument("--label", default="", help="a name for this setting, copied into every row")
+    ap.add_argument("--summarize", metavar="DIR", default=None,
+                    help="print a Markdown table of every JSON result in DIR (one row per setting and seed), train nothing")
     ap.add_argument("-p", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="training parameter override, e.g. -p epochs=4")
     args = ap.parse_args(argv)
+    if args.summarize:
+        print(summary_table(Path(args.summarize)))
+        return 0
 
     d = load_yaml(ROOT / "params" / "default.yaml")
     if args.synth_seed is not None:
@@ -108,6 +113,31 @@ def main(argv=None) -> int:
     if args.out:
         atomic_write_text(args.out, json.dumps({"params": base, "rows": rows}, indent=1) + "\n")
     return 0
+
+
+def escaped(row: dict) -> bool:
+    """SupCon left its collapse: last loss >= 5 % below the no-structure value, and the last-epoch probe
+    beats the random initialisation's (higher macro-F1, permutation p < 0.05)."""
+    return (row["last_loss"] < 0.95 * row["loss_no_structure"] and row["last_macro_f1"] > row["init_macro_f1"]
+            and row["last_p"] < 0.05)
+
+
+def summary_table(folder: Path) -> str:
+    """Markdown: one row per (setting, SynthSpine seed, training seed) of the JSON files in ``folder``."""
+    head = ("| setting | SynthSpine | seed | steps | last loss (no structure) | cosine own / same / other grade "
+            "| probe init: macro-F1 / AUC | probe last: macro-F1 / AUC / p | best epoch: macro-F1 / AUC | escaped |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for path in sorted(folder.glob("*.json")):
+        doc = json.loads(path.read_text())
+        for r in doc["rows"]:
+            lines.append(
+                f"| {r['label']} | {r['synth_seed']} | {r['seed']} | {r['steps']} | {r['last_loss']:.2f} "
+                f"({r['loss_no_structure']:.2f}) | {r['proj_cos_own_view']:.2f} / {r['proj_cos_same_grade']:.2f} / "
+                f"{r['proj_cos_other_grade']:.2f} | {r['init_macro_f1']:.2f} / {r['init_fracture_auc']:.2f} | "
+                f"{r['last_macro_f1']:.2f} / {r['last_fracture_auc']:.2f} / {r['last_p']:.3f} | "
+                f"{r['best_epoch']}: {r['best_macro_f1']:.2f} / {r['best_fracture_auc']:.2f} | "
+                f"{'yes' if escaped(r) else 'no'} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ promise, with the machine and versions recorded.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -187,3 +188,8 @@ def test_supcon_seeds_reports_probe_before_and_after(tiny_processed, tmp_path, s
         for stage in ("init", "best", "last"):
             assert 0 <= row[f"{stage}_fracture_auc"] <= 1 and 0 < row[f"{stage}_p"] <= 1
         assert row["chance_always_normal_macro_f1"] < 0.2
+        # collapse diagnostics: the no-structure loss of 2 views x 4 grades x 3 per grade, projection cosines
+        assert row["loss_no_structure"] == pytest.approx(math.log(23)) and -1 <= row["proj_cos_other_grade"] <= 1
+    table = subprocess.run([sys.executable, "benchmarks/supcon_seeds.py", "--summarize", str(tmp_path)], cwd=REPO,
+                           env=subprocess_env, capture_output=True, text=True, timeout=120).stdout
+    assert len(table.strip().splitlines()) == 2 + 2 and table.count("| yes |") + table.count("| no |") == 2
