@@ -215,3 +215,16 @@ def test_cli_error_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "sweep.yaml" in err and "'sede'" in err and "Traceback" not in err
     assert not (tmp_path / "sw").exists()
+
+
+def test_resuming_with_another_plan_over_finished_runs_is_refused(tmp_path):
+    out = tmp_path / "sw"
+    assert run_sweep([sweep_file(tmp_path)], out=out, progress=False, run_one=fake_study(), only=["seed=0"]).ok
+    changed = tmp_path / "changed.yaml"
+    changed.write_text("study_params: []\noverrides: {supcon_epochs: 2}\ngrid: {seed: [0, 1, 2]}\n")
+    calls: list = []
+    with pytest.raises(SweepError, match=r"plan.json: the finished runs \(seed-0\) were made with overrides"):
+        run_sweep([changed], out=out, progress=False, run_one=fake_study(calls))
+    assert calls == []  # nothing ran, nothing was mixed
+    # the same plan resumes
+    assert run_sweep([sweep_file(tmp_path)], out=out, progress=False, run_one=fake_study(calls)).ran == ["seed-1", "seed-2"]

@@ -281,6 +281,7 @@ def run_sweep(params_files: Sequence[str | os.PathLike], overrides: Sequence[str
     with contextlib.ExitStack() as stack:
         if not only:  # --only jobs of one sweep run side by side; each locks just its run
             stack.enter_context(pid_lock(out / "sweep.lock", f"sweep {out}"))
+        _claim_plan(out, plan)
         for i, (name, point) in enumerate(points):
             run_dir = out / "runs" / name
             if is_finished(run_dir):
@@ -307,6 +308,24 @@ def run_sweep(params_files: Sequence[str | os.PathLike], overrides: Sequence[str
         if not only:
             result.report = write_sweep_report(out, plan, result.failed)
     return result
+
+
+def _claim_plan(out: Path, plan: SweepPlan) -> None:
+    """Record what every run of ``out`` is made with (``plan.json``); refuse a changed plan over finished runs.
+
+    A finished run is never redone, so resuming with other study files or overrides would
+    mix runs made two ways in one report: refused, naming what changed.
+    """
+    now = json.loads(json.dumps({"study_params": [str(p) for p in plan.study_params], "overrides": plan.overrides}))
+    recorded = _read_json(out / "plan.json")
+    finished = [n for n, _ in plan.points if is_finished(out / "runs" / n)]
+    if isinstance(recorded, dict) and recorded != now and finished:
+        changed = [k for k in now if recorded.get(k) != now[k]]
+        raise SweepError(f"{out / 'plan.json'}: the finished runs ({', '.join(finished)}) were made with "
+                         + "; ".join(f"{k} = {recorded.get(k)!r}" for k in changed) + ", but this sweep asks "
+                         + "; ".join(f"{k} = {now[k]!r}" for k in changed)
+                         + ". Use another --out for the new plan (a finished run is never redone)")
+    atomic_write_json(out / "plan.json", now)
 
 
 # ===================================================================== statistics
