@@ -77,8 +77,7 @@ def main(argv=None) -> int:
                 momentum=d["momentum"], weight_decay=d["weight_decay"], lr_schedule=d["lr_schedule"],
                 temperature=d["temperature"], base_temperature=d["base_temperature"], probe=d["probe"],
                 workers=d["workers"], progress=False,
-                **{k: d[k] for k in ("views", "warmup_epochs") if k in d},
-                augmentation=d.get("supcon_augmentation", "paper"))
+                warmup_epochs=d.get("supcon_warmup_epochs", 0), augmentation=d.get("supcon_augmentation", "paper"))
     base.update(parse_overrides(args.overrides))
     rows = []
     for seed in args.seeds:

@@ -178,7 +178,7 @@ def test_supcon_seeds_reports_probe_before_and_after(tiny_processed, tmp_path, s
     out = tmp_path / "seeds.json"
     proc = subprocess.run([sys.executable, "benchmarks/supcon_seeds.py", "--seeds", "0", "1", "--dataset",
                            str(tiny_processed), "--tag", "t0", "--out", str(out), "-p", "cube_size=16",
-                           "-p", "epochs=1", "-p", "batches_per_epoch=2", "-p", "workers=0",
+                           "-p", "epochs=1", "-p", "batches_per_epoch=2", "-p", "workers=0", "-p", "warmup_epochs=0",
                            "-p", "backbone_kwargs={block_inplanes: [4, 4, 4, 8]}"],
                           cwd=REPO, env=subprocess_env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

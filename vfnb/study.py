@@ -561,6 +561,7 @@ RECIPE_KEYS = {
     "temperature": "SupCon temperature",
     "base_temperature": "SupCon base temperature",
     "supcon_augmentation": "augmentation during SupCon pretraining",
+    "supcon_warmup_epochs": "SupCon learning-rate warm-up (epochs)",
     "supcon_epochs": "SupCon pretraining epochs",
     "supcon_lr": "SupCon learning rate",
 }
