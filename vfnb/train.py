@@ -161,9 +161,9 @@ PARAM_HELP: dict[str, str] = {
     "progress": "true or false",
 }
 
-# keys that may change when a run is resumed (they do not change what is computed)
 AUGMENT_ON = ("auto", "cpu", "device")
 
+# keys that may change when a run is resumed (they do not change what is computed)
 RESUME_MUTABLE = ("epochs", "workers", "threads", "device", "eval_batch_size", "progress", "log_names", "dataset")
 
 
