@@ -121,6 +121,10 @@ def test_aggregate_against_hand_computed_values_and_report(tmp_path):
 
 def test_one_run_gives_na_intervals_not_nan(tmp_path):
     assert mean_interval([0.7])["ci_low"] is None and mean_interval([])["mean"] is None
+    # with few runs the t-interval is wide: clipped to what the quantity can take
+    wide = mean_interval([0.2, 0.9], bounds=(0.0, 1.0))
+    assert (wide["ci_low"], wide["ci_high"]) == (0.0, 1.0) and wide["mean"] == pytest.approx(0.55)
+    assert mean_interval([0.2, 0.9])["ci_low"] < 0
     out = tmp_path / "sw"
     run_sweep([sweep_file(tmp_path, "grid: {seed: [1]}\n")], out=out, progress=False, run_one=fake_study())
     page = (out / "index.html").read_text()

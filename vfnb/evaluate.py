@@ -747,11 +747,15 @@ def finite_values(values) -> list[float]:
     return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
 
 
-def mean_interval(values: Sequence[float], confidence: float = 0.95) -> dict:
+def mean_interval(values: Sequence[float], confidence: float = 0.95,
+                  bounds: tuple[float, float] | None = None) -> dict:
     """``n``, ``mean``, ``sd`` (n - 1), the ``confidence`` t-interval of the mean, ``min``, ``max``.
 
     Non-finite values are left out. With fewer than 2 values ``sd`` and the interval
     are ``None`` (shown as "n/a"); with none, everything but ``n`` is ``None``.
+    ``bounds``: the range the quantity can take (``(0, 1)`` for a metric, ``(-1, 1)``
+    for a difference of two); the interval is clipped to it (with few runs the
+    t-interval is wide and would otherwise claim impossible values).
     """
     from scipy import stats
 
@@ -764,5 +768,8 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> dict:
     if n > 1:
         sd = statistics.stdev(x)
         half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
-        out.update(sd=sd, ci_low=out["mean"] - half, ci_high=out["mean"] + half)
+        low, high = out["mean"] - half, out["mean"] + half
+        if bounds is not None:
+            low, high = max(low, bounds[0]), min(high, bounds[1])
+        out.update(sd=sd, ci_low=low, ci_high=high)
     return out

@@ -344,7 +344,7 @@ def aggregate(runs: Sequence[dict], confidence: float = CONFIDENCE) -> tuple[dic
     """
     present = [m for m in MODEL_TITLES if any(m in r["metrics"] for r in runs)]
     present += sorted({m for r in runs for m in r["metrics"]} - set(present))
-    models = {m: {k: mean_interval([r["metrics"].get(m, {}).get(k) for r in runs], confidence)
+    models = {m: {k: mean_interval([r["metrics"].get(m, {}).get(k) for r in runs], confidence, bounds=(0.0, 1.0))
                   for k, _ in HEADLINE_METRICS} for m in present}
     paired = {}
     for a, b in PAIRS:
@@ -354,7 +354,7 @@ def aggregate(runs: Sequence[dict], confidence: float = CONFIDENCE) -> tuple[dic
         for k, _ in HEADLINE_METRICS:
             diffs = [r["metrics"][a][k] - r["metrics"][b][k] for r in runs
                      if _finite([r["metrics"].get(a, {}).get(k)]) and _finite([r["metrics"].get(b, {}).get(k)])]
-            table[k] = {**mean_interval(diffs, confidence), "wins": sum(d > 0 for d in diffs),
+            table[k] = {**mean_interval(diffs, confidence, bounds=(-1.0, 1.0)), "wins": sum(d > 0 for d in diffs),
                         "ties": sum(d == 0 for d in diffs)}
         paired[f"{a} - {b}"] = {"model": a, "baseline": b, "metrics": table}
     return models, paired
@@ -452,7 +452,8 @@ def write_sweep_report(out: str | os.PathLike, plan: SweepPlan, failed: dict | N
     verdict = answer(models, paired, len(runs))
     deviations = recipe_deviations(runs[0]["params"]) if runs and runs[0]["params"] else []
     intervals = (f"{100 * CONFIDENCE:.0f} % t-interval of the mean across training runs (seeds/folds), "
-                 "n - 1 degrees of freedom; not the per-run bootstrap over patients")
+                 "n - 1 degrees of freedom, clipped to the values a metric can take; not the per-run bootstrap "
+                 "over patients")
     document = {
         "schema": 1,
         "written_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
