@@ -126,16 +126,20 @@ def summary_table(folder: Path) -> str:
     head = ("| setting | SynthSpine | seed | steps | last loss (no structure) | cosine own / same / other grade "
             "| probe init: macro-F1 / AUC | probe last: macro-F1 / AUC / p | best epoch: macro-F1 / AUC | escaped |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    def f(value, digits=2):
+        return "-" if value is None else f"{value:.{digits}f}"
+
     for path in sorted(folder.glob("*.json")):
         doc = json.loads(path.read_text())
         for r in doc["rows"]:
+            # joint mode's loss adds the classifier's cross-entropy: no no-structure value, no escape rule
+            verdict = "n/a" if r["loss_no_structure"] is None else ("yes" if escaped(r) else "no")
             lines.append(
-                f"| {r['label']} | {r['synth_seed']} | {r['seed']} | {r['steps']} | {r['last_loss']:.2f} "
-                f"({r['loss_no_structure']:.2f}) | {r['proj_cos_own_view']:.2f} / {r['proj_cos_same_grade']:.2f} / "
-                f"{r['proj_cos_other_grade']:.2f} | {r['init_macro_f1']:.2f} / {r['init_fracture_auc']:.2f} | "
-                f"{r['last_macro_f1']:.2f} / {r['last_fracture_auc']:.2f} / {r['last_p']:.3f} | "
-                f"{r['best_epoch']}: {r['best_macro_f1']:.2f} / {r['best_fracture_auc']:.2f} | "
-                f"{'yes' if escaped(r) else 'no'} |")
+                f"| {r['label']} | {r['synth_seed']} | {r['seed']} | {r['steps']} | {f(r['last_loss'])} "
+                f"({f(r['loss_no_structure'])}) | {f(r['proj_cos_own_view'])} / {f(r['proj_cos_same_grade'])} / "
+                f"{f(r['proj_cos_other_grade'])} | {f(r['init_macro_f1'])} / {f(r['init_fracture_auc'])} | "
+                f"{f(r['last_macro_f1'])} / {f(r['last_fracture_auc'])} / {f(r['last_p'], 3)} | "
+                f"{r['best_epoch']}: {f(r['best_macro_f1'])} / {f(r['best_fracture_auc'])} | {verdict} |")
     return "\n".join(lines)
 
 
