@@ -54,7 +54,7 @@ import torch
 from benchmarks import harness
 from benchmarks.steps import build_step
 
-PAPER_SIZE, PAPER_VERTEBRAE = 128, 12  # 12 vertebrae x 2 views = 24 inputs per step (REFERENCE 1.5)
+PAPER_SIZE, PAPER_VERTEBRAE = 128, 12  # 12 vertebrae x 2 views = 24 inputs per step (STUDY §1.5)
 SETTINGS = (("seresnet50", 128), ("seresnet50", 64), ("resnet10", 128))  # (backbone, cube) of part 5
 TINY_SETTINGS = (("resnet10", 16),)
 # Dense (no structured sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s, matched

@@ -4,7 +4,7 @@ A pre-processed patch is ``size x size x N`` voxels with N about 0.6 x size for 
 vertebra with its posterior elements (the square in-plane box is set by the AP
 extent, ~90 mm, the height is ~40-55 mm). :func:`synthetic_patch` builds such a
 patch: an ellipsoidal "body" of bone HU with a cortical rim, soft tissue around
-it and noise, turned into the network input of REFERENCE 1.3. Only the shape and
+it and noise, turned into the network input of STUDY §1.3. Only the shape and
 value ranges matter for throughput; the content keeps nearest-neighbour
 resampling honest (real edges, not a constant).
 """

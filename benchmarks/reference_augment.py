@@ -1,7 +1,7 @@
 """The original study's augmentation chain, written out per sample with numpy/scipy.
 
 This is the *baseline* the benchmark compares vfnb's MONAI pipeline against; it
-follows REFERENCE 1.4 as the original code ran it, one sample at a time on the
+follows STUDY §1.4 as the original code ran it, one sample at a time on the
 CPU, every resampling nearest-neighbour (``order=0``) and done as separate
 scipy calls:
 
@@ -63,7 +63,7 @@ def reference_augment(x: np.ndarray, size: int, rng: np.random.Generator) -> np.
     """One augmented view of a patch, the original study's way.
 
     Args:
-        x: ``[3, X, Y, Z]`` float32 network input (REFERENCE 1.3), any spatial size.
+        x: ``[3, X, Y, Z]`` float32 network input (STUDY §1.3), any spatial size.
         size: cube edge in voxels (128 in the paper); ranges scale with it.
         rng: numpy generator; the same seed gives the same view.
 

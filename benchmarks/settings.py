@@ -7,7 +7,7 @@ they change.
 
 from __future__ import annotations
 
-PAPER = {"backbone": "seresnet50", "cube_size": 128, "per_grade": 3, "views": 2}  # REFERENCE 1.3, 1.5
+PAPER = {"backbone": "seresnet50", "cube_size": 128, "per_grade": 3, "views": 2}  # STUDY §1.3, 1.5
 FALLBACK_DEFAULT = {"backbone": "resnet10", "cube_size": 64, "per_grade": 3, "views": 2}
 
 

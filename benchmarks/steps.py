@@ -3,7 +3,7 @@
 ``x`` holds ``views`` augmented views of ``n`` vertebrae laid out view-major
 (``[view 0 of every vertebra, view 1 of every vertebra, ...]``, ``[views * n, 3, S, S, S]``).
 The step is: forward, cross-entropy on the classifier over the *detached* pooled
-feature plus SupCon on the projections (REFERENCE 1.5), backward, SGD (lr 0.005,
+feature plus SupCon on the projections (STUDY §1.5), backward, SGD (lr 0.005,
 momentum 0.9, weight decay 1e-4).
 """
 

@@ -140,7 +140,7 @@ def test_rng_state_round_trip_through_checkpoint(tmp_path):
 
 # ------------------------------------------------------------------ the study's released format
 class PaperModel(SEResNet50):
-    """Built like the original study's network (REFERENCE 1.5/1.7): MONAI SEResNet50
+    """Built like the original study's network (STUDY §1.5/1.7): MONAI SEResNet50
     with 4 outputs (its own ``last_linear`` is the grade classifier) plus a ``head``."""
 
     def __init__(self):

@@ -1,4 +1,4 @@
-"""Pre-processing (REFERENCE 1.2): geometry of per-vertebra patches and the dataset command.
+"""Pre-processing (STUDY §1.2): geometry of per-vertebra patches and the dataset command.
 
 The test "vertebra" is defined in world space (RAS mm) and rasterised into source
 grids with different headers (RAS, LPS, permuted axes, 5-degree oblique), all with

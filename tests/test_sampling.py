@@ -1,4 +1,4 @@
-"""Class-balanced batch sampling (REFERENCE 1.5)."""
+"""Class-balanced batch sampling (STUDY §1.5)."""
 
 from __future__ import annotations
 

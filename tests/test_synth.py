@@ -4,7 +4,7 @@ The morphometry here is the test's own: vertebral body heights are measured from
 the written label map (voxel columns, world coordinates from the header), never
 taken from the generator; only the pre-fracture reference heights come from
 ``synth_truth.csv`` (the grade is defined against the vertebra's own pre-fracture
-height, REFERENCE 3).
+height, STUDY §3).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Augmentation and evaluation transforms (REFERENCE 1.3, 1.4) on real NIfTI patches."""
+"""Augmentation and evaluation transforms (STUDY §1.3, 1.4) on real NIfTI patches."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Metrics of the study (REFERENCE 1.6), confidence intervals by patient, operating points.
+"""Metrics of the study (STUDY §1.6), confidence intervals by patient, operating points.
 
 Inputs
 ------
@@ -52,7 +52,7 @@ PROB_COLUMNS = tuple(f"p{g}" for g in GRADES)
 REQUIRED_COLUMNS = ("image_id", "grade", "pred", *PROB_COLUMNS, "fracture_prob")
 
 #: What the paper reported on ITS OWN data (208 clinical CTs / 2423 vertebrae,
-#: REFERENCE 1). Context for our tables, not a target our data can be compared
+#: STUDY §1). Context for our tables, not a target our data can be compared
 #: with number for number.
 PAPER_REPORTED: dict[str, Any] = {
     "source": "Wei et al., BIBM 2022 (arXiv 2208.10698): reported on the paper's own "

@@ -1,4 +1,4 @@
-"""Supervised contrastive loss (REFERENCE 1.5; Khosla et al., NeurIPS 2020).
+"""Supervised contrastive loss (STUDY §1.5; Khosla et al., NeurIPS 2020).
 
 The "L_out" form of the paper (its equation 2), scaled by tau / tau_base as the
 authors' reference code does::

@@ -1,4 +1,4 @@
-"""Networks and checkpoints (REFERENCE 1.5, 1.7).
+"""Networks and checkpoints (STUDY §1.5, 1.7).
 
 A :class:`GradingModel` is an encoder (3D CNN from MONAI, global average pooled to a
 ``F``-d feature), a projection head (``F -> 128``, L2-normalised; the SupCon loss
@@ -307,7 +307,7 @@ def _first_sentence(exc: BaseException) -> str:
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> GradingModel:
     """Load a vfnb checkpoint or one of the study's released checkpoints; eval mode.
 
-    Released format (REFERENCE 1.7): ``{"g_step", "state_dict", "optimizer", "scheduler"}``
+    Released format (STUDY §1.7): ``{"g_step", "state_dict", "optimizer", "scheduler"}``
     whose ``state_dict`` keys are ``module.`` + MONAI SEResNet50 names, ``module.head.*``
     (Linear 2048 -> 128) and ``module.last_linear.*`` (2048 -> 4). A bare state dict of
     that form (with or without ``module.``) is accepted too.
@@ -360,7 +360,7 @@ def _released_model(state: dict, path) -> tuple[GradingModel, dict]:
                                  "classifier.weight": "last_linear.weight"}[needed]
             raise CheckpointError(
                 f"{path}: released-format state dict lacks {original!r}; expected MONAI SEResNet50 weights "
-                "with 'head.*' and 'last_linear.*' (REFERENCE 1.7)"
+                "with 'head.*' and 'last_linear.*' (STUDY §1.7)"
             )
     if mapped["head.weight"].dim() != 2 or mapped["head.weight"].shape[1] != mapped["classifier.weight"].shape[1]:
         raise CheckpointError(f"{path}: 'head.weight' {tuple(mapped['head.weight'].shape)} is not a Linear on the "

@@ -491,7 +491,7 @@ def plot_patch_gallery(images: Sequence[Any], titles: Sequence[str] | None = Non
 def plot_input_channels(x: Any, title: str = "Network input channels") -> Figure:
     """The three input channels of one patch ``[3, X, Y, Z]``: mid-sagittal (top) and mid-coronal (bottom).
 
-    Channels are scaled 0-1 (REFERENCE 1.3); slices pass through the vertebra's centre.
+    Channels are scaled 0-1 (STUDY §1.3); slices pass through the vertebra's centre.
     """
     x = np.asarray(x)
     if x.ndim != 4 or x.shape[0] != 3:

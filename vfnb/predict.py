@@ -10,7 +10,7 @@
   centred crop/pad), so a scan is graded the way validation patches were.
 - :func:`predict_scan_cli`: ``vfnb predict`` (CSV written atomically, or printed).
 
-The fracture probability is ``1 - P(grade 0)`` (REFERENCE 1.6).
+The fracture probability is ``1 - P(grade 0)`` (STUDY §1.6).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .io import atomic_write_text, load_nifti, save_nifti, strip_nifti_suffix
 from .levels import GRADABLE_LABELS, level_name, spine_order
 from .models import GradingModel, load_checkpoint_dict, model_from_checkpoint, resolve_device, unwrap_model
 
-DEFAULT_PATCH_SIZE = 128  # the study's in-plane patch size (REFERENCE 1.2, 1.3)
+DEFAULT_PATCH_SIZE = 128  # the study's in-plane patch size (STUDY §1.2, 1.3)
 AFFINE_TOLERANCE_MM = 1e-3  # CT and label map affines must agree to this (voxel -> world mm)
 MAX_PATCH_SIZE = 512  # the paper uses 128; 512^3 float32 is already 0.5 GB per input
 

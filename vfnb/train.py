@@ -1,4 +1,4 @@
-"""One training engine for every mode (REFERENCE 1.4-1.6).
+"""One training engine for every mode (STUDY §1.4-1.6).
 
 Modes (``params["mode"]``):
 

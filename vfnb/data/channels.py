@@ -1,4 +1,4 @@
-"""The network input (REFERENCE 1.3): three channels per patch, each in [0, 1].
+"""The network input (STUDY §1.3): three channels per patch, each in [0, 1].
 
 - channel 0: soft-tissue window, level 40 HU, width 200 HU;
 - channel 1: bone window, level 400 HU, width 1500 HU;

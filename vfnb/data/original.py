@@ -1,4 +1,4 @@
-"""The original layout (REFERENCE 1.1): full CT scans, label maps and Genant grades.
+"""The original layout (STUDY §1.1): full CT scans, label maps and Genant grades.
 
     dataset_root/
       img/<case>.nii.gz       CT volume, HU

@@ -1,4 +1,4 @@
-"""Pre-processing (REFERENCE 1.2): full CT scans + label maps -> per-vertebra patches.
+"""Pre-processing (STUDY §1.2): full CT scans + label maps -> per-vertebra patches.
 
 Geometry
 --------
@@ -44,7 +44,7 @@ world space.
 Outputs
 -------
 :func:`preprocess_dataset` turns an original-layout dataset into the processed
-layout (REFERENCE 1.1)::
+layout (STUDY §1.1)::
 
     processed/
       img/<case id>_<label>_<grade>.nii.gz   int16 HU patch, patch affine
@@ -512,7 +512,7 @@ def _refuse_overlap(original: Path, processed: Path) -> None:
 
 def preprocess_dataset(original: str | os.PathLike, processed: str | os.PathLike, size: int = 128,
                        workers: int = 1, overwrite: bool = False) -> Path:
-    """Original layout -> processed layout (REFERENCE 1.2); returns the output folder.
+    """Original layout -> processed layout (STUDY §1.2); returns the output folder.
 
     Every graded vertebra of every case becomes ``img/`` + ``seg/`` patches named
     ``<case id>_<label>_<grade>.nii.gz`` (``[size, size, N]``, int16 HU / uint8 mask,

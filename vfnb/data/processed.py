@@ -1,4 +1,4 @@
-"""The processed layout (REFERENCE 1.1): per-vertebra patches and split lists.
+"""The processed layout (STUDY §1.1): per-vertebra patches and split lists.
 
     dataset_root/
       img/<image id>_<label>_<grade>.nii.gz     CT patch, int16 HU

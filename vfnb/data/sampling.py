@@ -1,4 +1,4 @@
-"""Class-balanced batches (REFERENCE 1.5): ``k`` vertebrae of every Genant grade per batch.
+"""Class-balanced batches (STUDY §1.5): ``k`` vertebrae of every Genant grade per batch.
 
 ``mode="balanced"`` (the paper): each epoch shuffles every grade and deals it out in
 chunks of ``k`` without replacement; an epoch has ``(size of the smallest grade) / k``

@@ -1,7 +1,7 @@
 """SynthSpine: the embedded default dataset, synthetic spine CTs with Genant-graded fractures.
 
 SYNTHETIC DATA. Every scan is drawn from a hand-built geometric model of the
-thoracolumbar spine (REFERENCE 3-4); no patient data is involved. What is modelled:
+thoracolumbar spine (STUDY §3-4); no patient data is involved. What is modelled:
 
 - a run of ``min_vertebrae``-``max_vertebrae`` consecutive vertebrae between T4 and L5
   (rarely a T13, label 28, or an L6, label 25), placed along a curve with thoracic
@@ -74,7 +74,7 @@ _ORDER = [8 + i for i in range(12)] + [28] + [20 + i for i in range(6)]
 _POS = {**{8 + i: 1.0 + i for i in range(12)}, 28: 12.5, **{20 + i: 13.0 + i for i in range(6)}}
 
 # Male mean anatomy by level: body mean height (mm), anterior/posterior height ratio,
-# AP depth (mm), width (mm), disc below (mm). REFERENCE 4: upper thoracic ~17 mm,
+# AP depth (mm), width (mm), disc below (mm). STUDY §4: upper thoracic ~17 mm,
 # T9 ~19, steep rise to L1, L5 anterior 30 / posterior 26, lumbar depth ~35, width 40-50,
 # discs 4-12 mm thicker caudally. Women are scaled by ``female_scale``.
 _ANATOMY = {
@@ -117,7 +117,7 @@ class SynthConfig:
     thoracic_wedge_max: float = 0.15  # normal thoracic Ha may be up to 15 % below Hp
     curve_scale: tuple = (0.6, 1.4)   # individual kyphosis / lordosis factor
     density_probs: tuple = (0.45, 0.35, 0.20)          # normal, osteopenic, osteoporotic
-    trabecular_hu_l1: tuple = (178.0, 143.0, 118.0)     # REFERENCE 4, at L1
+    trabecular_hu_l1: tuple = (178.0, 143.0, 118.0)     # STUDY §4, at L1
     trabecular_hu_sd: float = 10.0
     trabecular_hu_per_level: float = 2.0  # denser cranially (HU per level above L1)
     trabecular_texture_hu: tuple = (25.0, 40.0)

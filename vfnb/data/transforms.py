@@ -1,4 +1,4 @@
-"""Training augmentation and evaluation transforms (REFERENCE 1.3, 1.4), built from MONAI.
+"""Training augmentation and evaluation transforms (STUDY §1.3, 1.4), built from MONAI.
 
 A record (``ProcessedDataset.records``: ``image``/``seg`` paths, ``label``, ``grade``,
 ``name``, ``image_id``) goes through two parts:
@@ -195,7 +195,7 @@ class LoadPatchd(Transform):
 
 
 class InputChannelsd(Transform):
-    """``hu`` + ``mask`` + ``label`` -> the network input (REFERENCE 1.3).
+    """``hu`` + ``mask`` + ``label`` -> the network input (STUDY §1.3).
 
     ``split=False``: ``"image"`` = ``[3, X, Y, Z]`` float32. ``split=True`` (training):
     ``"window"`` = channels 0-1 ``[2, X, Y, Z]`` and ``"mask"`` = channel 2

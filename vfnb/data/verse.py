@@ -1,6 +1,6 @@
 """Import a VerSe release plus a Genant grade table into the original layout.
 
-VerSe files (REFERENCE 2), searched anywhere below ``verse_root`` (so a folder
+VerSe files (STUDY §2), searched anywhere below ``verse_root`` (so a folder
 holding several releases works):
 
     rawdata/sub-<id>/sub-<id>[_<infix>]_ct.nii.gz                 CT
