@@ -293,6 +293,7 @@ def _work_folder(tmp_path: Path) -> tuple[Path, dict]:
     return work, env
 
 
+@pytest.mark.slow
 def test_readme_commands_work_as_written(tmp_path, monkeypatch):
     work, env = _work_folder(tmp_path)
     monkeypatch.chdir(work)  # the checks read relative paths as the commands would
