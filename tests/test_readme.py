@@ -46,7 +46,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 MARKER = re.compile(r"<!--\s*readme-test:\s*(.*?)\s*-->", re.S)
-FENCE = re.compile(r"^```(\S*)\s*$")
+FENCE = re.compile(r"^\s*```(\S*)\s*$")  # indented fences (in lists) count too
 CLUSTER_ENV = {"SLURM_ARRAY_TASK_ID": "0"}  # what an array job of the README's cluster example sees
 
 
@@ -87,38 +87,44 @@ def _parse_marker(body: str, where: str) -> tuple[str, str, list[tuple[str, str]
     return kind, arg.strip(), pairs
 
 
+def _html_comment(lines: list[str], i: int) -> tuple[str, int]:
+    """The HTML comment starting on line ``i`` (it may span lines), and the line after it."""
+    j = i
+    while "-->" not in lines[j] and j + 1 < len(lines):
+        j += 1
+    return "\n".join(lines[i:j + 1]), j + 1
+
+
+def _fenced_body(lines: list[str], i: int) -> tuple[str, int]:
+    """The text of the fenced block opening on line ``i``, and the line after its closing fence."""
+    j = i + 1
+    while j < len(lines) and not lines[j].lstrip().startswith("```"):
+        j += 1
+    return "".join(line + "\n" for line in lines[i + 1:j]), j + 1
+
+
 def readme_blocks(text: str | None = None) -> list[Block]:
     """The README's fenced blocks with their markers (``kind`` None when a block has none)."""
     lines = (README.read_text() if text is None else text).splitlines()
-    blocks, i, pending = [], 0, None
+    blocks, i, pending = [], 0, None  # pending: (marker text, its line) waiting for its block
     while i < len(lines):
-        m = FENCE.match(lines[i])
-        if not m:
-            stripped = lines[i].strip()
-            if stripped.startswith("<!--"):
-                j, comment = i, lines[i]
-                while "-->" not in lines[j]:
-                    j += 1
-                    comment += "\n" + lines[j]
-                found = MARKER.search(comment)
-                pending = (found.group(1), i + 1) if found else pending
-                i = j + 1
-                continue
-            if stripped:
+        fence = FENCE.match(lines[i])
+        if fence:
+            body, after = _fenced_body(lines, i)
+            block = Block(line=i + 1, lang=fence.group(1), text=body)
+            if pending is not None:
+                block.kind, block.arg, block.substitutions = _parse_marker(*pending)
+            blocks.append(block)
+            i, pending = after, None
+        elif lines[i].lstrip().startswith("<!--"):
+            comment, after = _html_comment(lines, i)
+            found = MARKER.search(comment)
+            pending = (found.group(1), f"README.md line {i + 1}") if found else pending
+            i = after
+        else:
+            if lines[i].strip():
                 pending = None  # a marker applies only to the block right after it
             i += 1
-            continue
-        start, body = i, []
-        i += 1
-        while i < len(lines) and not lines[i].startswith("```"):
-            body.append(lines[i])
-            i += 1
-        block = Block(line=start + 1, lang=m.group(1), text="\n".join(body) + "\n")
-        if pending is not None:
-            block.kind, block.arg, block.substitutions = _parse_marker(pending[0], f"README.md line {pending[1]}")
-        blocks.append(block)
-        pending = None
-        i += 1
     return blocks
 
 
@@ -141,6 +147,8 @@ def test_marker_parsing():
     run, unmarked, written = readme_blocks(text)
     assert (run.kind, run.substitutions, run.substituted()) == ("run", [("a=1", "a=2")], "x a=2\n")
     assert unmarked.kind is None  # prose between a marker and its block cancels the marker
+    (indented,) = readme_blocks("- a list item:\n\n  ```bash\n  z\n  ```\n")
+    assert indented.kind is None and indented.text == "  z\n"
     assert (written.kind, written.arg, written.text) == ("file", "my.yaml", "k: v\n")
     with pytest.raises(AssertionError, match="does not occur"):
         Block(1, "bash", "x\n", "run", "", [("gone", "y")]).substituted()
