@@ -3,6 +3,14 @@
 #   make test    install everything into .venv, then run the whole test suite
 # Both reuse .venv; it is reinstalled only when requirements.in, requirements.lock
 # or pyproject.toml change.
+#
+# Which torch build: `make install` runs `pip install torch==2.13.0` from the package index
+# pip is configured with. From plain PyPI on Linux that is a CUDA build (several GB with its
+# nvidia-* packages; it runs on a CPU too). For the CPU-only build, take torch from the
+# PyTorch CPU index, on a fresh .venv:
+#   make clean-venv && make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# TORCH_INDEX applies to torch alone; everything else comes from the usual index.
+# (The project's development machine resolves torch==2.13.0 to a local CPU wheel.)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -10,6 +18,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.vfnb-installed
 RUN    ?= run-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
+TORCH_INDEX ?=
 
 .PHONY: install study test lab bench reference clean-venv
 
@@ -17,8 +26,9 @@ install: $(STAMP)
 
 $(STAMP): requirements.in requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# torch first, pinned: an open requirement would pull a multi-GB CUDA build.
-	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	# torch first, pinned to the version the reference results were made with, and from
+	# TORCH_INDEX when given; the constraints below then keep it.
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0$(if $(TORCH_INDEX), --index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.in -c requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --prefix $(VENV) --name vfnb --display-name "vfnb (.venv)" >/dev/null
