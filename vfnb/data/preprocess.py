@@ -266,7 +266,7 @@ def _to_int16(hu: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ label maps
-def _as_label_map(seg: np.ndarray, where: str) -> np.ndarray:
+def as_label_map(seg: np.ndarray, where: str) -> np.ndarray:
     """Validate a label map and return it as uint8 (VerSe labels 0-28)."""
     seg = np.asarray(seg)
     if seg.ndim != 3:
@@ -330,7 +330,7 @@ def extract_patches_from_arrays(image: np.ndarray, label_map: np.ndarray, affine
     for name, a in (("CT", affine), ("label map", seg_affine)):
         if a.shape != (4, 4) or not np.all(np.isfinite(a)) or abs(np.linalg.det(a[:3, :3])) < 1e-9:
             raise DatasetError(f"{where}: {name} affine is not an invertible 4x4 matrix")
-    label_map = _as_label_map(label_map, where)
+    label_map = as_label_map(label_map, where)
     if seg_affine is affine and label_map.shape != image.shape:
         raise DatasetError(f"{where}: label map shape {label_map.shape} differs from CT shape {image.shape}")
 
@@ -345,7 +345,7 @@ def extract_patches_from_arrays(image: np.ndarray, label_map: np.ndarray, affine
 
     grid_notes = []
     if seg_affine is not affine and not np.allclose(seg_affine, affine, atol=1e-3):
-        grid_notes.append("label map affine differs from the CT affine; each was sampled through its own")
+        grid_notes.append("label map affine differs from the CT affine, each was sampled through its own")
     seg_spacing = voxel_spacing(seg_affine)
     voxel_volume = float(abs(np.linalg.det(seg_affine[:3, :3])))
     patches = []
@@ -358,11 +358,11 @@ def extract_patches_from_arrays(image: np.ndarray, label_map: np.ndarray, affine
         extent = world_hi - world_lo
         side = float(max(extent[0], extent[1]))
         if side < MIN_PATCH_SIDE_MM or extent[2] > MAX_HEIGHT_PER_SIDE * side:
-            reason = (f"label {label} ({level_name(label)}) spans {extent[0]:.1f} x {extent[1]:.1f} x "
-                      f"{extent[2]:.1f} mm: too small or too thin for a vertebra (in-plane side < "
-                      f"{MIN_PATCH_SIDE_MM:g} mm or height > {MAX_HEIGHT_PER_SIDE:g} x side); no patch")
+            reason = (f"spans {extent[0]:.1f} x {extent[1]:.1f} x {extent[2]:.1f} mm: too small or too thin for "
+                      f"a vertebra (in-plane side < {MIN_PATCH_SIDE_MM:g} mm or height > {MAX_HEIGHT_PER_SIDE:g} x "
+                      "side), no patch")
             if skipped is None:
-                print(f"warning: {where}: {reason}", file=sys.stderr)
+                print(f"warning: {where}: {vertebra_name(label)}: {reason}", file=sys.stderr)
             else:
                 skipped.append((label, reason))
             continue
@@ -374,14 +374,14 @@ def extract_patches_from_arrays(image: np.ndarray, label_map: np.ndarray, affine
             notes.append(f"touches the scan border along source axis {cut}: the vertebra may be cut off")
         pieces = ndimage.label(in_region)[1]
         if pieces > 1:
-            notes.append(f"label map holds {pieces} separate pieces of this label; the patch box covers all of them")
+            notes.append(f"label map holds {pieces} separate pieces of this label, the patch box covers all of them")
         volume_mm3 = voxels.shape[1] * voxel_volume
         if volume_mm3 < MIN_VOLUME_MM3:
             notes.append(f"only {volume_mm3:.0f} mm^3 of this label (< {MIN_VOLUME_MM3:.0f}): likely a fragment")
 
         hu, outside = sample_in_world(image, affine, patch_affine, shape, order=3, fill=PAD_HU)
         if outside:
-            notes.append(f"patch extends beyond the scan; padded with {PAD_HU} HU")
+            notes.append(f"patch extends beyond the scan, padded with {PAD_HU} HU")
         notes.extend(grid_notes)
         mask, _ = sample_in_world(_LabelView(label_map, label), seg_affine, patch_affine, shape,
                                   order=0, fill=0, out_dtype=np.uint8)
@@ -437,26 +437,27 @@ def _process_case(case_id: str, ct_path: str, seg_path: str, grades: dict[int, i
     (metadata only: the arrays never travel between processes).
     """
     image, affine, seg, seg_affine = _load_scan(ct_path, seg_path)
-    seg = _as_label_map(seg, seg_path)
+    seg = as_label_map(seg, seg_path)
     present = set(label_boxes(seg))
     graded = {int(label): int(grade) for label, grade in grades.items()}
 
     warnings = []
+
+    def warn(label: int, message: str, patch: bool) -> None:
+        warnings.append({"case": case_id, "label": label, "level": LEVEL_NAMES.get(label, "?"), "message": message,
+                         "patch": patch})
+
     for label in sorted(present - set(graded), key=spine_order):
-        warnings.append({"case": case_id, "label": label, "level": level_name(label),
-                         "message": f"label {label} ({level_name(label)}) is in the label map {seg_path} but not graded; no patch"})
+        warn(label, f"in the label map {seg_path} but not graded, no patch", False)
     for label in sorted(set(graded) - present, key=spine_order):
-        level = LEVEL_NAMES.get(label, "?")
-        warnings.append({"case": case_id, "label": label, "level": level,
-                         "message": f"label {label} ({level}) is graded but absent from the label map {seg_path}; no patch"})
+        warn(label, f"graded but absent from the label map {seg_path}, no patch", False)
 
     labels = sorted(present & set(graded), key=spine_order)
     skipped: list = []
     patches = extract_patches_from_arrays(image, seg, affine, size=size, labels=labels,
                                           seg_affine=seg_affine, where=str(seg_path), skipped=skipped)
     for label, reason in skipped:
-        warnings.append({"case": case_id, "label": label, "level": level_name(label),
-                         "message": f"{seg_path}: {reason}"})
+        warn(label, f"{seg_path}: {reason}", False)
     del image, seg
     rows = []
     for patch in patches:
@@ -465,7 +466,7 @@ def _process_case(case_id: str, ct_path: str, seg_path: str, grades: dict[int, i
         save_nifti(Path(staging) / "img" / name, patch.image, patch.affine)
         save_nifti(Path(staging) / "seg" / name, patch.mask, patch.affine)
         for message in patch.warnings:
-            warnings.append({"case": case_id, "label": patch.label, "level": patch.level, "message": message})
+            warn(patch.label, message, True)
         rows.append({
             "patch": name, "case": case_id, "label": patch.label, "level": patch.level, "grade": grade,
             "source_spacing": _fmt_floats(patch.spacing),
@@ -547,8 +548,8 @@ def preprocess_dataset(original: str | os.PathLike, processed: str | os.PathLike
         with tqdm(total=len(tasks), desc="preprocess", unit="scan", file=sys.stderr) as bar:
             def done(index: int, result: dict) -> None:
                 results[index] = result
-                for warning in result["warnings"]:
-                    tqdm.write(f"warning: {warning['case']}: {warning['message']}", file=sys.stderr)
+                for w in result["warnings"]:
+                    tqdm.write(f"warning: {w['case']} {vertebra_name(w['label'])}: {w['message']}", file=sys.stderr)
                 bar.update(1)
 
             if workers == 1:
@@ -582,6 +583,42 @@ def preprocess_dataset(original: str | os.PathLike, processed: str | os.PathLike
             "pad_hu": PAD_HU,
             "cases": len(tasks),
             "patches": len(rows),
+            "warning_counts": count_warnings(warnings),
             "warnings": warnings,
         })
     return processed
+
+
+def vertebra_name(label: int) -> str:
+    """``"L1 (label 20)"``: how warnings name a vertebra."""
+    return f"{LEVEL_NAMES.get(int(label), '?')} (label {int(label)})"
+
+
+def count_warnings(warnings: Sequence[dict]) -> dict:
+    """Counts of pre-processing warnings, as ``preprocess.json`` records them and notebook 00 shows them.
+
+    ``notes``: every warning; ``on_patches``: notes on a vertebra that got a patch (the
+    notes of ``patches.csv``'s ``warnings`` column, one per note); ``without_patch``:
+    notes on vertebrae that got none (not graded, absent, too small);
+    ``vertebrae``: distinct vertebrae (case, label) with at least one note.
+    """
+    return {"notes": len(warnings), "on_patches": sum(1 for w in warnings if w["patch"]),
+            "without_patch": sum(1 for w in warnings if not w["patch"]),
+            "vertebrae": len({(w["case"], w["label"]) for w in warnings})}
+
+
+def recorded_patch_size(processed: str | os.PathLike, records: Sequence[dict] = ()) -> int | None:
+    """The in-plane size (voxels) the patches of a processed dataset were pre-processed to.
+
+    ``preprocess.json``'s ``size`` when vfnb made the dataset; otherwise the in-plane
+    size of ``records``' patches (NIfTI headers only) when they all share one; else None.
+    """
+    import nibabel as nib
+
+    record = Path(processed) / "preprocess.json"
+    if record.is_file():
+        size = json.loads(record.read_text(encoding="utf-8")).get("size")
+        if isinstance(size, int) and not isinstance(size, bool):
+            return size
+    sizes = {int(nib.load(str(r["image"])).shape[0]) for r in records}
+    return sizes.pop() if len(sizes) == 1 else None
