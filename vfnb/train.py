@@ -178,9 +178,24 @@ def train_from_cli(params_files: Sequence[str | os.PathLike], kv_overrides: Sequ
     return result
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a line is logged (notebook kernels and tests replace it)."""
+
+    def emit(self, record):
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def show_progress(stream=None, level: int = logging.INFO) -> logging.Handler:
-    """Print the per-epoch lines of :data:`LOG` to ``stream`` (default stderr); returns the handler added."""
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    """Print the per-epoch lines of :data:`LOG` to ``stream`` (default: the current stderr).
+
+    Replaces the handler an earlier call added, so calling it again never doubles the
+    lines; returns the handler (``LOG.removeHandler(handler)`` stops it).
+    """
+    for old in [h for h in LOG.handlers if getattr(h, "vfnb_progress", False)]:
+        LOG.removeHandler(old)
+    handler = _CurrentStderr() if stream is None else logging.StreamHandler(stream)
+    handler.vfnb_progress = True
     handler.setFormatter(logging.Formatter("%(message)s"))
     LOG.addHandler(handler)
     LOG.setLevel(level)
