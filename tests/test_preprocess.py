@@ -171,7 +171,7 @@ def test_axis_aligned_orientations_give_the_same_patches(patches_by_kind, kind):
 
 
 def test_oblique_scan_gives_nearly_the_same_patch(patches_by_kind):
-    from vfnb.data.preprocess import sample_in_world
+    from vfnb.data.resample import sample_in_world
 
     reference = patches_by_kind["ras"][20]
     oblique = patches_by_kind["oblique"][20]

@@ -101,7 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vfnb", description="Vertebral fracture grading with supervised contrastive learning.")
     p.add_argument("--version", action="version", version=f"vfnb {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_data_commands(sub)
+    _add_model_commands(sub)
+    _add_study_commands(sub)
+    return p
 
+
+def _add_data_commands(sub) -> None:
     s = sub.add_parser("synth", help="generate the SynthSpine synthetic dataset", description=SYNTH_HELP)
     s.add_argument("out", type=Path, help="folder to create (original layout)")
     s.add_argument("--cases", type=int, default=64, help="number of CT scans to generate (default 64)")
@@ -143,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace OUT if vfnb wrote it before")
     s.set_defaults(func=_cmd_import_verse)
 
+
+def _add_model_commands(sub) -> None:
     from .config import help_text
 
     s = sub.add_parser("train", help="train a model (supcon, linear, finetune, joint, ce)",
@@ -169,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     s.set_defaults(func=_cmd_predict)
 
+
+def _add_study_commands(sub) -> None:
     s = sub.add_parser("study", help="run the study notebooks with papermill and render the report",
                        description="Run notebooks/00-03 with papermill in this environment and write the run "
                                    "folder: executed notebooks and their HTML, index.html, summary.md, "
@@ -177,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--params", type=Path, action="append", default=[], required=True,
                    help="YAML parameter file merged over params/default.yaml (repeatable)")
     s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one parameter; the value is read as YAML (3, 0.5, null, [a, b])")
+                   help="override one parameter; the value is read as YAML (3, 0.5, null, [a, b]); KEY= means null")
     s.add_argument("--out", type=Path, required=True, help="run folder to create, e.g. results/<name>")
     s.add_argument("--overwrite", action="store_true",
                    help="replace an existing run folder (only once the new run is complete)")
@@ -200,7 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
                            "writes no report")
     mode.add_argument("--aggregate-only", action="store_true", help="run nothing; write the report from finished runs")
     s.set_defaults(func=_cmd_sweep)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,7 +74,6 @@ from tqdm.auto import tqdm
 from . import evaluate
 from .config import (RESUME_MUTABLE, TrainConfig, load_params_files, parse_override,  # noqa: F401 - re-exported
                      parse_overrides, validate_params)
-from .data.preprocess import recorded_patch_size
 from .data.processed import ProcessedDataset
 from .distributed import Processes, is_main_process, training_processes
 from .errors import CheckpointError, ParamsError
@@ -209,7 +208,11 @@ def _run(config: TrainConfig, run_dir: Path, ckpt: dict | None, processes: Proce
     if processes.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_yaml(run_dir / "params.yaml", config.as_dict())
-    data = build_data(config, processes, start_first_epoch=ckpt is None)
+    # MONAI-based: imported here, so that importing vfnb.train (and its re-exports) stays light
+    from .data.batches import training_data
+
+    data = training_data(config, processes, start_first_epoch=ckpt is None,
+                         with_probe=OBJECTIVES[config.mode].probe and config.probe != "none")
     run = build_run(config, data, processes, ckpt)
     checkpointer = Checkpointer(run_dir, config.as_dict(), selection_for(config), ckpt)
     if processes.main and run.starts_from_probe:
@@ -288,7 +291,7 @@ def objective_loss(run: "Run", logits, projected, grades, n: int, v: int) -> tor
     return loss
 
 
-def validate(run: "Run", data: "TrainingData") -> dict:
+def validate(run: "Run", data) -> dict:
     """The validation columns of a history row (main process only; None where a mode has no such number)."""
     config, objective = run.config, run.objective
     row = dict.fromkeys(("val_macro_f1", "val_accuracy", "val_fracture_auc", "val_probe_macro_f1",
@@ -312,7 +315,7 @@ def validate(run: "Run", data: "TrainingData") -> dict:
     return row
 
 
-def validate_classifier(run: "Run", data: "TrainingData") -> float:
+def validate_classifier(run: "Run", data) -> float:
     """Validation macro-F1 of the classifier as it is (the probe start of linear / finetune)."""
     run.model.eval()
     val = _extract(run, data.val_loader)
@@ -375,43 +378,6 @@ def warmup(optimizer, step: int, warmup_steps: int):
 
 # ------------------------------------------------------------------ building the run
 @dataclass
-class TrainingData:
-    """The training batches, the validation loader and (supcon, ce) the training vertebrae's centred views."""
-
-    train_set: object
-    batches: object  # vfnb.data.batches.TrainingBatches
-    val_loader: object = None
-    probe_loader: object = None
-    patch_size: int | None = None
-
-
-def build_data(config: TrainConfig, processes: Processes, start_first_epoch: bool) -> TrainingData:
-    """Read the train and val lists (never the test list), cache the patches, make the loaders."""
-    # MONAI-based modules: imported here, so that importing vfnb.train stays light
-    from .data.batches import TrainingBatches
-    from .data.transforms import build_dataset
-
-    dataset = ProcessedDataset(config.dataset)
-    train_records = dataset.records("train", config.tag)
-    train_set = build_dataset(train_records, config.cube_size, train=True, cache=True, seed=config.seed,
-                              augmentation=config.augmentation, views=config.views)
-    batches = TrainingBatches(train_set, config, processes.device, processes.rank, processes.world_size)
-    if config.workers > 0 and start_first_epoch:
-        batches.start(0)  # workers start (and augment) while the model and validation data are built
-    data = TrainingData(train_set, batches, patch_size=recorded_patch_size(dataset.root, train_records))
-    if processes.main:
-        val_set = build_dataset(dataset.records("val", config.tag), config.cube_size, train=False, cache=True)
-        data.val_loader = _eval_loader(val_set, config)
-        if OBJECTIVES[config.mode].probe and config.probe != "none":
-            data.probe_loader = _eval_loader(train_set.as_eval(), config)
-    return data
-
-
-def _eval_loader(dataset, config: TrainConfig):
-    return torch.utils.data.DataLoader(dataset, batch_size=config.eval_batch_size, shuffle=False)
-
-
-@dataclass
 class Run:
     """Everything one training step needs: the configuration, its objective, the model and the optimiser."""
 
@@ -437,7 +403,7 @@ class Run:
         return contextlib.nullcontext()
 
 
-def build_run(config: TrainConfig, data: TrainingData, processes: Processes, ckpt: dict | None) -> Run:
+def build_run(config: TrainConfig, data, processes: Processes, ckpt: dict | None) -> Run:
     """The model (seeded, or from ``init_checkpoint``), its frozen parts, optimiser and schedule; resumed from ``ckpt``."""
     device, objective = processes.device, OBJECTIVES[config.mode]
     model = build_network(config)
@@ -505,7 +471,7 @@ def _maybe_sync_bn(model, config: TrainConfig, processes: Processes):
 def classifier_from_probe(model, train_set, config: TrainConfig, device) -> None:
     """Set ``model.classifier`` to the logistic-regression probe fitted on the centred training views' features."""
     model.eval()
-    loader = _eval_loader(train_set.as_eval(), config)
+    loader = torch.utils.data.DataLoader(train_set.as_eval(), batch_size=config.eval_batch_size, shuffle=False)
     seen = extract(model, loader, device)
     weight, bias = probe_as_linear(fit_probe("logreg", seen.features, seen.grades, config.seed),
                                    model.classifier.out_features)

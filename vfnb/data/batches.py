@@ -1,4 +1,4 @@
-"""Training batches: class-balanced, augmented with a seed per draw, each epoch's started early.
+"""Training data: class-balanced batches augmented with a seed per draw, and the validation loader.
 
 Every batch holds ``batch_per_grade`` vertebrae of each grade
 (:class:`~vfnb.data.sampling.ClassBalancedBatchSampler`, drawn from ``(seed, epoch)``)
@@ -19,11 +19,16 @@ depend on ``(seed, epoch)`` only, so starting early changes nothing but the wait
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from .device_augment import CachedPatches, augment_batch
+from .preprocess import recorded_patch_size
+from .processed import ProcessedDataset
 from .sampling import ClassBalancedBatchSampler
+from .transforms import build_dataset
 
 DEVICE_AUGMENT_STREAM = 1  # the last entry of the device path's seed key, keeping its stream apart
 
@@ -99,3 +104,46 @@ class TrainingBatches:
         seed = int(np.random.SeedSequence(key).generate_state(1)[0])
         return augment_batch(batch, c.views, c.augmentation, c.cube_size, torch.Generator().manual_seed(seed),
                              self.device)
+
+
+@dataclass
+class TrainingData:
+    """The training set and its batches, the validation loader, and the training vertebrae's centred views.
+
+    ``val_loader`` and ``probe_loader`` exist in the main process only (it validates);
+    ``probe_loader`` only when a probe is fitted each epoch. ``patch_size``: the in-plane
+    size the training patches were pre-processed at (recorded in checkpoints).
+    """
+
+    train_set: object
+    batches: TrainingBatches
+    val_loader: object = None
+    probe_loader: object = None
+    patch_size: int | None = None
+
+
+def training_data(config, processes, start_first_epoch: bool, with_probe: bool) -> TrainingData:
+    """Read the train and val lists of ``config.dataset`` (never the test list), cache the patches, make the loaders.
+
+    ``processes``: a :class:`vfnb.distributed.Processes`; with ``start_first_epoch`` and
+    DataLoader workers, epoch 0's batches start at once (while the model is built).
+    """
+    dataset = ProcessedDataset(config.dataset)
+    train_records = dataset.records("train", config.tag)
+    train_set = build_dataset(train_records, config.cube_size, train=True, cache=True, seed=config.seed,
+                              augmentation=config.augmentation, views=config.views)
+    batches = TrainingBatches(train_set, config, processes.device, processes.rank, processes.world_size)
+    if config.workers > 0 and start_first_epoch:
+        batches.start(0)  # workers start (and augment) while the model and validation data are built
+    data = TrainingData(train_set, batches, patch_size=recorded_patch_size(dataset.root, train_records))
+    if processes.main:
+        val_set = build_dataset(dataset.records("val", config.tag), config.cube_size, train=False, cache=True)
+        data.val_loader = eval_loader(val_set, config.eval_batch_size)
+        if with_probe:
+            data.probe_loader = eval_loader(train_set.as_eval(), config.eval_batch_size)
+    return data
+
+
+def eval_loader(dataset, batch_size: int):
+    """Centred views in list order, ``batch_size`` at a time."""
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
