@@ -72,8 +72,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from . import evaluate
-from .config import (RESUME_MUTABLE, TrainConfig, load_params_files, parse_override,  # noqa: F401 - re-exported
-                     parse_overrides, validate_params)
+# validate_params and parse_overrides are re-exported: callers of the engine find them here too
+from .config import RESUME_MUTABLE, TrainConfig, load_params_files, parse_overrides, validate_params
 from .data.processed import ProcessedDataset
 from .distributed import Processes, is_main_process, training_processes
 from .errors import CheckpointError, ParamsError
@@ -81,8 +81,7 @@ from .features import extract, fit_probe, probe_as_linear, probe_predict
 from .io import atomic_write_yaml, release_lock
 from .losses import ProjectionSimilarity, SupConLoss
 from .models import ModelInput, build_model, load_checkpoint, load_checkpoint_dict, resolve_device, set_rng_state
-from .run_folder import (RUN_LOCK, Checkpointer, Selection, TrainResult, discard_unfinished,  # noqa: F401
-                         prepare_run_dir)
+from .run_folder import Checkpointer, Selection, TrainResult, discard_unfinished, prepare_run_dir
 
 LOG = logging.getLogger("vfnb.train")
 PARTS = ("encoder", "head", "classifier")
@@ -231,7 +230,7 @@ def _run(config: TrainConfig, run_dir: Path, ckpt: dict | None, processes: Proce
                    "loss": float(loss[0] / max(loss[1], 1.0)), "lr": lr, **validate(run, data)}
             row.update(_timing_and_structure(run, stats))
             checkpointer.end_of_epoch(run.model, row, run.optimizer, run.scheduler)
-            _log_epoch(run_dir, config, row, checkpointer.selection)
+            _log_epoch(run_dir, config, row)
         processes.barrier()  # other ranks wait for validation and the checkpoint
     return checkpointer.result()
 
@@ -342,7 +341,7 @@ def _timing_and_structure(run: "Run", stats: dict) -> dict:
     return out
 
 
-def _log_epoch(run_dir: Path, config: TrainConfig, row: dict, selection: Selection) -> None:
+def _log_epoch(run_dir: Path, config: TrainConfig, row: dict) -> None:
     metric = row["val_macro_f1"]
     what = "val macro-F1" + (" (probe)" if OBJECTIVES[config.mode].graded_by_probe else "")
     shown = "n/a" if metric is None else f"{metric:.3f}"
