@@ -38,10 +38,12 @@ def child(ct: str, seg: str, checkpoint: str, reps: int, warmup: int) -> dict:
 def make_checkpoint(path: Path, cube_size: int, backbone: str) -> Path:
     import torch
 
-    from vfnb.models import build_model, save_checkpoint
+    from vfnb.models import ModelInput, build_model, save_checkpoint
 
     torch.manual_seed(0)
     model = build_model(backbone)
+    # patches pre-processed at the cube size: the scan is graded without a resize, as before checkpoints carried sizes
+    model.input_spec = ModelInput(cube_size=int(cube_size), patch_size=int(cube_size))
     return save_checkpoint(path, model, params={"backbone": backbone, "cube_size": int(cube_size)})
 
 

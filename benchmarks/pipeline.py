@@ -10,7 +10,7 @@ training time). The first epoch (worker
 start-up, cache fill) is reported apart; the figure is the median over the
 following epochs.
 
-``default``: ``cube_size`` of :data:`vfnb.train.DEFAULT_PARAMS`; ``paper``: the
+``default``: ``cube_size`` of :func:`vfnb.config.defaults`; ``paper``: the
 paper's 128^3 cube with the same (default) backbone and batch (the patches are
 resized to the cube once, when cached, so augmentation works at 128^3).
 
@@ -114,14 +114,15 @@ def child(runs: list[dict]) -> dict:
 def train_once(dataset: str, run_dir: str, cube_size: int, epochs: int, extra: dict | None = None) -> dict:
     import resource
 
-    from vfnb.train import DEFAULT_PARAMS, train
+    from vfnb.config import defaults
+    from vfnb.train import train
 
     from ._child import peak_rss_mb
 
     params = {"dataset": dataset, "tag": BENCH_TAG, "cube_size": int(cube_size), "epochs": int(epochs),
               "progress": False, "device": "cpu", **(extra or {})}
     result = train(params, run_dir)
-    used = {k: ({**DEFAULT_PARAMS, **params})[k] for k in ("mode", "backbone", "batch_per_grade", "workers",
+    used = {k: ({**defaults(), **params})[k] for k in ("mode", "backbone", "batch_per_grade", "workers",
                                                            "epoch_mode", "batches_per_epoch", "cube_size")}
     return {"history": result.history, "params": used,
             "peak_rss_mb": peak_rss_mb(),

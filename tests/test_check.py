@@ -206,3 +206,14 @@ def test_check_decompresses_each_file_once(tiny_processed, monkeypatch):
         with real_open(path, "rb") as fh:
             size = len(fh.read())
         assert size <= n < 1.5 * size, (path, n, size)
+
+
+def test_a_list_without_fractured_vertebrae_is_warned(tiny_processed):
+    names = yaml.safe_load((tiny_processed / "val_file_list.t0.yaml").read_text())
+    normal = [n for n in names if n.endswith("_0.nii.gz")]
+    atomic_write_yaml(tiny_processed / "val_file_list.t0.yaml", normal)
+    report = check_dataset(tiny_processed)
+    assert report.ok
+    found = [w for w in report.warnings if "no fractured vertebra" in w]
+    assert len(found) == 1 and "val_file_list.t0.yaml" in found[0] and f"among its {len(normal)} vertebrae" in found[0]
+    assert "warning: " + found[0] in report.summary_text()

@@ -220,8 +220,9 @@ def test_training_with_device_augmentation_runs_and_resumes(tiny_processed, tmp_
 
 
 def test_augment_on_resolves_by_device():
+    from vfnb.config import validate_params
+    from vfnb.data.batches import augments_on_device
     from vfnb.errors import ParamsError
-    from vfnb.train import augments_on_device, validate_params
 
     assert validate_params({})["augment_on"] == "auto"
     with pytest.raises(ParamsError, match="augment_on"):

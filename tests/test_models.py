@@ -9,9 +9,13 @@ import torch.nn.functional as F
 from monai.networks.nets import SEResNet50
 from torch import nn
 
+from vfnb.data.channels import INPUT_CHANNELS
 from vfnb.errors import CheckpointError
 from vfnb.models import (
+    RELEASED_INPUT,
+    ModelInput,
     build_model,
+    checkpoint_input,
     load_checkpoint,
     load_checkpoint_dict,
     rng_state,
@@ -20,6 +24,12 @@ from vfnb.models import (
 )
 
 FEATURES = {"resnet10": 64, "resnet18": 512, "seresnet50": 2048}
+
+
+def sized(model, cube_size=16, patch_size=24):
+    """``model`` with the input block a training run gives it (a checkpoint must carry one)."""
+    model.input_spec = ModelInput(cube_size=cube_size, patch_size=patch_size)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +98,7 @@ def test_detached_forward_gives_the_same_values():
 # ------------------------------------------------------------------ vfnb checkpoints
 def test_save_load_round_trip(tmp_path):
     torch.manual_seed(3)
-    model = build_model("resnet10", head="mlp", block_inplanes=[8, 16, 32, 64])
+    model = sized(build_model("resnet10", head="mlp", block_inplanes=[8, 16, 32, 64]), cube_size=20, patch_size=40)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [800, 900], 0.1)
     model.train()
@@ -100,11 +110,12 @@ def test_save_load_round_trip(tmp_path):
                            history=[{"epoch": 0, "loss": 1.5}], rng=rng_state())
     assert path.is_file() and [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary left
     ckpt = torch.load(path, weights_only=True)  # the whole file is plain data
-    assert ckpt["format"] == "vfnb" and ckpt["version"] == 1 and ckpt["epoch"] == 7
+    assert ckpt["format"] == "vfnb" and ckpt["version"] == 2 and ckpt["epoch"] == 7
     assert ckpt["model_args"]["block_inplanes"] == [8, 16, 32, 64]
+    assert ckpt["input"] == {"cube_size": 20, "patch_size": 40, "channels": list(INPUT_CHANNELS)}
 
     loaded = load_checkpoint(path)
-    assert not loaded.training
+    assert not loaded.training and loaded.input_spec == ModelInput(20, 40) == checkpoint_input(path)
     model.eval()
     x = torch.rand(3, 3, 20, 20, 20)
     with torch.no_grad():
@@ -117,7 +128,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_save_unwraps_dataparallel(tmp_path):
-    model = build_model("resnet10")
+    model = sized(build_model("resnet10"))
     path = save_checkpoint(tmp_path / "w.pt", nn.DataParallel(model))
     assert all(not k.startswith("module.") for k in torch.load(path, weights_only=True)["model"])
     load_checkpoint(path)
@@ -127,7 +138,7 @@ def test_rng_state_round_trip_through_checkpoint(tmp_path):
     torch.manual_seed(11); np.random.seed(11); random.seed(11)  # noqa: E702
     np.random.standard_normal()  # leave a cached gaussian in numpy's state
     random.gauss(0, 1)
-    save_checkpoint(tmp_path / "r.pt", build_model("resnet10", block_inplanes=[4, 4, 4, 4]), rng=rng_state())
+    save_checkpoint(tmp_path / "r.pt", sized(build_model("resnet10", block_inplanes=[4, 4, 4, 4])), rng=rng_state())
     first = (torch.rand(5), np.random.rand(5), np.random.standard_normal(), [random.random() for _ in range(5)],
              random.gauss(0, 1))
     torch.manual_seed(99); np.random.seed(99); random.seed(99)  # noqa: E702
@@ -187,6 +198,8 @@ def test_released_checkpoint_gives_monai_outputs(released):
     paper, path = released
     model = load_checkpoint(path)
     assert not model.training and model.model_args["backbone"] == "seresnet50"
+    # released checkpoints carry no sizes: the study's (STUDY 1.2, 1.3)
+    assert model.input_spec == RELEASED_INPUT == ModelInput(128, 128) == checkpoint_input(path)
     reference = SEResNet50(spatial_dims=3, in_channels=3, num_classes=4)
     reference.load_state_dict({k: v for k, v in paper.state_dict().items() if not k.startswith("head.")})
     reference.eval()
@@ -239,7 +252,7 @@ def test_pickled_custom_class_is_refused(tmp_path):
 
 @pytest.mark.parametrize("keep", [0, 10, 0.5])
 def test_truncated_file_gives_clear_error(tmp_path, keep):
-    good = save_checkpoint(tmp_path / "good.pt", build_model("resnet10", block_inplanes=[4, 4, 4, 4]))
+    good = save_checkpoint(tmp_path / "good.pt", sized(build_model("resnet10", block_inplanes=[4, 4, 4, 4])))
     data = good.read_bytes()
     path = tmp_path / "broken.pt"
     path.write_bytes(data[: int(len(data) * keep) if isinstance(keep, float) else keep])
@@ -265,7 +278,7 @@ def test_not_a_checkpoint_and_missing_file(tmp_path):
 
 
 def test_vfnb_checkpoint_field_errors(tmp_path):
-    path = save_checkpoint(tmp_path / "c.pt", build_model("resnet10", block_inplanes=[4, 4, 4, 4]))
+    path = save_checkpoint(tmp_path / "c.pt", sized(build_model("resnet10", block_inplanes=[4, 4, 4, 4])))
     ckpt = torch.load(path, weights_only=True)
     ckpt["version"] = 99
     torch.save(ckpt, tmp_path / "v.pt")
@@ -285,7 +298,7 @@ def test_vfnb_checkpoint_field_errors(tmp_path):
 def test_save_refuses_what_weights_only_loading_would_refuse(tmp_path):
     from pathlib import Path
 
-    model = build_model("resnet10", block_inplanes=[4, 4, 4, 4])
+    model = sized(build_model("resnet10", block_inplanes=[4, 4, 4, 4]))
     with pytest.raises(TypeError, match=r"extra\['params'\]\['data'\] is a pathlib\.\w*Path"):
         save_checkpoint(tmp_path / "p.pt", model, params={"data": Path("/x")})
     with pytest.raises(TypeError, match=r"extra\['history'\]\[0\]\['f1'\] is a numpy.float64.*\.item\(\)"):
@@ -309,7 +322,7 @@ def test_resnet10_keeps_resolution_and_checkpoint_records_preset(tmp_path, monke
     assert seen["shape"] == (1, 8, 24, 24, 24)
     assert model.model_args["no_max_pool"] is True and model.model_args["block_inplanes"] == [8, 16, 32, 64]
     # the preset is written into the checkpoint: changing it later does not change a saved model
-    path = save_checkpoint(tmp_path / "r10.pt", model)
+    path = save_checkpoint(tmp_path / "r10.pt", sized(model))
     import vfnb.models as models
     monkeypatch.setitem(models._RESNET_PRESETS, "resnet10", dict(layers=[1, 1, 1, 1], block_inplanes=[16, 32, 64, 128],
                                                                   conv1_t_size=3, conv1_t_stride=2, no_max_pool=False))
@@ -317,3 +330,46 @@ def test_resnet10_keeps_resolution_and_checkpoint_records_preset(tmp_path, monke
     assert loaded.num_features == 64
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
+
+
+# ------------------------------------------------------------------ the input block
+def test_save_refuses_a_model_without_its_input_block(tmp_path):
+    with pytest.raises(TypeError, match="input_spec"):
+        save_checkpoint(tmp_path / "x.pt", build_model("resnet10", block_inplanes=[4, 4, 4, 4]))
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_version_1_checkpoint_takes_its_sizes_from_its_params(tmp_path):
+    """A checkpoint as vfnb wrote it before the input block: version 1, the sizes only in the training params."""
+    model = build_model("resnet10", block_inplanes=[4, 4, 4, 4])
+    old = {"format": "vfnb", "version": 1, "model_args": dict(model.model_args), "model": model.state_dict(),
+           "params": {"mode": "ce", "cube_size": 32}, "epoch": 3}
+    torch.save(old, tmp_path / "v1.pt")
+    loaded = load_checkpoint(tmp_path / "v1.pt")
+    assert loaded.input_spec == ModelInput(cube_size=32, patch_size=32)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    del old["params"]
+    torch.save(old, tmp_path / "bare_v1.pt")
+    assert checkpoint_input(tmp_path / "bare_v1.pt") == RELEASED_INPUT  # no params at all: the study's sizes
+    old["params"] = {"cube_size": 20000}
+    torch.save(old, tmp_path / "huge_v1.pt")
+    with pytest.raises(CheckpointError, match=r"huge_v1\.pt: field 'params.cube_size'.* = 20000.*8-512"):
+        load_checkpoint(tmp_path / "huge_v1.pt")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("cube_size", 4096, r"field 'input.cube_size' = 4096 is not valid; expected an integer 8-512"),
+    ("patch_size", "big", r"field 'input.patch_size' = 'big' is not valid"),
+    ("channels", ["soft-tissue window 40/400 HU"], r"field 'input.channels'.*cannot feed this model"),
+])
+def test_input_block_errors_name_the_field(tmp_path, field, value, message):
+    path = save_checkpoint(tmp_path / "c.pt", sized(build_model("resnet10", block_inplanes=[4, 4, 4, 4])))
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["input"][field] = value
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"bad\.pt: " + message):
+        load_checkpoint(tmp_path / "bad.pt")
+    del ckpt["input"]
+    torch.save(ckpt, tmp_path / "none.pt")
+    with pytest.raises(CheckpointError, match=r"none\.pt: field 'input' missing"):
+        load_checkpoint(tmp_path / "none.pt")

@@ -1,5 +1,8 @@
 """Inference on written NIfTI patches and scans."""
 
+import copy
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,10 +10,11 @@ import torch
 
 from vfnb.cli import main
 from vfnb.data.channels import crop_or_pad_to_cube, make_input_channels
-from vfnb.errors import DatasetError
+from vfnb.data.preprocess import extract_patches
+from vfnb.errors import DatasetError, VfnbError
 from vfnb.io import load_nifti, save_nifti
-from vfnb.models import build_model, save_checkpoint
-from vfnb.predict import _sizes_from_checkpoint, predict_patches, predict_scan
+from vfnb.models import ModelInput, build_model, load_checkpoint, save_checkpoint
+from vfnb.predict import predict_patches, predict_scan
 
 COLUMNS = ["name", "image_id", "label", "level", "grade", "pred", "p0", "p1", "p2", "p3", "fracture_prob"]
 SCAN_COLUMNS = ["label", "level", "pred", "p0", "p1", "p2", "p3", "fracture_prob", "warnings"]
@@ -101,8 +105,10 @@ def synthetic_scan(labels=(19, 20, 21, 26), flip=False):
 
 @pytest.fixture(scope="module")
 def checkpoint(model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    return save_checkpoint(path, model, params={"patch_size": 24, "cube_size": 16})
+    """The model as training saves it: trained on patches pre-processed at 24, resized to 16^3 cubes."""
+    trained = copy.deepcopy(model)
+    trained.input_spec = ModelInput(cube_size=16, patch_size=24)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", trained, params={"cube_size": 16})
 
 
 def write_scan(folder, flip=False, labels=(19, 20, 21, 26)):
@@ -128,11 +134,43 @@ def test_predict_scan_rows_and_orientation_invariance(tmp_path, checkpoint):
     np.testing.assert_allclose(lps[["p0", "p1", "p2", "p3"]].to_numpy(), probs, atol=1e-4)
 
 
-def test_sizes_come_from_the_checkpoint():
-    assert _sizes_from_checkpoint({"params": {"patch_size": 24, "cube_size": 16}}, None, None) == (24, 16)
-    assert _sizes_from_checkpoint({"params": {"cube_size": 48}}, None, None) == (48, 48)
-    assert _sizes_from_checkpoint({"g_step": 3}, None, None) == (128, 128)
-    assert _sizes_from_checkpoint({"params": {"patch_size": 24}}, 32, 20) == (32, 20)
+def test_a_scan_is_graded_as_the_training_patches_were_made(tmp_path, checkpoint):
+    """predict_scan = pre-processing at the checkpoint's patch size, written as a processed dataset, graded."""
+    ct, seg = write_scan(tmp_path)
+    table = predict_scan(ct, seg, checkpoint, device="cpu")
+    records = []
+    for patch in extract_patches(ct, seg, size=24, labels=[19, 20, 21]):
+        assert patch.image.shape[:2] == (24, 24)
+        name = f"scan_{patch.label}_0.nii.gz"
+        records.append({"image": str(save_nifti(tmp_path / "img" / name, patch.image, patch.affine)),
+                        "seg": str(save_nifti(tmp_path / "seg" / name, patch.mask, patch.affine)),
+                        "label": patch.label, "name": name})
+    expected, _ = predict_patches(load_checkpoint(checkpoint), records, device="cpu")
+    np.testing.assert_array_equal(table[["p0", "p1", "p2", "p3"]].to_numpy(),
+                                  expected[["p0", "p1", "p2", "p3"]].to_numpy())
+    # at another patch size the same scan gives other numbers: the size is really taken from the checkpoint
+    other = load_checkpoint(checkpoint)
+    other.input_spec = ModelInput(cube_size=16, patch_size=16)
+    moved = predict_scan(ct, seg, other, device="cpu")
+    assert not np.allclose(moved[["p0", "p1", "p2", "p3"]].to_numpy(), table[["p0", "p1", "p2", "p3"]].to_numpy())
+
+
+def test_a_model_is_run_at_its_own_cube_size(tmp_path, checkpoint, model, caplog):
+    rng = np.random.default_rng(3)
+    mask = np.zeros((20, 20, 14), np.uint8)
+    mask[5:15, 5:15, 3:11] = 1
+    records = [write_patch(tmp_path, "case_c_20_1.nii.gz", rng.integers(-200, 1200, size=mask.shape), mask)]
+    loaded = load_checkpoint(checkpoint)
+    own, _ = predict_patches(loaded, records, device="cpu")
+    with caplog.at_level(logging.WARNING, logger="vfnb.predict"):
+        asked, _ = predict_patches(loaded, records, cube_size=24, device="cpu")
+    assert "16^3 cubes" in caplog.text and "cube_size 24" in caplog.text
+    pd.testing.assert_frame_equal(own, asked)
+    # a network fresh from build_model carries no size: the caller must give one
+    with pytest.raises(VfnbError, match="carries no input size"):
+        predict_patches(model, records, device="cpu")
+    with pytest.raises(VfnbError, match="carries no input size"):
+        predict_scan(*write_scan(tmp_path), model, device="cpu")
 
 
 def test_scan_without_vertebrae_is_refused(tmp_path, checkpoint):

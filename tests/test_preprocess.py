@@ -171,7 +171,7 @@ def test_axis_aligned_orientations_give_the_same_patches(patches_by_kind, kind):
 
 
 def test_oblique_scan_gives_nearly_the_same_patch(patches_by_kind):
-    from vfnb.data.preprocess import sample_in_world
+    from vfnb.data.resample import sample_in_world
 
     reference = patches_by_kind["ras"][20]
     oblique = patches_by_kind["oblique"][20]
@@ -348,3 +348,27 @@ def test_shared_tiny_original_fixture(tmp_path, tiny_original):
     # box heights shrink with the grade (8 - 2 * grade voxels): a flatter patch for a worse grade
     slices = table.set_index("patch")["patch_shape"].map(lambda s: json.loads(s)[2])
     assert slices["scan1_20_3.nii.gz"] < slices["scan1_19_2.nii.gz"] < slices["scan1_18_0.nii.gz"]
+
+
+def test_warnings_name_the_vertebra_and_their_counts_agree(tmp_path, write_box_scan, capsys):
+    """Every warning names case and vertebra; preprocess.json and patches.csv count the same notes."""
+    root = tmp_path / "original"
+    # bodies wider than the scan is deep: the square in-plane box reaches outside it (padded)
+    write_box_scan(root, "wide", labels=(19, 20), shape=(32, 16, 24), body_width=(30, 8))
+    write_box_scan(root, "plain", labels=(19, 20, 21))
+    atomic_write_yaml(root / "annotation.yaml", {"wide.nii.gz": {19: 0, 20: 1}, "plain.nii.gz": {19: 0, 20: 2}})
+    out = preprocess_dataset(root, tmp_path / "processed", size=16)
+    printed = capsys.readouterr().err
+    settings = json.loads((out / "preprocess.json").read_text())
+    table = pd.read_csv(out / "patches.csv", keep_default_na=False)
+    on_patches = sorted((r.case, r.label, note) for r in table.itertuples() if r.warnings
+                        for note in r.warnings.split("; "))
+    recorded = sorted((w["case"], w["label"], w["message"]) for w in settings["warnings"] if w["patch"])
+    assert on_patches == recorded and any("padded with -1024 HU" in note for *_, note in on_patches)
+    without = [w for w in settings["warnings"] if not w["patch"]]
+    assert [(w["case"], w["level"]) for w in without] == [("plain", "L2")] and "not graded" in without[0]["message"]
+    assert settings["warning_counts"] == {
+        "notes": len(settings["warnings"]), "on_patches": len(on_patches), "without_patch": 1,
+        "vertebrae": len({(w["case"], w["label"]) for w in settings["warnings"]})}
+    for w in settings["warnings"]:
+        assert f"warning: {w['case']} {w['level']} (label {w['label']}): {w['message']}" in printed

@@ -165,9 +165,10 @@ def test_item10_yaml_alias_bombs_are_refused_at_once(tmp_path, capsys):
 
 # ------------------------------------------------------------------ 5: checkpoints
 def test_item5_checkpoint_with_nan_weights_is_refused(tmp_path):
-    from vfnb.models import build_model, load_checkpoint, save_checkpoint
+    from vfnb.models import ModelInput, build_model, load_checkpoint, save_checkpoint
 
     model = build_model("resnet10", block_inplanes=[4, 4, 4, 4])
+    model.input_spec = ModelInput(cube_size=16, patch_size=16)
     with torch.no_grad():
         model.classifier.weight[0, 0] = float("nan")
     path = save_checkpoint(tmp_path / "nan.pt", model)
@@ -217,16 +218,20 @@ def test_item11_training_sizes_and_backbone_kwargs_are_bounded(tmp_path, capsys)
 
 
 def test_item11_checkpoint_patch_size_is_bounded(tmp_path, capsys):
-    from vfnb.models import build_model, save_checkpoint
+    from vfnb.models import ModelInput, build_model, save_checkpoint
 
-    ckpt = save_checkpoint(tmp_path / "big.pt", build_model("resnet10", block_inplanes=[4, 4, 4, 4]),
-                           params={"patch_size": 20000, "cube_size": 16})
+    model = build_model("resnet10", block_inplanes=[4, 4, 4, 4])
+    model.input_spec = ModelInput(cube_size=16, patch_size=16)
+    ckpt = save_checkpoint(tmp_path / "big.pt", model)
+    saved = torch.load(ckpt, weights_only=True)
+    saved["input"]["patch_size"] = 20000  # a 20000 x 20000 in-plane patch would exhaust memory
+    torch.save(saved, ckpt)
     ct, seg, _ = make_box_scan((19, 20), shape=(32, 32, 32))
     save_nifti(tmp_path / "ct.nii.gz", ct, np.eye(4))
     save_nifti(tmp_path / "seg.nii.gz", seg, np.eye(4))
     code, _, err = _cli(capsys, "predict", "--ct", tmp_path / "ct.nii.gz", "--seg", tmp_path / "seg.nii.gz",
                         "--checkpoint", ckpt, "--device", "cpu")
-    assert code == 2 and "patch_size 20000" in err
+    assert code == 2 and "big.pt: field 'input.patch_size' = 20000 is not valid" in err
 
 
 # ------------------------------------------------------------------ 13: predict arguments
@@ -274,7 +279,7 @@ def test_item8_two_concurrent_preprocess_runs_one_wins(tmp_path, subprocess_env)
 
 
 def test_item8_train_run_folder_held_by_a_live_run_is_refused(tmp_path):
-    from vfnb.train import RUN_LOCK, _prepare_run_dir
+    from vfnb.run_folder import RUN_LOCK, prepare_run_dir
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -283,11 +288,11 @@ def test_item8_train_run_folder_held_by_a_live_run_is_refused(tmp_path):
         (run_dir / RUN_LOCK).write_text(f"{holder.pid}\n")
         (run_dir / "last.pt").write_bytes(b"")
         with pytest.raises(VfnbError, match=f"another vfnb run \\(process {holder.pid}\\)"):
-            _prepare_run_dir(run_dir, resume=True)
+            prepare_run_dir(run_dir, resume=True)
     finally:
         holder.kill()
         holder.wait()
-    lock = _prepare_run_dir(run_dir, resume=True)  # the holder died: its lock is stale
+    lock = prepare_run_dir(run_dir, resume=True)  # the holder died: its lock is stale
     assert lock.read_text().strip() == str(os.getpid())
 
 

@@ -16,7 +16,11 @@ import yaml
 from vfnb.cli import main as cli_main
 from vfnb.errors import CheckpointError, ParamsError, VfnbError
 from vfnb.models import load_checkpoint, load_checkpoint_dict
-from vfnb.train import DEFAULT_PARAMS, parse_overrides, train, train_from_cli, validate_params
+from vfnb.config import TrainConfig, defaults, parse_overrides, validate_params
+from vfnb.data.channels import INPUT_CHANNELS
+from vfnb.train import train, train_from_cli
+
+DEFAULT_PARAMS = defaults()
 
 # a light network on 16^3 cubes: every run here takes seconds
 # device: cpu, also on a machine with a GPU: these tests check the CPU path (bit-for-bit resume, same seed ->
@@ -67,6 +71,8 @@ def test_supcon_then_linear_and_every_mode(tiny_processed, tmp_path):
     for key in ("model_args", "params", "epoch", "optimizer", "scheduler", "rng", "history", "best_metric"):
         assert key in ckpt, key
     assert ckpt["params"]["mode"] == "supcon" and ckpt["model_args"]["block_inplanes"] == [4, 8, 8, 16]
+    # the input block: trained on 16^3 cubes from the tiny dataset's 32 x 32 patches (no preprocess.json there)
+    assert ckpt["input"] == {"cube_size": 16, "patch_size": 32, "channels": list(INPUT_CHANNELS)}
 
     # linear: encoder frozen (weights and batch-norm statistics), only the classifier moves
     lin = train(_params(tiny_processed, mode="linear", epochs=1, init_checkpoint=str(sup.best_checkpoint)),
@@ -161,17 +167,24 @@ def test_resume_gives_the_uninterrupted_weights_and_same_seed_same_metrics(tiny_
     assert [h["lr"] for h in whole.history] == [0.005, 0.005, 0.0025]
     assert whole.best_metric == resumed.best_metric
     # a different seed gives a different run
-    other = train({**params, "seed": 1, "epochs": 1}, tmp_path / "other")
+    other = train(TrainConfig.from_params({**params, "seed": 1, "epochs": 1}), tmp_path / "other")
     assert _metrics(other.history)[0] != _metrics(whole.history)[0]
 
 
-def test_supcon_selection_without_probe_is_lowest_loss(tiny_processed, tmp_path):
-    result = train(_params(tiny_processed, mode="supcon", epochs=2, probe="none"), tmp_path / "none")
+def test_supcon_selection_without_probe_is_lowest_loss(tiny_processed, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="vfnb.train"):
+        result = train(_params(tiny_processed, mode="supcon", epochs=2, probe="none"), tmp_path / "none")
     assert result.selected_by == "train_loss"
     assert all(h["val_macro_f1"] is None for h in result.history)
     losses = [h["loss"] for h in result.history]
     assert result.best_metric == min(losses)
-    assert load_checkpoint_dict(result.best_checkpoint)["epoch"] == 1 + losses.index(min(losses))
+    best = load_checkpoint_dict(result.best_checkpoint)
+    assert best["epoch"] == 1 + losses.index(min(losses)) and best["best_metric"] == min(losses)
+    # one line per epoch: run, mode, epoch, loss, validation metric, seconds
+    lines = [r.getMessage() for r in caplog.records if r.name == "vfnb.train"]
+    assert len(lines) == 2 and lines[0].startswith(f"none (supcon) epoch 1/2: loss {losses[0]:.4f}, "
+                                                   "val macro-F1 (probe) n/a, ")
+    assert lines[1].split(", ")[2].endswith(" s")
     knn = train(_params(tiny_processed, mode="supcon", epochs=1, probe="knn"), tmp_path / "knn")
     assert 0.0 <= knn.history[0]["val_macro_f1"] <= 1.0 and knn.best_metric == knn.history[0]["val_macro_f1"]
 
@@ -196,10 +209,6 @@ def test_params_validation_names_the_key(tmp_path):
         with pytest.raises(ParamsError, match=repr(key)):
             validate_params({key: value})
     assert validate_params({"epochs": 3.0})["epochs"] == 3
-    # a renamed parameter still validates under its old name (old runs resume), but not both names at once
-    assert validate_params({"linear_init": "random"})["classifier_init"] == "random"
-    with pytest.raises(ParamsError, match="'linear_init' and 'classifier_init'"):
-        validate_params({"linear_init": "random", "classifier_init": "probe"})
     with pytest.raises(ParamsError, match="init_checkpoint"):
         validate_params({"mode": "linear"})
     with pytest.raises(ParamsError, match="batches_per_epoch"):
@@ -226,9 +235,12 @@ def test_cli_train_and_resume(tiny_processed, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli_main(["train", "--params", str(params_file), "-p", "epochs=1", "--out", str(out)]) == 0
     assert (out / "best.pt").is_file()
-    assert "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "wrote" in printed.out
+    assert printed.err.count("run (ce) epoch 1/1: loss ") == 1 and "val macro-F1 " in printed.err
     # continue the same run for one more epoch: only 'epochs' changes
     assert cli_main(["train", "--out", str(out), "--resume", "-p", "epochs=2"]) == 0
+    assert capsys.readouterr().err.count("run (ce) epoch 2/2") == 1  # one line, however often the CLI ran
     assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2]
     assert cli_main(["train", "--out", str(out), "--resume", "-p", "epochs=3", "-p", "lr=0.1"]) == 2
     assert "'lr'" in capsys.readouterr().err
@@ -245,7 +257,7 @@ def _free_port() -> int:
 @pytest.mark.parametrize("device_param", ["auto", "cuda", "cuda:1"])
 def test_cuda_device_always_carries_an_index(device_param, monkeypatch):
     """torch.cuda.set_device refuses a bare torch.device("cuda"): found on an H200 with device: cuda."""
-    from vfnb.train import _Dist
+    from vfnb.distributed import Processes as _Dist
 
     chosen = []
 

@@ -65,8 +65,9 @@ def _cmd_import_verse(a):
 
 
 def _cmd_train(a):
-    from .train import train_from_cli
+    from .train import show_progress, train_from_cli
 
+    show_progress()  # one line per epoch on stderr
     train_from_cli(a.params, a.param, a.out, resume=a.resume)
 
 
@@ -95,65 +96,89 @@ def _cmd_sweep(a):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vfnb", description="Vertebral fracture grading with supervised contrastive learning.")
-    sub = p.add_subparsers(dest="command", required=True)
+    from . import __version__
 
+    p = argparse.ArgumentParser(prog="vfnb", description="Vertebral fracture grading with supervised contrastive learning.")
+    p.add_argument("--version", action="version", version=f"vfnb {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_data_commands(sub)
+    _add_model_commands(sub)
+    _add_study_commands(sub)
+    return p
+
+
+def _add_data_commands(sub) -> None:
     s = sub.add_parser("synth", help="generate the SynthSpine synthetic dataset", description=SYNTH_HELP)
-    s.add_argument("out", type=Path)
-    s.add_argument("--cases", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--workers", type=int, default=1)
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("out", type=Path, help="folder to create (original layout)")
+    s.add_argument("--cases", type=int, default=64, help="number of CT scans to generate (default 64)")
+    s.add_argument("--seed", type=int, default=0, help="generator seed; case k depends only on (seed, k) (default 0)")
+    s.add_argument("--workers", type=int, default=1, help="scans generated in parallel (default 1)")
+    s.add_argument("--overwrite", action="store_true", help="replace OUT if vfnb wrote it before")
     s.set_defaults(func=_cmd_synth)
 
     s = sub.add_parser("preprocess", help="original layout -> per-vertebra patches (processed layout)")
-    s.add_argument("original", type=Path)
-    s.add_argument("processed", type=Path)
+    s.add_argument("original", type=Path, help="dataset in the original layout (img/, seg/, annotation.yaml)")
+    s.add_argument("processed", type=Path, help="folder to create (processed layout: img/, seg/, patches.csv)")
     s.add_argument("--size", type=int, default=128, help="in-plane patch size in voxels (default 128)")
     s.add_argument("--workers", type=int, default=1, help="scans processed in parallel (default 1)")
     s.add_argument("--overwrite", action="store_true", help="replace PROCESSED if it exists")
     s.set_defaults(func=_cmd_preprocess)
 
     s = sub.add_parser("split", help="patient-grouped, grade-stratified train/val/test lists")
-    s.add_argument("processed", type=Path)
-    s.add_argument("--tag", required=True)
+    s.add_argument("processed", type=Path, help="processed dataset to write the lists into")
+    s.add_argument("--tag", required=True, help="name of the lists: <split>_file_list.TAG.yaml")
     s.add_argument("--folds", type=int, default=1, help="k > 1 writes TAG-f0 .. TAG-f{k-1}")
-    s.add_argument("--val-fraction", type=float, default=0.2)
-    s.add_argument("--test-fraction", type=float, default=0.2, help="used when --folds 1")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of the training CTs kept for validation (default 0.2)")
+    s.add_argument("--test-fraction", type=float, default=0.2, help="share of the CTs for the test list when "
+                                                                     "--folds 1 (default 0.2)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
     s.add_argument("--overwrite", action="store_true", help="replace existing lists of the same tag")
     s.set_defaults(func=_cmd_split)
 
-    s = sub.add_parser("check", help="validate an original or processed dataset and summarise it")
-    s.add_argument("dataset", type=Path)
+    s = sub.add_parser("check", help="validate an original or processed dataset and summarise it",
+                       description="Check every file of a dataset (original or processed layout) and print a "
+                                   "summary with one line per problem. Exit status 1 when there are errors.")
+    s.add_argument("dataset", type=Path, help="dataset folder (original or processed layout)")
     s.set_defaults(func=_cmd_check)
 
     s = sub.add_parser("import-verse", help="VerSe release + grade table -> original layout")
-    s.add_argument("verse_root", type=Path)
+    s.add_argument("verse_root", type=Path, help="VerSe release folder (rawdata/, derivatives/)")
     s.add_argument("grades", type=Path, help="wide spreadsheet (CSV/XLSX, <Level>_fx-g columns) or long CSV subject,level,grade")
-    s.add_argument("out", type=Path)
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("out", type=Path, help="folder to create (original layout)")
+    s.add_argument("--overwrite", action="store_true", help="replace OUT if vfnb wrote it before")
     s.set_defaults(func=_cmd_import_verse)
 
+
+def _add_model_commands(sub) -> None:
+    from .config import help_text
+
     s = sub.add_parser("train", help="train a model (supcon, linear, finetune, joint, ce)",
-                       description="Train one model; parameters: vfnb.train.DEFAULT_PARAMS. Several processes: "
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=help_text(),
+                       description="Train one model into a run folder (params.yaml, best.pt, last.pt, history.json, "
+                                   "metrics.csv), one line per epoch on stderr. Several processes: "
                                    "torchrun --nproc_per_node=N -m vfnb train ...")
-    s.add_argument("--params", type=Path, action="append", default=[], help="YAML parameter file (repeatable)")
-    s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--params", type=Path, action="append", default=[],
+                   help="YAML file of training parameters (repeatable; later files win)")
+    s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="set one training parameter, read as YAML (3, 0.5, [800, 900]); KEY= means null")
     s.add_argument("--out", type=Path, required=True,
                    help="run folder to create (must not exist or be empty); with --resume, the run to continue")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("predict", help="grade every vertebra of one CT with a checkpoint")
-    s.add_argument("--ct", type=Path, required=True)
-    s.add_argument("--seg", type=Path, required=True)
-    s.add_argument("--checkpoint", type=Path, required=True)
+    s.add_argument("--ct", type=Path, required=True, help="CT scan, NIfTI in HU")
+    s.add_argument("--seg", type=Path, required=True, help="its VerSe vertebra label map, NIfTI on the same grid")
+    s.add_argument("--checkpoint", type=Path, required=True,
+                   help="vfnb checkpoint (best.pt of a run) or one of the study's released checkpoints")
     s.add_argument("--out", type=Path, help="CSV table, one row per vertebra (default: print CSV)")
     s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     s.set_defaults(func=_cmd_predict)
 
+
+def _add_study_commands(sub) -> None:
     s = sub.add_parser("study", help="run the study notebooks with papermill and render the report",
                        description="Run notebooks/00-03 with papermill in this environment and write the run "
                                    "folder: executed notebooks and their HTML, index.html, summary.md, "
@@ -162,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--params", type=Path, action="append", default=[], required=True,
                    help="YAML parameter file merged over params/default.yaml (repeatable)")
     s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one parameter; the value is read as YAML (3, 0.5, null, [a, b])")
+                   help="override one parameter; the value is read as YAML (3, 0.5, null, [a, b]); KEY= means null")
     s.add_argument("--out", type=Path, required=True, help="run folder to create, e.g. results/<name>")
     s.add_argument("--overwrite", action="store_true",
                    help="replace an existing run folder (only once the new run is complete)")
@@ -185,7 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
                            "writes no report")
     mode.add_argument("--aggregate-only", action="store_true", help="run nothing; write the report from finished runs")
     s.set_defaults(func=_cmd_sweep)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

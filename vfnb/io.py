@@ -8,7 +8,6 @@ output folder is built as a hidden sibling and renamed into place when complete.
 from __future__ import annotations
 
 import contextlib
-import errno
 import gzip
 import json
 import math
@@ -462,12 +461,6 @@ def verify_nifti(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray, 
         raise DatasetError(f"{path}: cannot read NIfTI ({size} bytes of data, the header needs {expected}); "
                            "the file is truncated (expected a complete NIfTI file)")
     return tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=np.float64), img.header
-
-
-def load_nifti_header(path: str | os.PathLike):
-    """Shape and affine without reading voxels: ``(shape, affine)``."""
-    img = _open_header(Path(path))
-    return tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=np.float64)
 
 
 def save_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -> Path:

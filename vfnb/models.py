@@ -17,23 +17,28 @@ Backbones (``build_model(backbone=...)``):
   its ``features()`` then adaptive average pooling give a 2048-d feature.
 - ``resnet10``: a light MONAI ``ResNet`` (basic blocks, layers 1-1-1-1, first
   convolution 3^3 with stride 2 and **no max-pooling**, widths 8-16-32-64) giving a
-  64-d feature; fast enough on a CPU for the default study. The 3^3 first kernel
-  (MONAI's default is 7^3) is for speed: on a CPU the 7^3 kernel's backward pass
-  dominated the step (about 4x the whole step's CPU time at 48^3). Max-pooling is
-  left out because the grade lives in fine detail: a mild fracture is a 20-25 %
-  height loss, 3-4 voxels of a body about 15 voxels tall at 48^3, and a stem that
-  downsamples 4x (stride 2 + max-pool) leaves less than a cell of it. In the default
-  study (SynthSpine, synthetic) the cross-entropy baseline's validation macro-F1
-  went from 0.38 (widths 16-128 with max-pool, 13 epochs; reference run at 731ea71)
-  to 0.64 (this preset, 10 epochs of 30 batches; 05e268a), its test macro-F1 from
-  0.31 to 0.59; with the current 24-batch epochs (2cdc1a2) it reached 0.52 and 0.48.
-  Halving the widths pays for the finer grid. ``block_inplanes``, ``conv1_t_stride``,
-  ``conv1_t_size``, ``layers`` and ``no_max_pool`` can be overridden through
-  ``build_model(**kw)``.
+  64-d feature, light enough for a CPU. The 3^3 first kernel (MONAI's default is
+  7^3) is for speed: on a CPU the backward pass of a 7^3 stem dominates the step.
+  Max-pooling is left out because the grade lives in fine detail: a mild fracture
+  is a 20-25 % height loss, 3-4 voxels of a body about 15 voxels tall at 48^3, and
+  a stem that downsamples 4x (stride 2 + max-pool) leaves less than a cell of it;
+  halving the widths pays for the finer grid. ``block_inplanes``,
+  ``conv1_t_stride``, ``conv1_t_size``, ``layers`` and ``no_max_pool`` can be
+  overridden through ``build_model(**kw)``.
 - ``resnet18``: MONAI ``ResNet`` basic blocks 2-2-2-2, widths 64-128-256-512 (512-d).
 
+What a model takes as input is part of it: :class:`ModelInput` (the cube edge, the
+in-plane size the patches were pre-processed at, and the input channels) rides on
+``model.input_spec`` and in every checkpoint, so a checkpoint is always used at
+the size it was trained at, whoever loads it.
+
 Checkpoints are plain dicts, loadable with ``torch.load(weights_only=True)``:
-``{"format": "vfnb", "version": 1, "model_args": ..., "model": state_dict, **extra}``.
+``{"format": "vfnb", "version": 2, "model_args": ..., "input": {"cube_size",
+"patch_size", "channels"}, "model": state_dict, **extra}``. Version 1 (without
+``input``) still loads: its sizes come from its training ``params`` (``cube_size``;
+the patch size was not recorded, so the cube size stands for it). The study's
+released checkpoints carry no sizes: they get the study's, 128 and 128 (STUDY §1.2,
+§1.3).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import pickle
 import random
 import re
 from collections import Counter, OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +57,59 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import BACKBONES, HEADS
+from .data.channels import INPUT_CHANNELS
 from .errors import CheckpointError
 from .io import atomic_torch_save
 from .levels import NUM_GRADES
 
 CHECKPOINT_FORMAT = "vfnb"
-CHECKPOINT_VERSION = 1
-BACKBONES = ("resnet10", "resnet18", "seresnet50")
-HEADS = ("linear", "mlp")
+CHECKPOINT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: written before checkpoints carried their input block
+MAX_INPUT_SIZE = 512  # voxels: 512^3 float32 is already 0.5 GB per input channel
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """What a model takes: ``channels`` in ``cube_size^3`` cubes cut from patches pre-processed at ``patch_size``.
+
+    ``cube_size``: the network's input cube edge (voxels); ``patch_size``: the in-plane
+    size (voxels) scans are pre-processed to before the patch is resized to the cube
+    (:func:`vfnb.data.preprocess.extract_patches`); ``channels``: the input channels in
+    words (:data:`vfnb.data.channels.INPUT_CHANNELS`).
+    """
+
+    cube_size: int
+    patch_size: int
+    channels: tuple = INPUT_CHANNELS
+
+    def as_dict(self) -> dict:
+        return {"cube_size": int(self.cube_size), "patch_size": int(self.patch_size), "channels": list(self.channels)}
+
+    @classmethod
+    def from_dict(cls, block: Any, where: str) -> "ModelInput":
+        """Read a checkpoint's ``input`` block; :class:`CheckpointError` names the field and what was expected."""
+        if not isinstance(block, dict):
+            raise CheckpointError(f"{where}: field 'input' missing or not a dict; expected cube_size, patch_size, "
+                                  "channels")
+        sizes = {key: _input_size(block.get(key), f"{where}: field 'input.{key}'", low)
+                 for key, low in (("cube_size", 8), ("patch_size", 2))}
+        channels = tuple(block.get("channels") or ())
+        if channels != INPUT_CHANNELS:
+            raise CheckpointError(f"{where}: field 'input.channels' = {list(channels)}; this vfnb makes the input "
+                                  f"channels {list(INPUT_CHANNELS)}, so it cannot feed this model")
+        return cls(sizes["cube_size"], sizes["patch_size"], channels)
+
+
+# The study's released checkpoints carry no sizes: patches of 128 in plane, 128^3 cubes (STUDY §1.2, §1.3)
+RELEASED_INPUT = ModelInput(cube_size=128, patch_size=128)
+
+
+def _input_size(value: Any, what: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
+            or value != int(value) or not low <= value <= MAX_INPUT_SIZE:
+        raise CheckpointError(f"{what} = {value!r} is not valid; expected an integer {low}-{MAX_INPUT_SIZE} voxels")
+    return int(value)
 
 _RESNET_PRESETS: dict[str, dict[str, Any]] = {
     "resnet10": dict(layers=[1, 1, 1, 1], block_inplanes=[8, 16, 32, 64], conv1_t_size=3, conv1_t_stride=2,
@@ -98,6 +149,9 @@ class GradingModel(nn.Module):
     ``projected`` is L2-normalised. With ``detach_classifier=True`` the classifier
     sees ``feature.detach()``: cross-entropy then trains only the classifier and the
     encoder learns from the contrastive loss alone (the paper's joint recipe).
+
+    ``input_spec``: the :class:`ModelInput` the model was trained for; set by training
+    and by the checkpoint loaders, None for a network fresh from :func:`build_model`.
     """
 
     def __init__(self, encoder: nn.Module, num_features: int, num_grades: int, head: str, feature_dim: int,
@@ -114,6 +168,7 @@ class GradingModel(nn.Module):
             raise ValueError(f"head {head!r} unknown; expected one of {', '.join(HEADS)}")
         self.classifier = nn.Linear(num_features, num_grades)
         self.model_args = dict(model_args)
+        self.input_spec: ModelInput | None = None
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled encoder feature ``[B, F]`` (F = :attr:`num_features`)."""
@@ -211,22 +266,28 @@ def set_rng_state(state: dict) -> None:
 
 # ------------------------------------------------------------------ checkpoints
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> Path:
-    """Write ``{"format", "version", "model_args", "model": state_dict, **extra}`` atomically.
+    """Write ``{"format", "version", "model_args", "input", "model": state_dict, **extra}`` atomically.
 
     ``model`` may be wrapped (DistributedDataParallel, ``torch.compile``); the
-    unwrapped module's state dict is stored. ``extra`` (optimizer/scheduler state,
-    epoch, params, history, :func:`rng_state`) must be tensors, numbers, strings,
-    ``None``, lists/tuples and dicts, so the file loads with ``weights_only=True``.
+    unwrapped module's state dict is stored, and its ``input_spec`` (a
+    :class:`ModelInput`, required: a checkpoint says what it takes) as ``input``.
+    ``extra`` (optimizer/scheduler state, epoch, params, history, :func:`rng_state`)
+    must be tensors, numbers, strings, ``None``, lists/tuples and dicts, so the file
+    loads with ``weights_only=True``.
     """
     inner = unwrap_model(model)
     if not isinstance(inner, GradingModel):
         raise TypeError(f"save_checkpoint expects a GradingModel, got {type(inner).__name__}")
-    reserved = {"format", "version", "model_args", "model"} & set(extra)
+    if not isinstance(inner.input_spec, ModelInput):
+        raise TypeError("save_checkpoint needs model.input_spec, a ModelInput (cube size, patch size, channels): "
+                        "a checkpoint must say what input it takes")
+    reserved = {"format", "version", "model_args", "input", "model"} & set(extra)
     if reserved:
         raise ValueError(f"extra keys {sorted(reserved)} are reserved")
     for key, value in extra.items():
         _check_plain(value, f"extra[{key!r}]")
     obj = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model_args": dict(inner.model_args),
+           "input": inner.input_spec.as_dict(),
            "model": {k: v.detach().cpu() for k, v in inner.state_dict().items()}, **extra}
     return atomic_torch_save(obj, path)
 
@@ -317,11 +378,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Gradi
 
 
 def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "<checkpoint>") -> GradingModel:
-    """Build the model a checkpoint dict describes and load its weights (eval mode)."""
+    """Build the model a checkpoint dict describes and load its weights (eval mode, ``input_spec`` set)."""
+    spec = checkpoint_input(ckpt, path)
     if ckpt.get("format") == CHECKPOINT_FORMAT:
-        version = ckpt.get("version")
-        if version != CHECKPOINT_VERSION:
-            raise CheckpointError(f"{path}: field 'version' is {version!r}; this vfnb reads version {CHECKPOINT_VERSION}")
         for field in ("model_args", "model"):
             if not isinstance(ckpt.get(field), dict):
                 raise CheckpointError(f"{path}: field {field!r} missing or not a dict")
@@ -339,7 +398,32 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "<checkpoint>") 
             )
         model, state = _released_model(state, path)
     _load_state(model, state, path)
+    model.input_spec = spec
     return model.eval()
+
+
+def checkpoint_input(ckpt: dict | str | os.PathLike, path: str | os.PathLike = "<checkpoint>") -> ModelInput:
+    """The :class:`ModelInput` of a checkpoint (a loaded dict, or a file path).
+
+    Version 2: its ``input`` block. Version 1: ``params["cube_size"]`` for both sizes
+    (the patch size was not recorded; 128 when the params lack it too). A released
+    checkpoint: :data:`RELEASED_INPUT`. Raises :class:`CheckpointError` naming the
+    field when a size is out of range or the channels are not the ones vfnb makes.
+    """
+    if not isinstance(ckpt, dict):
+        path, ckpt = ckpt, load_checkpoint_dict(ckpt)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        return RELEASED_INPUT
+    version = ckpt.get("version")
+    if version not in READABLE_VERSIONS:
+        raise CheckpointError(f"{path}: field 'version' is {version!r}; this vfnb reads versions "
+                              f"{', '.join(map(str, READABLE_VERSIONS))}")
+    if version >= 2:
+        return ModelInput.from_dict(ckpt.get("input"), str(path))
+    params = ckpt.get("params") if isinstance(ckpt.get("params"), dict) else {}
+    cube = params.get("cube_size", RELEASED_INPUT.cube_size)
+    cube = _input_size(cube, f"{path}: field 'params.cube_size' (a version 1 checkpoint)", 8)
+    return ModelInput(cube_size=cube, patch_size=cube)
 
 
 def _released_model(state: dict, path) -> tuple[GradingModel, dict]:

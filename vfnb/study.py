@@ -46,7 +46,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import yaml
 
 from .errors import DatasetError, ParamsError, VfnbError
-from .io import atomic_write_json, atomic_write_text, atomic_write_yaml, load_yaml, output_folder, parse_yaml
+from .io import atomic_write_json, atomic_write_text, atomic_write_yaml, load_yaml, output_folder
 
 NOTEBOOKS = ("00_data_exploration", "01_supcon_pretraining", "02_finetuning", "03_evaluation")
 NOTEBOOK_TITLES = {
@@ -139,15 +139,10 @@ def read_params_file(path: str | os.PathLike) -> dict:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"epochs=3"`` -> ``("epochs", 3)``; the value is read as YAML (``null``, lists, ...)."""
-    if "=" not in text:
-        raise ParamsError(f"-p {text!r}: expected KEY=VALUE")
-    key, _, value = text.partition("=")
-    key = key.strip()
-    if not key:
-        raise ParamsError(f"-p {text!r}: empty parameter name")
-    parsed = parse_yaml(value, f"-p {key}", ParamsError) if value.strip() else ""
-    return key, parsed
+    """``"epochs=3"`` -> ``("epochs", 3)``; :func:`vfnb.config.parse_override` (YAML; an empty value is null)."""
+    from .config import parse_override as parse
+
+    return parse(text)
 
 
 def _unknown_key(key: str, known: Iterable[str], where: str, reference: Path) -> ParamsError:
@@ -200,7 +195,7 @@ def validate_study_params(params: dict, where: str = "vfnb study") -> None:
     Each model's training parameters go through :func:`vfnb.train.validate_params`
     exactly as :func:`training_params` will pass them.
     """
-    from .train import validate_params
+    from .config import validate_params
 
     for key, low in STUDY_INTS:
         value = params.get(key)
@@ -960,7 +955,7 @@ def data_statement(data: StudyData):
 def training_params(mode: str, data: StudyData, epochs: int, lr: float, init_checkpoint: str | None = None,
                     **shared: Any) -> dict:
     """Parameters for :func:`vfnb.train.train`, validated (an unknown key raises :class:`ParamsError`)."""
-    from .train import validate_params
+    from .config import validate_params
 
     params = {"mode": mode, "dataset": str(data.processed), "tag": data.tag, "epochs": int(epochs), "lr": float(lr),
               "init_checkpoint": None if init_checkpoint is None else str(init_checkpoint), "progress": False,
@@ -1016,12 +1011,16 @@ def history(run: StudyRun, model: str) -> list[dict]:
 
 def predict(checkpoint: str | os.PathLike, records: Sequence[dict], cube_size: int, data: StudyData | None = None,
             device: str = "auto"):
-    """``(table, embeddings)`` of a checkpoint on records; adds SynthSpine's morphology when known."""
+    """``(table, embeddings)`` of a checkpoint on records; adds SynthSpine's morphology when known.
+
+    The checkpoint is run at its own input size; ``cube_size`` is not used (kept until the
+    notebooks stop passing it).
+    """
     from .models import load_checkpoint
     from .predict import predict_patches
 
     model = load_checkpoint(checkpoint)
-    table, embeddings = predict_patches(model, records, cube_size, device=device)
+    table, embeddings = predict_patches(model, records, device=device)
     table["grade"] = table["grade"].astype("int64")
     truth = data.truth() if data is not None else None
     if truth is not None and {"case", "label", "morphology"} <= set(truth.columns):
@@ -1069,8 +1068,8 @@ def probe_comparison(stages: Mapping[str, Any], train_records: Sequence[dict], v
     from sklearn.metrics import f1_score
 
     from .evaluate import chance_macro_f1, fracture_auc, permutation_p_value
+    from .features import probe_predict
     from .predict import predict_patches
-    from .train import probe_predict
 
     train_y = np.array([int(r["grade"]) for r in train_records])
     val_y = np.array([int(r["grade"]) for r in val_records])

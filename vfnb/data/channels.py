@@ -18,6 +18,10 @@ from ..levels import MAX_LABEL
 
 SOFT_TISSUE_WINDOW = (40.0, 200.0)  # (level, width) in HU
 BONE_WINDOW = (400.0, 1500.0)
+# The channels in words: what a checkpoint records, so that a model is never fed channels made differently
+INPUT_CHANNELS = (f"soft-tissue window {SOFT_TISSUE_WINDOW[0]:g}/{SOFT_TISSUE_WINDOW[1]:g} HU",
+                  f"bone window {BONE_WINDOW[0]:g}/{BONE_WINDOW[1]:g} HU",
+                  f"vertebra mask x label/{MAX_LABEL}")
 
 
 def window(hu: np.ndarray, level: float, width: float) -> np.ndarray:

@@ -14,7 +14,8 @@ errors
 warnings
     (original) graded labels absent from the label map, labels in the map but not
     graded, CTs in ``img/`` that are not annotated; (processed) empty or non-binary
-    masks, a tag without a train or test list, no lists at all.
+    masks, a tag without a train or test list, no lists at all, a list without a
+    fractured vertebra (grade >= 1).
 
 ``require_valid(root)`` raises :class:`DatasetError` listing the errors; every
 command that reads a dataset calls it first.
@@ -266,6 +267,14 @@ def _check_processed(root: Path, report: CheckReport) -> None:
     _check_lists(root, img_names, seg_names, report)
 
 
+def _no_fracture_warning(path: Path, split: str, vertebrae: int) -> str:
+    consequence = {"train": "a model trained on it never sees a fracture",
+                   "val": "checkpoints cannot be selected, nor an operating point chosen, on fractures",
+                   "test": "sensitivity and fracture AUC cannot be measured on it"}[split]
+    return (f"{path}: no fractured vertebra (grade >= 1) among its {vertebrae} vertebrae; {consequence} "
+            "(expected some of every grade)")
+
+
 def _check_lists(root: Path, img_names: set, seg_names: set, report: CheckReport) -> None:
     lists_by_tag: dict[str, dict[str, list[str]]] = defaultdict(dict)
     for path in sorted(root.glob(f"*{LIST_INFIX}*{LIST_SUFFIX}")):
@@ -302,6 +311,9 @@ def _check_lists(root: Path, img_names: set, seg_names: set, report: CheckReport
                 continue
             parsed = [parse_patch_name(n) for n in lists[split]]
             report.list_counts[tag][split] = Counter(p.grade for p in parsed)
+            if not any(p.grade >= 1 for p in parsed):
+                report.warnings.append(_no_fracture_warning(root / f"{split}_file_list.{tag}.yaml", split,
+                                                            len(parsed)))
             image_ids = sorted({p.image_id for p in parsed})
             report.list_cts[tag][split] = len(image_ids)
             for image_id in image_ids:

@@ -31,10 +31,8 @@ For each vertebra label:
    exact for any orientation. Points outside the scan's voxel cells get
    -1024 HU (air) in the image and 0 in the mask.
 
-The spline prefilter and the sampling are restricted to the source sub-box
-covering the patch plus a margin of :data:`SPLINE_MARGIN` voxels (the prefilter's
-boundary effect decays as 0.27**n, below 0.1 HU at that margin), so a 512 x 512 x 300
-scan is never filtered as a whole.
+The sampling itself (:mod:`vfnb.data.resample`) filters only the source sub-box
+around the patch, so a 512 x 512 x 300 scan is never filtered as a whole.
 
 The image is rounded to int16 (clipped to the int16 range) and the mask stored
 as uint8 0/1 for that vertebra only. The CT and the label map are each sampled
@@ -75,9 +73,9 @@ from ..errors import DatasetError, ParamsError
 from ..io import atomic_write_json, atomic_write_text, load_nifti, output_folder, save_nifti
 from ..levels import LEVEL_NAMES, MAX_LABEL, level_name, spine_order
 from .processed import patch_filename
+from .resample import patch_grid, sample_in_world, voxel_spacing, world_box
 
 PAD_HU = -1024  # air: the value of patch voxels that fall outside the scan
-SPLINE_MARGIN = 8  # source voxels kept around the patch for the cubic prefilter
 MIN_VOLUME_MM3 = 1000.0  # below ~1 cm^3 a "vertebra" is most likely a stray fragment
 # A label is skipped (no patch, a warning instead) when its in-plane box side is under
 # MIN_PATCH_SIDE_MM or its height exceeds MAX_HEIGHT_PER_SIDE times that side. The
@@ -124,149 +122,13 @@ class Patch:
         return level_name(self.label)
 
 
-# ------------------------------------------------------------------ geometry
-def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size in mm along each array axis (norms of the affine's columns)."""
-    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
-
-
-def _world_box(voxels: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """RAS-aligned bounding box (mm) of the union of voxel cells ``voxels`` ``[3, n]``."""
-    rot, shift = affine[:3, :3], affine[:3, 3]
-    centres = rot @ voxels + shift[:, None]
-    # a voxel cell spans +-1/2 along each voxel axis: its half-extent along world axis d
-    half = 0.5 * np.abs(rot).sum(axis=1)
-    return centres.min(axis=1) - half, centres.max(axis=1) + half
-
-
-def patch_grid(world_lo: np.ndarray, world_hi: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """Patch affine and shape for a world box: square in-plane, isotropic, ``[size, size, N]``.
-
-    ``world_lo`` / ``world_hi``: box corners in RAS mm. Returns ``(affine 4x4, shape)``.
-    """
-    lo, hi = np.asarray(world_lo, float), np.asarray(world_hi, float)
-    centre = (lo + hi) / 2.0
-    extent = hi - lo
-    side = float(max(extent[0], extent[1]))  # widen the shorter in-plane extent
-    step = side / size
-    slices = max(1, int(round(extent[2] / step)))
-    start = centre - np.array([side, side, slices * step]) / 2.0
-    affine = np.diag([step, step, step, 1.0])
-    affine[:3, 3] = start + step / 2.0  # voxel centres sit half a voxel inside the box
-    return affine, (int(size), int(size), slices)
-
-
-def sample_in_world(volume, volume_affine: np.ndarray, patch_affine: np.ndarray,
-                    shape: Sequence[int], order: int, fill: float,
-                    out_dtype=np.float32) -> tuple[np.ndarray, bool]:
-    """Sample ``volume`` ``[I, J, K]`` on the grid ``(patch_affine, shape)``.
-
-    Maps patch voxel -> world -> source voxel and interpolates as
-    :func:`scipy.ndimage.map_coordinates` does (``order`` 3: cubic B-spline with
-    prefilter; 0: nearest; edge mode ``"nearest"``) on the source sub-box that
-    covers the patch plus a margin. Points outside the source's voxel cells get
-    ``fill``. ``volume`` may be any object with ``.shape`` and 3D slicing.
-    Returns ``(array [shape] of out_dtype, whether any point fell outside)``.
-    """
-    shape = tuple(int(s) for s in shape)
-    to_source = np.linalg.inv(volume_affine) @ patch_affine
-    rot, shift = to_source[:3, :3], to_source[:3, 3]
-    corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape], indexing="ij")).reshape(3, -1)
-    src_corners = rot @ corners + shift[:, None]
-    margin = SPLINE_MARGIN if order > 1 else 1
-    lo = np.maximum(np.floor(src_corners.min(axis=1)).astype(int) - margin, 0)
-    hi = np.minimum(np.ceil(src_corners.max(axis=1)).astype(int) + margin + 1, volume.shape)
-    if np.any(hi <= lo):  # the patch lies wholly outside the scan
-        return np.full(shape, fill, dtype=out_dtype), True
-    sub = volume[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    if order > 1:
-        sub = np.asarray(sub, dtype=np.float64)
-
-    source_axis = _axis_permutation(rot)
-    if source_axis is not None:
-        out, outside = _sample_separable(sub, lo, volume.shape, rot, shift, source_axis, shape, order)
-    else:
-        out, outside = _sample_general(sub, lo, volume.shape, rot, shift, shape, order)
-    any_outside = bool(outside.any())
-    out = np.ascontiguousarray(out, dtype=out_dtype)
-    if any_outside:
-        out[outside] = fill
-    return out, any_outside
-
-
-def _axis_permutation(rot: np.ndarray) -> tuple[int, int, int] | None:
-    """Source axis of each patch axis when ``rot`` is a signed, scaled permutation, else None."""
-    scale = np.abs(rot).max()
-    big = np.abs(rot) > 1e-6 * scale
-    if not np.all(big.sum(axis=0) == 1) or not np.all(big.sum(axis=1) == 1):
-        return None
-    return tuple(int(np.argmax(big[:, p])) for p in range(3))
-
-
-def _sample_separable(sub, lo, full_shape, rot, shift, source_axis, shape, order):
-    """Axis-aligned source (RAS, LPS, permuted axes): three 1-D interpolations.
-
-    The cubic B-spline (prefilter and basis, edge mode included) is a tensor
-    product, so sampling a separable grid equals three 1-D linear maps, one per
-    axis. Each 1-D map is obtained by applying scipy's own 1-D interpolation to
-    the unit vectors, so the result matches 3D ``map_coordinates`` (up to
-    rounding) at a fraction of its cost (4 instead of 64 taps per output voxel).
-    """
-    coords, outside_1d = [], []
-    for p in range(3):
-        s = source_axis[p]
-        c = rot[s, p] * np.arange(shape[p], dtype=np.float64) + shift[s]
-        outside_1d.append((c < -0.5) | (c > full_shape[s] - 0.5))
-        coords.append(c - lo[s])
-    outside = outside_1d[0][:, None, None] | outside_1d[1][None, :, None] | outside_1d[2][None, None, :]
-    block = np.transpose(sub, source_axis)  # source axes in patch-axis order
-    if order == 0:
-        index = [np.clip(np.floor(c + 0.5).astype(np.intp), 0, n - 1) for c, n in zip(coords, block.shape)]
-        return block[np.ix_(*index)], outside
-    out = block
-    # shrink first: contract the axes in order of output/input length (cheapest chain)
-    for p in sorted(range(3), key=lambda axis: shape[axis] / block.shape[axis]):
-        weights = _interpolation_matrix(coords[p], block.shape[p], order)  # [shape[p], n_source]
-        out = np.moveaxis(np.tensordot(weights, out, axes=(1, p)), 0, p)
-    return out, outside
-
-
-def _interpolation_matrix(coords: np.ndarray, n: int, order: int) -> np.ndarray:
-    """``[len(coords), n]`` matrix of scipy's 1-D spline interpolation (linear in the data).
-
-    Column ``a`` is the 1-D interpolation of the unit vector ``e_a`` at ``coords``.
-    All columns come from one 2-D call on the identity matrix sampled at integer
-    positions along its second axis, where an interpolating spline returns the data
-    exactly, so only the first axis is interpolated.
-    """
-    rows = np.broadcast_to(np.asarray(coords, dtype=np.float64)[:, None], (coords.size, n))
-    cols = np.broadcast_to(np.arange(n, dtype=np.float64)[None, :], (coords.size, n))
-    return ndimage.map_coordinates(np.eye(n), [rows, cols], order=order, mode="nearest")
-
-
-def _sample_general(sub, lo, full_shape, rot, shift, shape, order):
-    """Oblique source: full 3D ``map_coordinates`` (64 taps per output voxel for cubic)."""
-    idx = [np.arange(n, dtype=np.float64) for n in shape]
-    coords = np.empty((3,) + shape, dtype=np.float64)
-    outside = np.zeros(shape, dtype=bool)
-    for d in range(3):
-        # source coordinate along axis d, built by broadcasting (no [3, n] index matrix)
-        c = (rot[d, 0] * idx[0][:, None, None] + rot[d, 1] * idx[1][None, :, None]
-             + rot[d, 2] * idx[2][None, None, :] + shift[d])
-        outside |= (c < -0.5) | (c > full_shape[d] - 0.5)
-        coords[d] = c - lo[d]
-    out = ndimage.map_coordinates(sub, coords, order=order, mode="nearest", prefilter=order > 1,
-                                  output=np.float64 if order > 1 else sub.dtype)
-    return out, outside
-
-
 def _to_int16(hu: np.ndarray) -> np.ndarray:
     info = np.iinfo(np.int16)
     return np.clip(np.rint(hu), info.min, info.max).astype(np.int16)
 
 
 # ------------------------------------------------------------------ label maps
-def _as_label_map(seg: np.ndarray, where: str) -> np.ndarray:
+def as_label_map(seg: np.ndarray, where: str) -> np.ndarray:
     """Validate a label map and return it as uint8 (VerSe labels 0-28)."""
     seg = np.asarray(seg)
     if seg.ndim != 3:
@@ -320,6 +182,34 @@ def extract_patches_from_arrays(image: np.ndarray, label_map: np.ndarray, affine
     :data:`MAX_HEIGHT_PER_SIDE`): those get no patch, and ``(label, reason)`` is
     appended to ``skipped`` when given (else the reason goes to stderr).
     """
+    image, label_map, affine, seg_affine = _checked_scan(image, label_map, affine, seg_affine, size, where)
+    boxes = label_boxes(label_map)
+    if labels is None:
+        wanted = sorted(boxes, key=spine_order)
+    else:
+        wanted = [int(label) for label in labels]
+        missing = [label for label in wanted if label not in boxes]
+        if missing:
+            raise DatasetError(f"{where}: label(s) {missing} not found in the label map (present: {sorted(boxes)})")
+    grid_notes = []
+    if seg_affine is not affine and not np.allclose(seg_affine, affine, atol=1e-3):
+        grid_notes.append("label map affine differs from the CT affine, each was sampled through its own")
+    patches = []
+    for label in wanted:
+        patch = _vertebra_patch(image, affine, label_map, seg_affine, label, boxes[label], size)
+        if isinstance(patch, str):
+            if skipped is None:
+                print(f"warning: {where}: {vertebra_name(label)}: {patch}", file=sys.stderr)
+            else:
+                skipped.append((label, patch))
+            continue
+        patch.warnings.extend(grid_notes)
+        patches.append(patch)
+    return patches
+
+
+def _checked_scan(image, label_map, affine, seg_affine, size, where: str):
+    """The arrays of :func:`extract_patches_from_arrays` checked and converted; errors name ``where``."""
     if not isinstance(size, (int, np.integer)) or size < 2:
         raise ParamsError(f"patch size {size!r} is not valid; expected an integer >= 2 voxels")
     image = np.asarray(image)
@@ -330,64 +220,42 @@ def extract_patches_from_arrays(image: np.ndarray, label_map: np.ndarray, affine
     for name, a in (("CT", affine), ("label map", seg_affine)):
         if a.shape != (4, 4) or not np.all(np.isfinite(a)) or abs(np.linalg.det(a[:3, :3])) < 1e-9:
             raise DatasetError(f"{where}: {name} affine is not an invertible 4x4 matrix")
-    label_map = _as_label_map(label_map, where)
+    label_map = as_label_map(label_map, where)
     if seg_affine is affine and label_map.shape != image.shape:
         raise DatasetError(f"{where}: label map shape {label_map.shape} differs from CT shape {image.shape}")
+    return image, label_map, affine, seg_affine
 
-    boxes = label_boxes(label_map)
-    if labels is None:
-        wanted = sorted(boxes, key=spine_order)
-    else:
-        wanted = [int(label) for label in labels]
-        missing = [label for label in wanted if label not in boxes]
-        if missing:
-            raise DatasetError(f"{where}: label(s) {missing} not found in the label map (present: {sorted(boxes)})")
 
-    grid_notes = []
-    if seg_affine is not affine and not np.allclose(seg_affine, affine, atol=1e-3):
-        grid_notes.append("label map affine differs from the CT affine; each was sampled through its own")
-    seg_spacing = voxel_spacing(seg_affine)
-    voxel_volume = float(abs(np.linalg.det(seg_affine[:3, :3])))
-    patches = []
-    for label in wanted:
-        box = boxes[label]
-        region = tuple(slice(a, b) for a, b in box)
-        in_region = label_map[region] == label
-        voxels = np.array(np.nonzero(in_region), dtype=np.float64) + np.array([a for a, _ in box], float)[:, None]
-        world_lo, world_hi = _world_box(voxels, seg_affine)
-        extent = world_hi - world_lo
-        side = float(max(extent[0], extent[1]))
-        if side < MIN_PATCH_SIDE_MM or extent[2] > MAX_HEIGHT_PER_SIDE * side:
-            reason = (f"label {label} ({level_name(label)}) spans {extent[0]:.1f} x {extent[1]:.1f} x "
-                      f"{extent[2]:.1f} mm: too small or too thin for a vertebra (in-plane side < "
-                      f"{MIN_PATCH_SIDE_MM:g} mm or height > {MAX_HEIGHT_PER_SIDE:g} x side); no patch")
-            if skipped is None:
-                print(f"warning: {where}: {reason}", file=sys.stderr)
-            else:
-                skipped.append((label, reason))
-            continue
-        patch_affine, shape = patch_grid(world_lo, world_hi, size)
-
-        notes = []
-        cut = [axis for axis, (a, b) in enumerate(box) if a == 0 or b == label_map.shape[axis]]
-        if cut:
-            notes.append(f"touches the scan border along source axis {cut}: the vertebra may be cut off")
-        pieces = ndimage.label(in_region)[1]
-        if pieces > 1:
-            notes.append(f"label map holds {pieces} separate pieces of this label; the patch box covers all of them")
-        volume_mm3 = voxels.shape[1] * voxel_volume
-        if volume_mm3 < MIN_VOLUME_MM3:
-            notes.append(f"only {volume_mm3:.0f} mm^3 of this label (< {MIN_VOLUME_MM3:.0f}): likely a fragment")
-
-        hu, outside = sample_in_world(image, affine, patch_affine, shape, order=3, fill=PAD_HU)
-        if outside:
-            notes.append(f"patch extends beyond the scan; padded with {PAD_HU} HU")
-        notes.extend(grid_notes)
-        mask, _ = sample_in_world(_LabelView(label_map, label), seg_affine, patch_affine, shape,
-                                  order=0, fill=0, out_dtype=np.uint8)
-        patches.append(Patch(label=label, image=_to_int16(hu), mask=mask, affine=patch_affine,
-                             box=box, spacing=seg_spacing, warnings=notes))
-    return patches
+def _vertebra_patch(image, affine, label_map, seg_affine, label: int, box: Box, size: int) -> "Patch | str":
+    """The patch of one label, with its notes; or, for a label too small or too thin to be a vertebra, the reason."""
+    region = tuple(slice(a, b) for a, b in box)
+    in_region = label_map[region] == label
+    voxels = np.array(np.nonzero(in_region), dtype=np.float64) + np.array([a for a, _ in box], float)[:, None]
+    world_lo, world_hi = world_box(voxels, seg_affine)
+    extent = world_hi - world_lo
+    side = float(max(extent[0], extent[1]))
+    if side < MIN_PATCH_SIDE_MM or extent[2] > MAX_HEIGHT_PER_SIDE * side:
+        return (f"spans {extent[0]:.1f} x {extent[1]:.1f} x {extent[2]:.1f} mm: too small or too thin for a "
+                f"vertebra (in-plane side < {MIN_PATCH_SIDE_MM:g} mm or height > {MAX_HEIGHT_PER_SIDE:g} x side), "
+                "no patch")
+    patch_affine, shape = patch_grid(world_lo, world_hi, size)
+    notes = []
+    cut = [axis for axis, (a, b) in enumerate(box) if a == 0 or b == label_map.shape[axis]]
+    if cut:
+        notes.append(f"touches the scan border along source axis {cut}: the vertebra may be cut off")
+    pieces = ndimage.label(in_region)[1]
+    if pieces > 1:
+        notes.append(f"label map holds {pieces} separate pieces of this label, the patch box covers all of them")
+    volume_mm3 = voxels.shape[1] * float(abs(np.linalg.det(seg_affine[:3, :3])))
+    if volume_mm3 < MIN_VOLUME_MM3:
+        notes.append(f"only {volume_mm3:.0f} mm^3 of this label (< {MIN_VOLUME_MM3:.0f}): likely a fragment")
+    hu, outside = sample_in_world(image, affine, patch_affine, shape, order=3, fill=PAD_HU)
+    if outside:
+        notes.append(f"patch extends beyond the scan, padded with {PAD_HU} HU")
+    mask, _ = sample_in_world(_LabelView(label_map, label), seg_affine, patch_affine, shape,
+                              order=0, fill=0, out_dtype=np.uint8)
+    return Patch(label=label, image=_to_int16(hu), mask=mask, affine=patch_affine, box=box,
+                 spacing=voxel_spacing(seg_affine), warnings=notes)
 
 
 class _LabelView:
@@ -437,26 +305,27 @@ def _process_case(case_id: str, ct_path: str, seg_path: str, grades: dict[int, i
     (metadata only: the arrays never travel between processes).
     """
     image, affine, seg, seg_affine = _load_scan(ct_path, seg_path)
-    seg = _as_label_map(seg, seg_path)
+    seg = as_label_map(seg, seg_path)
     present = set(label_boxes(seg))
     graded = {int(label): int(grade) for label, grade in grades.items()}
 
     warnings = []
+
+    def warn(label: int, message: str, patch: bool) -> None:
+        warnings.append({"case": case_id, "label": label, "level": LEVEL_NAMES.get(label, "?"), "message": message,
+                         "patch": patch})
+
     for label in sorted(present - set(graded), key=spine_order):
-        warnings.append({"case": case_id, "label": label, "level": level_name(label),
-                         "message": f"label {label} ({level_name(label)}) is in the label map {seg_path} but not graded; no patch"})
+        warn(label, f"in the label map {seg_path} but not graded, no patch", False)
     for label in sorted(set(graded) - present, key=spine_order):
-        level = LEVEL_NAMES.get(label, "?")
-        warnings.append({"case": case_id, "label": label, "level": level,
-                         "message": f"label {label} ({level}) is graded but absent from the label map {seg_path}; no patch"})
+        warn(label, f"graded but absent from the label map {seg_path}, no patch", False)
 
     labels = sorted(present & set(graded), key=spine_order)
     skipped: list = []
     patches = extract_patches_from_arrays(image, seg, affine, size=size, labels=labels,
                                           seg_affine=seg_affine, where=str(seg_path), skipped=skipped)
     for label, reason in skipped:
-        warnings.append({"case": case_id, "label": label, "level": level_name(label),
-                         "message": f"{seg_path}: {reason}"})
+        warn(label, f"{seg_path}: {reason}", False)
     del image, seg
     rows = []
     for patch in patches:
@@ -465,7 +334,7 @@ def _process_case(case_id: str, ct_path: str, seg_path: str, grades: dict[int, i
         save_nifti(Path(staging) / "img" / name, patch.image, patch.affine)
         save_nifti(Path(staging) / "seg" / name, patch.mask, patch.affine)
         for message in patch.warnings:
-            warnings.append({"case": case_id, "label": patch.label, "level": patch.level, "message": message})
+            warn(patch.label, message, True)
         rows.append({
             "patch": name, "case": case_id, "label": patch.label, "level": patch.level, "grade": grade,
             "source_spacing": _fmt_floats(patch.spacing),
@@ -525,7 +394,6 @@ def preprocess_dataset(original: str | os.PathLike, processed: str | os.PathLike
     """
     from tqdm import tqdm
 
-    from .. import __version__
     from .original import read_original
 
     original, processed = Path(original), Path(processed)
@@ -547,41 +415,88 @@ def preprocess_dataset(original: str | os.PathLike, processed: str | os.PathLike
         with tqdm(total=len(tasks), desc="preprocess", unit="scan", file=sys.stderr) as bar:
             def done(index: int, result: dict) -> None:
                 results[index] = result
-                for warning in result["warnings"]:
-                    tqdm.write(f"warning: {warning['case']}: {warning['message']}", file=sys.stderr)
+                for w in result["warnings"]:
+                    tqdm.write(f"warning: {w['case']} {vertebra_name(w['label'])}: {w['message']}", file=sys.stderr)
                 bar.update(1)
 
-            if workers == 1:
-                for index, task in enumerate(tasks):
-                    done(index, _process_case(*task))
-            else:
-                # spawn: no inherited threads or locks (tqdm's monitor) in the workers
-                with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=get_context("spawn"),
-                                         initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
-                    futures = {pool.submit(_process_case, *task): index for index, task in enumerate(tasks)}
-                    try:
-                        for future in as_completed(futures):
-                            done(futures[future], future.result())
-                    except BaseException:
-                        for future in futures:
-                            future.cancel()
-                        raise
-
+            _run_cases(tasks, workers, done)
         rows = [row for index in range(len(tasks)) for row in results[index]["rows"]]
         warnings = [w for index in range(len(tasks)) for w in results[index]["warnings"]]
         atomic_write_text(staging / "patches.csv", _patches_csv(rows))
-        atomic_write_json(staging / "preprocess.json", {
-            "vfnb_version": __version__,
-            "source": str(original.resolve()),
-            "size": int(size),
-            "orientation": "RAS+ [X, Y, Z]: axis 0 right-ward, axis 1 posterior->anterior, axis 2 inferior->superior",
-            "box": "tight RAS-aligned box of the label's voxel cells; shorter in-plane extent widened to a square",
-            "spacing": "isotropic, in-plane box side / size (mm)",
-            "image_interpolation": "cubic B-spline (scipy map_coordinates order 3), rounded to int16",
-            "mask_interpolation": "nearest neighbour (order 0) of label map == label, uint8 0/1",
-            "pad_hu": PAD_HU,
-            "cases": len(tasks),
-            "patches": len(rows),
-            "warnings": warnings,
-        })
+        atomic_write_json(staging / "preprocess.json", _manifest(original, size, len(tasks), len(rows), warnings))
     return processed
+
+
+def _run_cases(tasks: list, workers: int, done) -> None:
+    """:func:`_process_case` on every task, ``workers`` at a time; ``done(index, result)`` as each finishes."""
+    if workers == 1:
+        for index, task in enumerate(tasks):
+            done(index, _process_case(*task))
+        return
+    # spawn: no inherited threads or locks (tqdm's monitor) in the workers
+    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=get_context("spawn"),
+                             initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
+        futures = {pool.submit(_process_case, *task): index for index, task in enumerate(tasks)}
+        try:
+            for future in as_completed(futures):
+                done(futures[future], future.result())
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _manifest(original: Path, size: int, cases: int, patches: int, warnings: list) -> dict:
+    """What ``preprocess.json`` records: the settings, the counts and every warning."""
+    from .. import __version__
+
+    return {
+        "vfnb_version": __version__,
+        "source": str(original.resolve()),
+        "size": int(size),
+        "orientation": "RAS+ [X, Y, Z]: axis 0 right-ward, axis 1 posterior->anterior, axis 2 inferior->superior",
+        "box": "tight RAS-aligned box of the label's voxel cells; shorter in-plane extent widened to a square",
+        "spacing": "isotropic, in-plane box side / size (mm)",
+        "image_interpolation": "cubic B-spline (scipy map_coordinates order 3), rounded to int16",
+        "mask_interpolation": "nearest neighbour (order 0) of label map == label, uint8 0/1",
+        "pad_hu": PAD_HU,
+        "cases": cases,
+        "patches": patches,
+        "warning_counts": count_warnings(warnings),
+        "warnings": warnings,
+    }
+
+
+def vertebra_name(label: int) -> str:
+    """``"L1 (label 20)"``: how warnings name a vertebra."""
+    return f"{LEVEL_NAMES.get(int(label), '?')} (label {int(label)})"
+
+
+def count_warnings(warnings: Sequence[dict]) -> dict:
+    """Counts of pre-processing warnings, as ``preprocess.json`` records them and notebook 00 shows them.
+
+    ``notes``: every warning; ``on_patches``: notes on a vertebra that got a patch (the
+    notes of ``patches.csv``'s ``warnings`` column, one per note); ``without_patch``:
+    notes on vertebrae that got none (not graded, absent, too small);
+    ``vertebrae``: distinct vertebrae (case, label) with at least one note.
+    """
+    return {"notes": len(warnings), "on_patches": sum(1 for w in warnings if w["patch"]),
+            "without_patch": sum(1 for w in warnings if not w["patch"]),
+            "vertebrae": len({(w["case"], w["label"]) for w in warnings})}
+
+
+def recorded_patch_size(processed: str | os.PathLike, records: Sequence[dict] = ()) -> int | None:
+    """The in-plane size (voxels) the patches of a processed dataset were pre-processed to.
+
+    ``preprocess.json``'s ``size`` when vfnb made the dataset; otherwise the in-plane
+    size of ``records``' patches (NIfTI headers only) when they all share one; else None.
+    """
+    import nibabel as nib
+
+    record = Path(processed) / "preprocess.json"
+    if record.is_file():
+        size = json.loads(record.read_text(encoding="utf-8")).get("size")
+        if isinstance(size, int) and not isinstance(size, bool):
+            return size
+    sizes = {int(nib.load(str(r["image"])).shape[0]) for r in records}
+    return sizes.pop() if len(sizes) == 1 else None

@@ -163,8 +163,10 @@ class LoadPatchd(Transform):
     """Record -> ``{"hu": int16 [X,Y,Z] HU, "mask": uint8 [X,Y,Z] binary, label, grade, name, image_id}``.
 
     Reads ``record["image"]`` and ``record["seg"]`` with :func:`vfnb.io.load_nifti`
-    (a corrupt file raises :class:`vfnb.errors.DatasetError` naming it). When the
-    in-plane size differs from ``cube_size`` the patch is resized by
+    (a corrupt file raises :class:`vfnb.errors.DatasetError` naming it), or takes a
+    patch already in memory from ``record["hu"]`` and ``record["mask"]`` (what
+    :func:`vfnb.predict.predict_scan` passes: a scan's patches never touch the disk).
+    When the in-plane size differs from ``cube_size`` the patch is resized by
     ``cube_size / X`` along every axis. Cached by :func:`build_dataset`, so kept
     compact (int16 + uint8, not the float channels).
     """
@@ -173,10 +175,15 @@ class LoadPatchd(Transform):
         self.cube_size = int(cube_size)
 
     def __call__(self, record: Mapping[Hashable, Any]) -> dict:
-        hu, _, _ = load_nifti(record["image"])
-        mask, _, _ = load_nifti(record["seg"])
+        if "hu" in record:
+            hu, mask = np.asarray(record["hu"]), np.asarray(record["mask"])
+            where, image = record.get("name", "patch"), "its image"
+        else:
+            hu, _, _ = load_nifti(record["image"])
+            mask, _, _ = load_nifti(record["seg"])
+            where, image = record["seg"], record["image"]
         if hu.ndim != 3 or hu.shape != mask.shape:
-            raise DatasetError(f"{record['seg']}: mask shape {mask.shape} does not match image {record['image']} "
+            raise DatasetError(f"{where}: mask shape {mask.shape} does not match image {image} "
                                f"shape {hu.shape}; expected two 3D arrays of the same shape")
         hu = np.asarray(hu, dtype=np.int16)
         mask = (np.asarray(mask) > 0).astype(np.uint8)
@@ -195,23 +202,11 @@ class LoadPatchd(Transform):
 
 
 class InputChannelsd(Transform):
-    """``hu`` + ``mask`` + ``label`` -> the network input (STUDY §1.3).
-
-    ``split=False``: ``"image"`` = ``[3, X, Y, Z]`` float32. ``split=True`` (training):
-    ``"window"`` = channels 0-1 ``[2, X, Y, Z]`` and ``"mask"`` = channel 2
-    ``[1, X, Y, Z]`` (mask * label/28), so intensity augmentation can skip the mask.
-    """
-
-    def __init__(self, split: bool = False):
-        self.split = bool(split)
+    """``hu`` + ``mask`` + ``label`` -> ``"image"``, the network input ``[3, X, Y, Z]`` float32 (STUDY §1.3)."""
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = {k: v for k, v in data.items() if k not in ("hu", "mask")}
-        channels = make_input_channels(data["hu"], data["mask"], int(data["label"]))
-        if self.split:
-            d["window"], d["mask"] = channels[:2], channels[2:]
-        else:
-            d["image"] = channels
+        d["image"] = make_input_channels(data["hu"], data["mask"], int(data["label"]))
         return d
 
 
@@ -354,7 +349,7 @@ def augment_transform(cube_size: int, seed: int | None = 0, augmentation: str | 
         resample.append(RandWindowNoised(keys="window", std=aug.noise_sigma))
     resample.append(Lambdad(keys="window", func=_clip_unit))
     pipeline = Pipeline([
-        InputChannelsd(split=False),
+        InputChannelsd(),
         *_cutout(cube_size, aug),
         _SplitChannelsd(),
         RandTogether(resample, prob=aug.affine_prob),
@@ -399,7 +394,7 @@ def eval_transform(cube_size: int) -> Compose:
 
 def _eval_part(cube_size: int) -> Compose:
     return Pipeline([
-        InputChannelsd(split=False),
+        InputChannelsd(),
         CentredCubed(keys="image", size=cube_size),
         EnsureTyped(keys="image", data_type="tensor", dtype=torch.float32, track_meta=False),
     ])
