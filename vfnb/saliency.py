@@ -61,8 +61,16 @@ def grad_cam(model: nn.Module, x: torch.Tensor, grade: int | Sequence[int] | Non
     """
     model.eval()
     cam = GradCAM(nn_module=GradeLogits(model), target_layers=TARGET_LAYER)
-    with torch.enable_grad():
-        heat = cam(x.detach().clone().requires_grad_(True), class_idx=grade)
+    # gradients flow from the input, not into the parameters: no .grad is left behind
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in trainable:
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            heat = cam(x.detach().clone().requires_grad_(True), class_idx=grade)
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
     return heat[:, 0].detach().cpu().numpy()
 
 
