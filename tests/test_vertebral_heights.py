@@ -1,0 +1,116 @@
+"""Vertebral-body heights measured on rasterised shapes of known size (boxes and wedges).
+
+Each shape is a vertebral body (a box, or a symmetric wedge whose anterior and
+posterior walls have known heights) tilted in the sagittal plane, with posterior
+elements behind a spinal canal, rasterised on grids of different (anisotropic)
+spacing. The measurement must recover the heights at its positions to within
+one voxel.
+"""
+
+import numpy as np
+import pytest
+
+from vfnb.data.vertebral_heights import (HEIGHT_POSITIONS, body_heights, expected_posterior_height,
+                                         height_ratios, neighbour_labels)
+
+
+def _vertebra(h_anterior, h_posterior, depth, tilt_deg, spacing, width=30.0, canal=6.0, posterior_elements=True):
+    """Rasterise a body (a wedge; a box when the heights are equal) + posterior elements.
+
+    Body frame: u along antero-posterior (0 at the posterior wall, ``depth`` at the
+    anterior wall), v supero-inferior centred on the body; the frame is tilted by
+    ``tilt_deg`` in the sagittal (y, z) plane. Returns the mask ``[X, Y, Z]``.
+    """
+    sx, sy, sz = spacing
+    extent = 2.2 * max(depth + canal + 15, h_anterior, h_posterior)
+    shape = (int(np.ceil(width * 1.4 / sx)), int(np.ceil(extent / sy)), int(np.ceil(extent / sz)))
+    x, y, z = np.meshgrid(*(np.arange(n) * s for n, s in zip(shape, spacing)), indexing="ij")
+    # off the grid, so that no wall passes exactly through a row of voxel centres
+    centre = np.array([shape[0] * sx, shape[1] * sy, shape[2] * sz]) / 2 + 0.37 * np.array(spacing)
+    t = np.radians(tilt_deg)
+    si = np.array([np.sin(t), np.cos(t)])   # (y, z) components of the body's supero-inferior axis
+    ap = np.array([np.cos(t), -np.sin(t)])  # and of its antero-posterior axis
+    dy, dz = y - centre[1], z - centre[2]
+    u = dy * ap[0] + dz * ap[1] + depth / 2  # 0 at the posterior wall
+    v = dy * si[0] + dz * si[1]
+    half = (h_posterior + (h_anterior - h_posterior) * u / depth) / 2
+    lateral = np.abs(x - centre[0]) <= width / 2
+    body = lateral & (u >= 0) & (u <= depth) & (np.abs(v) <= half)
+    mask = body
+    if posterior_elements:
+        # lamina + spinous process: a block behind the canal, joined to nothing in the mid-sagittal plane
+        arch = (np.abs(x - centre[0]) <= 4) & (u <= -canal) & (u >= -canal - 12) & (np.abs(v) <= 5)
+        mask = mask | arch
+    return mask
+
+
+def _expected(h_anterior, h_posterior, name):
+    """Wedge height at the measurement position ``name`` (fraction of depth from the front)."""
+    return h_anterior + (h_posterior - h_anterior) * HEIGHT_POSITIONS[name]
+
+
+CASES = [
+    # (Ha at the anterior wall, Hp at the posterior wall, depth, tilt, spacing)
+    (25.0, 25.0, 32.0, 0.0, (1.0, 1.0, 1.0)),        # box, aligned
+    (25.0, 25.0, 32.0, 20.0, (1.0, 1.0, 1.0)),       # box, tilted (lordosis)
+    (22.0, 22.0, 30.0, -30.0, (0.8, 0.7, 1.3)),      # box, tilted the other way, anisotropic
+    (14.0, 26.0, 34.0, 0.0, (1.0, 1.0, 1.0)),        # wedge: anterior collapse
+    (14.0, 26.0, 34.0, 15.0, (0.9, 0.6, 1.1)),       # tilted wedge, anisotropic
+    (28.0, 20.0, 30.0, -10.0, (1.2, 1.2, 0.8)),      # reverse wedge
+]
+
+
+@pytest.mark.parametrize("h_anterior,h_posterior,depth,tilt,spacing", CASES)
+def test_heights_of_known_shapes_within_a_voxel(h_anterior, h_posterior, depth, tilt, spacing):
+    mask = _vertebra(h_anterior, h_posterior, depth, tilt, spacing)
+    out = body_heights(mask, spacing)
+    voxel = max(spacing)
+    for name in HEIGHT_POSITIONS:
+        assert out[name] == pytest.approx(_expected(h_anterior, h_posterior, name), abs=voxel), name
+    assert out["depth"] == pytest.approx(depth, abs=voxel)
+    assert out["tilt_deg"] == pytest.approx(tilt, abs=3.0)
+
+
+def test_posterior_elements_are_not_measured():
+    """With the arch removed the heights are the same: the canal separates body and arch."""
+    spacing = (1.0, 1.0, 1.0)
+    with_arch = body_heights(_vertebra(18.0, 25.0, 32.0, 10.0, spacing), spacing)
+    without = body_heights(_vertebra(18.0, 25.0, 32.0, 10.0, spacing, posterior_elements=False), spacing)
+    assert with_arch == without
+
+
+def test_isotropic_spacing_number_equals_triple():
+    mask = _vertebra(20.0, 24.0, 30.0, 5.0, (1.0, 1.0, 1.0))
+    assert body_heights(mask, 1.0) == body_heights(mask, (1.0, 1.0, 1.0))
+    doubled = body_heights(mask, 2.0)
+    assert doubled["middle"] == pytest.approx(2 * body_heights(mask, 1.0)["middle"])
+
+
+def test_empty_mask_gives_nan_and_bad_shape_an_error():
+    out = body_heights(np.zeros((8, 8, 8)), 1.0)
+    assert all(np.isnan(v) for v in out.values())
+    with pytest.raises(ValueError, match="X, Y, Z"):
+        body_heights(np.zeros((8, 8)), 1.0)
+
+
+def test_ratios_and_height_loss():
+    out = height_ratios({"anterior": 15.0, "middle": 18.0, "posterior": 20.0})
+    assert out["anterior_ratio"] == pytest.approx(0.75)
+    assert out["middle_ratio"] == pytest.approx(0.9)
+    assert np.isnan(out["posterior_ratio"])
+    assert out["height_loss"] == pytest.approx(0.25)
+    crush = height_ratios({"anterior": 20.0, "middle": 20.0, "posterior": 20.0}, expected_posterior=30.0)
+    assert crush["height_loss"] == pytest.approx(1 - 20 / 30)
+    tall = height_ratios({"anterior": 22.0, "middle": 21.0, "posterior": 20.0})
+    assert tall["height_loss"] == 0.0
+
+
+def test_neighbours_follow_the_spine_including_t13():
+    # T12 = 19, T13 = 28, L1 = 20, L2 = 21
+    assert neighbour_labels(28, [19, 28, 20]) == [19, 20]
+    assert neighbour_labels(19, [18, 19, 28, 20]) == [18, 28]
+    assert neighbour_labels(19, [18, 19, 20]) == [18, 20]
+    assert neighbour_labels(21, [19, 21]) == []          # L1 missing: no neighbour above; none below
+    heights = {18: 20.0, 19: float("nan"), 20: 24.0, 21: 26.0}
+    assert expected_posterior_height(heights, 20) == pytest.approx(26.0)  # T12 unmeasured -> L2 only
+    assert expected_posterior_height({20: 24.0}, 20) is None

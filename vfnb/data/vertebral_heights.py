@@ -1,0 +1,172 @@
+"""Quantitative morphometry: vertebral-body heights from a patch's label map.
+
+Genant's semi-quantitative grades are bands of vertebral *height loss* (grade 1:
+20-25 %, grade 2: 25-40 %, grade 3: over 40 %). Before trusting a CNN, a reader
+wants to know what measuring the heights already achieves. This module measures
+them; :mod:`vfnb.morphometry` turns them into graders.
+
+The measurement works in the mid-sagittal plane of a pre-processed patch (patch
+axis convention: axis 0 left-right, axis 1 posterior -> anterior, axis 2
+inferior -> superior; see :mod:`vfnb.data.preprocess`):
+
+1. **Mid-sagittal slice**: the slice along axis 0 through the mask's centroid.
+2. **Body vs posterior elements**: in that slice the spinal canal separates the
+   vertebral body from the lamina and spinous process, so the body is the
+   connected region (8-connectivity) that reaches furthest anterior. The pedicles,
+   which do join the two, lie lateral to the mid-sagittal plane.
+3. **The body's own frame**: the principal axes of the body's pixels (in mm)
+   give its antero-posterior and supero-inferior directions, so a body tilted in
+   the sagittal plane (lordosis, kyphosis, a wedge) is measured across, not along
+   the patch grid. The supero-inferior axis is the principal axis closer to patch
+   axis 2 (tilts up to 45 degrees).
+4. **Heights** at 15 %, 50 % and 85 % of the body's depth from the anterior
+   wall (anterior Ha, middle Hm, posterior Hp; 15 % in from each wall avoids the
+   rounded corners and osteophytes): the body's extent along the
+   supero-inferior axis among the pixels whose antero-posterior coordinate lies
+   within half a voxel of that position, plus one pixel's footprint (pixel
+   centres span one pixel less than the object).
+
+Relative height loss (the quantity Genant's bands are defined on):
+``1 - min(Ha / Hp, Hm / Hp, Hp / Hp_expected)``, where ``Hp_expected`` is the mean
+posterior height of the vertebra's measured neighbours (the levels above and
+below in the same scan) when there are any: a wedge or biconcave deformity
+lowers Ha or Hm against the vertebra's own posterior wall, a crush lowers Hp
+against the neighbours'.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from ..levels import spine_order
+
+HEIGHT_POSITIONS = {"anterior": 0.15, "middle": 0.5, "posterior": 0.85}  # fraction of depth from the front
+HEIGHT_NAMES = tuple(HEIGHT_POSITIONS)
+
+
+def _nan_heights() -> dict:
+    return {**{name: float("nan") for name in HEIGHT_NAMES}, "depth": float("nan"), "tilt_deg": float("nan")}
+
+
+def mid_sagittal_slice(mask: np.ndarray) -> np.ndarray:
+    """The ``[Y, Z]`` slice of a ``[X, Y, Z]`` mask through its centroid along axis 0."""
+    mask = np.asarray(mask) > 0
+    x0 = int(round(float(np.nonzero(mask)[0].mean())))
+    return mask[x0]
+
+
+def vertebral_body(sagittal: np.ndarray) -> np.ndarray:
+    """The body in a mid-sagittal ``[Y, Z]`` mask slice: the 8-connected region reaching furthest anterior."""
+    regions, n = ndimage.label(sagittal, structure=np.ones((3, 3), dtype=bool))
+    if n <= 1:
+        return regions > 0
+    ys = np.nonzero(regions)[0]
+    front = ys.max()
+    anterior_label = int(regions[front][regions[front] > 0][0])
+    return regions == anterior_label
+
+
+def body_frame(points_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit antero-posterior and supero-inferior axes of a body's ``[N, 2]`` (y, z) mm points.
+
+    Principal axes of the points; the supero-inferior one is the axis with the
+    larger z component, oriented to +z; the antero-posterior one is oriented to
+    +y (anterior).
+    """
+    centred = points_mm - points_mm.mean(axis=0)
+    _, vectors = np.linalg.eigh(centred.T @ centred)
+    a, b = vectors[:, 0], vectors[:, 1]
+    si = a if abs(a[1]) >= abs(b[1]) else b
+    ap = b if si is a else a
+    si = si if si[1] >= 0 else -si
+    ap = ap if ap[0] >= 0 else -ap
+    return ap, si
+
+
+def body_heights(mask: np.ndarray, spacing_mm: Sequence[float] | float = 1.0) -> dict:
+    """Anterior / middle / posterior body heights of one vertebra's patch mask.
+
+    Args:
+        mask: ``[X, Y, Z]`` label map of the vertebra (non-zero = vertebra), patch
+            axis convention.
+        spacing_mm: voxel size, one number (isotropic) or ``(sx, sy, sz)``.
+
+    Returns:
+        ``{"anterior", "middle", "posterior"}`` heights in mm, ``"depth"`` (the body's
+        antero-posterior extent, mm) and ``"tilt_deg"`` (the body's supero-inferior
+        axis against patch axis 2 in the sagittal plane, + = top tilted anterior);
+        all NaN when the mask is empty.
+    """
+    mask = np.asarray(mask) > 0
+    if mask.ndim != 3:
+        raise ValueError(f"mask must be [X, Y, Z], got shape {mask.shape}")
+    spacing = np.broadcast_to(np.asarray(spacing_mm, dtype=float), (3,))
+    if not mask.any():
+        return _nan_heights()
+    body = vertebral_body(mid_sagittal_slice(mask))
+    ys, zs = np.nonzero(body)
+    points = np.stack([ys * spacing[1], zs * spacing[2]], axis=1)
+    if len(points) < 3:
+        return _nan_heights()
+    ap, si = body_frame(points)
+    u, v = points @ ap, points @ si
+    # a pixel's extent along a direction d: |d_y| * sy + |d_z| * sz
+    foot_u = abs(ap[0]) * spacing[1] + abs(ap[1]) * spacing[2]
+    foot_v = abs(si[0]) * spacing[1] + abs(si[1]) * spacing[2]
+    # the extreme pixel centres lie half a pixel inside an aligned wall, almost on a tilted one
+    front, back = u.max() + foot_u / 4, u.min() - foot_u / 4
+    depth = front - back
+    band = max(spacing[1], spacing[2]) / 2
+    out = {"depth": float(depth), "tilt_deg": float(np.degrees(np.arctan2(si[0], si[1])))}
+    for name, fraction in HEIGHT_POSITIONS.items():
+        at = front - fraction * depth
+        near = np.abs(u - at) <= band
+        out[name] = float(v[near].max() - v[near].min() + foot_v) if near.any() else float("nan")
+    return out
+
+
+def height_ratios(heights: Mapping[str, float], expected_posterior: float | None = None) -> dict:
+    """Genant's ratios and the relative height loss of one vertebra.
+
+    ``anterior_ratio`` = Ha / Hp (wedge), ``middle_ratio`` = Hm / Hp (biconcave),
+    ``posterior_ratio`` = Hp / Hp_expected (crush; NaN without neighbours) and
+    ``height_loss`` = 1 - the smallest of the available ratios, clipped at 0.
+    """
+    ha, hm, hp = (float(heights[name]) for name in HEIGHT_NAMES)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratios = {"anterior_ratio": ha / hp, "middle_ratio": hm / hp,
+                  "posterior_ratio": hp / expected_posterior if expected_posterior else float("nan")}
+    finite = [r for r in ratios.values() if np.isfinite(r)]
+    loss = max(0.0, 1.0 - min(finite)) if finite else float("nan")
+    return {**{k: float(v) for k, v in ratios.items()}, "height_loss": float(loss)}
+
+
+def neighbour_labels(label: int, present: Sequence[int]) -> list[int]:
+    """The labels among ``present`` just above and just below ``label`` on the spine.
+
+    Nearest in cranio-caudal order (T13 sits between T12 and L1), at most one
+    level away: a missing level leaves that side without a neighbour.
+    """
+    own = spine_order(label)
+    above = [l for l in present if -1.0 <= spine_order(l) - own < 0]
+    below = [l for l in present if 0 < spine_order(l) - own <= 1.0]
+    out = []
+    if above:
+        out.append(max(above, key=spine_order))
+    if below:
+        out.append(min(below, key=spine_order))
+    return out
+
+
+def expected_posterior_height(level_heights: Mapping[int, float], label: int) -> float | None:
+    """Mean posterior height (mm) of the measured neighbours of ``label`` in one scan.
+
+    ``level_heights`` maps the scan's VerSe labels to their measured Hp (NaN when
+    unmeasurable); ``None`` when no neighbour was measured.
+    """
+    measured = [l for l, h in level_heights.items() if np.isfinite(h)]
+    values = [level_heights[n] for n in neighbour_labels(label, measured)]
+    return float(np.mean(values)) if values else None

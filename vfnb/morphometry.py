@@ -1,0 +1,121 @@
+"""Morphometry graders: what measuring vertebral heights alone achieves.
+
+The clinical baseline for the CNNs. Each vertebra's heights are measured from
+its patch label map (:func:`vfnb.data.vertebral_heights.body_heights`), its
+relative height loss computed against its own posterior wall and its measured
+neighbours (:func:`~vfnb.data.vertebral_heights.height_ratios`), and graded:
+
+- ``morphometry_rule``: Genant's bands applied to the measured loss (under 20 %
+  normal, 20-25 % mild, 25-40 % moderate, over 40 % severe). A rule gives one
+  grade, not probabilities: its grade probabilities are one-hot, so its
+  fracture AUC is that of a yes/no decision.
+- ``morphometry_logistic``: a class-balanced multinomial logistic regression on
+  the height ratios and the loss, fitted on the training list only; it can learn
+  that a thoracic vertebra is normally a little wedged, which the fixed bands
+  cannot.
+
+A vertebra whose heights cannot be measured (an empty or degenerate mask) is
+graded from missing values: the rule calls it normal, the regression sees the
+training median; :func:`measure_records` counts them in ``unmeasured``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from .data.vertebral_heights import body_heights, expected_posterior_height, height_ratios
+from .io import load_nifti
+from .levels import NUM_GRADES, level_name
+
+GENANT_BANDS = (0.20, 0.25, 0.40)  # lower edges of height loss for grades 1, 2, 3
+FEATURES = ("anterior_ratio", "middle_ratio", "posterior_ratio", "height_loss")
+MORPHOMETRY_MODELS = ("morphometry_rule", "morphometry_logistic")
+
+
+def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (mm) along each array axis: the affine's column norms."""
+    return tuple(float(np.linalg.norm(affine[:3, i])) for i in range(3))
+
+
+def measure_records(records: Sequence[dict]) -> pd.DataFrame:
+    """Heights, ratios and height loss of every patch in ``records``, one row each, in order.
+
+    Neighbours are the measured vertebrae of the same scan (``image_id``) found in
+    ``records``. Columns: ``name``, ``image_id``, ``label``, ``level``, ``grade``,
+    ``anterior``/``middle``/``posterior``/``depth`` (mm), ``tilt_deg``,
+    ``expected_posterior`` (mm, NaN without neighbours), the ratios of
+    :data:`FEATURES` and ``measured`` (False when the heights were not measurable).
+    """
+    rows = []
+    for record in records:
+        mask, affine, _ = load_nifti(record["seg"])
+        rows.append({"name": record["name"], "image_id": record["image_id"], "label": int(record["label"]),
+                     "level": level_name(record["label"]), "grade": int(record["grade"]),
+                     **body_heights(mask, voxel_spacing(affine))})
+    table = pd.DataFrame(rows)
+    ratios = []
+    for _, row in table.iterrows():
+        scan = table[table["image_id"] == row["image_id"]]
+        expected = expected_posterior_height(dict(zip(scan["label"], scan["posterior"])), row["label"])
+        ratios.append({"expected_posterior": np.nan if expected is None else expected,
+                       **height_ratios(row, expected)})
+    table = pd.concat([table, pd.DataFrame(ratios, index=table.index)], axis=1)
+    table["measured"] = np.isfinite(table["height_loss"])
+    return table
+
+
+def genant_grade(height_loss: np.ndarray | float) -> np.ndarray:
+    """Genant grade (0-3) of each relative height loss (NaN -> 0: not measurable, not called fractured)."""
+    loss = np.nan_to_num(np.asarray(height_loss, dtype=float), nan=0.0)
+    return np.searchsorted(np.asarray(GENANT_BANDS), loss, side="right")
+
+
+def one_hot(grades: np.ndarray, num_grades: int = NUM_GRADES) -> np.ndarray:
+    """``[N]`` grades -> ``[N, num_grades]`` probabilities with all mass on the grade."""
+    return np.eye(num_grades)[np.asarray(grades, dtype=int)]
+
+
+@dataclass
+class LogisticGrader:
+    """Multinomial logistic regression on the height features, class-balanced.
+
+    Missing features (no neighbours, unmeasurable masks) are replaced by the
+    training median of that feature, so a vertebra at the end of a scan is graded
+    from its own ratios.
+    """
+
+    seed: int = 0
+    medians: dict = field(default_factory=dict)
+    pipeline: object = None
+
+    def _matrix(self, table: pd.DataFrame) -> np.ndarray:
+        return np.column_stack([table[f].fillna(self.medians[f]).to_numpy(float) for f in FEATURES])
+
+    def fit(self, table: pd.DataFrame) -> "LogisticGrader":
+        self.medians = {f: float(np.nanmedian(table[f])) if table[f].notna().any() else 1.0 for f in FEATURES}
+        self.pipeline = make_pipeline(StandardScaler(), LogisticRegression(
+            class_weight="balanced", max_iter=2000, random_state=self.seed))
+        self.pipeline.fit(self._matrix(table), table["grade"].to_numpy(int))
+        return self
+
+    def predict_proba(self, table: pd.DataFrame) -> np.ndarray:
+        """``[N, NUM_GRADES]`` grade probabilities (grades absent from training get 0)."""
+        prob = np.zeros((len(table), NUM_GRADES))
+        prob[:, self.pipeline.classes_] = self.pipeline.predict_proba(self._matrix(table))
+        return prob
+
+
+def grade_probabilities(model: str, train: pd.DataFrame, table: pd.DataFrame, seed: int = 0) -> np.ndarray:
+    """``[N, NUM_GRADES]`` probabilities of one morphometry model for the rows of ``table``."""
+    if model == "morphometry_rule":
+        return one_hot(genant_grade(table["height_loss"]))
+    if model == "morphometry_logistic":
+        return LogisticGrader(seed=seed).fit(train).predict_proba(table)
+    raise ValueError(f"morphometry model {model!r} unknown; expected one of {', '.join(MORPHOMETRY_MODELS)}")
