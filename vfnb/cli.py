@@ -74,7 +74,9 @@ def _cmd_train(a):
 def _cmd_predict(a):
     from .predict import predict_scan_cli
 
-    predict_scan_cli(a.ct, a.seg, a.checkpoint, a.out, device=a.device, overwrite=a.overwrite)
+    predict_scan_cli(a.ct, a.seg, a.checkpoint, a.out, device=a.device, overwrite=a.overwrite,
+                     saliency_dir=a.saliency, report=a.report, operating_points=a.operating_points,
+                     model_name=a.model)
 
 
 def _cmd_study(a):
@@ -174,7 +176,14 @@ def _add_model_commands(sub) -> None:
                    help="vfnb checkpoint (best.pt of a run) or one of the study's released checkpoints")
     s.add_argument("--out", type=Path, help="CSV table, one row per vertebra (default: print CSV)")
     s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    s.add_argument("--saliency", type=Path, metavar="DIR",
+                   help="also write one Grad-CAM heat map per vertebra (NIfTI, the CT's grid) into DIR")
+    s.add_argument("--report", type=Path, metavar="HTML",
+                   help="also write a one-page report of the scan (grades, heights, saliency, provenance)")
+    s.add_argument("--operating-points", type=Path, metavar="JSON",
+                   help="a study's operating_points.json: the report gives the screening decision at its threshold")
+    s.add_argument("--model", help="which model's operating point, when the JSON holds several (e.g. ce)")
+    s.add_argument("--overwrite", action="store_true", help="replace existing output files")
     s.set_defaults(func=_cmd_predict)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -146,21 +147,28 @@ def _read_scan(ct: Path, seg: Path):
     return image, affine, as_label_map(label_map, str(seg)), seg_affine
 
 
-def predict_scan(ct: str | os.PathLike, seg: str | os.PathLike, checkpoint: str | os.PathLike | GradingModel,
-                 device: str | torch.device = "auto", batch_size: int = 8):
-    """Grade every vertebra of one scan.
+@dataclass
+class ScanGrading:
+    """One graded scan: the table and what was graded, for reports and saliency maps.
 
-    ``ct``: CT NIfTI in HU; ``seg``: VerSe label map NIfTI on the same voxel grid
-    (same shape and affine, any orientation). Every label 1-25 and 28 in the map is
-    graded (26 sacrum and 27 coccyx never are). ``checkpoint``: a vfnb or released
-    checkpoint file, or a loaded :class:`GradingModel` with its ``input_spec``; the
-    scan is pre-processed at its patch size and graded at its cube size.
-
-    Returns a DataFrame in spine order, one row per vertebra: ``label, level, pred,
-    p0, p1, p2, p3, fracture_prob, warnings`` (``warnings``: pre-processing notes,
-    e.g. a vertebra cut off by the scan border). Raises :class:`DatasetError` naming
-    the files when they do not match or the map holds no gradable vertebra.
+    ``table``: as :func:`predict_scan` returns it; ``patches``: the
+    :class:`vfnb.data.preprocess.Patch` of each row, in the same order;
+    ``records``: the in-memory patch records given to the model; ``image``,
+    ``label_map``, ``affine``: the CT, its label map and their voxel -> world affine.
     """
+
+    table: Any
+    patches: list
+    records: list
+    model: GradingModel
+    image: np.ndarray
+    label_map: np.ndarray
+    affine: np.ndarray
+
+
+def grade_scan(ct: str | os.PathLike, seg: str | os.PathLike, checkpoint: str | os.PathLike | GradingModel,
+               device: str | torch.device = "auto", batch_size: int = 8) -> ScanGrading:
+    """Grade every vertebra of one scan and keep what was graded (see :func:`predict_scan`)."""
     ct, seg = Path(ct), Path(seg)
     model = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_checkpoint(checkpoint)
     spec = unwrap_model(model).input_spec
@@ -181,36 +189,76 @@ def predict_scan(ct: str | os.PathLike, seg: str | os.PathLike, checkpoint: str 
     if not patches:
         raise DatasetError(f"{seg}: no vertebra left to grade ({len(skipped)} label(s) too small or too thin "
                            "for a vertebra); expected VerSe vertebra labels of plausible size")
-    del image, label_map
     image_id = strip_nifti_suffix(ct.name)
     records = [{"hu": p.image, "mask": p.mask, "label": p.label, "name": f"{image_id}_{p.label}",
                 "image_id": image_id} for p in patches]
     table, _ = predict_patches(model, records, batch_size=batch_size, device=device)
     table = table.drop(columns=["name", "image_id", "grade"])
     table["warnings"] = ["; ".join(p.warnings) for p in patches]
-    return table
+    return ScanGrading(table, patches, records, unwrap_model(model), image, label_map, affine)
 
 
-def predict_scan_cli(ct, seg, checkpoint, out=None, device: str = "auto", overwrite: bool = False) -> None:
+def predict_scan(ct: str | os.PathLike, seg: str | os.PathLike, checkpoint: str | os.PathLike | GradingModel,
+                 device: str | torch.device = "auto", batch_size: int = 8):
+    """Grade every vertebra of one scan.
+
+    ``ct``: CT NIfTI in HU; ``seg``: VerSe label map NIfTI on the same voxel grid
+    (same shape and affine, any orientation). Every label 1-25 and 28 in the map is
+    graded (26 sacrum and 27 coccyx never are). ``checkpoint``: a vfnb or released
+    checkpoint file, or a loaded :class:`GradingModel` with its ``input_spec``; the
+    scan is pre-processed at its patch size and graded at its cube size.
+
+    Returns a DataFrame in spine order, one row per vertebra: ``label, level, pred,
+    p0, p1, p2, p3, fracture_prob, warnings`` (``warnings``: pre-processing notes,
+    e.g. a vertebra cut off by the scan border). Raises :class:`DatasetError` naming
+    the files when they do not match or the map holds no gradable vertebra.
+    """
+    return grade_scan(ct, seg, checkpoint, device=device, batch_size=batch_size).table
+
+
+def predict_scan_cli(ct, seg, checkpoint, out=None, device: str = "auto", overwrite: bool = False,
+                     saliency_dir=None, report=None, operating_points=None, model_name=None) -> None:
     """``vfnb predict``: write the table to ``out`` (CSV, atomically) or print it as CSV.
 
-    An existing ``out`` is refused unless ``overwrite``.
+    ``saliency_dir``: also write one Grad-CAM NIfTI per vertebra in the CT's grid;
+    ``report``: also write the per-scan HTML page, with the screening decision when
+    ``operating_points`` (a study's ``operating_points.json``; ``model_name`` picks
+    the model when it holds several) is given (:mod:`vfnb.scan_outputs`). Existing
+    outputs are refused unless ``overwrite``; every check runs before any grading.
     """
+    from . import scan_outputs
+
     if out is not None and Path(out).is_dir():
         raise VfnbError(f"{out}: --out is a folder; expected the path of a CSV file to write")
-    if out is not None and Path(out).exists() and not overwrite:
-        raise VfnbError(f"{out}: file already exists (choose another --out, or pass --overwrite)")
+    if report is not None and Path(report).is_dir():
+        raise VfnbError(f"{report}: --report is a folder; expected the path of an HTML file to write")
+    if saliency_dir is not None and Path(saliency_dir).exists() and not Path(saliency_dir).is_dir():
+        raise VfnbError(f"{saliency_dir}: --saliency is a file; expected a folder for the NIfTI maps")
+    scan_outputs.refuse_existing([p for p in (out, report) if p is not None], overwrite)
+    point = None if operating_points is None else scan_outputs.read_operating_point(operating_points, model_name)
     resolve_device(device)  # an unknown or absent device is refused before any file is read
     try:
-        table = predict_scan(ct, seg, checkpoint, device=device)
+        grading = grade_scan(ct, seg, checkpoint, device=device)
+        name = scan_outputs.scan_name(ct)
+        maps = None
+        if saliency_dir is not None or report is not None:
+            maps = scan_outputs.cube_saliency(grading)
+        if saliency_dir is not None:
+            paths = scan_outputs.saliency_paths(grading, saliency_dir, name)
+            scan_outputs.refuse_existing(paths, overwrite)
+            scan_outputs.write_saliency(grading, maps, paths)
+            print(f"wrote {len(paths)} saliency maps to {saliency_dir}", file=sys.stderr)
+        if report is not None:
+            scan_outputs.write_report(grading, maps, Path(report), checkpoint, point, name)
+            print(f"wrote {report}", file=sys.stderr)
     except (RuntimeError, ValueError) as exc:
         if isinstance(exc, VfnbError):
             raise
         # e.g. a cube too small for the network: say which files were involved, not a traceback
         raise VfnbError(f"{ct}: grading with {checkpoint} failed ({type(exc).__name__}: {exc})") from None
-    text = table.to_csv(index=False, float_format="%.6f")
+    text = grading.table.to_csv(index=False, float_format="%.6f")
     if out is None:
         sys.stdout.write(text)
     else:
         atomic_write_text(out, text)
-        print(f"wrote {out} ({len(table)} vertebrae)", file=sys.stderr)
+        print(f"wrote {out} ({len(grading.table)} vertebrae)", file=sys.stderr)

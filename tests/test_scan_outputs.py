@@ -1,0 +1,86 @@
+"""`vfnb predict --saliency DIR --report HTML`: the maps' geometry and the page's contents, in two orientations."""
+
+import copy
+import json
+import re
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from test_predict import synthetic_scan
+from vfnb.cli import main
+from vfnb.io import save_nifti
+from vfnb.models import ModelInput, build_model, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A small network at a 32 cube (Grad-CAM needs the last block wider than one voxel), 'trained on SynthSpine'."""
+    torch.manual_seed(0)
+    net = build_model("resnet10", block_inplanes=[4, 8, 8, 16])
+    net.input_spec = ModelInput(cube_size=32, patch_size=32)
+    params = {"cube_size": 32, "dataset": "data/synthspine-s0-n64/processed-64", "tag": "synth-f0"}
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", copy.deepcopy(net), params=params)
+
+
+@pytest.fixture(scope="module")
+def operating_points(tmp_path_factory):
+    path = tmp_path_factory.mktemp("op") / "operating_points.json"
+    point = {"threshold": 0.5, "target_specificity": 0.99, "val_specificity": 0.99, "val_sensitivity": 0.8}
+    path.write_text(json.dumps({"ce": point, "supcon_linear": {**point, "threshold": 0.9}}))
+    return path
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["ras", "lps"])
+def test_saliency_maps_lie_on_their_vertebra_in_the_ct_grid(tmp_path, checkpoint, operating_points, flip):
+    ct, seg, affine = synthetic_scan(flip=flip)
+    ct_path, seg_path = save_nifti(tmp_path / "scan.nii.gz", ct, affine), save_nifti(tmp_path / "seg.nii.gz", seg, affine)
+    out = tmp_path / "maps"
+    assert main(["predict", "--ct", str(ct_path), "--seg", str(seg_path), "--checkpoint", str(checkpoint),
+                 "--out", str(tmp_path / "grades.csv"), "--saliency", str(out), "--report", str(tmp_path / "r.html"),
+                 "--operating-points", str(operating_points), "--model", "ce", "--device", "cpu"]) == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["scan_L1_gradcam.nii.gz", "scan_L2_gradcam.nii.gz", "scan_T12_gradcam.nii.gz"]
+    for level, label in (("T12", 19), ("L1", 20), ("L2", 21)):
+        image = nib.load(out / f"scan_{level}_gradcam.nii.gz")
+        heat = np.asarray(image.dataobj)
+        assert heat.shape == ct.shape and np.allclose(image.affine, affine)
+        assert heat.max() > 0 and heat.min() >= 0
+        # the map lives around its own vertebra: none of it further than a vertebra's height away
+        zs = np.nonzero(seg == label)[2]
+        hot = np.nonzero(heat > 0)[2]
+        assert hot.min() >= zs.min() - 16 and hot.max() <= zs.max() + 16
+
+
+def test_report_says_what_a_reader_needs(tmp_path, checkpoint, operating_points):
+    ct, seg, affine = synthetic_scan()
+    ct_path, seg_path = save_nifti(tmp_path / "scan.nii.gz", ct, affine), save_nifti(tmp_path / "seg.nii.gz", seg, affine)
+    report = tmp_path / "scan.html"
+    args = ["predict", "--ct", str(ct_path), "--seg", str(seg_path), "--checkpoint", str(checkpoint),
+            "--report", str(report), "--operating-points", str(operating_points), "--model", "supcon_linear",
+            "--device", "cpu"]
+    assert main(args) == 0
+    page = report.read_text()
+    for text in ("not a medical device", "synthetic data", "synthspine-s0-n64", "T12: grade", "L1: grade",
+                 "L2: grade", "threshold 0.900", "posterior height Hp (mm)", "relative height loss",
+                 "supcon_linear of", "Grad-CAM"):
+        assert text in page, text
+    assert "S1" not in re.sub(r"data:image/png;base64,[^'\"]+", "", page)  # the sacrum is not graded
+    sources = re.findall(r"src='([^']*)'", page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)  # one self-contained file
+    # an existing report is kept unless --overwrite
+    assert main(args) != 0
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_operating_points_need_a_model_when_several(tmp_path, checkpoint, operating_points, capsys):
+    ct, seg, affine = synthetic_scan()
+    ct_path, seg_path = save_nifti(tmp_path / "scan.nii.gz", ct, affine), save_nifti(tmp_path / "seg.nii.gz", seg, affine)
+    code = main(["predict", "--ct", str(ct_path), "--seg", str(seg_path), "--checkpoint", str(checkpoint),
+                 "--report", str(tmp_path / "r.html"), "--operating-points", str(operating_points)])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "ce, supcon_linear" in err and "--model" in err and "Traceback" not in err
+    assert not (tmp_path / "r.html").exists()

@@ -1,0 +1,192 @@
+"""A per-scan report: one self-contained HTML page for the person holding the scan.
+
+`vfnb predict ... --report scan.html` writes it: a sagittal overview of the scan
+with every graded vertebra labelled by its predicted Genant grade, then per
+vertebra its mid-sagittal slice (with the Grad-CAM map when computed), its
+measured body heights and ratios, the probability of each grade and, when the
+study's validated operating point is given, the screening decision at that
+threshold; with the model's provenance (checkpoint, the data it was trained on)
+and a visible note that this is research software, not a medical device.
+
+Figures are PNGs embedded as data URIs, so the page is one file that opens
+anywhere, offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .data.channels import BONE_WINDOW, window  # noqa: E402
+from .io import atomic_write_text  # noqa: E402
+from .levels import GRADE_NAMES, NUM_GRADES  # noqa: E402
+
+GRADE_COLOURS = {0: "#2e7d32", 1: "#f9a825", 2: "#ef6c00", 3: "#c62828"}  # normal -> severe
+NOT_A_DEVICE = ("Research software, not a medical device: these grades come from a model and must not be "
+                "used for diagnosis or treatment decisions.")
+
+
+@dataclass
+class VertebraView:
+    """What the report shows of one graded vertebra.
+
+    ``row``: its line of the prediction table (``label, level, pred, p0..p3,
+    fracture_prob, warnings``); ``patch_hu`` / ``patch_mask``: its pre-processed
+    patch ``[X, Y, Z]`` (patch axis convention); ``heights``: measured heights and
+    ratios (:mod:`vfnb.data.vertebral_heights`), or empty; ``saliency``: a map on
+    the patch grid ``[X, Y, Z]`` in [0, 1], or None.
+    """
+
+    row: Mapping
+    patch_hu: np.ndarray
+    patch_mask: np.ndarray
+    heights: Mapping = field(default_factory=dict)
+    saliency: np.ndarray | None = None
+
+
+@dataclass
+class ScanReport:
+    """Everything on the page. ``operating_point``: ``{"threshold", "val_specificity",
+    "val_sensitivity", "model"}`` from a study's ``operating_points.json``, or None;
+    ``provenance``: ``{"checkpoint", "trained_on", "synthetic"}``."""
+
+    scan_name: str
+    ct_hu: np.ndarray
+    label_map: np.ndarray
+    affine: np.ndarray
+    vertebrae: Sequence[VertebraView]
+    provenance: Mapping
+    operating_point: Mapping | None = None
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def canonical(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``volume`` reoriented to RAS+ voxel axes (left->right, posterior->anterior, inferior->superior)."""
+    image = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(volume), np.asarray(affine, dtype=float)))
+    return np.asarray(image.dataobj), image.affine
+
+
+def overview_figure(report: ScanReport) -> str:
+    """Mid-sagittal slice through the labelled spine, each graded vertebra named and coloured by grade."""
+    ct, ras_affine = canonical(report.ct_hu, report.affine)
+    labels, _ = canonical(report.label_map, report.affine)
+    x0 = int(round(np.nonzero(labels)[0].mean()))
+    spacing = np.linalg.norm(ras_affine[:3, :3], axis=0)
+    fig, ax = plt.subplots(figsize=(5, 7))
+    ax.imshow(window(ct[x0].T, *BONE_WINDOW), cmap="gray", origin="lower", aspect=spacing[2] / spacing[1])
+    for view in report.vertebrae:
+        voxels = np.nonzero(labels[x0] == int(view.row["label"]))
+        if voxels[0].size == 0:
+            continue
+        grade = int(view.row["pred"])
+        ax.contour((labels[x0] == int(view.row["label"])).T, levels=[0.5], colors=GRADE_COLOURS[grade],
+                   linewidths=1.2, origin="lower")
+        ax.text(voxels[0].max() + 3, np.mean(voxels[1]), f"{view.row['level']}: {grade}", color=GRADE_COLOURS[grade],
+                fontsize=9, va="center", fontweight="bold")
+    ax.set_xlabel("posterior -> anterior (voxels)")
+    ax.set_ylabel("inferior -> superior (voxels)")
+    ax.set_title(f"{report.scan_name}: predicted Genant grade per vertebra")
+    return _png(fig)
+
+
+def vertebra_figure(view: VertebraView) -> str:
+    """The vertebra's mid-sagittal patch slice with its outline, and beside it the saliency when given."""
+    x0 = int(round(np.nonzero(view.patch_mask)[0].mean())) if view.patch_mask.any() else view.patch_hu.shape[0] // 2
+    panels = 1 if view.saliency is None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(2.8 * panels, 2.8), squeeze=False)
+    slice_hu = window(view.patch_hu[x0].T, *BONE_WINDOW)
+    for ax in axes[0]:
+        ax.imshow(slice_hu, cmap="gray", origin="lower", interpolation="nearest")
+        ax.contour(view.patch_mask[x0].T > 0, levels=[0.5], colors="#4fc3f7", linewidths=0.8, origin="lower")
+        ax.set_axis_off()
+    axes[0][0].set_title(f"{view.row['level']}, mid-sagittal (anterior right)", fontsize=8)
+    if view.saliency is not None:
+        axes[0][1].imshow(view.saliency[x0].T, cmap="inferno", alpha=0.5, origin="lower", vmin=0, vmax=1,
+                          interpolation="bilinear")
+        axes[0][1].set_title("Grad-CAM of the predicted grade", fontsize=8)
+    return _png(fig)
+
+
+def _decision(view: VertebraView, point: Mapping | None) -> str:
+    if point is None:
+        return "no operating point given (pass a study's operating_points.json)"
+    fractured = float(view.row["fracture_prob"]) >= float(point["threshold"])
+    return (f"{'<b>fracture</b>' if fractured else 'no fracture'} at threshold {float(point['threshold']):.3f} "
+            f"(validated: specificity {float(point['val_specificity']):.2f}, "
+            f"sensitivity {float(point['val_sensitivity']):.2f})")
+
+
+def _heights_rows(heights: Mapping) -> str:
+    names = (("anterior", "anterior height Ha (mm)"), ("middle", "middle height Hm (mm)"),
+             ("posterior", "posterior height Hp (mm)"), ("anterior_ratio", "Ha / Hp"), ("middle_ratio", "Hm / Hp"),
+             ("posterior_ratio", "Hp / neighbours' Hp"), ("height_loss", "relative height loss"))
+    rows = []
+    for key, title in names:
+        value = heights.get(key)
+        text = "-" if value is None or not np.isfinite(value) else (
+            f"{100 * value:.0f} %" if key == "height_loss" else f"{value:.2f}" if "ratio" in key else f"{value:.1f}")
+        rows.append(f"<tr><td>{title}</td><td>{text}</td></tr>")
+    return "".join(rows)
+
+
+def _vertebra_section(view: VertebraView, point: Mapping | None) -> str:
+    row = view.row
+    grade = int(row["pred"])
+    probs = "".join(f"<tr><td>grade {g} ({GRADE_NAMES[g]})</td><td>{float(row[f'p{g}']):.3f}</td></tr>"
+                    for g in range(NUM_GRADES))
+    warn = f"<p class='warn'>{html.escape(str(row['warnings']))}</p>" if str(row.get("warnings") or "") else ""
+    return (f"<section><h3 style='color:{GRADE_COLOURS[grade]}'>{html.escape(str(row['level']))}: grade {grade} "
+            f"({GRADE_NAMES[grade]})</h3><div class='row'><img src='{vertebra_figure(view)}' alt='{row['level']}'>"
+            f"<table><tr><th colspan=2>grade probabilities</th></tr>{probs}"
+            f"<tr><td>screening</td><td>{_decision(view, point)}</td></tr></table>"
+            f"<table><tr><th colspan=2>measured heights (label map)</th></tr>{_heights_rows(view.heights)}</table>"
+            f"</div>{warn}</section>")
+
+
+_CSS = ("body{font-family:sans-serif;max-width:70em;margin:1em auto;color:#222} .notice{background:#fff3e0;"
+        "border:2px solid #ef6c00;padding:.6em} .row{display:flex;gap:1.5em;align-items:flex-start} "
+        "table{border-collapse:collapse} td,th{border-bottom:1px solid #ddd;padding:2px 8px;text-align:left} "
+        ".warn{color:#a15c00}")
+
+
+def render(report: ScanReport) -> str:
+    """The whole page as an HTML string."""
+    prov = report.provenance
+    trained = html.escape(str(prov.get("trained_on", "unknown data")))
+    if prov.get("synthetic"):
+        trained += " <b>(synthetic data: this model has never seen a real CT)</b>"
+    point = report.operating_point
+    sections = "".join(_vertebra_section(view, point) for view in report.vertebrae)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>vfnb: {html.escape(report.scan_name)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>Vertebral fracture grades: {html.escape(report.scan_name)}</h1>"
+            f"<p class='notice'>{NOT_A_DEVICE}</p>"
+            f"<p>Model: checkpoint <code>{html.escape(str(prov.get('checkpoint', '-')))}</code>, trained on {trained}."
+            f"{'' if point is None else ' Operating point: ' + html.escape(str(point.get('model', '')))}</p>"
+            f"<p>Genant grades: 0 normal, 1 mild (20-25 % height loss), 2 moderate (25-40 %), 3 severe (over 40 %). "
+            f"Heights are measured on the label map's mid-sagittal slice (15 %, 50 % and 85 % of the body's depth "
+            f"from the front); the saliency (Grad-CAM, when shown) marks where the network's evidence for its grade "
+            f"lies, brighter = more.</p>"
+            f"<img src='{overview_figure(report)}' alt='sagittal overview'>{sections}</body></html>")
+
+
+def write_scan_report(path: str | Path, report: ScanReport) -> Path:
+    """Write the page to ``path`` atomically; returns the path."""
+    atomic_write_text(path, render(report))
+    return Path(path)
