@@ -114,3 +114,48 @@ def test_neighbours_follow_the_spine_including_t13():
     heights = {18: 20.0, 19: float("nan"), 20: 24.0, 21: 26.0}
     assert expected_posterior_height(heights, 20) == pytest.approx(26.0)  # T12 unmeasured -> L2 only
     assert expected_posterior_height({20: 24.0}, 20) is None
+
+
+# ---------------------------------------------------------------- the graders
+from vfnb.morphometry import GENANT_BANDS, LogisticGrader, genant_grade, grade_probabilities, prediction_table  # noqa: E402
+
+
+def test_genant_bands():
+    loss = np.array([0.0, 0.199, 0.20, 0.249, 0.25, 0.40, 0.401, 0.9, np.nan])
+    assert genant_grade(loss).tolist() == [0, 0, 1, 1, 2, 3, 3, 3, 0]  # an edge takes the higher grade
+    assert GENANT_BANDS == (0.20, 0.25, 0.40)
+
+
+def _table(losses, grades):
+    import pandas as pd
+
+    losses = np.asarray(losses, dtype=float)
+    return pd.DataFrame({"name": [f"v{i}" for i in range(len(losses))], "image_id": "s", "label": 20, "level": "L1",
+                         "grade": grades, "anterior_ratio": 1 - losses, "middle_ratio": 1 - losses / 2,
+                         "posterior_ratio": np.nan, "height_loss": losses})
+
+
+def test_rule_is_one_hot_and_logistic_learns_the_bands():
+    rng = np.random.default_rng(0)
+    grades = np.repeat([0, 1, 2, 3], 40)
+    centres = np.array([0.08, 0.225, 0.32, 0.5])
+    losses = centres[grades] + rng.normal(0, 0.01, grades.size)
+    train = _table(losses, grades)
+    rule = grade_probabilities("morphometry_rule", train, train)
+    assert np.all(rule.sum(axis=1) == 1) and np.all(rule.max(axis=1) == 1)
+    assert (rule.argmax(axis=1) == grades).mean() > 0.95
+    learned = LogisticGrader().fit(train).predict_proba(train)
+    assert learned.shape == (160, 4) and np.allclose(learned.sum(axis=1), 1)
+    assert (learned.argmax(axis=1) == grades).mean() > 0.95
+    table = prediction_table(train, learned)
+    assert np.allclose(table["fracture_prob"], 1 - learned[:, 0]) and (table["pred"] == learned.argmax(1)).all()
+    with pytest.raises(ValueError, match="morphometry_rule"):
+        grade_probabilities("morphometry_magic", train, train)
+
+
+def test_logistic_grader_fills_missing_features_with_training_medians():
+    train = _table([0.05, 0.1, 0.3, 0.5] * 5, [0, 0, 2, 3] * 5)
+    grader = LogisticGrader().fit(train)
+    test = _table([np.nan], [0])
+    prob = grader.predict_proba(test)
+    assert np.all(np.isfinite(prob)) and prob[0, 1] == 0.0  # grade 1 never seen in training: probability 0

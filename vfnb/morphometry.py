@@ -34,7 +34,7 @@ from .data.vertebral_heights import body_heights, expected_posterior_height, hei
 from .io import load_nifti
 from .levels import NUM_GRADES, level_name
 
-GENANT_BANDS = (0.20, 0.25, 0.40)  # lower edges of height loss for grades 1, 2, 3
+GENANT_BANDS = (0.20, 0.25, 0.40)  # lower edges of height loss for grades 1, 2, 3 (an edge takes the higher grade)
 FEATURES = ("anterior_ratio", "middle_ratio", "posterior_ratio", "height_loss")
 MORPHOMETRY_MODELS = ("morphometry_rule", "morphometry_logistic")
 
@@ -119,3 +119,25 @@ def grade_probabilities(model: str, train: pd.DataFrame, table: pd.DataFrame, se
     if model == "morphometry_logistic":
         return LogisticGrader(seed=seed).fit(train).predict_proba(table)
     raise ValueError(f"morphometry model {model!r} unknown; expected one of {', '.join(MORPHOMETRY_MODELS)}")
+
+
+def prediction_table(table: pd.DataFrame, prob: np.ndarray) -> pd.DataFrame:
+    """A morphometry model's predictions in the columns of :func:`vfnb.predict.predict_patches`.
+
+    ``table``: rows of :func:`measure_records`; ``prob``: ``[N, NUM_GRADES]``. The
+    fracture probability is ``1 - P(grade 0)``, as for the networks.
+    """
+    out = table[["name", "image_id", "label", "level", "grade"]].copy().reset_index(drop=True)
+    out["pred"] = prob.argmax(axis=1).astype("int64")
+    for g in range(NUM_GRADES):
+        out[f"p{g}"] = prob[:, g].astype(np.float64)
+    out["fracture_prob"] = 1.0 - prob[:, 0].astype(np.float64)
+    return out
+
+
+def predict_morphometry(model: str, train_records: Sequence[dict], records: Sequence[dict],
+                        seed: int = 0) -> pd.DataFrame:
+    """Grade ``records`` with one morphometry model (fitted on ``train_records`` when it learns)."""
+    train = measure_records(train_records) if model == "morphometry_logistic" else None
+    table = measure_records(records)
+    return prediction_table(table, grade_probabilities(model, train, table, seed=seed))
