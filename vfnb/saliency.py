@@ -178,3 +178,55 @@ def _patch_box_in_scan(to_patch: np.ndarray, patch_shape: Sequence[int], scan_sh
     if np.any(hi <= lo):
         return None
     return [(int(a), int(b)) for a, b in zip(lo, hi)]
+
+
+def explain_records(model: nn.Module, records: Sequence[dict], occlusion_check: int = 0) -> list[dict]:
+    """Grad-CAM of the predicted grade for each record, with its input and regions.
+
+    Returns one dict per record: ``name``, ``grade`` (the reference), ``pred``,
+    ``input`` ``[3, S, S, S]``, ``gradcam`` ``[S, S, S]``, ``regions`` and ``shares``
+    (:func:`saliency_shares`); the first ``occlusion_check`` records also get
+    ``occlusion`` and its shares (``occlusion_shares``), to check Grad-CAM against a
+    model-agnostic method. The model runs at its own cube size (``input_spec``).
+    """
+    from .data.transforms import eval_transform
+    from .models import unwrap_model
+
+    net = unwrap_model(model).cpu().eval()
+    transform = eval_transform(net.input_spec.cube_size)
+    out = []
+    for index, record in enumerate(records):
+        x = torch.as_tensor(transform(dict(record))["image"])[None]
+        with torch.no_grad():
+            pred = int(net(x)[0].argmax(dim=1))
+        heat = grad_cam(net, x, grade=pred)[0]
+        regions = region_masks(x[0].numpy())
+        item = {"name": record.get("name"), "grade": record.get("grade"), "pred": pred, "input": x[0].numpy(),
+                "gradcam": heat, "regions": regions, "shares": saliency_shares(heat, regions)}
+        if index < occlusion_check:
+            item["occlusion"] = occlusion(net, x, pred)
+            item["occlusion_shares"] = saliency_shares(item["occlusion"], regions)
+        out.append(item)
+    return out
+
+
+def share_table(explained: Sequence[dict], key: str = "shares"):
+    """One row per explained record: ``name, grade, pred`` and the share of the map in each region."""
+    import pandas as pd
+
+    rows = [{"name": e["name"], "grade": e["grade"], "pred": e["pred"],
+             **{region: e[key][region]["share"] for region in REGIONS}} for e in explained if key in e]
+    return pd.DataFrame(rows)
+
+
+def share_summary(explained: Sequence[dict]):
+    """Mean share of the Grad-CAM map per region, against the region's mean volume share (uniform map)."""
+    import pandas as pd
+
+    rows = {}
+    for region in REGIONS:
+        share = np.nanmean([e["shares"][region]["share"] for e in explained])
+        volume = np.mean([e["shares"][region]["volume"] for e in explained])
+        rows[region] = {"share of the map": share, "share of the cube": volume,
+                        "concentration (share / cube)": share / volume if volume else float("nan")}
+    return pd.DataFrame(rows).T
