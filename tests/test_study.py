@@ -19,8 +19,7 @@ import pytest
 
 from vfnb import cli
 from vfnb.errors import ParamsError, VfnbError
-from vfnb.study import (NOTEBOOKS, HEADLINE_METRICS, StudyError, body_heights, format_ci, merge_params,
-                        parse_override, run_study)
+from vfnb.study import NOTEBOOKS, StudyError, merge_params, parse_override, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "params" / "smoke.yaml"
@@ -66,27 +65,6 @@ def test_params_file_must_be_a_mapping_and_plain_yaml(tmp_path):
     tagged.write_text("seed: !!python/object/apply:os.getcwd []\n")
     with pytest.raises(ParamsError, match="tagged.yaml"):
         merge_params([tagged])
-
-
-def test_format_ci():
-    assert format_ci({"value": 0.85, "ci_low": 0.8, "ci_high": 0.9}) == "0.85 [0.80, 0.90]"
-    assert format_ci({"value": None}) == "–"
-    assert format_ci({"value": 0.5, "ci_low": None, "ci_high": None}) == "0.50"
-
-
-def test_body_heights_of_a_wedge():
-    import numpy as np
-
-    # body 20 voxels deep (axis 1: 10..29, anterior = high), 16 tall at the back, 10 at the front
-    mask = np.zeros((8, 40, 30), dtype=np.uint8)
-    for y in range(10, 30):
-        top = 5 + int(round(16 - 6 * (y - 10) / 19))
-        mask[2:6, y, 5:top] = 1
-    mask[2:6, 2:6, 5:25] = 1  # posterior elements behind a canal gap: not the body
-    h = body_heights(mask, spacing_mm=0.5)
-    assert h["posterior"] > h["middle"] > h["anterior"]
-    assert h["anterior"] == pytest.approx(0.5 * 11, abs=0.6)
-    assert h["posterior"] == pytest.approx(0.5 * 15, abs=0.6)
 
 
 # ------------------------------------------------------------------ refusals and failures
@@ -237,7 +215,7 @@ def test_git_state_counts_code_not_outputs(tmp_path):
 
 def test_probe_comparison_reports_probe_and_chance(tiny_processed):
     from vfnb.data.processed import ProcessedDataset
-    from vfnb.study import initial_model, probe_comparison
+    from vfnb.study import PERMUTATION_P, initial_model, probe_comparison
 
     ds = ProcessedDataset(tiny_processed)
     model = initial_model("resnet10", "linear", 16, seed=0, block_inplanes=[4, 4, 4, 8])
@@ -245,7 +223,7 @@ def test_probe_comparison_reports_probe_and_chance(tiny_processed):
                              device="cpu", n_permutations=50)
     assert list(table.index) == ["random init", "chance: always grade 0", "chance: uniform guess"]
     row = table.loc["random init"]
-    assert 0 <= row["macro-F1"] <= 1 and 0 <= row["fracture AUC"] <= 1 and 1 / 51 <= row["p (macro-F1 vs chance)"] <= 1
+    assert 0 <= row["macro-F1"] <= 1 and 0 <= row["fracture AUC"] <= 1 and 1 / 51 <= row[PERMUTATION_P] <= 1
     # the val list holds all four grades about equally: always-0 reaches F1(grade 0) / 4
     assert table.loc["chance: always grade 0", "macro-F1"] < 0.2
 

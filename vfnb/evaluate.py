@@ -24,7 +24,7 @@ Conventions
 The one-off metric functions (:func:`grade_metrics`, :func:`screening_metrics`)
 call scikit-learn. The bootstrap recomputes the headline metrics 1000 times per
 model, where scikit-learn's input checking dominates (~15 ms a replicate), so
-:func:`headline_metrics` computes the same numbers with plain numpy from a
+:func:`reported_metrics` computes the same numbers with plain numpy from a
 confusion matrix and sorted scores; the tests pin it to scikit-learn.
 
 Typical use (notebook 02 picks the threshold, notebook 03 reports)::
@@ -63,29 +63,49 @@ PAPER_REPORTED: dict[str, Any] = {
 }
 
 #: Metric names bootstrapped by :func:`evaluate_predictions`, in report order.
-HEADLINE_METRICS: tuple[str, ...] = (
+REPORTED_METRICS: tuple[str, ...] = (
     "sensitivity", "specificity", "ppv", "npv", "roc_auc", "pr_auc",
     "accuracy", "macro_f1", "weighted_f1",
     *(f"{kind}_grade{g}" for g in GRADES for kind in ("recall", "precision", "f1")),
     "ece", "binary_ece",
 )
 
-#: Human-readable names for tables.
+#: The study's headline numbers, in table order: the screening pair at the operating
+#: point, the threshold-free AUC, then two numbers of 4-class grading.
+HEADLINE_METRICS: tuple[str, ...] = ("sensitivity", "specificity", "roc_auc", "macro_f1", "recall_grade1")
+
+#: How a metric turns the predicted probabilities into a decision. "operating point":
+#: fractured when 1 - P(grade 0) reaches the threshold chosen on validation;
+#: "threshold-free": over every threshold; "argmax": the most probable grade;
+#: "calibration": the probabilities themselves. A model can be at specificity 0.99 at
+#: its operating point while its argmax grades call many normal vertebrae fractured.
+METRIC_DECISION: dict[str, str] = {
+    **{k: "operating point" for k in ("sensitivity", "specificity", "ppv", "npv")},
+    **{k: "threshold-free" for k in ("roc_auc", "pr_auc")},
+    **{k: "argmax" for k in ("accuracy", "macro_f1", "weighted_f1")},
+    **{f"{kind}_grade{g}": "argmax" for g in GRADES for kind in ("recall", "precision", "f1")},
+    **{k: "calibration" for k in ("ece", "binary_ece")},
+}
+
+#: Human-readable names for tables, saying what each metric is computed on.
 METRIC_LABELS: dict[str, str] = {
-    "sensitivity": "Sensitivity (grade >= 1)",
-    "specificity": "Specificity (grade >= 1)",
-    "ppv": "PPV (grade >= 1)",
-    "npv": "NPV (grade >= 1)",
-    "roc_auc": "ROC AUC (grade >= 1)",
-    "pr_auc": "PR AUC / average precision (grade >= 1)",
-    "accuracy": "Accuracy (4 grades)",
-    "macro_f1": "Macro-F1 (4 grades)",
-    "weighted_f1": "Weighted F1 (4 grades)",
+    "sensitivity": "Sensitivity (grade ≥ 1, at the operating point)",
+    "specificity": "Specificity (grade ≥ 1, at the operating point)",
+    "ppv": "PPV (grade ≥ 1, at the operating point)",
+    "npv": "NPV (grade ≥ 1, at the operating point)",
+    "roc_auc": "ROC AUC (grade ≥ 1, threshold-free)",
+    "pr_auc": "PR AUC / average precision (grade ≥ 1, threshold-free)",
+    "accuracy": "Accuracy (4 grades, argmax)",
+    "macro_f1": "Macro-F1 (4 grades, argmax)",
+    "weighted_f1": "Weighted F1 (4 grades, argmax)",
     "ece": "ECE, top-class confidence (4 grades)",
     "binary_ece": "ECE, fracture probability",
-    **{f"{kind}_grade{g}": f"{kind.capitalize()} grade {g}" for g in GRADES
+    **{f"{kind}_grade{g}": f"{kind.capitalize()} grade {g} (argmax)" for g in GRADES
        for kind in ("recall", "precision", "f1")},
 }
+
+#: What a missing or undefined number is shown as, everywhere.
+MISSING = "n/a"
 
 
 # ------------------------------------------------------------------ helpers
@@ -409,7 +429,7 @@ def _average_precision(positive: np.ndarray, score: np.ndarray) -> float:
     return float(np.sum(np.diff(recall, prepend=0.0) * tps / (tps + fps)))
 
 
-def _headline_from_arrays(grade: np.ndarray, pred: np.ndarray, probs: np.ndarray,
+def _metrics_from_arrays(grade: np.ndarray, pred: np.ndarray, probs: np.ndarray,
                           score: np.ndarray, threshold: float, n_bins: int) -> dict[str, float]:
     cm = np.bincount(grade * NUM_GRADES + pred, minlength=NUM_GRADES**2).reshape(NUM_GRADES, NUM_GRADES)
     tp = np.diag(cm).astype(float)
@@ -446,8 +466,8 @@ def _headline_from_arrays(grade: np.ndarray, pred: np.ndarray, probs: np.ndarray
     return out
 
 
-def headline_metrics(df: pd.DataFrame, threshold: float, n_bins: int = 10) -> dict[str, float]:
-    """Every metric in :data:`HEADLINE_METRICS` for one predictions table (fast numpy path).
+def reported_metrics(df: pd.DataFrame, threshold: float, n_bins: int = 10) -> dict[str, float]:
+    """Every metric in :data:`REPORTED_METRICS` for one predictions table (fast numpy path).
 
     Same numbers as :func:`grade_metrics`, :func:`screening_metrics` and
     :func:`calibration` (tested against scikit-learn), computed in well under a
@@ -458,7 +478,7 @@ def headline_metrics(df: pd.DataFrame, threshold: float, n_bins: int = 10) -> di
     ``roc_auc``, ``pr_auc``, ``ece`` (top-class), ``binary_ece`` (fracture_prob).
     Undefined values are NaN. Input is not validated here (see :func:`check_predictions`).
     """
-    return _headline_from_arrays(
+    return _metrics_from_arrays(
         df["grade"].to_numpy(np.int64), df["pred"].to_numpy(np.int64),
         df[list(PROB_COLUMNS)].to_numpy(float), df["fracture_prob"].to_numpy(float),
         float(threshold), n_bins)
@@ -658,7 +678,7 @@ def evaluate_predictions(df: pd.DataFrame, threshold: float, n_boot: int = 1000,
         n_bins: calibration bins.
 
     Returns:
-        ``metrics``: for each name in :data:`HEADLINE_METRICS`
+        ``metrics``: for each name in :data:`REPORTED_METRICS`
         ``{"value", "ci_low", "ci_high", "n_valid"}`` (bootstrap over patients; the
         interval is null when the metric was undefined in more than half of the
         replicates, e.g. grade-3 recall when few patients have a grade 3);
@@ -677,12 +697,12 @@ def evaluate_predictions(df: pd.DataFrame, threshold: float, n_boot: int = 1000,
     score = df["fracture_prob"].to_numpy(float)
     if group not in df.columns:
         raise DatasetError(f"predictions: grouping column {group!r} not in the table (columns {list(df.columns)})")
-    # same as bootstrap_ci(df, lambda d: headline_metrics(d, threshold, n_bins)), on arrays: no pandas per replicate
+    # same as bootstrap_ci(df, lambda d: reported_metrics(d, threshold, n_bins)), on arrays: no pandas per replicate
     arrays = (grades, df["pred"].to_numpy(np.int64), df[list(PROB_COLUMNS)].to_numpy(float), score)
 
     def statistic(rows):
         picked = arrays if rows is None else tuple(a[rows] for a in arrays)
-        return _headline_from_arrays(*picked, float(threshold), n_bins)
+        return _metrics_from_arrays(*picked, float(threshold), n_bins)
 
     intervals = _bootstrap_rows(statistic, len(df), df[group].to_numpy(), n_boot, seed, alpha, min_valid=0.5)
     grading = grade_metrics(grades, df["pred"].to_numpy(np.int64))
@@ -692,7 +712,7 @@ def evaluate_predictions(df: pd.DataFrame, threshold: float, n_boot: int = 1000,
         "n_patients": int(df[group].nunique()),
         "grade_counts": {g: grading["support"][g] for g in GRADES},
         "threshold": float(threshold),
-        "metrics": {name: intervals[name].as_dict() for name in HEADLINE_METRICS},
+        "metrics": {name: intervals[name].as_dict() for name in REPORTED_METRICS},
         "confusion_matrix": grading["confusion_matrix"],
         "confusion_labels": list(GRADES),
         "screening_counts": {k: screening[k] for k in ("tp", "fp", "tn", "fn", "n_fractured", "n_normal")},
@@ -709,15 +729,28 @@ def evaluate_predictions(df: pd.DataFrame, threshold: float, n_boot: int = 1000,
     return jsonable(result)
 
 
-def format_ci(entry: Mapping[str, Any] | None, digits: int = 2) -> str:
-    """``{"value": .85, "ci_low": .8, "ci_high": .9}`` -> ``"0.85 [0.80, 0.90]"`` ("n/a" when undefined)."""
-    if not entry or entry.get("value") is None or not math.isfinite(entry["value"]):
-        return "n/a"
-    text = f"{entry['value']:.{digits}f}"
-    low, high = entry.get("ci_low"), entry.get("ci_high")
-    if low is not None and high is not None and math.isfinite(low) and math.isfinite(high):
+def format_ci(entry: Any, digits: int = 2) -> str:
+    """``{"value": .85, "ci_low": .8, "ci_high": .9}`` -> ``"0.85 [0.80, 0.90]"``; a bare number -> ``"0.85"``.
+
+    :data:`MISSING` when the value is missing, undefined (NaN) or not a number; the
+    brackets only when both ends of the interval are finite.
+    """
+    value, low, high = (entry.get("value"), entry.get("ci_low"), entry.get("ci_high")) if isinstance(entry, Mapping) \
+        else (entry, None, None)
+    if not finite_values([value]):
+        return MISSING
+    text = f"{value:.{digits}f}"
+    if len(finite_values([low, high])) == 2:
         text += f" [{low:.{digits}f}, {high:.{digits}f}]"
     return text
+
+
+def format_p(p: Any, digits: int = 3) -> str:
+    """A p-value for a table: ``"< 0.001"`` below the smallest value ``digits`` can show, else rounded."""
+    if not finite_values([p]):
+        return MISSING
+    floor = 10.0 ** -digits
+    return f"< {floor:.{digits}f}" if p < floor else f"{p:.{digits}f}"
 
 
 def comparison_table(evaluations: Mapping[str, Mapping[str, Any]],
@@ -728,16 +761,15 @@ def comparison_table(evaluations: Mapping[str, Mapping[str, Any]],
 
     Args:
         evaluations: model name -> :func:`evaluate_predictions` result (same data for all).
-        metrics: metric names (see :data:`HEADLINE_METRICS`).
+        metrics: metric names (see :data:`REPORTED_METRICS`).
         include_paper: add a last column with :data:`PAPER_REPORTED` (the paper's
-            figures on its own data; "-" where it reported none).
+            figures on its own data; :data:`MISSING` where it reported none).
     """
     columns: dict[str, list[str]] = {}
     for model, result in evaluations.items():
         columns[model] = [format_ci(result["metrics"].get(m), digits) for m in metrics]
     if include_paper:
-        columns["Paper (Wei et al. 2022, its own data)"] = [
-            f"{PAPER_REPORTED[m]:.{digits}f}" if m in PAPER_REPORTED else "-" for m in metrics]
+        columns["Paper (Wei et al. 2022, its own data)"] = [format_ci(PAPER_REPORTED.get(m), digits) for m in metrics]
     return pd.DataFrame(columns, index=pd.Index([METRIC_LABELS.get(m, m) for m in metrics], name="metric"))
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .data.channels import BONE_WINDOW, SOFT_TISSUE_WINDOW
 from .errors import DatasetError, ParamsError
@@ -117,6 +118,39 @@ def _curve_inputs(data: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
     return positive, np.asarray(score, dtype=float)
 
 
+#: Line styles and markers given to the curves of one figure in turn, so that two
+#: models with identical curves (e.g. a fine-tuned model that kept its start) stay visible.
+LINE_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))
+
+
+def _style(i: int) -> dict:
+    # earlier curves drawn thicker, so a later identical one (dashed, dotted) shows on top of it
+    return {"color": f"C{i}", "ls": LINE_STYLES[i % len(LINE_STYLES)][0], "lw": 2.4 - 0.2 * (i % len(LINE_STYLES))}
+
+
+def _same_as(data: Mapping[str, Any], key) -> dict[str, str]:
+    """name -> the first earlier name whose ``key(data)`` is equal (identical curves get a legend note)."""
+    seen: list[tuple[str, Any]] = []
+    same = {}
+    for name, value in data.items():
+        signature = key(value)
+        match = next((other for other, sig in seen if _equal(sig, signature)), None)
+        if match is not None:
+            same[name] = match
+        seen.append((name, signature))
+    return same
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, tuple):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    return np.array_equal(np.asarray(a, dtype=float), np.asarray(b, dtype=float), equal_nan=True)
+
+
+def _legend_name(name: str, same: Mapping[str, str]) -> str:
+    return f"{name} (identical to {same[name]})" if name in same else name
+
+
 def plot_roc(curves: Mapping[str, Any], title: str = "ROC, fracture screening (grade >= 1)",
              thresholds: Mapping[str, float] | None = None) -> Figure:
     """ROC curves of several models on one axes, AUC in the legend.
@@ -127,31 +161,36 @@ def plot_roc(curves: Mapping[str, Any], title: str = "ROC, fracture screening (g
         title: says which split.
         thresholds: optional model name -> operating point; marks the point where
             ``fracture_prob >= threshold``.
+
+    Each model has its own colour and line style; a model whose scores equal an
+    earlier one's says so in the legend (its curve lies exactly on the other).
     """
     from sklearn.metrics import roc_auc_score, roc_curve
 
+    inputs = {name: _curve_inputs(data, name) for name, data in curves.items()}
+    same = _same_as(inputs, lambda pair: pair)
     fig = _figure(5.6, 5.2)
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], ls="--", c="0.6", lw=1, label="chance")
-    for i, (name, data) in enumerate(curves.items()):
-        positive, score = _curve_inputs(data, name)
-        color = f"C{i}"
-        if 0 < positive.sum() < positive.size:
+    for i, (name, (positive, score)) in enumerate(inputs.items()):
+        style, shown = _style(i), _legend_name(name, same)
+        both = 0 < positive.sum() < positive.size
+        if both:
             fpr, tpr, _ = roc_curve(positive, score)
-            ax.plot(fpr, tpr, c=color, lw=1.8, label=f"{name} (AUC {roc_auc_score(positive, score):.3f})")
+            ax.plot(fpr, tpr, **style, label=f"{shown} (AUC {roc_auc_score(positive, score):.3f})")
         else:
-            ax.plot([], [], c=color, label=f"{name} (AUC undefined: one class only)")
-        if thresholds and name in thresholds and 0 < positive.sum() < positive.size:
+            ax.plot([], [], **style, label=f"{shown} (AUC undefined: one class only)")
+        if thresholds and name in thresholds and both:
             called = score >= thresholds[name]
-            ax.plot(called[~positive].mean(), called[positive].mean(), "o", c=color, mec="k",
-                    label=f"{name} operating point (threshold {thresholds[name]:.3g})")
+            ax.plot(called[~positive].mean(), called[positive].mean(), LINE_STYLES[i % len(LINE_STYLES)][1],
+                    c=style["color"], mec="k", ms=7 - i, label=f"{name}: operating point (threshold {thresholds[name]:.3g})")
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_aspect("equal")
     ax.set_xlabel("1 - specificity (false-positive rate, fraction)")
     ax.set_ylabel("Sensitivity (true-positive rate, fraction)")
     ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right", fontsize=7)
     ax.grid(alpha=0.3)
     return fig
 
@@ -159,31 +198,40 @@ def plot_roc(curves: Mapping[str, Any], title: str = "ROC, fracture screening (g
 def plot_pr(curves: Mapping[str, Any], title: str = "Precision-recall, fracture screening (grade >= 1)") -> Figure:
     """Precision-recall curves of several models on one axes, average precision in the legend.
 
-    ``curves`` as in :func:`plot_roc`. The dotted line is the prevalence of
-    fractured vertebrae (precision of a random ranking) in the first model's data.
+    ``curves`` as in :func:`plot_roc` (styles and identical curves too). The dotted
+    line is the prevalence of fractured vertebrae (precision of a random ranking) in
+    the first model's data.
     """
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
+    inputs = {name: _curve_inputs(data, name) for name, data in curves.items()}
+    same = _same_as(inputs, lambda pair: pair)
     fig = _figure(5.6, 5.2)
     ax = fig.subplots()
-    for i, (name, data) in enumerate(curves.items()):
-        positive, score = _curve_inputs(data, name)
+    for i, (name, (positive, score)) in enumerate(inputs.items()):
+        style, shown = _style(i), _legend_name(name, same)
         if i == 0 and positive.size:
             ax.axhline(positive.mean(), ls=":", c="0.5", lw=1, label=f"prevalence {positive.mean():.2f}")
         if 0 < positive.sum() < positive.size:
             precision, recall, _ = precision_recall_curve(positive, score)
-            ax.step(recall, precision, where="post", c=f"C{i}", lw=1.8,
-                    label=f"{name} (AP {average_precision_score(positive, score):.3f})")
+            ax.step(recall, precision, where="post", **style,
+                    label=f"{shown} (AP {average_precision_score(positive, score):.3f})")
         else:
-            ax.plot([], [], c=f"C{i}", label=f"{name} (AP undefined: one class only)")
+            ax.plot([], [], **style, label=f"{shown} (AP undefined: one class only)")
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_xlabel("Recall = sensitivity (fraction of fractured vertebrae)")
     ax.set_ylabel("Precision = PPV (fraction)")
     ax.set_title(title)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="lower left", fontsize=7)
     ax.grid(alpha=0.3)
     return fig
+
+
+def _calibration_arrays(cal: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    conf = np.array([np.nan if v is None else v for v in cal["confidence"]], dtype=float)
+    acc = np.array([np.nan if v is None else v for v in cal["accuracy"]], dtype=float)
+    return conf, acc, np.asarray(cal["count"], dtype=float)
 
 
 def plot_reliability(calibrations: Mapping[str, Any], title: str = "Reliability diagram") -> Figure:
@@ -192,26 +240,24 @@ def plot_reliability(calibrations: Mapping[str, Any], title: str = "Reliability 
     Args:
         calibrations: one dict from :func:`vfnb.evaluate.calibration` /
             ``binary_calibration`` (or ``evaluate_predictions(...)["calibration"]``),
-            or model name -> such dict to overlay several models.
+            or model name -> such dict to overlay several models (each with its own
+            line style and marker; identical diagrams are named in the legend).
         title: says which model(s) and split.
     """
     if "ece" in calibrations and "confidence" in calibrations:
         calibrations = {"model": calibrations}
-    kinds = {c.get("kind", "top-class") for c in calibrations.values()}
-    binary = kinds == {"binary"}
+    binary = {c.get("kind", "top-class") for c in calibrations.values()} == {"binary"}
+    same = _same_as(calibrations, _calibration_arrays)
     fig = _figure(5.6, 6.2)
     ax, ax_count = fig.subplots(2, 1, height_ratios=[3, 1])
     ax.plot([0, 1], [0, 1], ls="--", c="0.6", lw=1, label="perfect calibration")
-    edges = None
     for i, (name, cal) in enumerate(calibrations.items()):
         edges = np.asarray(cal["bin_edges"], dtype=float)
-        conf = np.array([np.nan if v is None else v for v in cal["confidence"]], dtype=float)
-        acc = np.array([np.nan if v is None else v for v in cal["accuracy"]], dtype=float)
-        count = np.asarray(cal["count"], dtype=float)
+        conf, acc, count = _calibration_arrays(cal)
         filled = count > 0
-        ece = cal.get("ece")
-        ax.plot(conf[filled], acc[filled], "o-", c=f"C{i}", label=f"{name} (ECE {ece:.3f})" if ece is not None
-                else name)
+        ece, shown = cal.get("ece"), _legend_name(name, same)
+        ax.plot(conf[filled], acc[filled], marker=LINE_STYLES[i % len(LINE_STYLES)][1], ms=6 - i, **_style(i),
+                label=f"{shown} (ECE {ece:.3f})" if ece is not None else shown)
         width = np.diff(edges) / max(len(calibrations), 1)
         ax_count.bar(edges[:-1] + i * width, count, width=width, align="edge", color=f"C{i}", alpha=0.7)
     for a in (ax, ax_count):
@@ -221,30 +267,31 @@ def plot_reliability(calibrations: Mapping[str, Any], title: str = "Reliability 
     ax.set_ylabel("Observed fraction fractured (grade >= 1)" if binary else "Observed accuracy (fraction correct)")
     ax_count.set_ylabel("vertebrae (count)")
     ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper left", fontsize=7)
     ax.grid(alpha=0.3)
     return fig
 
 
-def plot_curves(history: Sequence[Mapping[str, Any]], keys: Sequence[str] | None = None,
-                title: str = "Learning curves", loss_reference: tuple[str, float] | None = None) -> Figure:
-    """Learning curves from a training history (list of per-epoch dicts).
+#: Legend names of the training-history keys (:mod:`vfnb.train`).
+CURVE_LABELS = {
+    "loss": "training loss",
+    "loss_no_structure": "loss with no grade structure",
+    "val_macro_f1": "validation macro-F1",
+    "val_accuracy": "validation accuracy",
+    "val_fracture_auc": "validation fracture AUC (grade ≥ 1)",
+    "val_probe_macro_f1": "validation probe macro-F1",
+    "val_probe_fracture_auc": "validation probe fracture AUC (grade ≥ 1)",
+    "proj_cos_own_view": "two views of one vertebra",
+    "proj_cos_same_grade": "same grade",
+    "proj_cos_other_grade": "other grades",
+    "lr": "learning rate",
+}
+_NOT_CURVES = {"epoch", "step", "steps", "g_step", "time", "time_s", "seconds", "wall_s", "elapsed_s",
+               "epoch_seconds", "data_wait_fraction"}
 
-    Keys containing ``loss`` share one panel (nats), ``lr`` gets a log-scale
-    panel, ``proj_cos_*`` (:class:`vfnb.losses.ProjectionSimilarity`) a cosine panel,
-    every other numeric key (``val_macro_f1``, ``val_accuracy``, ...) a
-    metrics panel (0-1). The x axis is ``epoch`` when present, else the row
-    number + 1. ``keys`` restricts which keys are drawn. Values missing in some
-    epochs (validation every k epochs) are skipped, not drawn as zeros.
-    ``loss_reference``: ``(label, value)`` drawn as a dashed line on the loss panel
-    (e.g. :meth:`vfnb.losses.SupConLoss.uninformative_value`).
-    """
-    if not history:
-        raise DatasetError("plot_curves: the training history is empty (expected a list of per-epoch dicts)")
-    frame = pd.DataFrame(list(history))
-    x = frame["epoch"].to_numpy(float) if "epoch" in frame else np.arange(1, len(frame) + 1, dtype=float)
-    skip = {"epoch", "step", "g_step", "time", "time_s", "seconds", "wall_s", "elapsed_s"}
-    numeric = [c for c in frame.columns if c not in skip and pd.api.types.is_numeric_dtype(frame[c])]
+
+def _curve_groups(frame: pd.DataFrame, keys: Sequence[str] | None) -> dict[str, list[str]]:
+    numeric = [c for c in frame.columns if c not in _NOT_CURVES and pd.api.types.is_numeric_dtype(frame[c])]
     if keys is not None:
         unknown = [k for k in keys if k not in frame.columns]
         if unknown:
@@ -259,25 +306,57 @@ def plot_curves(history: Sequence[Mapping[str, Any]], keys: Sequence[str] | None
     groups = {g: ks for g, ks in groups.items() if ks}
     if not groups:
         raise DatasetError(f"plot_curves: no numeric values to plot (keys {list(frame.columns)})")
+    return groups
+
+
+def plot_curves(history: Sequence[Mapping[str, Any]], keys: Sequence[str] | None = None,
+                title: str = "Learning curves", loss_reference: tuple[str, float] | None = None,
+                selected_epoch: int | None = None, start: Mapping[str, float] | None = None) -> Figure:
+    """Learning curves from a training history (list of per-epoch dicts).
+
+    Keys containing ``loss`` share one panel (nats), ``lr`` gets a log-scale
+    panel, ``proj_cos_*`` (:class:`vfnb.losses.ProjectionSimilarity`) a cosine panel,
+    every other numeric key (``val_macro_f1``, ``val_accuracy``, ...) a metrics panel
+    (0-1); legends use :data:`CURVE_LABELS`. The x axis is ``epoch`` (integer ticks)
+    when present, else the row number + 1. ``keys`` restricts which keys are drawn.
+    Values missing in some epochs are skipped, not drawn as zeros.
+
+    Args:
+        loss_reference: ``(label, value)`` drawn as a dashed line on the loss panel
+            (e.g. :meth:`vfnb.losses.SupConLoss.uninformative_value`).
+        selected_epoch: the epoch model selection kept, marked on every panel.
+        start: values at epoch 0 (before any training step, e.g. the validation
+            macro-F1 of a fine-tuning's start), drawn as the first point of their curves.
+    """
+    if not history:
+        raise DatasetError("plot_curves: the training history is empty (expected a list of per-epoch dicts)")
+    frame = pd.DataFrame(list(history))
+    if start and "epoch" in frame and 0 not in set(frame["epoch"]):
+        frame = pd.concat([pd.DataFrame([{"epoch": 0, **start}]), frame], ignore_index=True)
+    x = frame["epoch"].to_numpy(float) if "epoch" in frame else np.arange(1, len(frame) + 1, dtype=float)
+    groups = _curve_groups(frame, keys)
     ylabels = {"loss": "Loss (nats)", "metric": "Metric value (fraction, 0-1)",
                "cosine": "Mean cosine between projections", "lr": "Learning rate (log scale)"}
     fig = _figure(6.4, 2.6 * len(groups) + 0.6)
     axes = np.atleast_1d(fig.subplots(len(groups), 1, sharex=True))
     for ax, (group, group_keys) in zip(axes, groups.items()):
         for key in group_keys:
-            y = frame[key].to_numpy(float)
+            y = frame[key].to_numpy(float) if key in frame else np.full(len(frame), np.nan)
             ok = np.isfinite(y)
             # the learning rate changes in steps at epoch boundaries
-            ax.plot(x[ok], y[ok], marker="o" if ok.sum() < 30 else None, ms=3, label=key,
+            ax.plot(x[ok], y[ok], marker="o" if ok.sum() < 30 else None, ms=3, label=CURVE_LABELS.get(key, key),
                     drawstyle="steps-post" if group == "lr" else "default")
         if group == "loss" and loss_reference is not None:
             ax.axhline(float(loss_reference[1]), ls="--", c="0.5", lw=1, label=str(loss_reference[0]))
+        if selected_epoch is not None:
+            ax.axvline(selected_epoch, ls=":", c="k", lw=1.2, label=f"selected checkpoint (epoch {selected_epoch})")
         ax.set_ylabel(ylabels[group])
         ax.set_xlabel("Epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if group == "lr":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     axes[0].set_title(title)
     return fig
 
@@ -300,13 +379,7 @@ def umap_embedding(embeddings: Any, seed: int = 0, n_neighbors: int = 15, min_di
         raise DatasetError("umap_embedding: embeddings contain NaN or inf")
     n = x.shape[0]
     if n < 4:
-        centred = x - x.mean(axis=0)
-        out = np.zeros((n, 2), dtype=np.float32)
-        if n > 1 and np.any(centred):
-            u, s, _ = np.linalg.svd(centred, full_matrices=False)
-            k = min(2, s.size)
-            out[:, :k] = u[:, :k] * s[:k]
-        return out
+        return pca_embedding(x)
     import umap  # slow import (numba); only when needed
 
     reducer = umap.UMAP(n_components=2, n_neighbors=int(min(n_neighbors, n - 1)), min_dist=float(min_dist),
@@ -395,6 +468,42 @@ def plot_umap_by(xy: Any, values: Sequence[Any], name: str, title: str | None = 
                   bbox_to_anchor=(1.01, 0.5))
     _label_umap_axes(ax)
     ax.set_title(title or f"UMAP of embeddings, by {name}")
+    return fig
+
+
+PROJECTIONS = ("umap", "pca")
+
+
+def pca_embedding(embeddings: Any) -> np.ndarray:
+    """``[N, F]`` -> ``[N, 2]``: the first two principal components (zeros for fewer than 2 distinct points)."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    x = x - x.mean(axis=0)
+    if x.shape[0] < 2 or not np.any(x):
+        return np.zeros((x.shape[0], 2), dtype=np.float32)
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    out = np.zeros((x.shape[0], 2))
+    k = min(2, s.size)
+    out[:, :k] = u[:, :k] * s[:k]
+    return out.astype(np.float32)
+
+
+def embed_2d(embeddings: Any, method: str = "umap", seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
+    """``[N, F]`` features -> ``[N, 2]``: UMAP (``"umap"``) or, for quick runs, PCA (``"pca"``)."""
+    if method == "umap":
+        return umap_embedding(embeddings, seed=seed, n_neighbors=n_neighbors)
+    if method != "pca":
+        raise ParamsError(f"parameter 'projection' = {method!r}: expected one of {', '.join(PROJECTIONS)}")
+    return pca_embedding(embeddings)
+
+
+def plot_embedding(xy: Any, values: Sequence[Any], method: str = "umap", by: str = "grade",
+                   title: str = "") -> Figure:
+    """:func:`plot_umap` (by grade, grade 1 outlined) or :func:`plot_umap_by` (any column), axes named after ``method``."""
+    fig = plot_umap(xy, values, title=title) if by == "grade" else plot_umap_by(xy, values, by, title=title)
+    if method == "pca":
+        ax = fig.axes[0]
+        ax.set_xlabel("principal component 1 (arbitrary units)")
+        ax.set_ylabel("principal component 2 (arbitrary units)")
     return fig
 
 
@@ -631,4 +740,48 @@ def plot_count_heatmap(table: pd.DataFrame, title: str, xlabel: str, ylabel: str
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.tick_params(axis="y", rotation=0)
+    return fig
+
+
+# ------------------------------------------------------------------ data exploration
+def plot_height_ratios(heights: pd.DataFrame, title: str = "Measured vertebral-body height ratios") -> Figure:
+    """Box plots of Ha/Hp and Hm/Hp per Genant grade (from :func:`vfnb.data.morphometry.measure_heights`).
+
+    The dashed line at 0.8 is a 20 % height loss, Genant's grade-1 boundary.
+    """
+    import seaborn as sns
+
+    long = heights.melt(id_vars=["grade"], value_vars=["anterior_ratio", "middle_ratio"], var_name="ratio",
+                        value_name="value").dropna()
+    long["ratio"] = long["ratio"].map({"anterior_ratio": "anterior / posterior (Ha/Hp)",
+                                       "middle_ratio": "middle / posterior (Hm/Hp)"})
+    fig = _figure(9, 4)
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, (name, part) in zip(axes, long.groupby("ratio")):
+        sns.boxplot(data=part, x="grade", y="value", hue="grade", palette=GRADE_COLORS, ax=ax, legend=False)
+        ax.axhline(0.8, ls="--", c="0.5", lw=1)
+        ax.set_title(name)
+        ax.set_xlabel("Genant grade")
+        ax.set_ylabel("height ratio (mm / mm)")
+    fig.suptitle(f"{title} (dashed: 0.8, i.e. 20 % height loss)")
+    return fig
+
+
+def plot_intensity_histograms(samples: pd.DataFrame, title: str = "CT intensities per tissue and grade") -> Figure:
+    """One panel per tissue: HU density per Genant grade (from :func:`vfnb.data.morphometry.intensity_samples`)."""
+    tissues = list(dict.fromkeys(samples["tissue"]))
+    fig = _figure(4.2 * len(tissues), 3.8)
+    axes = np.atleast_1d(fig.subplots(1, len(tissues)))
+    for ax, tissue in zip(axes, tissues):
+        part = samples[samples["tissue"] == tissue]
+        low, high = np.percentile(part["hu"], [0.5, 99.5])
+        bins = np.linspace(low, high, 60)
+        for grade, values in part.groupby("grade")["hu"]:
+            ax.hist(values, bins=bins, density=True, histtype="step", lw=1.6, color=GRADE_COLORS[int(grade)],
+                    label=f"grade {grade}")
+        ax.set_title(tissue)
+        ax.set_xlabel("CT intensity (HU)")
+        ax.set_ylabel("density (1/HU)")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
     return fig

@@ -39,17 +39,20 @@ import json
 import os
 import re
 import socket
+import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .errors import VfnbError
 from .budget import budget_curves, plot_budget_curves
-from .evaluate import finite_values as _finite, mean_interval
+from .errors import VfnbError
+from .evaluate import HEADLINE_METRICS, METRIC_LABELS, MISSING, finite_values, mean_interval
 from .io import atomic_write_json, atomic_write_text, atomic_write_yaml, load_yaml
-from .study import (_CSS, HEADLINE_METRICS, MODEL_TITLES, _dataset_sentence, _read_json, _say, _strip_tags,
-                    _unknown_key, default_params_file, merge_params, parse_override, recipe_deviations, run_study)
+from .plots import save_figure
+from .study import (MODEL_TITLES, REPORT_CSS, dataset_sentence, default_params_file, html_table, md_table,
+                    merge_params, model_title, parse_override, read_json, recipe_deviations, run_study, strip_tags,
+                    unknown_key)
 
 SWEEP_KEYS = ("study_params", "overrides", "grid")
 CONFIDENCE = 0.95
@@ -134,7 +137,7 @@ def load_sweep(params_files: Sequence[str | os.PathLike], overrides: Sequence[st
         fixed[key], fixed_from[key] = value, where
     for key, where in fixed_from.items():
         if key not in known:
-            raise _unknown_key(str(key), known, where, default_params_file())
+            raise unknown_key(str(key), known, where, default_params_file())
 
     grid, where = raw["grid"], sources["grid"]
     if grid is None:
@@ -143,7 +146,7 @@ def load_sweep(params_files: Sequence[str | os.PathLike], overrides: Sequence[st
         raise SweepError(f"{where}: 'grid' is empty; expected a mapping of study parameters to lists of values")
     for key, values in grid.items():
         if key not in known:
-            raise _unknown_key(str(key), known, f"{where}: grid", default_params_file())
+            raise unknown_key(str(key), known, f"{where}: grid", default_params_file())
         if not isinstance(values, list) or not values:
             raise SweepError(f"{where}: grid key {key!r} has no values; expected a non-empty list")
         if key in fixed:
@@ -202,7 +205,7 @@ def pid_lock(path: str | os.PathLike, what: str) -> Iterator[Path]:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            holder = _read_json(path) or {}
+            holder = read_json(path) or {}
             pid = holder.get("pid")
             stale = holder.get("host") == me["host"] and isinstance(pid, int) and not _pid_alive(pid)
             locked = SweepError(f"{path}: {what} is locked by pid {pid} on {holder.get('host', '?')} "
@@ -217,7 +220,7 @@ def pid_lock(path: str | os.PathLike, what: str) -> Iterator[Path]:
                 os.replace(path, aside)
             except FileNotFoundError:
                 continue
-            if (_read_json(aside) or {}) != holder:
+            if (read_json(aside) or {}) != holder:
                 with contextlib.suppress(FileExistsError):
                     os.link(aside, path)
                 aside.unlink()
@@ -232,7 +235,7 @@ def pid_lock(path: str | os.PathLike, what: str) -> Iterator[Path]:
     try:
         yield path
     finally:
-        if (_read_json(path) or {}).get("pid") == me["pid"]:
+        if (read_json(path) or {}).get("pid") == me["pid"]:
             path.unlink(missing_ok=True)
 
 
@@ -250,6 +253,11 @@ class SweepResult:
     @property
     def ok(self) -> bool:
         return not self.failed
+
+
+def _say(text: str, enabled: bool) -> None:
+    if enabled:
+        print(text, file=sys.stderr, flush=True)
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -317,7 +325,7 @@ def _claim_plan(out: Path, plan: SweepPlan) -> None:
     mix runs made two ways in one report: refused, naming what changed.
     """
     now = json.loads(json.dumps({"study_params": [str(p) for p in plan.study_params], "overrides": plan.overrides}))
-    recorded = _read_json(out / "plan.json")
+    recorded = read_json(out / "plan.json")
     finished = [n for n, _ in plan.points if is_finished(out / "runs" / n)]
     if isinstance(recorded, dict) and recorded != now and finished:
         changed = [k for k in now if recorded.get(k) != now[k]]
@@ -332,7 +340,7 @@ def _claim_plan(out: Path, plan: SweepPlan) -> None:
 def _metric_value(metrics_doc: dict, model: str, metric: str):
     entry = ((metrics_doc.get("models") or {}).get(model) or {}).get("metrics", {}).get(metric)
     value = entry.get("value") if isinstance(entry, dict) else entry
-    return value if _finite([value]) else None
+    return value if finite_values([value]) else None
 
 
 def aggregate(runs: Sequence[dict], confidence: float = CONFIDENCE) -> tuple[dict, dict]:
@@ -345,15 +353,15 @@ def aggregate(runs: Sequence[dict], confidence: float = CONFIDENCE) -> tuple[dic
     present = [m for m in MODEL_TITLES if any(m in r["metrics"] for r in runs)]
     present += sorted({m for r in runs for m in r["metrics"]} - set(present))
     models = {m: {k: mean_interval([r["metrics"].get(m, {}).get(k) for r in runs], confidence, bounds=(0.0, 1.0))
-                  for k, _ in HEADLINE_METRICS} for m in present}
+                  for k in HEADLINE_METRICS} for m in present}
     paired = {}
     for a, b in PAIRS:
         if a not in present or b not in present:
             continue
         table = {}
-        for k, _ in HEADLINE_METRICS:
+        for k in HEADLINE_METRICS:
             diffs = [r["metrics"][a][k] - r["metrics"][b][k] for r in runs
-                     if _finite([r["metrics"].get(a, {}).get(k)]) and _finite([r["metrics"].get(b, {}).get(k)])]
+                     if finite_values([r["metrics"].get(a, {}).get(k)]) and finite_values([r["metrics"].get(b, {}).get(k)])]
             table[k] = {**mean_interval(diffs, confidence, bounds=(-1.0, 1.0)), "wins": sum(d > 0 for d in diffs),
                         "ties": sum(d == 0 for d in diffs)}
         paired[f"{a} - {b}"] = {"model": a, "baseline": b, "metrics": table}
@@ -361,19 +369,15 @@ def aggregate(runs: Sequence[dict], confidence: float = CONFIDENCE) -> tuple[dic
 
 
 # ===================================================================== report
-def _title(model: str) -> str:
-    return MODEL_TITLES.get(model, model)
-
-
 def _fmt(value, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+    return MISSING if value is None else f"{value:.{digits}f}"
 
 
 def _cell(stats: dict, digits: int = 2) -> str:
     """``mean [low, high]``; "n/a" for an interval that does not exist (n < 2) or a missing mean."""
     if stats.get("mean") is None:
-        return "n/a"
-    interval = ("n/a" if stats.get("ci_low") is None
+        return MISSING
+    interval = (MISSING if stats.get("ci_low") is None
                 else f"{_fmt(stats['ci_low'], digits)}, {_fmt(stats['ci_high'], digits)}")
     return f"{_fmt(stats['mean'], digits)} [{interval}]"
 
@@ -388,11 +392,11 @@ def collect_runs(out: Path, plan: SweepPlan) -> list[dict]:
     """The finished runs of ``plan`` in grid order: name, folder, grid values, headline metrics, dataset."""
     runs = []
     for name, point in plan.points:
-        doc = _read_json(out / "runs" / name / "metrics.json")
+        doc = read_json(out / "runs" / name / "metrics.json")
         if not isinstance(doc, dict):
             continue
-        metrics = {m: {k: _metric_value(doc, m, k) for k, _ in HEADLINE_METRICS} for m in (doc.get("models") or {})}
-        params = _read_json(out / "runs" / name / "provenance.json") or {}
+        metrics = {m: {k: _metric_value(doc, m, k) for k in HEADLINE_METRICS} for m in (doc.get("models") or {})}
+        params = read_json(out / "runs" / name / "provenance.json") or {}
         runs.append({"name": name, "folder": f"runs/{name}", "grid": point, "metrics": metrics,
                      "dataset": doc.get("dataset") or {}, "params": params.get("params") or {}})
     return runs
@@ -400,6 +404,15 @@ def collect_runs(out: Path, plan: SweepPlan) -> list[dict]:
 
 # the question the study asks, in the numbers that answer it: (metrics.json key, words)
 ANSWER_METRICS = (("roc_auc", "fracture AUC"), ("macro_f1", "macro-F1"), ("recall_grade1", "grade-1 recall"))
+
+
+def _verdict(d: dict) -> str:
+    low, high = d.get("ci_low"), d.get("ci_high")
+    if low is not None and low > 0:
+        return f"SupCon higher (won {d['wins']}/{d['n']})"
+    if high is not None and high < 0:
+        return f"cross-entropy higher (SupCon won {d['wins']}/{d['n']})"
+    return f"no difference these runs can tell (SupCon won {d.get('wins', 0)}/{d.get('n', 0)})"
 
 
 def answer(models: dict, paired: dict, n_runs: int, pair: tuple[str, str] = ("supcon_linear", "ce")) -> dict:
@@ -414,28 +427,137 @@ def answer(models: dict, paired: dict, n_runs: int, pair: tuple[str, str] = ("su
     diff = (paired.get(f"{a} - {b}") or {}).get("metrics") or {}
     if a not in models or b not in models or not diff:
         return {"table": [], "text": ""}
-    table, verdicts = [], []
-    for key, words in ANSWER_METRICS:
-        d = diff.get(key) or {}
-        low, high = d.get("ci_low"), d.get("ci_high")
-        if low is not None and low > 0:
-            verdict = f"SupCon higher (won {d['wins']}/{d['n']})"
-        elif high is not None and high < 0:
-            verdict = f"cross-entropy higher (SupCon won {d['wins']}/{d['n']})"
-        else:
-            verdict = f"no difference these runs can tell (SupCon won {d.get('wins', 0)}/{d.get('n', 0)})"
-        table.append({"metric": words, a: models[a].get(key) or {}, b: models[b].get(key) or {}, "difference": d,
-                      "verdict": verdict})
-        verdicts.append(f"{words}: {verdict}")
-    text = (f"Over {n_runs} training run{'s' if n_runs != 1 else ''}, {_title(a)} against the "
-            f"{_title(b).lower()}, paired run by run: " + "; ".join(verdicts) + ".")
+    table = [{"metric": words, a: models[a].get(key) or {}, b: models[b].get(key) or {},
+              "difference": diff.get(key) or {}, "verdict": _verdict(diff.get(key) or {})}
+             for key, words in ANSWER_METRICS]
+    text = (f"Over {n_runs} training run{'s' if n_runs != 1 else ''}, {model_title(a)} against the "
+            f"{model_title(b).lower()}, paired run by run: "
+            + "; ".join(f"{row['metric']}: {row['verdict']}" for row in table) + ".")
     return {"table": table, "text": text}
+
+
+INTERVALS = (f"{100 * CONFIDENCE:.0f} % t-interval of the mean across training runs (seeds/folds), n - 1 degrees "
+             "of freedom, clipped to the values a metric can take; not the per-run bootstrap over patients")
+BUDGET_CAPTION = ("Validation macro-F1 and fracture AUC against {x}: a logistic-regression probe on the pooled "
+                  "features of the SupCon encoder and of the cross-entropy baseline's encoder, refitted after every "
+                  "epoch; line: mean across runs, band: lowest to highest run.")
+
+
+@dataclass
+class _SweepTables:
+    """Everything the sweep's pages show, computed once for the HTML page and the Markdown summary."""
+
+    title: str
+    count: str
+    grid_text: str
+    dataset_text: str
+    synthetic: bool
+    verdict: dict
+    answer_rows: list
+    deviation_rows: list
+    metric_rows: list
+    paired_rows: list
+    runs: list
+    failed: dict
+    figure: Path | None
+    caption: str
+
+    heads = property(lambda self: [METRIC_LABELS[k] for k in HEADLINE_METRICS])
+    answer_head = ["Test metric", MODEL_TITLES["supcon_linear"], MODEL_TITLES["ce"], "Paired difference", "Verdict"]
+    deviation_head = ["Parameter", "What it sets", "These runs", "Paper"]
+
+    def run_rows(self, link) -> list:
+        return [(link(r), [", ".join(f"{k}={v}" for k, v in r["grid"].items()), model_title(m),
+                           *[_fmt(r["metrics"][m].get(k)) for k in HEADLINE_METRICS]])
+                for r in self.runs for m in r["metrics"]]
+
+
+def _sweep_document(out: Path, plan: SweepPlan, runs: list, models: dict, paired: dict, verdict: dict,
+                    deviations: list, budget: dict, figure: Path | None, failed: dict) -> dict:
+    return {
+        "schema": 1,
+        "written_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "sweep": plan.describe(),
+        "synthetic": any(r["dataset"].get("synthetic") for r in runs),
+        "intervals": INTERVALS,
+        "runs_planned": len(plan.points),
+        "runs_finished": len(runs),
+        "runs_missing": [n for n, _ in plan.points if n not in {r["name"] for r in runs}],
+        "runs_failed": failed,
+        "runs": [{k: r[k] for k in ("name", "folder", "grid", "metrics")} for r in runs],
+        "models": {m: {"title": model_title(m), "metrics": v} for m, v in models.items()},
+        "paired": paired,
+        "answer": verdict,
+        "recipe_deviations": deviations,
+        "budget_curves": {**budget, "figure": "figures/budget_curves.png" if figure else None},
+    }
+
+
+def _sweep_html(t: _SweepTables) -> str:
+    e = html.escape
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(t.title)}</title>",
+             f"<style>{REPORT_CSS}</style></head><body><h1>{e(t.title)}</h1>",
+             f"<p>The study run once per grid point ({e(t.grid_text)}); {e(t.count)}.</p>"]
+    if t.dataset_text:
+        parts.append(f"<p class='{'synthetic' if t.synthetic else 'note'}'>{t.dataset_text}</p>")
+    parts.append(f"<p class='note'>Brackets: {e(INTERVALS)}. “{MISSING}”: fewer than 2 runs.</p>")
+    if t.verdict["text"]:
+        parts += ["<h2>The study's question: does SupCon pretraining beat cross-entropy?</h2>",
+                  f"<p>{e(t.verdict['text'])}</p>", html_table(t.answer_head, t.answer_rows)]
+    if t.deviation_rows:
+        parts += ["<h3>The recipe: where these runs depart from the paper</h3>",
+                  html_table(t.deviation_head, t.deviation_rows)]
+    parts += ["<h2>Test-set metrics across runs</h2>", html_table(["Model", *t.heads], t.metric_rows),
+              "<h2>Paired difference, SupCon minus cross-entropy</h2>",
+              "<p class='note'>Per run, the SupCon model's value minus the cross-entropy baseline's on the same "
+              "seed/fold; mean [interval] of those differences, and in how many runs SupCon was higher.</p>",
+              html_table(["Difference", *t.heads], t.paired_rows) if t.paired_rows else "<p>No run holds both models.</p>",
+              "<h2>Budget curves</h2>"]
+    if t.figure:
+        data = base64.b64encode(t.figure.read_bytes()).decode("ascii")
+        parts.append(f"<figure style='max-width:100%'><img src='data:image/png;base64,{data}' alt='{e(t.caption)}'>"
+                     f"<figcaption>{e(t.caption)} (<a href='figures/budget_curves.png'>PNG</a>)</figcaption></figure>")
+    else:
+        parts.append("<p>No training history found in the finished runs.</p>")
+    rows = t.run_rows(lambda r: r)
+    parts.append("<h2>Runs</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in
+                                                       ["Run", "Grid values", "Model", *t.heads]) + "</tr>")
+    parts += [f"<tr><td><a href='{e(r['folder'])}/index.html'>{e(r['name'])}</a></td>"
+              + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>" for r, cells in rows]
+    parts.append("</table>")
+    if t.failed:
+        parts.append("<h2>Failed runs</h2><ul>" + "".join(f"<li>{e(n)}: {e(m)}</li>" for n, m in t.failed.items())
+                     + "</ul>")
+    parts.append("<p>Files: <a href='sweep.json'>sweep.json</a> (every number above, per run and aggregated).</p>"
+                 "</body></html>\n")
+    return "\n".join(parts)
+
+
+def _sweep_markdown(t: _SweepTables) -> str:
+    md = [f"# {t.title}", "", f"The study run once per grid point ({t.grid_text}); {t.count}.", ""]
+    if t.dataset_text:
+        md += [strip_tags(t.dataset_text), ""]
+    md += [f"Brackets: {INTERVALS}. {MISSING}: fewer than 2 runs.", ""]
+    if t.verdict["text"]:
+        md += ["## The study's question: does SupCon pretraining beat cross-entropy?", "", t.verdict["text"], ""]
+        md += md_table(t.answer_head, t.answer_rows) + [""]
+    if t.deviation_rows:
+        md += ["### The recipe: where these runs depart from the paper", ""]
+        md += md_table(t.deviation_head, t.deviation_rows) + [""]
+    md += ["## Test-set metrics across runs", ""] + md_table(["Model", *t.heads], t.metric_rows)
+    md += ["", "## Paired difference, SupCon minus cross-entropy", ""] + md_table(["Difference", *t.heads],
+                                                                                   t.paired_rows)
+    md += ["", "## Budget curves", "", f"![{t.caption}](figures/budget_curves.png)" if t.figure
+           else "No training history.", ""]
+    md += ["## Runs", ""] + md_table(["Run", "Grid values", "Model", *t.heads],
+                                     t.run_rows(lambda r: f"[{r['name']}]({r['folder']}/index.html)"))
+    if t.failed:
+        md += ["", "## Failed runs", ""] + [f"- {n}: {m}" for n, m in t.failed.items()]
+    return "\n".join(md) + "\n"
 
 
 def write_sweep_report(out: str | os.PathLike, plan: SweepPlan, failed: dict | None = None) -> Path:
     """Write ``sweep.json``, ``summary.md``, ``index.html`` and ``figures/budget_curves.png``; return index.html."""
-    from .plots import save_figure
-
     out = Path(out)
     failed = dict(failed or {})
     runs = collect_runs(out, plan)
@@ -448,118 +570,27 @@ def write_sweep_report(out: str | os.PathLike, plan: SweepPlan, failed: dict | N
         figure = save_figure(plot_budget_curves(budget, f"Budget curves across {len(runs)} runs"
                                                 + (" (synthetic data)" if synthetic else "")),
                              out / "figures" / "budget_curves.png")
-    missing = [n for n, _ in plan.points if n not in {r["name"] for r in runs}]
     verdict = answer(models, paired, len(runs))
     deviations = recipe_deviations(runs[0]["params"]) if runs and runs[0]["params"] else []
-    intervals = (f"{100 * CONFIDENCE:.0f} % t-interval of the mean across training runs (seeds/folds), "
-                 "n - 1 degrees of freedom, clipped to the values a metric can take; not the per-run bootstrap "
-                 "over patients")
-    document = {
-        "schema": 1,
-        "written_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "sweep": plan.describe(),
-        "synthetic": synthetic,
-        "intervals": intervals,
-        "runs_planned": len(plan.points),
-        "runs_finished": len(runs),
-        "runs_missing": missing,
-        "runs_failed": failed,
-        "runs": [{k: r[k] for k in ("name", "folder", "grid", "metrics")} for r in runs],
-        "models": {m: {"title": MODEL_TITLES.get(m, m), "metrics": v} for m, v in models.items()},
-        "paired": paired,
-        "answer": verdict,
-        "recipe_deviations": deviations,
-        "budget_curves": {**budget, "figure": "figures/budget_curves.png" if figure else None},
-    }
+    document = _sweep_document(out, plan, runs, models, paired, verdict, deviations, budget, figure, failed)
     atomic_write_json(out / "sweep.json", document)
-
-    dataset_text = _dataset_sentence(next((d for d in datasets if d.get("synthetic")), datasets[0])) if datasets else ""
-    count = (f"{len(runs)} of {len(plan.points)} planned runs finished"
-             + (f"; missing: {', '.join(missing)}" if missing else "")
-             + (f"; failed in this sweep: {', '.join(failed)}" if failed else ""))
-    grid_text = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in plan.grid.items())
-    heads = [h for _, h in HEADLINE_METRICS]
-    metric_rows = [(_title(m), [_cell(models[m][k]) for k, _ in HEADLINE_METRICS]) for m in models]
-    paired_rows = [(f"{_title(p['model'])} − {_title(p['baseline'])}",
-                    [_paired_cell(p["metrics"][k]) for k, _ in HEADLINE_METRICS]) for p in paired.values()]
-    run_rows = [(r, _title(m), [_fmt(r["metrics"][m].get(k)) for k, _ in HEADLINE_METRICS])
-                for r in runs for m in r["metrics"]]
-    caption = (f"Validation macro-F1 and fracture AUC against {budget['x']}: a logistic-regression probe on the pooled "
-               "features of the SupCon encoder and of the cross-entropy baseline's encoder, refitted after every "
-               "epoch; line: mean across runs, band: lowest to highest run.")
-    answer_head = ["Test metric", _title("supcon_linear"), _title("ce"), "Paired difference", "Verdict"]
-    answer_rows = [(row["metric"], [_cell(row["supcon_linear"]), _cell(row["ce"]), _cell(row["difference"]),
-                                    row["verdict"]]) for row in verdict["table"]]
-    deviation_rows = [(f"{d['key']}", [d["meaning"], str(d["value"]), str(d["paper"])]) for d in deviations]
-
-    e = html.escape
-    title = f"vfnb sweep: {out.name}"
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>",
-             f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>",
-             f"<p>The study run once per grid point ({e(grid_text)}); {e(count)}.</p>"]
-    if dataset_text:
-        parts.append(f"<p class='{'synthetic' if synthetic else 'note'}'>{dataset_text}</p>")
-    parts.append(f"<p class='note'>Brackets: {e(intervals)}. “n/a”: fewer than 2 runs.</p>")
-
-    def table(head: list[str], rows: list[tuple[str, list[str]]]) -> str:
-        return ("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"
-                + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in (label, *cells)) + "</tr>"
-                          for label, cells in rows) + "</table>")
-
-    if verdict["text"]:
-        parts += ["<h2>The study's question: does SupCon pretraining beat cross-entropy?</h2>",
-                  f"<p>{e(verdict['text'])}</p>", table(answer_head, answer_rows)]
-    if deviation_rows:
-        parts += ["<h3>The recipe: where these runs depart from the paper</h3>",
-                  table(["Parameter", "What it sets", "These runs", "Paper"], deviation_rows)]
-    parts += ["<h2>Test-set metrics across runs</h2>", table(["Model", *heads], metric_rows),
-              "<h2>Paired difference, SupCon minus cross-entropy</h2>",
-              "<p class='note'>Per run, the SupCon model's value minus the cross-entropy baseline's on the same "
-              "seed/fold; mean [interval] of those differences, and in how many runs SupCon was higher.</p>",
-              table(["Difference", *heads], paired_rows) if paired_rows else "<p>No run holds both models.</p>",
-              "<h2>Budget curves</h2>"]
-    if figure:
-        data = base64.b64encode(figure.read_bytes()).decode("ascii")
-        parts.append(f"<figure style='max-width:100%'><img src='data:image/png;base64,{data}' alt='{e(caption)}'>"
-                     f"<figcaption>{e(caption)} (<a href='figures/budget_curves.png'>PNG</a>)</figcaption></figure>")
-    else:
-        parts.append("<p>No training history found in the finished runs.</p>")
-    parts.append("<h2>Runs</h2><table><tr><th>Run</th><th>Grid values</th><th>Model</th>"
-                 + "".join(f"<th>{e(h)}</th>" for h in heads) + "</tr>")
-    for r, label, cells in run_rows:
-        grid_values = ", ".join(f"{k}={v}" for k, v in r["grid"].items())
-        parts.append(f"<tr><td><a href='{e(r['folder'])}/index.html'>{e(r['name'])}</a></td><td>{e(grid_values)}</td>"
-                     f"<td>{e(label)}</td>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
-    parts.append("</table>")
-    if failed:
-        parts.append("<h2>Failed runs</h2><ul>" + "".join(f"<li>{e(n)}: {e(m)}</li>" for n, m in failed.items()) + "</ul>")
-    parts.append("<p>Files: <a href='sweep.json'>sweep.json</a> (every number above, per run and aggregated).</p>"
-                 "</body></html>\n")
-    index = atomic_write_text(out / "index.html", "\n".join(parts))
-
-    def md_table(head: list[str], rows: list[tuple[str, list[str]]]) -> list[str]:
-        return (["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-                + [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows])
-
-    md = [f"# {title}", "", f"The study run once per grid point ({grid_text}); {count}.", ""]
-    if dataset_text:
-        md += [_strip_tags(dataset_text), ""]
-    md += [f"Brackets: {intervals}. n/a: fewer than 2 runs.", ""]
-    if verdict["text"]:
-        md += ["## The study's question: does SupCon pretraining beat cross-entropy?", "", verdict["text"], ""]
-        md += md_table(answer_head, answer_rows) + [""]
-    if deviation_rows:
-        md += ["### The recipe: where these runs depart from the paper", ""]
-        md += md_table(["Parameter", "What it sets", "These runs", "Paper"], deviation_rows) + [""]
-    md += ["## Test-set metrics across runs", ""]
-    md += md_table(["Model", *heads], metric_rows)
-    md += ["", "## Paired difference, SupCon minus cross-entropy", ""] + md_table(["Difference", *heads], paired_rows)
-    md += ["", "## Budget curves", "", f"![{caption}](figures/budget_curves.png)" if figure else "No training history.", ""]
-    md += ["## Runs", ""] + md_table(["Run", "Grid values", "Model", *heads],
-                                     [(f"[{r['name']}]({r['folder']}/index.html)",
-                                       [", ".join(f"{k}={v}" for k, v in r["grid"].items()), label, *cells])
-                                      for r, label, cells in run_rows])
-    if failed:
-        md += ["", "## Failed runs", ""] + [f"- {n}: {m}" for n, m in failed.items()]
-    atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
+    missing = document["runs_missing"]
+    tables = _SweepTables(
+        title=f"vfnb sweep: {out.name}",
+        count=(f"{len(runs)} of {len(plan.points)} planned runs finished"
+               + (f"; missing: {', '.join(missing)}" if missing else "")
+               + (f"; failed in this sweep: {', '.join(failed)}" if failed else "")),
+        grid_text="; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in plan.grid.items()),
+        dataset_text=(dataset_sentence(next((d for d in datasets if d.get("synthetic")), datasets[0]))
+                      if datasets else ""),
+        synthetic=synthetic, verdict=verdict,
+        answer_rows=[(row["metric"], [_cell(row["supcon_linear"]), _cell(row["ce"]), _cell(row["difference"]),
+                                      row["verdict"]]) for row in verdict["table"]],
+        deviation_rows=[(d["key"], [d["meaning"], str(d["value"]), str(d["paper"])]) for d in deviations],
+        metric_rows=[(model_title(m), [_cell(models[m][k]) for k in HEADLINE_METRICS]) for m in models],
+        paired_rows=[(f"{model_title(p['model'])} − {model_title(p['baseline'])}",
+                      [_paired_cell(p["metrics"][k]) for k in HEADLINE_METRICS]) for p in paired.values()],
+        runs=runs, failed=failed, figure=figure, caption=BUDGET_CAPTION.format(x=budget["x"]))
+    index = atomic_write_text(out / "index.html", _sweep_html(tables))
+    atomic_write_text(out / "summary.md", _sweep_markdown(tables))
     return index
