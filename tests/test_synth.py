@@ -343,10 +343,8 @@ def test_ensure_default_dataset_reuses_and_refuses(tmp_path, monkeypatch):
         calls.append(("split", tag, folds))
 
     monkeypatch.setattr(synth, "generate_dataset", fake_generate)
-    import vfnb.data.preprocess as pre
-    import vfnb.data.split as spl
-    monkeypatch.setattr(pre, "preprocess_dataset", fake_preprocess)
-    monkeypatch.setattr(spl, "split_dataset", fake_split)
+    monkeypatch.setattr(synth, "preprocess_dataset", fake_preprocess)
+    monkeypatch.setattr(synth, "split_dataset", fake_split)
 
     got = synth.ensure_default_dataset(tmp_path, cases=4, seed=1, size=32, workers=1, folds=2)
     assert got["original"] == tmp_path / "synthspine-s1-n4" / "original"

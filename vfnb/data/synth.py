@@ -44,19 +44,25 @@ import csv
 import dataclasses
 import io as _io
 import json
+import multiprocessing
 import os
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from scipy import ndimage
+from tqdm.auto import tqdm
 
 from ..errors import DatasetError, ParamsError
-from ..io import atomic_write_json, atomic_write_text, output_folder, save_nifti, NIFTI_SUFFIX
+from ..io import NIFTI_SUFFIX, atomic_write_json, atomic_write_text, output_folder, save_nifti
 from ..levels import level_name
+from .original import write_annotation
+from .preprocess import preprocess_dataset
+from .split import split_dataset
 
 GENERATOR_VERSION = "synthspine-1.0"
 DENSITY_CLASSES = ("normal", "osteopenic", "osteoporotic")
@@ -604,171 +610,292 @@ def _draw_disc(hu, grid, up: _Vertebra, lo: _Vertebra, disc_hu, extent_w, extent
     hu[box] = sub * (1 - frac) + frac * value
 
 
-def _draw_vertebra(hu, seg, grid, v: _Vertebra, pat: dict, rng, config: SynthConfig, tex_amp, cortex_hu, cortex_mm):
-    """Composite one vertebra (body, posterior elements, ribs) into ``hu``; label its voxels in ``seg``.
+@dataclass(frozen=True)
+class _Tissue:
+    """One patient's bone appearance: trabecular texture amplitude, cortical HU and cortical thickness (mm)."""
 
-    Local frame (mm): u lateral, v anterior, w superior, origin at the body centre.
-    Each primitive is evaluated only inside its own bounding box (speed).
+    texture_hu: float
+    cortex_hu: float
+    cortex_mm: float
+
+
+@dataclass(frozen=True)
+class _Posterior:
+    """Sizes and landmarks of a vertebra's posterior elements in its local frame (mm; u lateral, v anterior, w up).
+
+    Thoracic and lumbar shapes are blended by ``lumbar_t`` (0 thoracic .. 1 lumbar).
     """
+
+    cw: float     # canal half-width
+    cd: float     # canal half-depth
+    pw: float     # pedicle half-width
+    ph: float     # pedicle half-height
+    lam: float    # lamina thickness
+    Ls: float     # spinous process length
+    alpha: float  # spinous process slope (thoracic steep, lumbar horizontal)
+    sh: float     # spinous half-height
+    rt: float     # transverse process radius
+    vc: float     # canal centre (v)
+    wp: float     # pedicle centre (w)
+    s0: np.ndarray   # spinous process root
+    tip: np.ndarray  # spinous process tip
+    tp1: np.ndarray  # transverse process tip
+    far: np.ndarray  # where a rib leaves the field of view
+    thoracic: bool
+
+
+def _posterior_shape(v: _Vertebra) -> _Posterior:
     lt = v.lumbar_t
     H = v.Hmid
-    cw = 8.5 + 3.0 * lt          # canal half-width
-    cd = 7.5 + 1.0 * lt          # canal half-depth
-    pw = 3.0 + 1.5 * lt          # pedicle half-width
-    ph = 0.3 * H                 # pedicle half-height
-    lam = 5.0 + 1.0 * lt         # lamina thickness
-    Ls = 34.0 - 6.0 * lt         # spinous process length
-    alpha = np.deg2rad(50.0 - 42.0 * lt)  # spinous process slope (thoracic steep, lumbar horizontal)
-    sh = 4.5 + 3.5 * lt          # spinous half-height
+    cw = 8.5 + 3.0 * lt
+    cd = 7.5 + 1.0 * lt
+    pw = 3.0 + 1.5 * lt
+    ph = 0.3 * H
+    lam = 5.0 + 1.0 * lt
+    Ls = 34.0 - 6.0 * lt
+    alpha = np.deg2rad(50.0 - 42.0 * lt)
+    sh = 4.5 + 3.5 * lt
     Lt = 24.0 + 5.0 * lt         # transverse process length
     beta = np.deg2rad(35.0 - 25.0 * lt)
     rt = 4.5 - 1.0 * lt
-    vc = -v.b - cd               # canal centre (v)
-    wp = 0.18 * H                # pedicle centre (w)
-    thoracic = _POS[v.label] <= 12.5
-
-    s0 = np.array([0.0, vc - cd - 0.5 * lam, wp - 0.4 * ph])  # spinous process root
+    vc = -v.b - cd
+    wp = 0.18 * H
+    s0 = np.array([0.0, vc - cd - 0.5 * lam, wp - 0.4 * ph])
     tip = s0 + Ls * np.array([0.0, -np.cos(alpha), -np.sin(alpha)])
-    tp1 = np.array([cw + pw + Lt * np.cos(beta), vc + 2.0 - Lt * np.sin(beta), wp + 2.0])  # transverse tip
-    far = np.array([75.0, tp1[1] - 14.0, tp1[2] - 10.0])  # where a rib leaves the field of view
-    lateral = 70.0 if thoracic else max(v.a * 1.3, tp1[0] + rt + 1.0)
-    lo_c = np.array([-lateral, min(tip[1], far[1]) - sh - 5.0,
-                     min(-H / 2 - 6.5, tip[2] - sh - 1.0, far[2] - 5.5 if thoracic else 0.0)])
-    hi_c = np.array([lateral, v.b * 1.3 + 3.0, H / 2 + 6.5])
-    box = grid.box(_corners(v.centre, v.rot, lo_c, hi_c))
-    if box is None:
-        return
-    u, vv, w = grid.local(box, v.centre, v.rot)
-    au = np.abs(u)  # processes are symmetric: work on |u|
-    ew = grid.extent_along(v.rot[:, 2])
-    er = 0.5 * (grid.extent_along(v.rot[:, 0]) + grid.extent_along(v.rot[:, 1]))
-    eiso = float(np.mean(grid.spacing))
-    sub = hu[box]
-    def part(lo, hi):
-        """Slices (relative to ``box``) covering the local box lo..hi, or None."""
-        b = grid.box(_corners(v.centre, v.rot, lo, hi), margin=1.5)
+    tp1 = np.array([cw + pw + Lt * np.cos(beta), vc + 2.0 - Lt * np.sin(beta), wp + 2.0])
+    far = np.array([75.0, tp1[1] - 14.0, tp1[2] - 10.0])
+    return _Posterior(cw, cd, pw, ph, lam, Ls, alpha, sh, rt, vc, wp, s0, tip, tp1, far, _POS[v.label] <= 12.5)
+
+
+def _vertebra_extent(v: _Vertebra, s: _Posterior) -> tuple[np.ndarray, np.ndarray]:
+    """Local bounding box (lo, hi) of everything drawn for ``v``: body, posterior elements, ribs."""
+    H = v.Hmid
+    lateral = 70.0 if s.thoracic else max(v.a * 1.3, s.tp1[0] + s.rt + 1.0)
+    lo = np.array([-lateral, min(s.tip[1], s.far[1]) - s.sh - 5.0,
+                   min(-H / 2 - 6.5, s.tip[2] - s.sh - 1.0, s.far[2] - 5.5 if s.thoracic else 0.0)])
+    hi = np.array([lateral, v.b * 1.3 + 3.0, H / 2 + 6.5])
+    return lo, hi
+
+
+class _Local:
+    """The voxels of one vertebra's bounding box: local coordinates, voxel widths, and sub-boxes.
+
+    Each primitive is evaluated only inside its own sub-box (:meth:`part`), for speed.
+    """
+
+    def __init__(self, grid: _Grid, v: _Vertebra, box):
+        self.grid, self.v, self.box = grid, v, box
+        self.u, self.vv, self.w = grid.local(box, v.centre, v.rot)
+        self.au = np.abs(self.u)  # processes are symmetric: work on |u|
+        self.ew = grid.extent_along(v.rot[:, 2])  # voxel width along the vertebra's axis
+        self.er = 0.5 * (grid.extent_along(v.rot[:, 0]) + grid.extent_along(v.rot[:, 1]))
+        self.eiso = float(np.mean(grid.spacing))
+        self.shape = self.u.shape
+
+    def part(self, lo, hi):
+        """Slices (relative to the box) covering the local box lo..hi, or None."""
+        b = self.grid.box(_corners(self.v.centre, self.v.rot, lo, hi), margin=1.5)
         if b is None:
             return None
         rel = tuple(slice(max(bb.start, ob.start) - ob.start, min(bb.stop, ob.stop) - ob.start)
-                    for bb, ob in zip(b, box))
+                    for bb, ob in zip(b, self.box))
         return None if any(r.stop <= r.start for r in rel) else rel
 
-    T = np.zeros(sub.shape, np.float32)
-    core = part((-max(v.a, cw + lam + pw) * 1.3, lo_c[1], lo_c[2]), (max(v.a, cw + lam + pw) * 1.3, hi_c[1], hi_c[2]))
-    if core is not None:
-        T[core] = _texture(T[core].shape, rng, 0.8 / grid.spacing)
-
-
-    # ---------------- body
-    body_frac = np.zeros(sub.shape, np.float32)
-    shell = np.zeros(sub.shape, np.float32)
-    inner = np.zeros(sub.shape, np.float32)
-    body_inside = np.zeros(sub.shape, bool)
-    trab = v.trab_hu + tex_amp * T
-    bs = part((-v.a * 1.3, -v.b * 1.3, -H / 2 - 2), (v.a * 1.3, v.b * 1.3, H / 2 + 2))
-    if bs is not None:
-        U, V, W = u[bs], vv[bs], w[bs]
-        top, bot, ct, cb = v.endplates(U, V)
-        dw = np.minimum(top - W, W - bot)
-        tt = np.clip(W / (0.5 * H), -1.0, 1.0)
-        scale = 1.0 - v.waist * (1.0 - tt * tt)
-        if v.signs and v.buckle > 0:
-            # cortical buckling: the wall bulges just beneath the collapsed endplate
-            depth = np.where(ct >= cb, top - W, W - bot)
-            scale = scale * (1.0 + v.buckle * np.exp(-((depth - 2.5) / 1.8) ** 2) * (np.maximum(ct, cb) > 0.3)
-                             * np.clip(V / v.b + 0.3, 0.0, 1.0))
-        if v.morphology == "crush":
-            scale = scale * (1.0 + 0.25 * v.deformity)
-        a_s, b_s = v.a * scale, v.b * scale
-        ax_, av_ = np.abs(U) / a_s, np.abs(V) / b_s
-        p = np.where(V >= 0, 2.0, 3.0).astype(np.float32)
-        f = ax_ ** p + av_ ** p - 1.0
-        g = p * np.sqrt((ax_ ** (p - 1) / a_s) ** 2 + (av_ ** (p - 1) / b_s) ** 2) + 1e-3
-        dr = -f / g
-        bf = _frac(dw, ew) * _frac(dr, er)
-        inn = _frac(dw - 0.9, ew) * _frac(dr - cortex_mm, er)
-        body_frac[bs], inner[bs], shell[bs] = bf, inn, bf - inn
-        body_inside[bs] = (dw > 0) & (dr > 0)
-        if v.signs and v.compaction_hu > 0:
-            cm = v.compaction_mm
-            band = (np.clip(ct / 0.5, 0, 1) * np.exp(-(((top - W) - 0.5 * cm) / cm) ** 2)
-                    + np.clip(cb / 0.5, 0, 1) * np.exp(-(((W - bot) - 0.5 * cm) / cm) ** 2))
-            trab[bs] += v.compaction_hu * np.clip(band, 0.0, 1.0)
-
-    # ---------------- posterior elements (union of primitives, minus the canal)
-    d = np.full(sub.shape, -50.0, np.float32)
-
-    def add(sl, dist):
-        if sl is not None:
-            d[sl] = np.maximum(d[sl], dist)
-
-    up = (cw + 0.6 * pw)
-    sl = part((-up - pw, vc - 0.3 * cd, wp - ph), (up + pw, -v.b + 2.5, wp + ph))
-    if sl is not None:
-        add(sl, np.minimum(_ellipse2(au[sl] - up, w[sl] - wp, pw, ph),
-                           np.minimum(vv[sl] - (vc - 0.3 * cd), (-v.b + 2.5) - vv[sl])))
-    sl = part((-cw - lam, vc - cd - lam, wp - 1.5 * ph), (cw + lam, vc + 1.0, wp + 0.9 * ph))
-    if sl is not None:
-        U, V, W = u[sl], vv[sl], w[sl]
-        ring = np.minimum(_ellipse2(U, V - vc, cw + lam, cd + lam), -_ellipse2(U, V - vc, cw, cd))
-        add(sl, np.minimum(ring, np.minimum((vc + 1.0) - V, np.minimum(W - (wp - 1.5 * ph), (wp + 0.9 * ph) - W))))
-    # spinous process: a tapering plate sloping posteriorly and caudally
-    sl = part((-3.0, min(s0[1], tip[1]) - sh, min(s0[2], tip[2]) - sh), (3.0, s0[1] + sh, s0[2] + sh))
-    if sl is not None:
-        V, W = vv[sl] - s0[1], w[sl] - s0[2]
-        sa = -V * np.cos(alpha) - W * np.sin(alpha)
-        sn = V * np.sin(alpha) - W * np.cos(alpha)
-        half = sh * (1.0 - 0.35 * np.clip(sa / Ls, 0, 1))
-        add(sl, np.minimum(np.minimum(sa, Ls - sa), np.minimum(3.0 - au[sl], half - np.abs(sn))))
-
-    def capsule(p0, p1, r):
+    def capsules(self, p0, p1, r):
+        """Left and right copies of a capsule (radius ``r`` around p0-p1, at +u): ``[(slices, distance)]``."""
         lo = np.minimum(p0, p1) - r
         hi = np.maximum(p0, p1) + r
         out = []
-        for sign in (1.0, -1.0):  # left and right copies
+        for sign in (1.0, -1.0):
             lo_s = (lo[0], lo[1], lo[2]) if sign > 0 else (-hi[0], lo[1], lo[2])
             hi_s = (hi[0], hi[1], hi[2]) if sign > 0 else (-lo[0], hi[1], hi[2])
-            sl_ = part(lo_s, hi_s)
-            if sl_ is not None:
-                out.append((sl_, _capsule(au[sl_], vv[sl_], w[sl_], p0, p1, r)))
+            sl = self.part(lo_s, hi_s)
+            if sl is not None:
+                out.append((sl, _capsule(self.au[sl], self.vv[sl], self.w[sl], p0, p1, r)))
         return out
 
-    tp0 = np.array([cw + pw, vc + 2.0, wp])
-    prims = capsule(tp0, tp1, rt)
-    prims += capsule(np.array([cw + 0.8 * pw, vc - 2.0, wp]), np.array([cw + 0.8 * pw + 1.0, vc - 4.0, H / 2 + 3.0]), 3.2)
-    prims += capsule(np.array([cw + 0.5, vc - 0.6 * cd, wp - ph]), np.array([cw + 0.5, vc - 0.8 * cd - 2.0, -H / 2 - 3.0]), 3.2)
-    for sl, dist in prims:
-        add(sl, dist)
-    sl = part((-cw - 1, vc - cd - 1, lo_c[2]), (cw + 1, vc + cd + 1, hi_c[2]))
+
+def _trabecular_texture(loc: _Local, s: _Posterior, lo, hi, rng) -> np.ndarray:
+    """Unit-variance smooth noise over the body and posterior elements (zero elsewhere in the box)."""
+    v = loc.v
+    texture = np.zeros(loc.shape, np.float32)
+    reach = max(v.a, s.cw + s.lam + s.pw) * 1.3
+    core = loc.part((-reach, lo[1], lo[2]), (reach, hi[1], hi[2]))
+    if core is not None:
+        texture[core] = _texture(texture[core].shape, rng, 0.8 / loc.grid.spacing)
+    return texture
+
+
+def _body_scale(v: _Vertebra, V, W, top, bot, ct, cb):
+    """Radial scale of the body cross-section: waist, cortical buckling under a collapse, crush bulge."""
+    H = v.Hmid
+    tt = np.clip(W / (0.5 * H), -1.0, 1.0)
+    scale = 1.0 - v.waist * (1.0 - tt * tt)
+    if v.signs and v.buckle > 0:
+        # cortical buckling: the wall bulges just beneath the collapsed endplate
+        depth = np.where(ct >= cb, top - W, W - bot)
+        scale = scale * (1.0 + v.buckle * np.exp(-((depth - 2.5) / 1.8) ** 2) * (np.maximum(ct, cb) > 0.3)
+                         * np.clip(V / v.b + 0.3, 0.0, 1.0))
+    if v.morphology == "crush":
+        scale = scale * (1.0 + 0.25 * v.deformity)
+    return scale
+
+
+def _body_radial_distance(v: _Vertebra, U, V, scale):
+    """Approximate signed distance (mm, + inside) to the kidney-shaped cross-section (round front, flat back)."""
+    a_s, b_s = v.a * scale, v.b * scale
+    ax_, av_ = np.abs(U) / a_s, np.abs(V) / b_s
+    p = np.where(V >= 0, 2.0, 3.0).astype(np.float32)
+    f = ax_ ** p + av_ ** p - 1.0
+    g = p * np.sqrt((ax_ ** (p - 1) / a_s) ** 2 + (av_ ** (p - 1) / b_s) ** 2) + 1e-3
+    return -f / g
+
+
+def _compaction(v: _Vertebra, W, top, bot, ct, cb):
+    """The denser band of compacted trabecular bone beneath a collapsed endplate (0-1)."""
+    cm = v.compaction_mm
+    band = (np.clip(ct / 0.5, 0, 1) * np.exp(-(((top - W) - 0.5 * cm) / cm) ** 2)
+            + np.clip(cb / 0.5, 0, 1) * np.exp(-(((W - bot) - 0.5 * cm) / cm) ** 2))
+    return np.clip(band, 0.0, 1.0)
+
+
+@dataclass
+class _Body:
+    """The vertebral body over a vertebra's box: partial-volume fractions and trabecular HU."""
+
+    frac: np.ndarray    # body (shell and interior)
+    shell: np.ndarray   # cortical shell
+    inner: np.ndarray   # trabecular interior
+    inside: np.ndarray  # voxel centres inside the body (labelled)
+    trab: np.ndarray    # trabecular HU
+
+
+def _vertebral_body(loc: _Local, texture, tissue: _Tissue) -> _Body:
+    """The body: endplates (with any collapse) above and below, the waisted kidney-shaped wall around."""
+    v, H = loc.v, loc.v.Hmid
+    body = _Body(*(np.zeros(loc.shape, np.float32) for _ in range(3)), np.zeros(loc.shape, bool),
+                 v.trab_hu + tissue.texture_hu * texture)
+    bs = loc.part((-v.a * 1.3, -v.b * 1.3, -H / 2 - 2), (v.a * 1.3, v.b * 1.3, H / 2 + 2))
+    if bs is None:
+        return body
+    U, V, W = loc.u[bs], loc.vv[bs], loc.w[bs]
+    top, bot, ct, cb = v.endplates(U, V)
+    dw = np.minimum(top - W, W - bot)
+    dr = _body_radial_distance(v, U, V, _body_scale(v, V, W, top, bot, ct, cb))
+    bf = _frac(dw, loc.ew) * _frac(dr, loc.er)
+    inn = _frac(dw - 0.9, loc.ew) * _frac(dr - tissue.cortex_mm, loc.er)
+    body.frac[bs], body.inner[bs], body.shell[bs] = bf, inn, bf - inn
+    body.inside[bs] = (dw > 0) & (dr > 0)
+    if v.signs and v.compaction_hu > 0:
+        body.trab[bs] += v.compaction_hu * _compaction(v, W, top, bot, ct, cb)
+    return body
+
+
+def _pedicles_and_lamina(loc: _Local, s: _Posterior, d: np.ndarray) -> None:
+    v = loc.v
+    u, vv, w, au = loc.u, loc.vv, loc.w, loc.au
+    up = (s.cw + 0.6 * s.pw)
+    sl = loc.part((-up - s.pw, s.vc - 0.3 * s.cd, s.wp - s.ph), (up + s.pw, -v.b + 2.5, s.wp + s.ph))
     if sl is not None:
-        d[sl] = np.minimum(d[sl], -_ellipse2(u[sl], vv[sl] - vc, cw, cd))  # the spinal canal stays empty
-    post_frac = _frac(d, eiso) * (1.0 - body_frac)
-    post_inner = _frac(d - 1.2, eiso) * (1.0 - body_frac)
-    post_inside = d > 0
+        d[sl] = np.maximum(d[sl], np.minimum(_ellipse2(au[sl] - up, w[sl] - s.wp, s.pw, s.ph),
+                                             np.minimum(vv[sl] - (s.vc - 0.3 * s.cd), (-v.b + 2.5) - vv[sl])))
+    sl = loc.part((-s.cw - s.lam, s.vc - s.cd - s.lam, s.wp - 1.5 * s.ph), (s.cw + s.lam, s.vc + 1.0, s.wp + 0.9 * s.ph))
+    if sl is not None:
+        U, V, W = u[sl], vv[sl], w[sl]
+        ring = np.minimum(_ellipse2(U, V - s.vc, s.cw + s.lam, s.cd + s.lam), -_ellipse2(U, V - s.vc, s.cw, s.cd))
+        d[sl] = np.maximum(d[sl], np.minimum(ring, np.minimum((s.vc + 1.0) - V,
+                                                              np.minimum(W - (s.wp - 1.5 * s.ph),
+                                                                         (s.wp + 0.9 * s.ph) - W))))
 
-    # ---------------- ribs at thoracic levels (bone, not labelled)
-    if thoracic:
-        rib = np.full(sub.shape, -50.0, np.float32)
-        head = np.array([0.75 * v.a, -0.55 * v.b, 0.45 * H])
-        tub = np.array([tp1[0] + 2.0, tp1[1] + 4.0, tp1[2] - 1.0])
-        for sl, dist in capsule(head, tub, 3.5) + capsule(tub, far, 4.5):
-            rib[sl] = np.maximum(rib[sl], dist)
-        keep = (1.0 - body_frac) * (1.0 - post_frac)
-        rib_frac = _frac(rib, eiso) * keep
-        rib_inner = _frac(rib - 1.0, eiso) * keep
-        sub = sub * (1 - rib_frac) + (rib_frac - rib_inner) * cortex_hu + rib_inner * (v.trab_hu + 60 + tex_amp * T)
 
-    # ---------------- composite: posterior elements, then the body on top
-    post_hu = (post_frac - post_inner) * cortex_hu + post_inner * (v.trab_hu + 120.0 + tex_amp * T)
-    sub = sub * (1 - post_frac) + post_hu
-    sub = sub * (1 - body_frac) + shell * cortex_hu + inner * trab
-    hu[box] = sub
-    labelled = (body_inside | post_inside) & (seg[box] == 0)
+def _spinous_process(loc: _Local, s: _Posterior, d: np.ndarray) -> None:
+    """A tapering plate sloping posteriorly and caudally."""
+    sl = loc.part((-3.0, min(s.s0[1], s.tip[1]) - s.sh, min(s.s0[2], s.tip[2]) - s.sh),
+                  (3.0, s.s0[1] + s.sh, s.s0[2] + s.sh))
+    if sl is None:
+        return
+    V, W = loc.vv[sl] - s.s0[1], loc.w[sl] - s.s0[2]
+    sa = -V * np.cos(s.alpha) - W * np.sin(s.alpha)
+    sn = V * np.sin(s.alpha) - W * np.cos(s.alpha)
+    half = s.sh * (1.0 - 0.35 * np.clip(sa / s.Ls, 0, 1))
+    d[sl] = np.maximum(d[sl], np.minimum(np.minimum(sa, s.Ls - sa), np.minimum(3.0 - loc.au[sl], half - np.abs(sn))))
+
+
+def _processes(loc: _Local, s: _Posterior, d: np.ndarray) -> None:
+    """Transverse processes and the superior and inferior articular processes, left and right."""
+    H = loc.v.Hmid
+    tp0 = np.array([s.cw + s.pw, s.vc + 2.0, s.wp])
+    prims = loc.capsules(tp0, s.tp1, s.rt)
+    prims += loc.capsules(np.array([s.cw + 0.8 * s.pw, s.vc - 2.0, s.wp]),
+                          np.array([s.cw + 0.8 * s.pw + 1.0, s.vc - 4.0, H / 2 + 3.0]), 3.2)
+    prims += loc.capsules(np.array([s.cw + 0.5, s.vc - 0.6 * s.cd, s.wp - s.ph]),
+                          np.array([s.cw + 0.5, s.vc - 0.8 * s.cd - 2.0, -H / 2 - 3.0]), 3.2)
+    for sl, dist in prims:
+        d[sl] = np.maximum(d[sl], dist)
+
+
+def _posterior_elements(loc: _Local, s: _Posterior, lo, hi) -> np.ndarray:
+    """Signed distance (mm, + inside) to the posterior elements: a union of primitives, minus the spinal canal."""
+    d = np.full(loc.shape, -50.0, np.float32)
+    _pedicles_and_lamina(loc, s, d)
+    _spinous_process(loc, s, d)
+    _processes(loc, s, d)
+    sl = loc.part((-s.cw - 1, s.vc - s.cd - 1, lo[2]), (s.cw + 1, s.vc + s.cd + 1, hi[2]))
+    if sl is not None:
+        d[sl] = np.minimum(d[sl], -_ellipse2(loc.u[sl], loc.vv[sl] - s.vc, s.cw, s.cd))  # the canal stays empty
+    return d
+
+
+def _ribs(loc: _Local, s: _Posterior, sub, keep, texture, tissue: _Tissue):
+    """``sub`` with the thoracic ribs (bone, not labelled) drawn where neither body nor posterior elements are."""
+    v, H = loc.v, loc.v.Hmid
+    rib = np.full(loc.shape, -50.0, np.float32)
+    head = np.array([0.75 * v.a, -0.55 * v.b, 0.45 * H])
+    tub = np.array([s.tp1[0] + 2.0, s.tp1[1] + 4.0, s.tp1[2] - 1.0])
+    for sl, dist in loc.capsules(head, tub, 3.5) + loc.capsules(tub, s.far, 4.5):
+        rib[sl] = np.maximum(rib[sl], dist)
+    rib_frac = _frac(rib, loc.eiso) * keep
+    rib_inner = _frac(rib - 1.0, loc.eiso) * keep
+    return (sub * (1 - rib_frac) + (rib_frac - rib_inner) * tissue.cortex_hu
+            + rib_inner * (v.trab_hu + 60 + tissue.texture_hu * texture))
+
+
+def _label_vertebra(seg, box, inside, label: int) -> None:
+    """Label the voxels inside the vertebra (not already labelled) as one connected piece."""
+    labelled = inside & (seg[box] == 0)
     # keep one connected piece: tips of thin processes sampled between voxels leave specks
     pieces, n = ndimage.label(labelled)
     if n > 1:
         labelled = pieces == (1 + int(np.argmax(np.bincount(pieces.ravel())[1:])))
-    seg[box][labelled] = v.label
+    seg[box][labelled] = label
+
+
+def _draw_vertebra(hu, seg, grid: _Grid, v: _Vertebra, rng, tissue: _Tissue) -> None:
+    """Composite one vertebra (body, posterior elements, ribs) into ``hu``; label its voxels in ``seg``.
+
+    Local frame (mm): u lateral, v anterior, w superior, origin at the body centre.
+    The posterior elements go in first, the body on top; ribs (thoracic levels) only
+    where neither is. Labels cover the body and the posterior elements.
+    """
+    s = _posterior_shape(v)
+    lo, hi = _vertebra_extent(v, s)
+    box = grid.box(_corners(v.centre, v.rot, lo, hi))
+    if box is None:
+        return
+    loc = _Local(grid, v, box)
+    texture = _trabecular_texture(loc, s, lo, hi, rng)
+    body = _vertebral_body(loc, texture, tissue)
+    d = _posterior_elements(loc, s, lo, hi)
+    post_frac = _frac(d, loc.eiso) * (1.0 - body.frac)
+    post_inner = _frac(d - 1.2, loc.eiso) * (1.0 - body.frac)
+    sub = hu[box]
+    if s.thoracic:
+        sub = _ribs(loc, s, sub, (1.0 - body.frac) * (1.0 - post_frac), texture, tissue)
+    post_hu = (post_frac - post_inner) * tissue.cortex_hu + post_inner * (v.trab_hu + 120.0 + tissue.texture_hu * texture)
+    sub = sub * (1 - post_frac) + post_hu
+    sub = sub * (1 - body.frac) + body.shell * tissue.cortex_hu + body.inner * body.trab
+    hu[box] = sub
+    _label_vertebra(seg, box, body.inside | (d > 0), v.label)
 
 
 def _choose_geometry(rng, config: SynthConfig, world_lo, world_hi):
@@ -809,23 +936,8 @@ def _output_orientation(kind: str, rng) -> np.ndarray:
     return np.array([[perm[i], flips[i]] for i in range(3)])
 
 
-def generate_case(case_index: int, seed: int = 0, config: SynthConfig | None = None) -> SynthCase:
-    """Generate SynthSpine case ``case_index``: a function of ``(seed, case_index, config)`` only.
-
-    Returns a :class:`SynthCase` with ``image`` int16 HU and ``seg`` uint8 VerSe labels,
-    both in the array order of the chosen header orientation, and ``affine`` voxel -> RAS mm.
-    """
-    config = config or SynthConfig()
-    _check_config(config)
-    rng = np.random.default_rng([int(seed), int(case_index)])
-    pat = sample_patient(rng, config)
-    verts: list[_Vertebra] = pat["vertebrae"]
-    kyph, lord = rng.uniform(*config.curve_scale), rng.uniform(*config.curve_scale)
-    _place(verts, kyph, lord)
-    above = _virtual_neighbour(verts[0], True, config)
-    below = _virtual_neighbour(verts[-1], False, config)
-
-    # field of view: the run, cut through the middle of the end discs
+def _scan_grid(verts: list[_Vertebra], rng, config: SynthConfig) -> tuple[_Grid, str]:
+    """The scan's sampling grid around the run (cut through the middle of the end discs) and its orientation kind."""
     ys = np.array([v.centre[1] for v in verts])
     z_top = verts[0].centre[2] + 0.5 * verts[0].Hmid + 0.5 * max(3.5, verts[0].disc_below * 0.9)
     z_bot = verts[-1].centre[2] - 0.5 * verts[-1].Hmid - 0.5 * verts[-1].disc_below
@@ -835,64 +947,95 @@ def generate_case(case_index: int, seed: int = 0, config: SynthConfig | None = N
     centre = 0.5 * (world_lo + world_hi)
     shape = tuple(int(x) for x in np.ceil(2 * half / np.array(spacing)) + 1)
     origin = R.T @ centre - 0.5 * (np.array(shape) - 1) * np.array(spacing)
-    grid = _Grid(origin, spacing, shape, R)
+    return _Grid(origin, spacing, shape, R), kind
 
-    tex_amp = rng.uniform(*config.trabecular_texture_hu) * (1.15 if pat["density"] == 2 else 1.0)
-    cortex_hu = rng.uniform(*config.cortical_hu) * (1.0, 0.92, 0.85)[pat["density"]]
-    cortex_mm = config.cortical_thickness_mm[pat["density"]]
-    disc_hu = rng.uniform(*config.disc_hu)
-    noise = rng.uniform(*config.noise_sigma)
-    psf = rng.uniform(*config.psf_sigma_mm)
 
-    hu = _background(grid, verts, pat, rng, config)
-    seg = np.zeros(grid.shape, dtype=np.uint8)
-    chain = [above] + verts + [below]
+def _patient_tissue(rng, config: SynthConfig, density: int) -> _Tissue:
+    """Trabecular texture and cortical bone of one patient (osteoporotic bone: coarser, thinner, less dense)."""
+    texture_hu = rng.uniform(*config.trabecular_texture_hu) * (1.15 if density == 2 else 1.0)
+    cortex_hu = rng.uniform(*config.cortical_hu) * (1.0, 0.92, 0.85)[density]
+    return _Tissue(texture_hu, cortex_hu, config.cortical_thickness_mm[density])
+
+
+def _draw_spine(hu, seg, grid: _Grid, chain: list[_Vertebra], disc_hu: float, rng, tissue: _Tissue) -> None:
+    """The discs between consecutive vertebrae of ``chain`` (virtual end neighbours included), then the vertebrae."""
     for up, lo in zip(chain[:-1], chain[1:]):
         ew = grid.extent_along(up.rot[:, 2])
         er = 0.5 * (grid.extent_along(up.rot[:, 0]) + grid.extent_along(up.rot[:, 1]))
         _draw_disc(hu, grid, up, lo, disc_hu, ew, er)
-    for v in verts:
-        _draw_vertebra(hu, seg, grid, v, pat, rng, config, tex_amp, cortex_hu, cortex_mm)
+    for v in chain[1:-1]:
+        _draw_vertebra(hu, seg, grid, v, rng, tissue)
 
-    # scanner: point-spread blur (in-plane PSF, slice profile), then white noise
+
+def _scanner(hu, spacing, psf: float, noise: float, rng) -> np.ndarray:
+    """Point-spread blur (in-plane PSF, slice profile), then white noise; int16 HU."""
     sigma = (psf / spacing[0], psf / spacing[1], max(0.35, 0.5 * psf / spacing[2] + 0.2))
     hu = ndimage.gaussian_filter(hu, sigma, mode="nearest")
     hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(noise)
-    image = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+    return np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
 
-    # write in the chosen header orientation (array re-ordered, affine adjusted to match)
-    import nibabel as nib
 
+def _reorient(image, seg, grid: _Grid, kind: str, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Arrays re-ordered into the chosen header orientation, with the affine that matches; and its axis codes."""
     ornt = _output_orientation(kind, rng)
     image = np.ascontiguousarray(nib.orientations.apply_orientation(image, ornt))
     seg = np.ascontiguousarray(nib.orientations.apply_orientation(seg, ornt))
     affine = grid.affine @ nib.orientations.inv_ornt_aff(ornt, grid.shape)
-    axcodes = "".join(nib.aff2axcodes(affine))
+    return image, seg, affine, "".join(nib.aff2axcodes(affine))
+
+
+def _truth_row(cid: str, v: _Vertebra, scan: dict) -> dict:
+    """One vertebra's row of ``synth_truth.csv``: grade, morphology, heights before and after, scan settings."""
+    ha0, hm0, hp0 = v.heights(after=False)
+    ha1, hm1, hp1 = v.heights(after=True)
+    return dict(
+        case=cid, label=v.label, level=v.name, grade=v.grade, morphology=v.morphology,
+        endplate=v.endplate if v.grade > 0 else "none",
+        height_anterior_before_mm=round(ha0, 3), height_middle_before_mm=round(hm0, 3),
+        height_posterior_before_mm=round(hp0, 3), height_anterior_after_mm=round(ha1, 3),
+        height_middle_after_mm=round(hm1, 3), height_posterior_after_mm=round(hp1, 3),
+        deformity_pct=round(100.0 * v.deformity, 2), trabecular_hu=round(v.trab_hu, 1),
+        sex=scan["sex"], density_class=scan["density_class"], orientation=scan["orientation"],
+        axcodes=scan["axcodes"], spacing_mm="x".join(f"{s:g}" for s in scan["spacing_mm"]),
+        noise_sigma_hu=round(scan["noise_sigma_hu"], 1))
+
+
+def generate_case(case_index: int, seed: int = 0, config: SynthConfig | None = None) -> SynthCase:
+    """Generate SynthSpine case ``case_index``: a function of ``(seed, case_index, config)`` only.
+
+    Returns a :class:`SynthCase` with ``image`` int16 HU and ``seg`` uint8 VerSe labels,
+    both in the array order of the chosen header orientation, and ``affine`` voxel -> RAS mm.
+    Every random draw comes from one generator, in a fixed order: the patient, the
+    curve, the scan geometry, the tissues, the soft-tissue background, the bone
+    texture of each vertebra, the noise, the header orientation.
+    """
+    config = config or SynthConfig()
+    _check_config(config)
+    rng = np.random.default_rng([int(seed), int(case_index)])
+    pat = sample_patient(rng, config)
+    verts: list[_Vertebra] = pat["vertebrae"]
+    kyph, lord = rng.uniform(*config.curve_scale), rng.uniform(*config.curve_scale)
+    _place(verts, kyph, lord)
+    chain = [_virtual_neighbour(verts[0], True, config), *verts, _virtual_neighbour(verts[-1], False, config)]
+    grid, kind = _scan_grid(verts, rng, config)
+    tissue = _patient_tissue(rng, config, pat["density"])
+    disc_hu, noise, psf = (rng.uniform(*config.disc_hu), rng.uniform(*config.noise_sigma),
+                           rng.uniform(*config.psf_sigma_mm))
+
+    hu = _background(grid, verts, pat, rng, config)
+    seg = np.zeros(grid.shape, dtype=np.uint8)
+    _draw_spine(hu, seg, grid, chain, disc_hu, rng, tissue)
+    image, seg, affine, axcodes = _reorient(_scanner(hu, grid.spacing, psf, noise, rng), seg, grid, kind, rng)
 
     cid = case_id(seed, case_index)
-    sex = pat["sex"]
-    dens = DENSITY_CLASSES[pat["density"]]
+    meta = dict(sex=pat["sex"], density_class=DENSITY_CLASSES[pat["density"]], orientation=kind, axcodes=axcodes,
+                spacing_mm=[float(s) for s in grid.spacing], noise_sigma_hu=float(noise), shape=list(image.shape),
+                kyphosis_scale=float(kyph), lordosis_scale=float(lord), cortical_hu=float(tissue.cortex_hu),
+                disc_hu=float(disc_hu))
     present = set(int(x) for x in np.unique(seg)) - {0}
-    truth, grades = [], {}
-    for v in verts:
-        if v.label not in present:
-            continue
-        ha0, hm0, hp0 = v.heights(after=False)
-        ha1, hm1, hp1 = v.heights(after=True)
-        grades[v.label] = int(v.grade)
-        truth.append(dict(
-            case=cid, label=v.label, level=v.name, grade=v.grade, morphology=v.morphology,
-            endplate=v.endplate if v.grade > 0 else "none",
-            height_anterior_before_mm=round(ha0, 3), height_middle_before_mm=round(hm0, 3),
-            height_posterior_before_mm=round(hp0, 3), height_anterior_after_mm=round(ha1, 3),
-            height_middle_after_mm=round(hm1, 3), height_posterior_after_mm=round(hp1, 3),
-            deformity_pct=round(100.0 * v.deformity, 2), trabecular_hu=round(v.trab_hu, 1),
-            sex=sex, density_class=dens, orientation=kind, axcodes=axcodes,
-            spacing_mm="x".join(f"{s:g}" for s in spacing), noise_sigma_hu=round(noise, 1)))
-    meta = dict(sex=sex, density_class=dens, orientation=kind, axcodes=axcodes, spacing_mm=list(spacing),
-                noise_sigma_hu=float(noise), shape=list(image.shape), kyphosis_scale=float(kyph),
-                lordosis_scale=float(lord), cortical_hu=float(cortex_hu), disc_hu=float(disc_hu))
-    return SynthCase(cid, image, seg, affine, grades, truth, meta)
+    labelled = [v for v in verts if v.label in present]
+    return SynthCase(cid, image, seg, affine, {v.label: int(v.grade) for v in labelled},
+                     [_truth_row(cid, v, meta) for v in labelled], meta)
 
 
 # ============================================================== dataset
@@ -914,14 +1057,40 @@ def _write_case(args) -> tuple[str, dict, list]:
 def _mp_context():
     # fork where available: scripts without a __main__ guard and notebooks work; the
     # workers only use numpy / scipy / nibabel, so a parent that imported torch is harmless
-    import multiprocessing
-
-    return get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
 
 
 def _meta(cases: int, seed: int, config: SynthConfig) -> dict:
     return {"generator": "vfnb.data.synth", "version": GENERATOR_VERSION, "seed": int(seed),
             "cases": int(cases), "config": config.to_dict(), "synthetic": True}
+
+
+def _generate_cases(staging: Path, cases: int, seed: int, workers: int, config: SynthConfig,
+                    progress: bool) -> list[tuple[str, dict, list]]:
+    """Write every case's CT and label map into ``staging``; ``[(file name, grades, truth rows)]`` in case order."""
+    jobs = [(str(staging), k, int(seed), config.to_dict()) for k in range(int(cases))]
+    bar = tqdm(total=len(jobs), desc="SynthSpine", unit="case", disable=not progress)
+    results = []
+    if int(workers) == 1:
+        for job in jobs:
+            results.append(_write_case(job))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=int(workers), mp_context=_mp_context()) as pool:
+            for res in pool.map(_write_case, jobs):
+                results.append(res)
+                bar.update()
+    bar.close()
+    return results
+
+
+def _truth_csv(results: list[tuple[str, dict, list]]) -> str:
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=TRUTH_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for _, _, rows in results:
+        writer.writerows(rows)
+    return buf.getvalue()
 
 
 def generate_dataset(out, cases: int = 64, seed: int = 0, workers: int = 1, overwrite: bool = False,
@@ -939,49 +1108,20 @@ def generate_dataset(out, cases: int = 64, seed: int = 0, workers: int = 1, over
     if int(workers) < 1:
         raise ParamsError(f"synth: --workers {workers}; expected at least 1")
     out = Path(out)
-    cfg = config.to_dict()
     with output_folder(out, overwrite=overwrite) as staging:
         (staging / "img").mkdir()
         (staging / "seg").mkdir()
-        jobs = [(str(staging), k, int(seed), cfg) for k in range(int(cases))]
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=len(jobs), desc="SynthSpine", unit="case")
-        results = []
-        if int(workers) == 1:
-            for job in jobs:
-                results.append(_write_case(job))
-                if bar:
-                    bar.update()
-        else:
-            with ProcessPoolExecutor(max_workers=int(workers), mp_context=_mp_context()) as pool:
-                for res in pool.map(_write_case, jobs):
-                    results.append(res)
-                    if bar:
-                        bar.update()
-        if bar:
-            bar.close()
-        annotation = {name: grades for name, grades, _ in results}
-        try:
-            from .original import write_annotation
-        except ImportError:  # the original-layout module not present: plain safe YAML
-            from ..io import atomic_write_yaml as _w
-
-            def write_annotation(path, mapping):
-                return _w(path, {k: dict(sorted(v.items())) for k, v in mapping.items()})
-        write_annotation(staging / "annotation.yaml", annotation)
-        buf = _io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=TRUTH_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for _, _, rows in results:
-            writer.writerows(rows)
-        atomic_write_text(staging / TRUTH_FILE, buf.getvalue())
+        results = _generate_cases(staging, cases, seed, workers, config, progress)
+        write_annotation(staging / "annotation.yaml", {name: grades for name, grades, _ in results})
+        atomic_write_text(staging / TRUTH_FILE, _truth_csv(results))
         atomic_write_json(staging / META_FILE, _meta(cases, seed, config))
     return out
 
 
 # ============================================================== default dataset for the study
+PROCESSED_MARKER = "synth_processed.json"
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -989,56 +1129,74 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def ensure_default_dataset(data_dir, cases: int = 64, seed: int = 0, size: int = 64, workers: int = 2,
-                           tag: str = "synth", folds: int = 5, val_fraction: float = 0.2,
-                           config: SynthConfig | None = None) -> dict:
-    """Generate (when missing) and reuse (when present) the default SynthSpine dataset.
-
-    Layout: ``data_dir/synthspine-s{seed}-n{cases}/original`` (original layout) and
-    ``.../processed-{size}`` (patches + split lists ``{tag}-f0`` ...). A folder that
-    exists is reused only when its recorded generator version and parameters match;
-    otherwise a :class:`DatasetError` says so (nothing is overwritten).
-    Returns ``{"original": Path, "processed": Path}``.
-    """
-    config = config or SynthConfig()
+def default_dataset_paths(data_dir, cases: int = 64, seed: int = 0, size: int = 64) -> dict:
+    """Where the study keeps SynthSpine: ``{"original": ..., "processed": ...}`` under ``data_dir``."""
     root = Path(data_dir) / f"synthspine-s{int(seed)}-n{int(cases)}"
-    original = root / "original"
-    processed = root / f"processed-{int(size)}"
-    want = _meta(cases, seed, config)
-    if original.exists():
-        have = _read_json(original / META_FILE)
-        if have != json.loads(json.dumps(want)):
-            raise DatasetError(
-                f"{original}: exists but its {META_FILE} does not match SynthSpine {GENERATOR_VERSION} with "
-                f"seed={seed}, cases={cases} and this config (missing, older generator or other parameters); "
-                "delete the folder or choose another data directory")
-    else:
-        generate_dataset(original, cases=cases, seed=seed, workers=workers, config=config)
+    return {"original": root / "original", "processed": root / f"processed-{int(size)}"}
 
-    recipe = {"source": want, "size": int(size), "tag": tag, "folds": int(folds),
-              "val_fraction": float(val_fraction), "split_seed": int(seed)}
-    marker = processed / "synth_processed.json"
-    if processed.exists():
-        have = _read_json(marker)
-        if have != json.loads(json.dumps(recipe)):
-            raise DatasetError(
-                f"{processed}: exists but {marker.name} is missing or records other parameters "
-                f"(expected size={size}, tag={tag}, folds={folds}, val_fraction={val_fraction} from "
-                f"SynthSpine {GENERATOR_VERSION}); delete the folder or choose another data directory")
-        return {"original": original, "processed": processed}
 
-    from .preprocess import preprocess_dataset
-    from .split import split_dataset
+def ensure_generated(original: Path, cases: int, seed: int, workers: int, config: SynthConfig) -> Path:
+    """Step 1: the original layout at ``original``, generated when missing, reused when its ``synth.json`` matches.
 
+    A folder made with another generator version, seed, case count or config is
+    refused (:class:`DatasetError`), never overwritten.
+    """
+    if not original.exists():
+        return generate_dataset(original, cases=cases, seed=seed, workers=workers, config=config)
+    if _read_json(original / META_FILE) != json.loads(json.dumps(_meta(cases, seed, config))):
+        raise DatasetError(
+            f"{original}: exists but its {META_FILE} does not match SynthSpine {GENERATOR_VERSION} with "
+            f"seed={seed}, cases={cases} and this config (missing, older generator or other parameters); "
+            "delete the folder or choose another data directory")
+    return original
+
+
+def _preprocess_and_split(original: Path, processed: Path, recipe: dict, workers: int) -> Path:
+    """Steps 2 and 3 into a staging folder beside ``processed``, renamed into place when both are done."""
     staging = processed.with_name(f".tmp-{processed.name}-{os.getpid()}-{int(time.time())}")
     try:
-        preprocess_dataset(original, staging, size=size, workers=workers)
-        split_dataset(staging, tag, folds=folds, val_fraction=val_fraction, seed=seed)
-        atomic_write_json(staging / marker.name, recipe)
+        preprocess_dataset(original, staging, size=recipe["size"], workers=workers)
+        split_dataset(staging, recipe["tag"], folds=recipe["folds"], val_fraction=recipe["val_fraction"],
+                      seed=recipe["split_seed"])
+        atomic_write_json(staging / PROCESSED_MARKER, recipe)
         os.replace(staging, processed)
     finally:
         if staging.exists():
-            import shutil
-
             shutil.rmtree(staging, ignore_errors=True)
-    return {"original": original, "processed": processed}
+    return processed
+
+
+def ensure_processed(original: Path, processed: Path, recipe: dict, workers: int) -> Path:
+    """Steps 2-3: patches pre-processed at ``recipe["size"]`` and split into ``recipe["folds"]`` tags.
+
+    Reused when its ``synth_processed.json`` records the same recipe, refused when it
+    records another one, made (pre-processed, then split) when missing.
+    """
+    if not processed.exists():
+        return _preprocess_and_split(original, processed, recipe, workers)
+    if _read_json(processed / PROCESSED_MARKER) != json.loads(json.dumps(recipe)):
+        raise DatasetError(
+            f"{processed}: exists but {PROCESSED_MARKER} is missing or records other parameters "
+            f"(expected size={recipe['size']}, tag={recipe['tag']}, folds={recipe['folds']}, "
+            f"val_fraction={recipe['val_fraction']} from SynthSpine {GENERATOR_VERSION}); delete the folder or "
+            "choose another data directory")
+    return processed
+
+
+def ensure_default_dataset(data_dir, cases: int = 64, seed: int = 0, size: int = 64, workers: int = 2,
+                           tag: str = "synth", folds: int = 5, val_fraction: float = 0.2,
+                           config: SynthConfig | None = None) -> dict:
+    """The study's SynthSpine: generated, pre-processed and split when missing, reused when present.
+
+    Layout: ``data_dir/synthspine-s{seed}-n{cases}/original`` (original layout) and
+    ``.../processed-{size}`` (patches + split lists ``{tag}-f0`` ...), each reused only
+    when its recorded parameters match (otherwise a :class:`DatasetError`; nothing is
+    overwritten). Returns ``{"original": Path, "processed": Path}``.
+    """
+    config = config or SynthConfig()
+    paths = default_dataset_paths(data_dir, cases, seed, size)
+    ensure_generated(paths["original"], cases, seed, workers, config)
+    recipe = {"source": _meta(cases, seed, config), "size": int(size), "tag": tag, "folds": int(folds),
+              "val_fraction": float(val_fraction), "split_seed": int(seed)}
+    ensure_processed(paths["original"], paths["processed"], recipe, workers)
+    return paths
