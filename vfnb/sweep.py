@@ -90,18 +90,8 @@ def run_name(point: dict) -> str:
     return "_".join(f"{key}-{value}" for key, value in point.items())
 
 
-def load_sweep(params_files: Sequence[str | os.PathLike], overrides: Sequence[str] = ()) -> SweepPlan:
-    """Read and check sweep files (later files replace earlier files' keys), then ``-p`` options.
-
-    ``-p study_params=[...]`` / ``-p grid={...}`` / ``-p overrides={...}`` replace that
-    sweep key; ``-p KEY=VALUE`` with any other key is a study parameter added to
-    ``overrides``. Raises :class:`SweepError` naming the file (or option) and the key
-    for unknown sweep keys, unknown study parameters in ``grid`` or ``overrides``,
-    an empty grid or grid list, a grid key also in ``overrides``, and grid values that
-    would not make a safe folder name.
-    """
-    if not params_files:
-        raise SweepError("no sweep file given (expected --params params/sweep.yaml)")
+def _read_sweep_keys(params_files, overrides) -> tuple[dict, dict, dict]:
+    """The sweep keys from the files then the ``-p`` options, where each came from, and ``-p`` study parameters."""
     raw: dict[str, Any] = {"study_params": [str(default_params_file())], "overrides": {}, "grid": None}
     sources = {key: "the default" for key in raw}
     for path in params_files:
@@ -119,27 +109,34 @@ def load_sweep(params_files: Sequence[str | os.PathLike], overrides: Sequence[st
             raw[key], sources[key] = value, f"-p {text}"
         else:
             extra[key] = (value, f"-p {text}")
+    return raw, sources, extra
 
-    study_params = raw["study_params"] or []
-    if isinstance(study_params, str):
-        study_params = [study_params]
-    if not isinstance(study_params, list) or not all(isinstance(p, str) for p in study_params):
-        raise SweepError(f"{sources['study_params']}: 'study_params' must be a list of parameter file paths")
-    study_params = [Path(p) for p in study_params]
-    known = merge_params(study_params)  # checks the files themselves, naming file and key
 
-    fixed = raw["overrides"] if raw["overrides"] is not None else {}
+def _study_files(value, where: str) -> list[Path]:
+    files = value or []
+    if isinstance(files, str):
+        files = [files]
+    if not isinstance(files, list) or not all(isinstance(p, str) for p in files):
+        raise SweepError(f"{where}: 'study_params' must be a list of parameter file paths")
+    return [Path(p) for p in files]
+
+
+def _fixed_params(value, where: str, extra: dict, known: dict) -> tuple[dict, dict]:
+    """The study parameters fixed for every run, and where each was set; unknown ones refused."""
+    fixed = value if value is not None else {}
     if not isinstance(fixed, dict):
-        raise SweepError(f"{sources['overrides']}: 'overrides' must be a mapping of study parameters to values")
-    fixed_from = {key: f"{sources['overrides']}: overrides" for key in fixed}
+        raise SweepError(f"{where}: 'overrides' must be a mapping of study parameters to values")
+    fixed_from = {key: f"{where}: overrides" for key in fixed}
     fixed = dict(fixed)
-    for key, (value, where) in extra.items():
-        fixed[key], fixed_from[key] = value, where
-    for key, where in fixed_from.items():
+    for key, (v, source) in extra.items():
+        fixed[key], fixed_from[key] = v, source
+    for key, source in fixed_from.items():
         if key not in known:
-            raise unknown_key(str(key), known, where, default_params_file())
+            raise unknown_key(str(key), known, source, default_params_file())
+    return fixed, fixed_from
 
-    grid, where = raw["grid"], sources["grid"]
+
+def _check_grid(grid, where: str, known: dict, fixed_from: dict) -> dict:
     if grid is None:
         raise SweepError(f"{where}: no 'grid' (expected e.g. grid: {{seed: [0, 1, 2, 3, 4]}})")
     if not isinstance(grid, dict) or not grid:
@@ -149,20 +146,44 @@ def load_sweep(params_files: Sequence[str | os.PathLike], overrides: Sequence[st
             raise unknown_key(str(key), known, f"{where}: grid", default_params_file())
         if not isinstance(values, list) or not values:
             raise SweepError(f"{where}: grid key {key!r} has no values; expected a non-empty list")
-        if key in fixed:
+        if key in fixed_from:
             raise SweepError(f"{where}: grid key {key!r} is also in overrides ({fixed_from[key]}); "
                              "a key is either swept or fixed")
         for value in values:
             if isinstance(value, (dict, list)) or not _SAFE_VALUE.fullmatch(str(value)):
                 raise SweepError(f"{where}: grid key {key!r}: value {value!r} does not make a safe folder name "
                                  "(letters, digits, '.', '_', '+', '-', not starting with '.')")
+    return grid
+
+
+def _grid_points(grid: dict, where: str) -> list[tuple[str, dict]]:
     points = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
     named = [(run_name(p), p) for p in points]
     names = [n for n, _ in named]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise SweepError(f"{where}: two grid points make the same run folder {dup!r}; make the values distinct")
-    return SweepPlan(study_params, fixed, grid, named, sources)
+    return named
+
+
+def load_sweep(params_files: Sequence[str | os.PathLike], overrides: Sequence[str] = ()) -> SweepPlan:
+    """Read and check sweep files (later files replace earlier files' keys), then ``-p`` options.
+
+    ``-p study_params=[...]`` / ``-p grid={...}`` / ``-p overrides={...}`` replace that
+    sweep key; ``-p KEY=VALUE`` with any other key is a study parameter added to
+    ``overrides``. Raises :class:`SweepError` naming the file (or option) and the key
+    for unknown sweep keys, unknown study parameters in ``grid`` or ``overrides``,
+    an empty grid or grid list, a grid key also in ``overrides``, and grid values that
+    would not make a safe folder name.
+    """
+    if not params_files:
+        raise SweepError("no sweep file given (expected --params params/sweep.yaml)")
+    raw, sources, extra = _read_sweep_keys(params_files, overrides)
+    study_params = _study_files(raw["study_params"], sources["study_params"])
+    known = merge_params(study_params)  # checks the files themselves, naming file and key
+    fixed, fixed_from = _fixed_params(raw["overrides"], sources["overrides"], extra, known)
+    grid = _check_grid(raw["grid"], sources["grid"], known, fixed_from)
+    return SweepPlan(study_params, fixed, grid, _grid_points(grid, sources["grid"]), sources)
 
 
 def select_points(plan: SweepPlan, only: Sequence[str]) -> list[tuple[str, dict]]:

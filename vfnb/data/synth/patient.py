@@ -103,14 +103,8 @@ def _level_weight(config: SynthConfig, name: str) -> float:
 
 
 
-
-def sample_patient(rng: np.random.Generator, config: SynthConfig) -> dict:
-    """Draw one patient's run of vertebrae, sizes, bone density and fractures (no image)."""
-    sex = "F" if rng.random() < config.p_female else "M"
-    density = int(rng.choice(3, p=np.asarray(config.density_probs, dtype=float)))
-    size = (config.female_scale if sex == "F" else 1.0) * (1.0 + config.size_sd * rng.standard_normal())
-
-    # the run: consecutive levels within [first_level, last_level], plus rare variants
+def _draw_run(rng: np.random.Generator, config: SynthConfig) -> list[int]:
+    """Consecutive levels within [first_level, last_level], rarely with a T13 or an L6 (VerSe labels)."""
     base = [lab for lab in _ORDER if lab not in (28, 25)]
     names = [level_name(lab) for lab in base]
     lo, hi = names.index(config.first_level.upper()), names.index(config.last_level.upper())
@@ -123,30 +117,70 @@ def sample_patient(rng: np.random.Generator, config: SynthConfig) -> dict:
         run.insert(run.index(20), 28)
     if l6 and run[-1] == 24:
         run.append(25)
+    return run
 
-    verts = []
-    for lab in run:
-        H, ratio, depth, width, disc = _interp_anatomy(lab)
-        pos = _POS[lab]
-        H *= size * (1.0 + config.level_height_sd * rng.standard_normal())
-        ratio = ratio + config.wedge_ratio_sd * rng.standard_normal()
-        thoracic = pos <= 12.5
-        ratio = float(np.clip(ratio, 1.0 - config.thoracic_wedge_max if thoracic else 0.9, 1.22))
-        Hp0 = 2.0 * H / (1.0 + ratio)
-        Ha0 = ratio * Hp0
-        lum = float(np.clip((pos - 10.0) / 4.0, 0.0, 1.0))
-        trab = (config.trabecular_hu_l1[density] + config.trabecular_hu_sd * rng.standard_normal()
-                + config.trabecular_hu_per_level * (13.0 - pos))
-        v = _Vertebra(
-            label=lab, name=level_name(lab), Ha0=float(Ha0), Hp0=float(Hp0),
-            a=float(0.5 * width * size * (1 + 0.03 * rng.standard_normal())),
-            b=float(0.5 * depth * size * (1 + 0.03 * rng.standard_normal())),
-            disc_below=float(disc * size * (1 + 0.12 * rng.standard_normal())),
-            waist=float(rng.uniform(0.04, 0.09)), dep_top=float(rng.uniform(0.2, 0.8)),
-            dep_bot=float(rng.uniform(0.2, 0.8)), trab_hu=float(trab), lumbar_t=lum)
-        verts.append(v)
 
-    # fractures: level x density x frailty risk, clustered below a fractured neighbour
+def _new_vertebra(rng: np.random.Generator, config: SynthConfig, lab: int, size: float, density: int) -> _Vertebra:
+    """One intact vertebra of level ``lab``: the level's mean anatomy scaled to the patient, with individual variation."""
+    H, ratio, depth, width, disc = _interp_anatomy(lab)
+    pos = _POS[lab]
+    H *= size * (1.0 + config.level_height_sd * rng.standard_normal())
+    ratio = ratio + config.wedge_ratio_sd * rng.standard_normal()
+    thoracic = pos <= 12.5
+    ratio = float(np.clip(ratio, 1.0 - config.thoracic_wedge_max if thoracic else 0.9, 1.22))
+    Hp0 = 2.0 * H / (1.0 + ratio)
+    Ha0 = ratio * Hp0
+    lum = float(np.clip((pos - 10.0) / 4.0, 0.0, 1.0))
+    trab = (config.trabecular_hu_l1[density] + config.trabecular_hu_sd * rng.standard_normal()
+            + config.trabecular_hu_per_level * (13.0 - pos))
+    return _Vertebra(
+        label=lab, name=level_name(lab), Ha0=float(Ha0), Hp0=float(Hp0),
+        a=float(0.5 * width * size * (1 + 0.03 * rng.standard_normal())),
+        b=float(0.5 * depth * size * (1 + 0.03 * rng.standard_normal())),
+        disc_below=float(disc * size * (1 + 0.12 * rng.standard_normal())),
+        waist=float(rng.uniform(0.04, 0.09)), dep_top=float(rng.uniform(0.2, 0.8)),
+        dep_bot=float(rng.uniform(0.2, 0.8)), trab_hu=float(trab), lumbar_t=lum)
+
+
+def _fracture(rng: np.random.Generator, config: SynthConfig, v: _Vertebra, morph: str) -> None:
+    """Make ``v`` a fracture: a grade, its deformity within the grade's band, and the faint signs."""
+    v.grade = 1 + int(rng.choice(3, p=np.asarray(config.grade_mix, dtype=float)))
+    lo_d, hi_d = config.grade_bands[v.grade - 1]
+    v.deformity = float(rng.uniform(lo_d, hi_d))
+    v.morphology = morph
+    v.signs = True
+    clo, chi = config.compaction_hu[v.grade - 1]
+    v.compaction_hu = float(rng.uniform(clo, chi))
+    v.compaction_mm = float(rng.uniform(1.5, 3.0))
+    v.buckle = float(rng.uniform(0.03, 0.07)) if morph in ("wedge", "crush") else 0.0
+    v.irregularity_mm = float(rng.uniform(0.3, 0.8))
+
+
+def _deform(rng: np.random.Generator, config: SynthConfig, v: _Vertebra, fractured: bool) -> None:
+    """A fracture, a sub-threshold deformity (a short or slightly wedged normal vertebra, no signs) or neither."""
+    mprobs = config.morphology_thoracic if _POS[v.label] <= 10.0 else config.morphology_lumbar
+    morph = MORPHOLOGIES[int(rng.choice(3, p=np.asarray(mprobs, dtype=float)))]
+    if fractured:
+        _fracture(rng, config, v, morph)
+    elif rng.random() < config.p_subthreshold:
+        v.deformity = float(rng.uniform(*config.subthreshold_range))
+        v.morphology = morph
+    else:
+        rng.random()  # keep the stream aligned whatever the branch
+    if v.morphology == "wedge":
+        v.endplate = "inferior" if rng.random() < config.p_inferior_endplate else "superior"
+    elif v.morphology != "none":
+        v.endplate = "both"
+    v.irr_phase = tuple(float(x) for x in (rng.uniform(0, 6.3), rng.uniform(0, 6.3),
+                                              rng.uniform(0.35, 0.7), rng.uniform(0.35, 0.7)))
+    if v.deformity > 0:
+        _solve_collapse(v)
+    if v.grade == 0:
+        v.morphology = "none"  # the table's morphology names fractures only
+
+
+def _draw_fractures(rng: np.random.Generator, config: SynthConfig, verts: list[_Vertebra], density: int) -> None:
+    """Fractures by level x density x a per-patient frailty, clustered below a fractured neighbour."""
     frailty = rng.gamma(config.frailty_shape, 1.0 / config.frailty_shape)
     dens_risk = np.asarray(config.density_fracture_risk, dtype=float)
     dens_risk = dens_risk[density] / float(np.dot(dens_risk, config.density_probs))
@@ -157,36 +191,16 @@ def sample_patient(rng: np.random.Generator, config: SynthConfig) -> dict:
             p *= config.neighbour_boost
         fractured = rng.random() < min(p, config.max_fracture_prob)
         previous_fractured = fractured
-        thoracic = _POS[v.label] <= 10.0
-        mprobs = config.morphology_thoracic if thoracic else config.morphology_lumbar
-        morph = MORPHOLOGIES[int(rng.choice(3, p=np.asarray(mprobs, dtype=float)))]
-        if fractured:
-            v.grade = 1 + int(rng.choice(3, p=np.asarray(config.grade_mix, dtype=float)))
-            lo_d, hi_d = config.grade_bands[v.grade - 1]
-            v.deformity = float(rng.uniform(lo_d, hi_d))
-            v.morphology = morph
-            v.signs = True
-            clo, chi = config.compaction_hu[v.grade - 1]
-            v.compaction_hu = float(rng.uniform(clo, chi))
-            v.compaction_mm = float(rng.uniform(1.5, 3.0))
-            v.buckle = float(rng.uniform(0.03, 0.07)) if morph in ("wedge", "crush") else 0.0
-            v.irregularity_mm = float(rng.uniform(0.3, 0.8))
-        elif rng.random() < config.p_subthreshold:
-            # a short or slightly wedged normal vertebra: no fracture signs
-            v.deformity = float(rng.uniform(*config.subthreshold_range))
-            v.morphology = morph
-        else:
-            rng.random()  # keep the stream aligned whatever the branch
-        if v.morphology == "wedge":
-            v.endplate = "inferior" if rng.random() < config.p_inferior_endplate else "superior"
-        elif v.morphology != "none":
-            v.endplate = "both"
-        v.irr_phase = tuple(float(x) for x in (rng.uniform(0, 6.3), rng.uniform(0, 6.3),
-                                                  rng.uniform(0.35, 0.7), rng.uniform(0.35, 0.7)))
-        if v.deformity > 0:
-            _solve_collapse(v)
-        if v.grade == 0:
-            v.morphology = "none"  # the table's morphology names fractures only
+        _deform(rng, config, v, fractured)
+
+
+def sample_patient(rng: np.random.Generator, config: SynthConfig) -> dict:
+    """Draw one patient's run of vertebrae, sizes, bone density and fractures (no image)."""
+    sex = "F" if rng.random() < config.p_female else "M"
+    density = int(rng.choice(3, p=np.asarray(config.density_probs, dtype=float)))
+    size = (config.female_scale if sex == "F" else 1.0) * (1.0 + config.size_sd * rng.standard_normal())
+    verts = [_new_vertebra(rng, config, lab, size, density) for lab in _draw_run(rng, config)]
+    _draw_fractures(rng, config, verts, density)
     return dict(sex=sex, density=density, size=float(size), vertebrae=verts)
 
 
