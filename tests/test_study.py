@@ -19,7 +19,7 @@ import pytest
 
 from vfnb import cli
 from vfnb.errors import ParamsError, VfnbError
-from vfnb.study import NOTEBOOKS, StudyError, merge_params, parse_override, run_study
+from vfnb.study import MODEL_TITLES, NOTEBOOKS, StudyError, merge_params, parse_override, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "params" / "smoke.yaml"
@@ -88,14 +88,17 @@ def _notebook(path: Path, *sources: str) -> None:
     nbformat.write(nb, str(path))
 
 
-def test_failing_cell_names_notebook_and_cell_and_keeps_the_partial_run(tmp_path):
+def test_failing_cell_names_notebook_and_cell_and_keeps_the_partial_run(tmp_path, capfd):
     notebooks = tmp_path / "nb"
     notebooks.mkdir()
-    _notebook(notebooks / "ok.ipynb", "from pathlib import Path\nPath(run_dir, 'ok.txt').write_text(str(seed))")
+    # a notebook that logs a training line the way vfnb.train does, into the run folder's run.log
+    _notebook(notebooks / "ok.ipynb", "from pathlib import Path\nPath(run_dir, 'ok.txt').write_text(str(seed))",
+              "import logging\nfrom vfnb.study import StudyRun\nStudyRun(run_dir)\n"
+              "logging.getLogger('vfnb.train').info('supcon epoch 1/1: loss 0.5000, val macro-F1 0.250')")
     _notebook(notebooks / "broken.ipynb", "x = 1", "raise ValueError('boom in the study')", "y = 2")
     out = tmp_path / "results" / "run"
     with pytest.raises(StudyError) as info:
-        run_study([SMOKE], ["seed=3"], out, progress=False, notebooks=("ok", "broken"), notebook_dir=notebooks)
+        run_study([SMOKE], ["seed=3"], out, progress=True, notebooks=("ok", "broken"), notebook_dir=notebooks)
     message = str(info.value)
     # cell 0 markdown, 1 parameters, 2 papermill's injected parameters, 3 "x = 1", 4 the raise
     assert "broken.ipynb" in message and "cell 4" in message
@@ -106,6 +109,13 @@ def test_failing_cell_names_notebook_and_cell_and_keeps_the_partial_run(tmp_path
     executed = nbformat.read(str(failed / "broken.ipynb"), as_version=4)
     assert any(o.get("output_type") == "error" for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert (failed / "broken.html").is_file()
+    # the console named the staging folder first, echoed the kernel's training line, and no kernel notice
+    console = capfd.readouterr().err
+    assert re.search(r"building the run in \S*\.tmp-run-\S+ \(moved to \S*results/run when complete", console)
+    assert "supcon epoch 1/1: loss 0.5000" in console and "without encryption" not in console
+    log = (failed / "run.log").read_text()
+    assert log.index("[1/2] ok ...") < log.index("supcon epoch 1/1: loss 0.5000") < log.index("[2/2] broken ...")
+    assert "FAILED: notebook broken.ipynb failed in cell 4" in log
 
 
 def test_cli_bad_parameter_fails_in_the_first_notebook(tmp_path, capsys):
@@ -172,6 +182,34 @@ def test_smoke_study_end_to_end(tmp_path):
     for target in re.findall(r"\]\(([^)]+)\)", summary):
         assert (out / target).is_file(), target
     assert re.search(r"\| Cross-entropy baseline \| \d", summary)
+
+    # a reader's page (issue 17): the smoke warning, what each headline number is computed on, kept starts
+    smoke_warning = "Smoke run: these numbers mean nothing"
+    assert smoke_warning in index and smoke_warning in summary
+    assert "At the operating point" in index and "Threshold-free" in index and "Most probable grade (argmax)" in index
+    training = json.loads((out / "training.json").read_text())
+    assert set(training["models"]) == {"supcon", *metrics["models"]}
+    for model, trained in training["models"].items():
+        kept = f"{MODEL_TITLES.get(model)}: training did not improve validation macro-F1 on its start"
+        assert (kept in index) == (model in MODEL_TITLES and trained["best_epoch"] == 0), model
+
+    # every notebook page: a way back to the index, the warning, parameters as given, no internals
+    for name in NOTEBOOKS:
+        page, executed = (out / f"{name}.html").read_text(), (out / f"{name}.ipynb").read_text()
+        assert "<a href='index.html'>" in page and smoke_warning in page, name
+        assert ".tmp-smoke" not in page and ".tmp-smoke" not in executed, name  # the staging folder
+        assert "PosixPath(" not in page, name
+        nb = nbformat.read(str(out / f"{name}.ipynb"), as_version=4)
+        injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+        assert f"run_dir = {str(out)!r}" in injected.source, name
+    probe_page = (out / "01_supcon_pretraining.html").read_text()
+    assert "permutation p-value" in probe_page and "p (macro-F1" not in probe_page
+    assert "0.000<" not in probe_page  # p-values below 0.001 read "< 0.001"
+
+    # run.log: the console lines of the run and what training said
+    log = (out / "run.log").read_text()
+    assert log.startswith("building the run in") and "[4/4] 03_evaluation done" in log
+    assert "supcon_finetune: training (finetune, 1 epochs)" in log and "study complete" in log
 
     # provenance
     prov = json.loads((out / "provenance.json").read_text())

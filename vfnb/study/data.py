@@ -29,6 +29,7 @@ from .params import SYNTHSPINE
 from .paths import resolve_path
 from .provenance import dataset_fingerprint
 from .report import dataset_sentence, strip_tags
+from .run import say
 
 SPLITS = ("train", "val", "test")
 
@@ -108,7 +109,7 @@ def _prepare_synthspine(data_dir: str, synth_cases: int, synth_seed: int, patch_
                                        val_fraction=val_fraction)
     notes = sorted({line.strip() for line in captured.getvalue().replace("\r", "\n").splitlines()
                     if line.strip().startswith("warning:")})
-    print(f"SynthSpine ready in {time.monotonic() - start:.0f} s: {paths['processed'].name}"
+    say(f"SynthSpine ready in {time.monotonic() - start:.0f} s: {paths['processed'].name}"
           + (f" ({len(notes)} pre-processing notes, listed in patches.csv)" if notes else ""))
     return paths
 

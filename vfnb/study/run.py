@@ -63,6 +63,12 @@ def _show(fig) -> None:
             display(fig)
 
 
+def say(text: str) -> None:
+    """A line for the notebook's reader that also goes to ``run.log`` (and the console of ``vfnb study``)."""
+    print(text)
+    logging.getLogger(f"{LOGGER}.study").info(text)
+
+
 def log_to_run_folder(root: Path) -> None:
     """Send INFO lines of the ``vfnb`` loggers to ``<root>/run.log`` (once per folder and process).
 

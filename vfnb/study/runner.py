@@ -44,7 +44,7 @@ from tqdm import tqdm
 from ..errors import VfnbError
 from ..io import atomic_write_json, atomic_write_text, atomic_write_yaml, output_folder
 from .params import (merge_params_with_sources, notebook_parameters, resolve_param_paths, validate_study_params)
-from .paths import notebooks_dir, project_root
+from .paths import notebooks_dir, project_root, shown_path
 from .provenance import build_provenance, git_state
 from .registry import NOTEBOOKS, NOTEBOOK_TITLES
 from .report import SMOKE_WARNING, write_report
@@ -152,12 +152,12 @@ def render_html(ipynb: str | os.PathLike, html_path: str | os.PathLike, header: 
     return atomic_write_text(html_path, body)
 
 
-def show_given_parameters(ipynb: Path, shown: Mapping) -> None:
-    """Rewrite the parameters papermill injected into an executed notebook as the user gave them.
+def show_given_parameters(ipynb: Path, shown: Mapping, final_dir: str) -> None:
+    """Rewrite the parameters papermill recorded in an executed notebook as the user gave them.
 
-    The notebook ran with absolute paths inside a staging folder; its page shows the
-    values a reader can use: paths as given to ``vfnb study``, ``run_dir`` where the
-    run ends up.
+    The notebook ran with absolute paths inside a staging folder; its page and its
+    metadata show the values a reader can use: paths as given to ``vfnb study``,
+    ``run_dir`` where the run ends up (``final_dir``).
     """
     nb = nbformat.read(str(ipynb), as_version=4)
     for cell in nb.cells:
@@ -165,6 +165,11 @@ def show_given_parameters(ipynb: Path, shown: Mapping) -> None:
             names = [line.split("=", 1)[0].strip() for line in cell.source.splitlines() if "=" in line]
             cell.source = "\n".join(["# Parameters, as given to `vfnb study` (paths relative to where it ran)",
                                      *(f"{k} = {shown[k]!r}" for k in names if k in shown)])
+    record = nb.metadata.get("papermill")
+    if isinstance(record, dict):
+        record["parameters"] = {k: shown[k] for k in record.get("parameters") or {} if k in shown}
+        record["input_path"] = shown_path(record.get("input_path", ""))
+        record["output_path"] = f"{final_dir}/{ipynb.name}"
     nbformat.write(nb, str(ipynb))
 
 
@@ -215,7 +220,7 @@ def _run_notebooks(staging: Path, params: dict, shown: dict, notebooks: Sequence
             log.say(f"[{i + 1}/{len(notebooks)}] {name} ...")
             with log.follow():
                 durations[name] = execute_notebook(name, staging, params, kernel, progress, notebook_dir)
-            show_given_parameters(staging / f"{name}.ipynb", shown)
+            show_given_parameters(staging / f"{name}.ipynb", shown, shown["run_dir"])
             render_html(staging / f"{name}.ipynb", staging / f"{name}.html", header)
             log.say(f"[{i + 1}/{len(notebooks)}] {name} done in {durations[name]:.0f} s")
     return durations

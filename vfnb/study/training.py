@@ -22,9 +22,10 @@ from ..errors import ParamsError
 from ..models import build_model, load_checkpoint_dict
 from ..plots import plot_curves
 from ..train import train, validate_params
-from .paths import resolve_path
+from .paths import resolve_path, shown_path
 from .records import TrainedModel, TrainingSettings
 from .registry import MODELS, PRETRAINED, needs_pretraining
+from .run import say
 
 #: The study's input cube (STUDY §1.3): what a released checkpoint, which records no size, was trained at.
 RELEASED_CUBE_SIZE = 128
@@ -108,21 +109,22 @@ def train_model(run, model: str, data, settings: TrainingSettings, budget: Mappi
     spec = MODELS[model]
     given = _given_checkpoint(model, checkpoints)
     if given is not None:
-        print(f"{model}: using the given checkpoint {given} (no training)")
+        say(f"{model}: using the given checkpoint {shown_path(given)} (no training)")
         outcome = TrainedModel(model, str(given), source="given")
     elif reuse and run.checkpoint(model).is_file():
-        print(f"{model}: reusing {run.checkpoint(model)}")
+        say(f"{model}: reusing {run.relative(run.checkpoint(model))}")
         outcome = TrainedModel(model, str(run.checkpoint(model)), source="reused")
     else:
         params = model_training_params(model, settings.as_dict(), spec.budget_of(budget), data.processed, data.tag,
                                        _start_of(run, model))
         if run.model_dir(model).exists():
             shutil.rmtree(run.model_dir(model))  # a stale or half-written run inside this study's own folder
+        say(f"{model}: training ({spec.mode}, {params['epochs']} epochs) ...")
         start = time.monotonic()
         result = train(params, run.model_dir(model))
         outcome = TrainedModel(model, str(result.best_checkpoint), "trained", len(result.history), result.best_epoch,
                                result.selected_by, result.best_metric, round(time.monotonic() - start, 1))
-        print(_describe(outcome, spec.mode))
+        say(_describe(outcome, spec.mode))
     return run.record_trained(outcome)
 
 
@@ -130,7 +132,7 @@ def pretrain(run, data, settings: TrainingSettings, models, budget: Mapping[str,
              checkpoints: Mapping[str, str] | None = None, reuse: bool = False) -> TrainedModel | None:
     """Notebook 01: the SupCon encoder, when a model of ``models`` starts from it or a checkpoint names it."""
     if not needs_pretraining(models, checkpoints):
-        print("no SupCon model in 'models': nothing to pretrain")
+        say("no SupCon model in 'models': nothing to pretrain")
         return None
     return train_model(run, PRETRAINED, data, settings, budget, checkpoints=checkpoints, reuse=reuse)
 
