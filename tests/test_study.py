@@ -56,6 +56,22 @@ def test_unknown_or_malformed_override():
         parse_override("models=[a, b")
 
 
+def test_study_validation_names_the_file_that_set_a_bad_training_value(tmp_path):
+    from vfnb.study import merge_params_with_sources, validate_study_params
+
+    bad = tmp_path / "fast.yaml"
+    bad.write_text("supcon_lr: fast\n")
+    params, sources = merge_params_with_sources([bad])
+    with pytest.raises(ParamsError, match=r"fast\.yaml: .*parameter 'supcon_lr' = 'fast' is invalid.*\(model supcon\)"):
+        validate_study_params(params, sources=sources)
+    params, sources = merge_params_with_sources([], ["finetune_epochs=0"])
+    with pytest.raises(ParamsError, match=r"-p finetune_epochs=0: .*'finetune_epochs'.*\(model supcon_finetune\)"):
+        validate_study_params(params, sources=sources)
+    params, sources = merge_params_with_sources([], ["supcon_warmup_epochs=16"])  # not below supcon_epochs
+    with pytest.raises(ParamsError, match=r"'supcon_warmup_epochs'"):
+        validate_study_params(params, sources=sources)
+
+
 def test_params_file_must_be_a_mapping_and_plain_yaml(tmp_path):
     listy = tmp_path / "list.yaml"
     listy.write_text("- a\n- b\n")
