@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     from vfnb.data.synth import ensure_default_dataset
     from vfnb.io import atomic_write_text, load_yaml
     from vfnb.models import load_checkpoint
-    from vfnb.study import initial_model, probe_comparison
+    from vfnb.study import PERMUTATION_P, initial_model, probe_comparison
     from vfnb.train import parse_overrides, train
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
                **{f"{stage}_{key}": round(float(table.loc[stage, col]), 4)
                   for stage in ("init", "best", "last")
                   for key, col in (("macro_f1", "macro-F1"), ("fracture_auc", "fracture AUC"),
-                                   ("p", "p (macro-F1 vs chance)"))},
+                                   ("p", PERMUTATION_P))},
                "chance_always_normal_macro_f1": round(float(table.loc["chance: always grade 0", "macro-F1"]), 4),
                "chance_uniform_macro_f1": round(float(table.loc["chance: uniform guess", "macro-F1"]), 4),
                "epoch_loss": [round(float(h["loss"]), 4) for h in result.history],

@@ -99,12 +99,12 @@ def test_screening_metrics_give_nan_not_a_crash_with_one_class():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_fast_headline_metrics_equal_sklearn_metrics(seed):
+def test_fast_reported_metrics_equal_sklearn_metrics(seed):
     df = make_predictions(seed=seed, round_to=1)  # heavy ties in the scores
     # also on a patient-bootstrap replicate (duplicated rows)
     rows = ev.bootstrap_indices(df["image_id"], len(df), 1, seed=seed)[0]
     for frame in (df, df.iloc[rows]):
-        fast = ev.headline_metrics(frame, threshold=0.5)
+        fast = ev.reported_metrics(frame, threshold=0.5)
         grading = ev.grade_metrics(frame["grade"], frame["pred"])
         screening = ev.screening_metrics(frame["grade"], frame["fracture_prob"], 0.5)
         cal = ev.calibration(frame[["p0", "p1", "p2", "p3"]].to_numpy(), frame["grade"])
@@ -116,7 +116,7 @@ def test_fast_headline_metrics_equal_sklearn_metrics(seed):
         expected.update({k: screening[k] for k in ("sensitivity", "specificity", "ppv", "npv", "roc_auc", "pr_auc")})
         expected["ece"] = cal["ece"]
         expected["binary_ece"] = bcal["ece"]
-        assert set(fast) == set(ev.HEADLINE_METRICS)
+        assert set(fast) == set(ev.REPORTED_METRICS)
         for name, value in expected.items():
             assert fast[name] == pytest.approx(value, nan_ok=True), name
 
@@ -220,11 +220,11 @@ def test_bootstrap_skips_undefined_replicates_and_reports_them():
 
 def test_bootstrap_handles_dict_statistics_and_is_reproducible():
     df = make_predictions(seed=5)
-    fn = lambda d: ev.headline_metrics(d, 0.5)  # noqa: E731
+    fn = lambda d: ev.reported_metrics(d, 0.5)  # noqa: E731
     first = ev.bootstrap_ci(df, fn, n_boot=100, seed=7)
     again = ev.bootstrap_ci(df, fn, n_boot=100, seed=7)
     other = ev.bootstrap_ci(df, fn, n_boot=100, seed=8)
-    assert set(first) == set(ev.HEADLINE_METRICS)
+    assert set(first) == set(ev.REPORTED_METRICS)
     assert tuple(first["roc_auc"]) == tuple(again["roc_auc"])
     assert tuple(first["roc_auc"]) != tuple(other["roc_auc"])
 
@@ -261,7 +261,7 @@ def test_evaluate_predictions_is_strict_json_and_consistent():
     out = ev.evaluate_predictions(df, threshold=0.4, n_boot=200, seed=0)
     pd.testing.assert_frame_equal(df, before)  # input untouched
     json.dumps(out, allow_nan=False)
-    assert set(out["metrics"]) == set(ev.HEADLINE_METRICS)
+    assert set(out["metrics"]) == set(ev.REPORTED_METRICS)
     y, pred = df["grade"], df["pred"]
     assert out["metrics"]["macro_f1"]["value"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
     assert out["metrics"]["roc_auc"]["value"] == pytest.approx(skm.roc_auc_score(y >= 1, df["fracture_prob"]))
@@ -324,16 +324,35 @@ def test_comparison_table_puts_models_next_to_the_paper():
     assert list(table.columns)[:2] == ["SupCon", "CE baseline"]
     assert "own data" in table.columns[-1]
     assert table.loc[ev.METRIC_LABELS["specificity"]].iloc[-1] == "0.99"
-    assert table.loc[ev.METRIC_LABELS["roc_auc"]].iloc[-1] == "-"
+    assert table.loc[ev.METRIC_LABELS["roc_auc"]].iloc[-1] == ev.MISSING  # not reported by the paper
     assert "[" in table.loc[ev.METRIC_LABELS["macro_f1"], "SupCon"]
+
+
+def test_format_ci_and_p_mark_missing_values_one_way():
+    assert ev.format_ci({"value": 0.85, "ci_low": 0.8, "ci_high": 0.9}) == "0.85 [0.80, 0.90]"
+    assert ev.format_ci({"value": 0.5, "ci_low": None, "ci_high": None}) == "0.50"
+    assert ev.format_ci(0.5) == "0.50"
+    for missing in ({"value": None}, None, float("nan"), {"value": float("nan"), "ci_low": 0.1, "ci_high": 0.2}):
+        assert ev.format_ci(missing) == ev.MISSING
+    assert ev.format_p(0.0004998) == "< 0.001"  # 1 / 2001: the smallest p of 2000 permutations
+    assert ev.format_p(0.0123) == "0.012" and ev.format_p(None) == ev.MISSING
+
+
+def test_every_reported_metric_says_how_it_decides():
+    assert set(ev.METRIC_DECISION) == set(ev.REPORTED_METRICS) <= set(ev.METRIC_LABELS)
+    assert set(ev.HEADLINE_METRICS) <= set(ev.REPORTED_METRICS)
+    for name in ev.REPORTED_METRICS:
+        kind = ev.METRIC_DECISION[name]
+        if kind in ("operating point", "threshold-free", "argmax"):
+            assert kind in ev.METRIC_LABELS[name], name
 
 
 def test_evaluate_predictions_intervals_equal_the_generic_bootstrap():
     # evaluate_predictions bootstraps arrays directly (speed); it must match bootstrap_ci on the DataFrame
     df = make_predictions(seed=9)
     out = ev.evaluate_predictions(df, 0.5, n_boot=60, seed=3)
-    generic = ev.bootstrap_ci(df, lambda d: ev.headline_metrics(d, 0.5), n_boot=60, seed=3)
-    for name in ev.HEADLINE_METRICS:
+    generic = ev.bootstrap_ci(df, lambda d: ev.reported_metrics(d, 0.5), n_boot=60, seed=3)
+    for name in ev.REPORTED_METRICS:
         entry = out["metrics"][name]
         expected = [None if math.isnan(v) else v for v in generic[name]]
         assert [entry["value"], entry["ci_low"], entry["ci_high"]] == pytest.approx(expected), name

@@ -110,8 +110,10 @@ def test_plot_curves_from_history_with_gaps():
     assert_labelled(fig)
     axes = plot_axes(fig)
     assert len(axes) == 3  # loss, metrics, learning rate
-    metric_line = [line for line in axes[1].get_lines() if line.get_label() == "val_macro_f1"][0]
+    metric_line = [line for line in axes[1].get_lines() if line.get_label() == "validation macro-F1"][0]
     assert list(metric_line.get_xdata()) == [2, 4, 6, 8, 10]  # missing epochs skipped, not zeros
+    assert all(float(t).is_integer() for t in axes[1].get_xticks())  # epochs are whole numbers
+    assert not any("val_" in line.get_label() for ax in axes for line in ax.get_lines())  # no code names
     assert axes[2].get_yscale() == "log"
     assert not any(line.get_label() == "no structure" for line in axes[0].get_lines())
     fig = plots.plot_curves(history, loss_reference=("no structure", 3.135))
@@ -119,6 +121,36 @@ def test_plot_curves_from_history_with_gaps():
     assert len(reference) == 1 and list(reference[0].get_ydata()) == [3.135, 3.135]
     with pytest.raises(DatasetError):
         plots.plot_curves([])
+
+
+def test_plot_curves_marks_the_selected_epoch_and_draws_the_start():
+    history = [{"epoch": e, "loss": 1.0 / e, "val_macro_f1": 0.30 - 0.05 * e} for e in (1, 2)]
+    fig = plots.plot_curves(history, keys=["loss", "val_macro_f1"], selected_epoch=0, start={"val_macro_f1": 0.4},
+                            title="Fine-tuning")
+    loss_ax, metric_ax = plot_axes(fig)
+    f1 = [line for line in metric_ax.get_lines() if line.get_label() == "validation macro-F1"][0]
+    assert list(f1.get_xdata()) == [0, 1, 2] and f1.get_ydata()[0] == pytest.approx(0.4)
+    loss = [line for line in loss_ax.get_lines() if line.get_label() == "training loss"][0]
+    assert list(loss.get_xdata()) == [1, 2]  # no loss before the first step
+    for ax in (loss_ax, metric_ax):
+        marks = [line for line in ax.get_lines() if line.get_label() == "selected checkpoint (epoch 0)"]
+        assert len(marks) == 1 and list(marks[0].get_xdata()) == [0, 0]
+
+
+def test_identical_models_stay_visible_on_roc_and_reliability():
+    a = predictions(1)
+    fig = plots.plot_roc({"SupCon linear": a, "SupCon fine-tuned": a.copy(), "CE": predictions(2)}, title="ROC, test")
+    ax = plot_axes(fig)[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(t.startswith("SupCon fine-tuned (identical to SupCon linear)") for t in legend)
+    curves = [line for line in ax.get_lines() if line.get_label().startswith("SupCon")]
+    assert len({line.get_linestyle() for line in curves}) == 2  # the same curve drawn in two styles
+    result = ev.evaluate_predictions(a, 0.5, n_boot=20)
+    fig = plots.plot_reliability({"A": result["binary_calibration"], "B": result["binary_calibration"]},
+                                 title="fracture probability, test")
+    lines = [line for line in plot_axes(fig)[0].get_lines() if line.get_label()[:1] in "AB"]
+    assert lines[1].get_label().startswith("B (identical to A)")
+    assert (lines[0].get_linestyle(), lines[0].get_marker()) != (lines[1].get_linestyle(), lines[1].get_marker())
 
 
 def test_umap_embedding_shape_and_determinism(umap_xy):

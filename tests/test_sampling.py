@@ -80,3 +80,27 @@ def test_refuses_what_cannot_be_balanced():
         ClassBalancedBatchSampler(GRADES, mode="shuffled")
     with pytest.raises(ParamsError, match="empty"):
         ClassBalancedBatchSampler([], per_grade=1)
+
+
+# ------------------------------------------------------------------ samples for figures
+def test_pick_per_grade_draws_each_grade_once_in_record_order():
+    from vfnb.data.sampling import pick_per_grade
+
+    records = [{"name": f"v{i}", "grade": g} for i, g in enumerate(GRADES)]
+    picked = pick_per_grade(records, 4, seed=3)
+    assert [r["grade"] for r in picked] == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
+    for grade in range(4):
+        names = [r["name"] for r in picked if r["grade"] == grade]
+        positions = [int(n[1:]) for n in names]
+        assert positions == sorted(positions) and len(set(names)) == 4
+    assert pick_per_grade(records, 4, seed=3) == picked and pick_per_grade(records, 4, seed=4) != picked
+    few = pick_per_grade([r for r in records if r["grade"] != 2], 50, seed=0)
+    assert Counter(r["grade"] for r in few) == {0: 40, 1: 10, 3: 13}  # all of each, no grade 2
+
+
+def test_subsample_keeps_order_and_size():
+    from vfnb.data.sampling import subsample
+
+    assert list(subsample(5, 10)) == [0, 1, 2, 3, 4]
+    chosen = subsample(100, 7, seed=1)
+    assert len(chosen) == 7 and list(chosen) == sorted(set(chosen)) and list(subsample(100, 7, seed=1)) == list(chosen)

@@ -19,8 +19,7 @@ import pytest
 
 from vfnb import cli
 from vfnb.errors import ParamsError, VfnbError
-from vfnb.study import (NOTEBOOKS, HEADLINE_METRICS, StudyError, body_heights, format_ci, merge_params,
-                        parse_override, run_study)
+from vfnb.study import MODEL_TITLES, NOTEBOOKS, StudyError, merge_params, parse_override, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "params" / "smoke.yaml"
@@ -57,6 +56,22 @@ def test_unknown_or_malformed_override():
         parse_override("models=[a, b")
 
 
+def test_study_validation_names_the_file_that_set_a_bad_training_value(tmp_path):
+    from vfnb.study import merge_params_with_sources, validate_study_params
+
+    bad = tmp_path / "fast.yaml"
+    bad.write_text("supcon_lr: fast\n")
+    params, sources = merge_params_with_sources([bad])
+    with pytest.raises(ParamsError, match=r"fast\.yaml: .*parameter 'supcon_lr' = 'fast' is invalid.*\(model supcon\)"):
+        validate_study_params(params, sources=sources)
+    params, sources = merge_params_with_sources([], ["finetune_epochs=0"])
+    with pytest.raises(ParamsError, match=r"-p finetune_epochs=0: .*'finetune_epochs'.*\(model supcon_finetune\)"):
+        validate_study_params(params, sources=sources)
+    params, sources = merge_params_with_sources([], ["supcon_warmup_epochs=16"])  # not below supcon_epochs
+    with pytest.raises(ParamsError, match=r"'supcon_warmup_epochs'"):
+        validate_study_params(params, sources=sources)
+
+
 def test_params_file_must_be_a_mapping_and_plain_yaml(tmp_path):
     listy = tmp_path / "list.yaml"
     listy.write_text("- a\n- b\n")
@@ -66,27 +81,6 @@ def test_params_file_must_be_a_mapping_and_plain_yaml(tmp_path):
     tagged.write_text("seed: !!python/object/apply:os.getcwd []\n")
     with pytest.raises(ParamsError, match="tagged.yaml"):
         merge_params([tagged])
-
-
-def test_format_ci():
-    assert format_ci({"value": 0.85, "ci_low": 0.8, "ci_high": 0.9}) == "0.85 [0.80, 0.90]"
-    assert format_ci({"value": None}) == "–"
-    assert format_ci({"value": 0.5, "ci_low": None, "ci_high": None}) == "0.50"
-
-
-def test_body_heights_of_a_wedge():
-    import numpy as np
-
-    # body 20 voxels deep (axis 1: 10..29, anterior = high), 16 tall at the back, 10 at the front
-    mask = np.zeros((8, 40, 30), dtype=np.uint8)
-    for y in range(10, 30):
-        top = 5 + int(round(16 - 6 * (y - 10) / 19))
-        mask[2:6, y, 5:top] = 1
-    mask[2:6, 2:6, 5:25] = 1  # posterior elements behind a canal gap: not the body
-    h = body_heights(mask, spacing_mm=0.5)
-    assert h["posterior"] > h["middle"] > h["anterior"]
-    assert h["anterior"] == pytest.approx(0.5 * 11, abs=0.6)
-    assert h["posterior"] == pytest.approx(0.5 * 15, abs=0.6)
 
 
 # ------------------------------------------------------------------ refusals and failures
@@ -110,14 +104,17 @@ def _notebook(path: Path, *sources: str) -> None:
     nbformat.write(nb, str(path))
 
 
-def test_failing_cell_names_notebook_and_cell_and_keeps_the_partial_run(tmp_path):
+def test_failing_cell_names_notebook_and_cell_and_keeps_the_partial_run(tmp_path, capfd):
     notebooks = tmp_path / "nb"
     notebooks.mkdir()
-    _notebook(notebooks / "ok.ipynb", "from pathlib import Path\nPath(run_dir, 'ok.txt').write_text(str(seed))")
+    # a notebook that logs a training line the way vfnb.train does, into the run folder's run.log
+    _notebook(notebooks / "ok.ipynb", "from pathlib import Path\nPath(run_dir, 'ok.txt').write_text(str(seed))",
+              "import logging\nfrom vfnb.study import StudyRun\nStudyRun(run_dir)\n"
+              "logging.getLogger('vfnb.train').info('supcon epoch 1/1: loss 0.5000, val macro-F1 0.250')")
     _notebook(notebooks / "broken.ipynb", "x = 1", "raise ValueError('boom in the study')", "y = 2")
     out = tmp_path / "results" / "run"
     with pytest.raises(StudyError) as info:
-        run_study([SMOKE], ["seed=3"], out, progress=False, notebooks=("ok", "broken"), notebook_dir=notebooks)
+        run_study([SMOKE], ["seed=3"], out, progress=True, notebooks=("ok", "broken"), notebook_dir=notebooks)
     message = str(info.value)
     # cell 0 markdown, 1 parameters, 2 papermill's injected parameters, 3 "x = 1", 4 the raise
     assert "broken.ipynb" in message and "cell 4" in message
@@ -128,6 +125,13 @@ def test_failing_cell_names_notebook_and_cell_and_keeps_the_partial_run(tmp_path
     executed = nbformat.read(str(failed / "broken.ipynb"), as_version=4)
     assert any(o.get("output_type") == "error" for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert (failed / "broken.html").is_file()
+    # the console named the staging folder first, echoed the kernel's training line, and no kernel notice
+    console = capfd.readouterr().err
+    assert re.search(r"building the run in \S*\.tmp-run-\S+ \(moved to \S*results/run when complete", console)
+    assert "supcon epoch 1/1: loss 0.5000" in console and "without encryption" not in console
+    log = (failed / "run.log").read_text()
+    assert log.index("[1/2] ok ...") < log.index("supcon epoch 1/1: loss 0.5000") < log.index("[2/2] broken ...")
+    assert "FAILED: notebook broken.ipynb failed in cell 4" in log
 
 
 def test_cli_bad_parameter_fails_in_the_first_notebook(tmp_path, capsys):
@@ -195,6 +199,34 @@ def test_smoke_study_end_to_end(tmp_path):
         assert (out / target).is_file(), target
     assert re.search(r"\| Cross-entropy baseline \| \d", summary)
 
+    # a reader's page (issue 17): the smoke warning, what each headline number is computed on, kept starts
+    smoke_warning = "Smoke run: these numbers mean nothing"
+    assert smoke_warning in index and smoke_warning in summary
+    assert "At the operating point" in index and "Threshold-free" in index and "Most probable grade (argmax)" in index
+    training = json.loads((out / "training.json").read_text())
+    assert set(training["models"]) == {"supcon", *metrics["models"]}
+    for model, trained in training["models"].items():
+        kept = f"{MODEL_TITLES.get(model)}: training did not improve validation macro-F1 on its start"
+        assert (kept in index) == (model in MODEL_TITLES and trained["best_epoch"] == 0), model
+
+    # every notebook page: a way back to the index, the warning, parameters as given, no internals
+    for name in NOTEBOOKS:
+        page, executed = (out / f"{name}.html").read_text(), (out / f"{name}.ipynb").read_text()
+        assert "<a href='index.html'>" in page and smoke_warning in page, name
+        assert ".tmp-smoke" not in page and ".tmp-smoke" not in executed, name  # the staging folder
+        assert "PosixPath(" not in page, name
+        nb = nbformat.read(str(out / f"{name}.ipynb"), as_version=4)
+        injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+        assert f"run_dir = {str(out)!r}" in injected.source, name
+    probe_page = (out / "01_supcon_pretraining.html").read_text()
+    assert "permutation p-value" in probe_page and "p (macro-F1" not in probe_page
+    assert "0.000<" not in probe_page  # p-values below 0.001 read "< 0.001"
+
+    # run.log: the console lines of the run and what training said
+    log = (out / "run.log").read_text()
+    assert log.startswith("building the run in") and "[4/4] 03_evaluation done" in log
+    assert "supcon_finetune: training (finetune, 1 epochs)" in log and "study complete" in log
+
     # provenance
     prov = json.loads((out / "provenance.json").read_text())
     assert set(prov["notebook_seconds"]) == set(NOTEBOOKS)
@@ -237,7 +269,7 @@ def test_git_state_counts_code_not_outputs(tmp_path):
 
 def test_probe_comparison_reports_probe_and_chance(tiny_processed):
     from vfnb.data.processed import ProcessedDataset
-    from vfnb.study import initial_model, probe_comparison
+    from vfnb.study import PERMUTATION_P, initial_model, probe_comparison
 
     ds = ProcessedDataset(tiny_processed)
     model = initial_model("resnet10", "linear", 16, seed=0, block_inplanes=[4, 4, 4, 8])
@@ -245,7 +277,7 @@ def test_probe_comparison_reports_probe_and_chance(tiny_processed):
                              device="cpu", n_permutations=50)
     assert list(table.index) == ["random init", "chance: always grade 0", "chance: uniform guess"]
     row = table.loc["random init"]
-    assert 0 <= row["macro-F1"] <= 1 and 0 <= row["fracture AUC"] <= 1 and 1 / 51 <= row["p (macro-F1 vs chance)"] <= 1
+    assert 0 <= row["macro-F1"] <= 1 and 0 <= row["fracture AUC"] <= 1 and 1 / 51 <= row[PERMUTATION_P] <= 1
     # the val list holds all four grades about equally: always-0 reaches F1(grade 0) / 4
     assert table.loc["chance: always grade 0", "macro-F1"] < 0.2
 

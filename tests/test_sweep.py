@@ -21,7 +21,7 @@ import yaml
 
 from vfnb import cli
 from vfnb.errors import ParamsError
-from vfnb.study import HEADLINE_METRICS
+from vfnb.evaluate import HEADLINE_METRICS
 from vfnb.sweep import SweepError, load_sweep, mean_interval, run_sweep
 
 T_975_2DOF = 4.302653  # t quantile 0.975 for 2 degrees of freedom (tables)
@@ -44,7 +44,7 @@ def fake_study(calls: list | None = None, fail_seeds=()):
         out = Path(out)
         models = {m: {"title": m, "metrics": {k: {"value": ROC_AUC[m][seed] if k == "roc_auc" else 0.5,
                                                   "ci_low": 0.0, "ci_high": 1.0, "n_valid": 1000}
-                                              for k, _ in HEADLINE_METRICS}} for m in ROC_AUC}
+                                              for k in HEADLINE_METRICS}} for m in ROC_AUC}
         (out / "runs" / "supcon").mkdir(parents=True)
         (out / "runs" / "ce").mkdir(parents=True)
         # supcon: no steps recorded -> epoch x batches_per_epoch; val_probe_* preferred to val_*

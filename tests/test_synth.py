@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from vfnb.data import synth
+from vfnb.data.synth import dataset as synth_dataset, scan as synth_scan
 from vfnb.data.synth import SynthConfig, generate_case, generate_dataset
 from vfnb.errors import DatasetError, VfnbError
 from vfnb.io import load_yaml
@@ -121,7 +122,7 @@ def test_orientations_and_scanner_ranges():
         rng = np.random.default_rng([0, k])
         synth.sample_patient(rng, cfg)
         rng.uniform(*cfg.curve_scale), rng.uniform(*cfg.curve_scale)
-        sp, kind, R, _ = synth._choose_geometry(rng, cfg, np.zeros(3), np.array([110, 160, 280]))
+        sp, kind, R, _ = synth_scan._choose_geometry(rng, cfg, np.zeros(3), np.array([110, 160, 280]))
         rng_kinds.add(kind)
         spacings.append(sp)
         if kind == "oblique":
@@ -332,7 +333,7 @@ def test_ensure_default_dataset_reuses_and_refuses(tmp_path, monkeypatch):
         calls.append(("generate", kw["cases"]))
         Path(out).mkdir(parents=True)
         (Path(out) / synth.META_FILE).write_text(
-            __import__("json").dumps(synth._meta(kw["cases"], kw["seed"], kw["config"])))
+            __import__("json").dumps(synth_dataset._meta(kw["cases"], kw["seed"], kw["config"])))
         return Path(out)
 
     def fake_preprocess(original, processed, size, workers):
@@ -342,11 +343,9 @@ def test_ensure_default_dataset_reuses_and_refuses(tmp_path, monkeypatch):
     def fake_split(processed, tag, folds, val_fraction, seed):
         calls.append(("split", tag, folds))
 
-    monkeypatch.setattr(synth, "generate_dataset", fake_generate)
-    import vfnb.data.preprocess as pre
-    import vfnb.data.split as spl
-    monkeypatch.setattr(pre, "preprocess_dataset", fake_preprocess)
-    monkeypatch.setattr(spl, "split_dataset", fake_split)
+    monkeypatch.setattr(synth_dataset, "generate_dataset", fake_generate)
+    monkeypatch.setattr(synth_dataset, "preprocess_dataset", fake_preprocess)
+    monkeypatch.setattr(synth_dataset, "split_dataset", fake_split)
 
     got = synth.ensure_default_dataset(tmp_path, cases=4, seed=1, size=32, workers=1, folds=2)
     assert got["original"] == tmp_path / "synthspine-s1-n4" / "original"

@@ -14,10 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from matplotlib.figure import Figure
+
 from .errors import VfnbError
-from .evaluate import finite_values as _finite, mean_interval
+from .evaluate import finite_values, mean_interval
 from .io import load_yaml
-from .study import _read_json
+from .study import read_json
 
 # training runs drawn, and the validation numbers read from their histories
 BUDGET_RUNS = {"supcon": "SupCon pretraining", "ce": "Cross-entropy baseline"}
@@ -32,7 +34,7 @@ def _history_points(run_dir: Path, model: str) -> list[dict]:
     the run's params.yaml (``None`` when neither is known). The validation probe's
     numbers (``val_probe_*``) are preferred to ``val_*`` when present.
     """
-    history = _read_json(run_dir / "runs" / model / "history.json")
+    history = read_json(run_dir / "runs" / model / "history.json")
     if not isinstance(history, list):
         return []
     try:
@@ -47,7 +49,7 @@ def _history_points(run_dir: Path, model: str) -> list[dict]:
         steps = row.get("steps")
         if not isinstance(steps, int):
             steps = row["epoch"] * batches if isinstance(batches, int) else None
-        values = {name: next((row[k] for k in (f"val_probe_{name}", f"val_{name}") if _finite([row.get(k)])), None)
+        values = {name: next((row[k] for k in (f"val_probe_{name}", f"val_{name}") if finite_values([row.get(k)])), None)
                   for name, _ in BUDGET_METRICS}
         rows.append({"epoch": row["epoch"], "steps": steps, **values})
     return rows
@@ -83,8 +85,6 @@ def plot_budget_curves(budget: dict, title: str):
 
     Across several runs: the mean, with a band from the lowest to the highest run.
     """
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(10, 4), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, (name, label) in zip(axes, BUDGET_METRICS):

@@ -19,11 +19,14 @@ steps (a balanced epoch has ``smallest grade // (k * world_size)`` steps).
 
 Batches are balanced over the grades present in ``grades`` (normally all four);
 a grade with fewer than ``k`` vertebrae is refused.
+
+The module also draws the small per-grade samples the study's figures show
+(:func:`pick_per_grade`) and random subsets for embeddings (:func:`subsample`).
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -112,3 +115,31 @@ class ClassBalancedBatchSampler:
         lo, hi = self.rank * self.per_grade, (self.rank + 1) * self.per_grade
         for step in self._global_steps():
             yield [int(i) for g in self.classes for i in step[g][lo:hi]]
+
+
+# ------------------------------------------------------------------ samples for figures and tables
+def pick_per_grade(records: Sequence[Mapping[str, Any]], per_grade: int, seed: int = 0) -> list:
+    """Up to ``per_grade`` records of each Genant grade, grade 0 first, drawn without replacement.
+
+    One generator seeded with ``seed`` draws the grades in ascending order (a grade
+    with no record draws nothing); within a grade the chosen records keep their order
+    in ``records``. The notebooks use it for every per-grade sample they show (example
+    patches, height measurements, intensity samples), so one seed gives one sample.
+    """
+    rng = np.random.default_rng(seed)
+    by_grade: dict[int, list] = {}
+    for record in records:
+        by_grade.setdefault(int(record["grade"]), []).append(record)
+    chosen = []
+    for grade in sorted(by_grade):
+        members = by_grade[grade]
+        picked = rng.choice(len(members), size=min(int(per_grade), len(members)), replace=False)
+        chosen += [members[i] for i in sorted(picked)]
+    return chosen
+
+
+def subsample(n: int, max_points: int, seed: int = 0) -> np.ndarray:
+    """Indices of at most ``max_points`` of ``n`` items, sorted (all of them when ``n <= max_points``)."""
+    if n <= max_points:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=int(max_points), replace=False))

@@ -1,0 +1,56 @@
+"""SynthSpine: the embedded default dataset, synthetic spine CTs with Genant-graded fractures.
+
+SYNTHETIC DATA. Every scan is drawn from a hand-built geometric model of the
+thoracolumbar spine (STUDY §3-4); no patient data is involved. What is modelled:
+
+- a run of ``min_vertebrae``-``max_vertebrae`` consecutive vertebrae between T4 and L5
+  (rarely a T13, label 28, or an L6, label 25), placed along a curve with thoracic
+  kyphosis and lumbar lordosis, so every vertebra is tilted;
+- each vertebra: a waisted, kidney-shaped body with a cortical shell, flat endplates
+  with a shallow physiological concavity and a textured trabecular interior;
+  pedicles, laminae, spinous, transverse and articular processes, a spinal canal;
+  intervertebral discs; ribs (not labelled) at thoracic levels;
+- a body contour: paraspinal / psoas muscle, subcutaneous and retroperitoneal fat,
+  mediastinal soft tissue, lungs beside the thoracic spine, air behind the back;
+- sizes by level and sex (women ~8 % smaller) with individual and level-to-level
+  variation, physiological thoracic wedging up to ~15 %;
+- per-patient bone density class (normal / osteopenic / osteoporotic) setting the
+  trabecular HU; cortical, disc, muscle, fat, lung and air HU; partial-volume
+  sampling, a Gaussian point-spread blur and white noise (sigma 10-40 HU); int16 HU;
+- scanner geometry: in-plane 0.6-1.0 mm, slices 1-3 mm; headers in RAS, LPS, permuted
+  and slightly oblique orientations (the anatomy is defined in world millimetres and
+  sampled through the header's affine, so the label map is right in world space);
+- fractures: the Genant grade follows from the deformity against the vertebra's own
+  pre-fracture heights (grade 1 20-25 %, grade 2 25-40 %, grade 3 40-60 %), as wedge,
+  biconcave or crush; fractured endplates carry faint signs (irregular depressed
+  endplate, cortical buckling, a denser band of compacted trabecular bone);
+  normal vertebrae may carry a sub-threshold deformity (< 15 %) without those signs.
+  Fractures are more likely at T12-L1 and T7-T8, in osteoporotic patients, and
+  cluster in frail patients.
+
+Not modelled: metal, degenerative disease (osteophytes, disc degeneration), other
+pathology (tumours, infection), contrast agent, scanner artefacts beyond noise and
+blur (no beam hardening, streaks, ring or motion artefacts), organs beyond crude
+tissue classes, scoliosis.
+
+Determinism: case ``k`` is a function of ``(seed, k, config)`` only (its random
+generator is ``np.random.default_rng([seed, k])``), so case ``k`` is byte-identical
+whatever ``cases`` is; gzip output is deterministic (no mtime, no file name).
+
+Modules: :mod:`.config` (settings and anatomy tables), :mod:`.patient` (the run of
+vertebrae, sizes, density, fractures), :mod:`.geometry` (distances, the spine's curve,
+the sampling grid), :mod:`.drawing` (soft tissue, discs, vertebrae into HU),
+:mod:`.scan` (one case: geometry, scanner, orientation, truth), :mod:`.dataset` (many
+cases on disk, and the study's default dataset). This file only re-exports.
+"""
+
+from .config import DENSITY_CLASSES, GENERATOR_VERSION, HEIGHT_POSITIONS, MORPHOLOGIES, ORIENTATIONS, SynthConfig
+from .dataset import (META_FILE, PROCESSED_MARKER, TRUTH_COLUMNS, TRUTH_FILE, default_dataset_paths,
+                      ensure_default_dataset, ensure_generated, ensure_processed, generate_dataset)
+from .patient import sample_patient
+from .scan import SynthCase, case_id, generate_case
+
+__all__ = ["DENSITY_CLASSES", "GENERATOR_VERSION", "HEIGHT_POSITIONS", "META_FILE", "MORPHOLOGIES", "ORIENTATIONS",
+           "PROCESSED_MARKER", "SynthCase", "SynthConfig", "TRUTH_COLUMNS", "TRUTH_FILE", "case_id",
+           "default_dataset_paths", "ensure_default_dataset", "ensure_generated", "ensure_processed",
+           "generate_case", "generate_dataset", "sample_patient"]

@@ -1,0 +1,187 @@
+"""SynthSpine datasets: many cases in the original layout, and the study's default dataset (generated, pre-processed, split)."""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ...errors import DatasetError, ParamsError
+from ...io import atomic_write_json, atomic_write_text, output_folder, save_nifti
+from ..original import write_annotation
+from ..preprocess import preprocess_dataset
+from ..split import split_dataset
+from .config import GENERATOR_VERSION, SynthConfig, _check_config
+from .scan import generate_case
+
+TRUTH_FILE = "synth_truth.csv"
+META_FILE = "synth.json"
+TRUTH_COLUMNS = ["case", "label", "level", "grade", "morphology", "endplate",
+                 "height_anterior_before_mm", "height_middle_before_mm", "height_posterior_before_mm",
+                 "height_anterior_after_mm", "height_middle_after_mm", "height_posterior_after_mm",
+                 "deformity_pct", "trabecular_hu", "sex", "density_class", "orientation", "axcodes",
+                 "spacing_mm", "noise_sigma_hu"]
+
+
+def _write_case(args) -> tuple[str, dict, list]:
+    folder, index, seed, config_dict = args
+    case = generate_case(index, seed, SynthConfig.from_dict(config_dict))
+    save_nifti(Path(folder) / "img" / case.filename, case.image, case.affine)
+    save_nifti(Path(folder) / "seg" / case.filename, case.seg, case.affine)
+    return case.filename, case.grades, case.truth
+
+
+def _mp_context():
+    # fork where available: scripts without a __main__ guard and notebooks work; the
+    # workers only use numpy / scipy / nibabel, so a parent that imported torch is harmless
+    return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+
+
+def _meta(cases: int, seed: int, config: SynthConfig) -> dict:
+    return {"generator": "vfnb.data.synth", "version": GENERATOR_VERSION, "seed": int(seed),
+            "cases": int(cases), "config": config.to_dict(), "synthetic": True}
+
+
+def _generate_cases(staging: Path, cases: int, seed: int, workers: int, config: SynthConfig,
+                    progress: bool) -> list[tuple[str, dict, list]]:
+    """Write every case's CT and label map into ``staging``; ``[(file name, grades, truth rows)]`` in case order."""
+    jobs = [(str(staging), k, int(seed), config.to_dict()) for k in range(int(cases))]
+    bar = tqdm(total=len(jobs), desc="SynthSpine", unit="case", disable=not progress)
+    results = []
+    if int(workers) == 1:
+        for job in jobs:
+            results.append(_write_case(job))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=int(workers), mp_context=_mp_context()) as pool:
+            for res in pool.map(_write_case, jobs):
+                results.append(res)
+                bar.update()
+    bar.close()
+    return results
+
+
+def _truth_csv(results: list[tuple[str, dict, list]]) -> str:
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=TRUTH_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for _, _, rows in results:
+        writer.writerows(rows)
+    return buf.getvalue()
+
+
+def generate_dataset(out, cases: int = 64, seed: int = 0, workers: int = 1, overwrite: bool = False,
+                     config: SynthConfig | None = None, progress: bool = True) -> Path:
+    """Write SynthSpine (original layout) to ``out``: ``img/``, ``seg/``, ``annotation.yaml``,
+    ``synth_truth.csv`` (one row per vertebra) and ``synth.json`` (generator version and config).
+
+    Built in a staging folder and renamed into place; refuses an existing ``out``
+    unless ``overwrite``. ``workers`` processes generate cases in parallel.
+    """
+    config = config or SynthConfig()
+    _check_config(config)
+    if int(cases) < 1:
+        raise ParamsError(f"synth: --cases {cases}; expected at least 1")
+    if int(workers) < 1:
+        raise ParamsError(f"synth: --workers {workers}; expected at least 1")
+    out = Path(out)
+    with output_folder(out, overwrite=overwrite) as staging:
+        (staging / "img").mkdir()
+        (staging / "seg").mkdir()
+        results = _generate_cases(staging, cases, seed, workers, config, progress)
+        write_annotation(staging / "annotation.yaml", {name: grades for name, grades, _ in results})
+        atomic_write_text(staging / TRUTH_FILE, _truth_csv(results))
+        atomic_write_json(staging / META_FILE, _meta(cases, seed, config))
+    return out
+
+
+# ============================================================== default dataset for the study
+PROCESSED_MARKER = "synth_processed.json"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def default_dataset_paths(data_dir, cases: int = 64, seed: int = 0, size: int = 64) -> dict:
+    """Where the study keeps SynthSpine: ``{"original": ..., "processed": ...}`` under ``data_dir``."""
+    root = Path(data_dir) / f"synthspine-s{int(seed)}-n{int(cases)}"
+    return {"original": root / "original", "processed": root / f"processed-{int(size)}"}
+
+
+def ensure_generated(original: Path, cases: int, seed: int, workers: int, config: SynthConfig) -> Path:
+    """Step 1: the original layout at ``original``, generated when missing, reused when its ``synth.json`` matches.
+
+    A folder made with another generator version, seed, case count or config is
+    refused (:class:`DatasetError`), never overwritten.
+    """
+    if not original.exists():
+        return generate_dataset(original, cases=cases, seed=seed, workers=workers, config=config)
+    if _read_json(original / META_FILE) != json.loads(json.dumps(_meta(cases, seed, config))):
+        raise DatasetError(
+            f"{original}: exists but its {META_FILE} does not match SynthSpine {GENERATOR_VERSION} with "
+            f"seed={seed}, cases={cases} and this config (missing, older generator or other parameters); "
+            "delete the folder or choose another data directory")
+    return original
+
+
+def _preprocess_and_split(original: Path, processed: Path, recipe: dict, workers: int) -> Path:
+    """Steps 2 and 3 into a staging folder beside ``processed``, renamed into place when both are done."""
+    staging = processed.with_name(f".tmp-{processed.name}-{os.getpid()}-{int(time.time())}")
+    try:
+        preprocess_dataset(original, staging, size=recipe["size"], workers=workers)
+        split_dataset(staging, recipe["tag"], folds=recipe["folds"], val_fraction=recipe["val_fraction"],
+                      seed=recipe["split_seed"])
+        atomic_write_json(staging / PROCESSED_MARKER, recipe)
+        os.replace(staging, processed)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return processed
+
+
+def ensure_processed(original: Path, processed: Path, recipe: dict, workers: int) -> Path:
+    """Steps 2-3: patches pre-processed at ``recipe["size"]`` and split into ``recipe["folds"]`` tags.
+
+    Reused when its ``synth_processed.json`` records the same recipe, refused when it
+    records another one, made (pre-processed, then split) when missing.
+    """
+    if not processed.exists():
+        return _preprocess_and_split(original, processed, recipe, workers)
+    if _read_json(processed / PROCESSED_MARKER) != json.loads(json.dumps(recipe)):
+        raise DatasetError(
+            f"{processed}: exists but {PROCESSED_MARKER} is missing or records other parameters "
+            f"(expected size={recipe['size']}, tag={recipe['tag']}, folds={recipe['folds']}, "
+            f"val_fraction={recipe['val_fraction']} from SynthSpine {GENERATOR_VERSION}); delete the folder or "
+            "choose another data directory")
+    return processed
+
+
+def ensure_default_dataset(data_dir, cases: int = 64, seed: int = 0, size: int = 64, workers: int = 2,
+                           tag: str = "synth", folds: int = 5, val_fraction: float = 0.2,
+                           config: SynthConfig | None = None) -> dict:
+    """The study's SynthSpine: generated, pre-processed and split when missing, reused when present.
+
+    Layout: ``data_dir/synthspine-s{seed}-n{cases}/original`` (original layout) and
+    ``.../processed-{size}`` (patches + split lists ``{tag}-f0`` ...), each reused only
+    when its recorded parameters match (otherwise a :class:`DatasetError`; nothing is
+    overwritten). Returns ``{"original": Path, "processed": Path}``.
+    """
+    config = config or SynthConfig()
+    paths = default_dataset_paths(data_dir, cases, seed, size)
+    ensure_generated(paths["original"], cases, seed, workers, config)
+    recipe = {"source": _meta(cases, seed, config), "size": int(size), "tag": tag, "folds": int(folds),
+              "val_fraction": float(val_fraction), "split_seed": int(seed)}
+    ensure_processed(paths["original"], paths["processed"], recipe, workers)
+    return paths

@@ -1,0 +1,278 @@
+"""The study runner: four papermill notebooks, then a report a person can read.
+
+``run_study(params_files, overrides, out)`` (``vfnb study --params ... --out ...``):
+
+1. merges the parameter files (``params/default.yaml`` first, then each file in
+   order, then ``-p key=value`` overrides) and validates the whole study, every
+   model's training parameters included, before anything runs;
+2. runs ``notebooks/00_*`` .. ``03_*`` in order with papermill, in a kernel that is
+   the interpreter running this code (a throw-away kernelspec, nothing installed),
+   passing each notebook only the parameters its ``parameters`` cell declares plus
+   ``run_dir``, the run folder through which notebooks hand results to each other;
+3. renders each executed notebook to HTML (with a link back to the index), and
+   writes ``index.html``, ``summary.md``, ``provenance.json`` and ``params.yaml``
+   (``metrics.json`` is written by ``03_evaluation``).
+
+The run folder is built in a staging folder beside ``out``, named on the console at
+the start, and moved into place only when complete, so a failed run never touches a
+previous one; a failing cell stops the study with a :class:`StudyError` naming the
+notebook and the cell, and the partial run is kept in ``<out>.failed/``. ``run.log``
+in the run folder keeps the console lines of the study and the lines the notebooks
+log (the per-epoch lines of training), which are also echoed to the console.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import nbformat
+import papermill
+from nbconvert import HTMLExporter
+from papermill.exceptions import PapermillExecutionError
+from tqdm import tqdm
+
+from ..errors import VfnbError
+from ..io import atomic_write_json, atomic_write_text, atomic_write_yaml, output_folder
+from .params import (merge_params_with_sources, notebook_parameters, resolve_param_paths, validate_study_params)
+from .paths import notebooks_dir, project_root, shown_path
+from .provenance import build_provenance, git_state
+from .registry import NOTEBOOKS, NOTEBOOK_TITLES
+from .report import SMOKE_WARNING, write_report
+from .run import DATASET_FILE, RUN_LOG, StudyError, read_json
+
+KERNEL_ARGV = ("-m", "ipykernel_launcher", "-f", "{connection_file}",
+               # the kernel's own notices (e.g. that it talks to papermill over local TCP) are not the study's
+               "--IPKernelApp.log_level=ERROR")
+
+
+# ===================================================================== console and run.log
+class RunLog:
+    """The study's console lines, kept in ``run.log`` too; echoes what notebooks log there while they run."""
+
+    def __init__(self, path: Path, console: bool = True):
+        self.path = Path(path)
+        self.console = console
+
+    def say(self, text: str) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+        self._echo(text)
+
+    def _echo(self, text: str) -> None:
+        if self.console:
+            tqdm.write(text, file=sys.stderr)  # above papermill's progress bar, not through it
+
+    @contextlib.contextmanager
+    def follow(self) -> Iterator[None]:
+        """While the context is open, echo lines other processes append to ``run.log`` (the notebook kernel)."""
+        self.path.touch()
+        stop = threading.Event()
+        start = self.path.stat().st_size
+
+        def tail():
+            position, partial = start, ""
+            while True:
+                finished = stop.is_set()  # read once more after the kernel is done
+                with open(self.path, encoding="utf-8", errors="replace") as fh:
+                    fh.seek(position)
+                    chunk = fh.read()
+                    position = fh.tell()
+                *lines, partial = (partial + chunk).split("\n")
+                for line in lines:
+                    self._echo(line)
+                if finished:
+                    return
+                stop.wait(0.5)
+
+        thread = threading.Thread(target=tail, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+
+# ===================================================================== kernel and rendering
+@contextlib.contextmanager
+def project_kernel() -> Iterator[str]:
+    """A kernelspec for this very interpreter, valid while the context is open.
+
+    Writes ``kernels/<name>/kernel.json`` under a temporary folder and puts it on
+    ``JUPYTER_PATH``, so papermill runs the notebooks in the project's environment
+    without any ``ipykernel install`` step. The inline backend is forced so figures
+    land in the notebook even when ``MPLBACKEND`` is set in the shell.
+    """
+    name = f"vfnb-study-{os.getpid()}"
+    with tempfile.TemporaryDirectory(prefix="vfnb-kernel-") as tmp:
+        spec_dir = Path(tmp) / "kernels" / name
+        spec_dir.mkdir(parents=True)
+        spec = {"argv": [sys.executable, *KERNEL_ARGV], "display_name": "vfnb (study runner)", "language": "python",
+                "env": {"MPLBACKEND": "module://matplotlib_inline.backend_inline"}}
+        (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
+        before = os.environ.get("JUPYTER_PATH")
+        os.environ["JUPYTER_PATH"] = tmp + (os.pathsep + before if before else "")
+        try:
+            yield name
+        finally:
+            if before is None:
+                os.environ.pop("JUPYTER_PATH", None)
+            else:
+                os.environ["JUPYTER_PATH"] = before
+
+
+def page_header(notebooks: Sequence[str] = NOTEBOOKS, smoke: bool = False) -> str:
+    """The bar at the top of every rendered notebook: back to the index, the other notebooks, a smoke warning."""
+    links = " · ".join(f"<a href='{n}.html'>{NOTEBOOK_TITLES.get(n, n)}</a>" for n in notebooks)
+    bar = (f"<nav class='vfnb-study' style='font-family:sans-serif;padding:.5em 1em;background:#f3f3f3;"
+           f"border-bottom:1px solid #ccc'><a href='index.html'>&larr; Study report (index)</a> · {links}</nav>")
+    if smoke:
+        bar += ("<p class='vfnb-smoke' style='font-family:sans-serif;background:#f8d7da;border:2px solid #c0392b;"
+                f"padding:.6em 1em;margin:.5em 1em'><strong>{SMOKE_WARNING}</strong></p>")
+    return bar
+
+
+def render_html(ipynb: str | os.PathLike, html_path: str | os.PathLike, header: str = "") -> Path:
+    """Render an executed notebook to a standalone HTML page (images embedded), ``header`` after ``<body>``."""
+    nb = nbformat.read(str(ipynb), as_version=4)
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    if header:
+        at = body.find(">", body.find("<body")) + 1
+        body = body[:at] + header + body[at:] if at > 0 else header + body
+    return atomic_write_text(html_path, body)
+
+
+def show_given_parameters(ipynb: Path, shown: Mapping, final_dir: str) -> None:
+    """Rewrite the parameters papermill recorded in an executed notebook as the user gave them.
+
+    The notebook ran with absolute paths inside a staging folder; its page and its
+    metadata show the values a reader can use: paths as given to ``vfnb study``,
+    ``run_dir`` where the run ends up (``final_dir``).
+    """
+    nb = nbformat.read(str(ipynb), as_version=4)
+    for cell in nb.cells:
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            names = [line.split("=", 1)[0].strip() for line in cell.source.splitlines() if "=" in line]
+            cell.source = "\n".join(["# Parameters, as given to `vfnb study` (paths relative to where it ran)",
+                                     *(f"{k} = {shown[k]!r}" for k in names if k in shown)])
+    record = nb.metadata.get("papermill")
+    if isinstance(record, dict):
+        record["parameters"] = {k: shown[k] for k in record.get("parameters") or {} if k in shown}
+        record["input_path"] = shown_path(record.get("input_path", ""))
+        record["output_path"] = f"{final_dir}/{ipynb.name}"
+    nbformat.write(nb, str(ipynb))
+
+
+# ===================================================================== running
+def _cell_summary(source: str) -> str:
+    for line in source.splitlines():
+        if line.strip() and not line.strip().startswith("#"):
+            return line.strip()[:100]
+    return source.strip()[:100]
+
+
+def execute_notebook(name: str, run_dir: Path, params: dict, kernel_name: str, progress: bool = True,
+                     notebook_dir: Path | None = None) -> float:
+    """Run ``<notebook_dir>/<name>.ipynb`` into ``run_dir/<name>.ipynb``; return seconds taken.
+
+    Passes the parameters the notebook declares (those present in ``params``) and
+    ``run_dir``. Raises :class:`StudyError` naming the notebook and the failing cell.
+    """
+    notebook_dir = Path(notebook_dir) if notebook_dir is not None else notebooks_dir()
+    source = notebook_dir / f"{name}.ipynb"
+    if not source.is_file():
+        raise StudyError(f"{source}: notebook not found")
+    declared = notebook_parameters(source)
+    passed = {k: params[k] for k in declared if k in params}
+    if "run_dir" in declared:
+        passed["run_dir"] = str(run_dir)
+    start = time.monotonic()
+    try:
+        papermill.execute_notebook(str(source), str(run_dir / f"{name}.ipynb"), parameters=passed,
+                                   kernel_name=kernel_name, progress_bar=progress, cwd=str(notebook_dir),
+                                   log_output=False)
+    except PapermillExecutionError as exc:
+        # cell_index counts papermill's injected-parameters cell; the executed
+        # notebook on disk has the same cells, so the index points into it.
+        raise StudyError(f"notebook {name}.ipynb failed in cell {exc.cell_index} "
+                         f"(`{_cell_summary(exc.source)}`): {exc.ename}: {exc.evalue}") from None
+    except Exception as exc:  # kernel died, timeout, ...: still name the notebook
+        raise StudyError(f"notebook {name}.ipynb did not complete: {type(exc).__name__}: {exc}") from None
+    return time.monotonic() - start
+
+
+def _run_notebooks(staging: Path, params: dict, shown: dict, notebooks: Sequence[str], notebook_dir: Path,
+                   log: RunLog, progress: bool) -> dict[str, float]:
+    durations: dict[str, float] = {}
+    header = page_header(notebooks, bool(params.get("smoke")))
+    with project_kernel() as kernel:
+        for i, name in enumerate(notebooks):
+            log.say(f"[{i + 1}/{len(notebooks)}] {name} ...")
+            with log.follow():
+                durations[name] = execute_notebook(name, staging, params, kernel, progress, notebook_dir)
+            show_given_parameters(staging / f"{name}.ipynb", shown, shown["run_dir"])
+            render_html(staging / f"{name}.ipynb", staging / f"{name}.html", header)
+            log.say(f"[{i + 1}/{len(notebooks)}] {name} done in {durations[name]:.0f} s")
+    return durations
+
+
+def _keep_failed(staging: Path, failed: Path, exc: StudyError, log: RunLog) -> StudyError:
+    """Move the partial run (rendered where possible) to ``failed``; the error to raise."""
+    for nb in staging.glob("*.ipynb"):
+        with contextlib.suppress(Exception):
+            render_html(nb, nb.with_suffix(".html"))
+    message = f"{exc} -- the partial run, executed notebook included, is kept in {failed}"
+    log.say(f"FAILED: {message}")
+    if failed.exists():
+        shutil.rmtree(failed)
+    os.replace(staging, failed)
+    return StudyError(message)
+
+
+def run_study(params_files: Sequence[str | os.PathLike], overrides: Sequence[str] = (),
+              out: str | os.PathLike = "results/study", overwrite: bool = False, progress: bool = True,
+              notebooks: Sequence[str] = NOTEBOOKS, notebook_dir: str | os.PathLike | None = None) -> Path:
+    """Run the study and write its report into ``out``; return ``out``.
+
+    ``params_files`` are merged over ``params/default.yaml`` (later wins), then
+    ``overrides`` (``"key=value"``). ``out`` must not exist unless ``overwrite``;
+    it is replaced only by a complete run. On a failing cell: :class:`StudyError`,
+    with the partial run kept in ``<out>.failed/``. ``notebooks`` / ``notebook_dir``
+    exist for tests.
+    """
+    out = Path(out)
+    given, sources = merge_params_with_sources(params_files, overrides)
+    validate_study_params(given, sources=sources)  # in seconds, not after notebook 00 has run
+    params = resolve_param_paths(given, Path.cwd())
+    shown = {**given, "run_dir": str(out)}
+    if out.exists() and not overwrite:
+        raise VfnbError(f"{out}: output folder already exists (choose another --out, or pass --overwrite)")
+    notebook_dir = Path(notebook_dir) if notebook_dir is not None else notebooks_dir()
+    git = git_state(project_root())  # before the staging folder exists, so it is not counted as a change
+    started = _dt.datetime.now(_dt.timezone.utc)
+    failed = out.with_name(out.name + ".failed")
+    with output_folder(out, overwrite=overwrite) as staging:
+        log = RunLog(staging / RUN_LOG, console=progress)
+        log.say(f"building the run in {staging} (moved to {out} when complete; to {failed} if a notebook fails)")
+        atomic_write_yaml(staging / "params.yaml", params)
+        try:
+            durations = _run_notebooks(staging, params, shown, notebooks, notebook_dir, log, progress)
+        except StudyError as exc:
+            raise _keep_failed(staging, failed, exc, log) from None
+        provenance = build_provenance(read_json(staging / DATASET_FILE) or {}, params, durations, git, started)
+        atomic_write_json(staging / "provenance.json", provenance)
+        write_report(staging, shown, provenance, notebooks=notebooks, name=out.name)
+        log.say(f"study complete: {out / 'index.html'}")
+    if failed.exists():
+        shutil.rmtree(failed, ignore_errors=True)  # a stale failure report would mislead
+    return out

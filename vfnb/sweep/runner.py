@@ -1,0 +1,113 @@
+"""Running a sweep: every unfinished grid point in sequence, resumable, a failing run reported and skipped."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..io import atomic_write_json, atomic_write_yaml
+from ..study import read_json, run_study
+from .locks import pid_lock
+from .plan import SweepError, SweepPlan, load_sweep, select_points
+from .report import write_sweep_report
+
+
+@dataclass
+class SweepResult:
+    """What one ``run_sweep`` call did: run names ``ran``, ``skipped`` (finished before), ``failed`` (name -> message)."""
+
+    out: Path
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    report: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _say(text: str, enabled: bool) -> None:
+    if enabled:
+        print(text, file=sys.stderr, flush=True)
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (Path(run_dir) / "metrics.json").is_file()
+
+
+def run_sweep(params_files: Sequence[str | os.PathLike], overrides: Sequence[str] = (),
+              out: str | os.PathLike = "results/sweep", only: Sequence[str] = (), aggregate_only: bool = False,
+              progress: bool = True, run_one: Callable[..., Any] = run_study) -> SweepResult:
+    """Run every grid point not yet finished, in sequence, and write the aggregated report.
+
+    ``run_one(params_files, overrides, out, progress=...)`` runs one study (default
+    :func:`vfnb.study.run_study`); it gets the sweep's ``study_params`` then
+    ``<out>/params/<run>.yaml`` (that run's overrides and grid values). ``only``:
+    ``KEY=VALUE`` filters; the matching points run and no report is written.
+    ``aggregate_only``: run nothing, write the report. A run that raises is recorded
+    in ``failed`` and the sweep goes on.
+    """
+    out = Path(out)
+    plan = load_sweep(params_files, overrides)
+    result = SweepResult(out)
+    if aggregate_only:
+        if only:
+            raise SweepError("--only and --aggregate-only exclude each other")
+        with pid_lock(out / "sweep.lock", f"sweep {out}"):
+            result.report = write_sweep_report(out, plan)
+        return result
+    points = select_points(plan, only) if only else plan.points
+    with contextlib.ExitStack() as stack:
+        if not only:  # --only jobs of one sweep run side by side; each locks just its run
+            stack.enter_context(pid_lock(out / "sweep.lock", f"sweep {out}"))
+        _claim_plan(out, plan)
+        for i, (name, point) in enumerate(points):
+            run_dir = out / "runs" / name
+            if is_finished(run_dir):
+                result.skipped.append(name)
+                _say(f"[{i + 1}/{len(points)}] {name}: finished before, kept", progress)
+                continue
+            _say(f"[{i + 1}/{len(points)}] {name} ...", progress)
+            try:
+                with pid_lock(out / "runs" / f"{name}.lock", f"run {name}"):
+                    if is_finished(run_dir):  # finished by another job since the check above
+                        result.skipped.append(name)
+                        continue
+                    if run_dir.exists():
+                        raise SweepError(f"{run_dir}: exists without metrics.json (not a finished run); "
+                                         "remove it to run it again")
+                    run_params = atomic_write_yaml(out / "params" / f"{name}.yaml", {**plan.overrides, **point})
+                    run_one([*plan.study_params, run_params], (), run_dir, progress=progress)
+                result.ran.append(name)
+            except Exception as exc:  # a failing run must not stop the others
+                result.failed[name] = f"{type(exc).__name__}: {exc}"
+                _say(f"[{i + 1}/{len(points)}] {name} FAILED: {exc}", progress)
+            if not only:
+                result.report = write_sweep_report(out, plan, result.failed)
+        if not only:
+            result.report = write_sweep_report(out, plan, result.failed)
+    return result
+
+
+def _claim_plan(out: Path, plan: SweepPlan) -> None:
+    """Record what every run of ``out`` is made with (``plan.json``); refuse a changed plan over finished runs.
+
+    A finished run is never redone, so resuming with other study files or overrides would
+    mix runs made two ways in one report: refused, naming what changed.
+    """
+    now = json.loads(json.dumps({"study_params": [str(p) for p in plan.study_params], "overrides": plan.overrides}))
+    recorded = read_json(out / "plan.json")
+    finished = [n for n, _ in plan.points if is_finished(out / "runs" / n)]
+    if isinstance(recorded, dict) and recorded != now and finished:
+        changed = [k for k in now if recorded.get(k) != now[k]]
+        raise SweepError(f"{out / 'plan.json'}: the finished runs ({', '.join(finished)}) were made with "
+                         + "; ".join(f"{k} = {recorded.get(k)!r}" for k in changed) + ", but this sweep asks "
+                         + "; ".join(f"{k} = {now[k]!r}" for k in changed)
+                         + ". Use another --out for the new plan (a finished run is never redone)")
+    atomic_write_json(out / "plan.json", now)
