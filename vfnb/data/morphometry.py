@@ -20,53 +20,10 @@ from scipy import ndimage
 from ..io import load_nifti
 from ..levels import level_name
 from .sampling import pick_per_grade
+from .vertebral_heights import HEIGHT_POSITIONS, body_heights  # noqa: F401 - the one height measurement
 
-#: Where the three heights are read along the body's antero-posterior run (0 = anterior wall).
-HEIGHT_POSITIONS = {"anterior": 0.15, "middle": 0.5, "posterior": 0.85}
 #: Width of the cortical rim (voxels) when intensities are sampled per tissue.
 RIM_VOXELS = 2
-
-
-def _body_run(columns: np.ndarray) -> tuple[int, int]:
-    """First and last antero-posterior index of the run of mask columns that reaches the anterior edge.
-
-    The spinal canal separates the vertebral body (anterior) from the posterior
-    elements, so the body is the run of non-empty columns ending at the most anterior one.
-    """
-    ys = np.nonzero(columns)[0]
-    front = int(ys.max())
-    back = front
-    while back - 1 >= 0 and columns[back - 1]:
-        back -= 1
-    return back, front
-
-
-def body_heights(mask, spacing_mm: float = 1.0) -> dict:
-    """Anterior / middle / posterior vertebral-body heights measured on a patch mask (mm).
-
-    ``mask`` ``[X, Y, Z]`` in the patch convention. On the mid-sagittal slice (axis 0
-    through the mask's centre), the body is the run of mask columns reaching the
-    anterior edge; heights are the mask's extent along axis 2 at 15 %, 50 % and 85 %
-    of that run, from anterior. Returns ``{"anterior", "middle", "posterior"}`` in mm
-    (NaN when the slice is empty).
-    """
-    mask = np.asarray(mask) > 0
-    nan = {name: float("nan") for name in HEIGHT_POSITIONS}
-    if not mask.any():
-        return nan
-    x0 = int(round(np.nonzero(mask)[0].mean()))
-    sagittal = mask[x0]  # [Y, Z]
-    columns = sagittal.any(axis=1)
-    if not columns.any():
-        return nan
-    back, front = _body_run(columns)
-    length = front - back + 1
-
-    def height(fraction: float) -> float:
-        zs = np.nonzero(sagittal[int(round(front - fraction * (length - 1)))])[0]
-        return float((zs.max() - zs.min() + 1) * spacing_mm) if zs.size else float("nan")
-
-    return {name: height(fraction) for name, fraction in HEIGHT_POSITIONS.items()}
 
 
 def measure_heights(records: Sequence[dict], per_grade: int = 40, seed: int = 0) -> pd.DataFrame:
@@ -80,7 +37,7 @@ def measure_heights(records: Sequence[dict], per_grade: int = 40, seed: int = 0)
     rows = []
     for record in pick_per_grade(records, per_grade, seed):
         mask, affine, _ = load_nifti(record["seg"])
-        spacing = float(np.linalg.norm(affine[:3, 2]))  # axis 2 carries the height
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)  # mm per voxel along each patch axis
         rows.append({"name": record["name"], "grade": int(record["grade"]), "level": level_name(record["label"]),
                      **body_heights(mask, spacing)})
     table = pd.DataFrame(rows)

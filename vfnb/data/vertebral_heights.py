@@ -3,7 +3,7 @@
 Genant's semi-quantitative grades are bands of vertebral *height loss* (grade 1:
 20-25 %, grade 2: 25-40 %, grade 3: over 40 %). Before trusting a CNN, a reader
 wants to know what measuring the heights already achieves. This module measures
-them; :mod:`vfnb.morphometry` turns them into graders.
+them; :mod:`vfnb.morphometry_graders` turns them into graders.
 
 The measurement works in the mid-sagittal plane of a pre-processed patch (patch
 axis convention: axis 0 left-right, axis 1 posterior -> anterior, axis 2
@@ -14,11 +14,10 @@ inferior -> superior; see :mod:`vfnb.data.preprocess`):
    vertebral body from the lamina and spinous process, so the body is the
    connected region (8-connectivity) that reaches furthest anterior. The pedicles,
    which do join the two, lie lateral to the mid-sagittal plane.
-3. **The body's own frame**: the principal axes of the body's pixels (in mm)
-   give its antero-posterior and supero-inferior directions, so a body tilted in
-   the sagittal plane (lordosis, kyphosis, a wedge) is measured across, not along
-   the patch grid. The supero-inferior axis is the principal axis closer to patch
-   axis 2 (tilts up to 45 degrees).
+3. **The body's own frame**: the antero-posterior axis follows the body's
+   endplates (the mean slope of its top and bottom outlines, refined until it
+   settles), so a body tilted in the sagittal plane (lordosis, kyphosis) is
+   measured across, not along the patch grid (tilts up to about 40 degrees).
 4. **Heights** at 15 %, 50 % and 85 % of the body's depth from the anterior
    wall (anterior Ha, middle Hm, posterior Hp; 15 % in from each wall avoids the
    rounded corners and osteophytes): the body's extent along the
@@ -69,20 +68,47 @@ def vertebral_body(sagittal: np.ndarray) -> np.ndarray:
     return regions == anterior_label
 
 
-def body_frame(points_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _rotate(points_mm: np.ndarray, tilt: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(u, v, ap, si)``: the points along the antero-posterior / supero-inferior axes of a frame tilted by ``tilt`` rad."""
+    ap = np.array([np.cos(tilt), -np.sin(tilt)])
+    si = np.array([np.sin(tilt), np.cos(tilt)])
+    return points_mm @ ap, points_mm @ si, ap, si
+
+
+def _endplate_slope(u: np.ndarray, v: np.ndarray, bin_mm: float) -> float:
+    """Mean slope (dv/du) of the top and bottom outlines over the middle 60 % of the body's depth."""
+    lo, hi = np.quantile(u, [0.2, 0.8])
+    bins = np.floor((u - lo) / bin_mm).astype(int)
+    keep = (u >= lo) & (u <= hi)
+    slopes = []
+    for pick in (np.max, np.min):
+        centres, outline = [], []
+        for b in np.unique(bins[keep]):
+            here = keep & (bins == b)
+            centres.append(u[here].mean())
+            outline.append(pick(v[here]))
+        if len(centres) >= 2:
+            slopes.append(np.polyfit(centres, outline, 1)[0])
+    return float(np.mean(slopes)) if slopes else 0.0
+
+
+def body_frame(points_mm: np.ndarray, bin_mm: float = 1.0, iterations: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """Unit antero-posterior and supero-inferior axes of a body's ``[N, 2]`` (y, z) mm points.
 
-    Principal axes of the points; the supero-inferior one is the axis with the
-    larger z component, oriented to +z; the antero-posterior one is oriented to
-    +y (anterior).
+    The antero-posterior axis follows the endplates: starting from the patch axes,
+    the frame is turned by the mean slope of the body's top and bottom outlines
+    (middle 60 % of its depth, away from the walls) until it no longer moves. A body
+    tilted as a whole comes out level; a wedge whose endplates converge is measured
+    along the bisector of its endplates.
     """
-    centred = points_mm - points_mm.mean(axis=0)
-    _, vectors = np.linalg.eigh(centred.T @ centred)
-    a, b = vectors[:, 0], vectors[:, 1]
-    si = a if abs(a[1]) >= abs(b[1]) else b
-    ap = b if si is a else a
-    si = si if si[1] >= 0 else -si
-    ap = ap if ap[0] >= 0 else -ap
+    tilt = 0.0
+    for _ in range(iterations):
+        u, v, _, _ = _rotate(points_mm, tilt)
+        step = np.arctan(_endplate_slope(u, v, bin_mm))
+        tilt -= step  # an outline rising anteriorly (dv/du > 0) turns the antero-posterior axis up
+        if abs(step) < 1e-4:
+            break
+    _, _, ap, si = _rotate(points_mm, tilt)
     return ap, si
 
 
@@ -107,25 +133,39 @@ def body_heights(mask: np.ndarray, spacing_mm: Sequence[float] | float = 1.0) ->
     if not mask.any():
         return _nan_heights()
     body = vertebral_body(mid_sagittal_slice(mask))
-    ys, zs = np.nonzero(body)
-    points = np.stack([ys * spacing[1], zs * spacing[2]], axis=1)
+    points, pixel = _fine_outline_points(body, spacing[1], spacing[2])
     if len(points) < 3:
         return _nan_heights()
-    ap, si = body_frame(points)
+    ap, si = body_frame(points, bin_mm=2 * max(spacing[1], spacing[2]))
     u, v = points @ ap, points @ si
-    # a pixel's extent along a direction d: |d_y| * sy + |d_z| * sz
-    foot_u = abs(ap[0]) * spacing[1] + abs(ap[1]) * spacing[2]
-    foot_v = abs(si[0]) * spacing[1] + abs(si[1]) * spacing[2]
-    # the extreme pixel centres lie half a pixel inside an aligned wall, almost on a tilted one
-    front, back = u.max() + foot_u / 4, u.min() - foot_u / 4
+    # fine pixel centres lie half a (fine) pixel inside the outline
+    front, back = u.max() + pixel / 2, u.min() - pixel / 2
     depth = front - back
     band = max(spacing[1], spacing[2]) / 2
     out = {"depth": float(depth), "tilt_deg": float(np.degrees(np.arctan2(si[0], si[1])))}
     for name, fraction in HEIGHT_POSITIONS.items():
         at = front - fraction * depth
         near = np.abs(u - at) <= band
-        out[name] = float(v[near].max() - v[near].min() + foot_v) if near.any() else float("nan")
+        out[name] = float(v[near].max() - v[near].min() + pixel) if near.any() else float("nan")
     return out
+
+
+def _fine_outline_points(body: np.ndarray, sy: float, sz: float, per_voxel: int = 4) -> tuple[np.ndarray, float]:
+    """``([N, 2] (y, z) mm centres, pixel mm)`` of the body resampled on a fine isotropic grid.
+
+    The binary slice is interpolated linearly onto pixels of ``min(sy, sz) /
+    per_voxel`` mm and thresholded at one half, so its outline runs between the
+    voxel centres (where the object's edge most likely is) instead of on them, on
+    any (anisotropic) voxel grid.
+    """
+    pixel = min(sy, sz) / per_voxel
+    zoom = (sy / pixel, sz / pixel)
+    fine = ndimage.zoom(body.astype(np.float32), zoom, order=1, grid_mode=True, mode="grid-constant") > 0.5
+    iy, iz = np.nonzero(fine)
+    # fine pixel i has its centre at (i + 0.5) / zoom - 0.5 voxels of the original grid
+    y = ((iy + 0.5) / zoom[0] - 0.5) * sy
+    z = ((iz + 0.5) / zoom[1] - 0.5) * sz
+    return np.stack([y, z], axis=1), pixel
 
 
 def height_ratios(heights: Mapping[str, float], expected_posterior: float | None = None) -> dict:

@@ -21,7 +21,7 @@ import nbformat
 
 from ..config import parse_override  # noqa: F401 - one meaning of -p KEY=VALUE for training and the study
 from ..errors import DatasetError, ParamsError
-from ..io import load_yaml, parse_yaml
+from ..io import load_yaml
 from .records import TrainingSettings
 from .paths import default_params_file, paper_params_file, resolve_path
 from .registry import GRADERS, MODELS, PRETRAINED
