@@ -31,9 +31,10 @@ from .common import CHANNEL_NAMES, GRADE_COLORS, LINE_STYLES, save_figure
 from .embedding import PROJECTIONS, embed_2d, pca_embedding, plot_embedding, plot_umap, plot_umap_by, umap_embedding
 from .exploration import plot_count_heatmap, plot_height_ratios, plot_intensity_histograms
 from .images import plot_input_channels, plot_patch_gallery, plot_scan_views
+from .saliency import plot_saliency_gallery
 
 __all__ = ["CHANNEL_NAMES", "CURVE_LABELS", "GRADE_COLORS", "LINE_STYLES", "PROJECTIONS", "embed_2d", "pca_embedding",
            "plot_confusion", "plot_count_heatmap", "plot_curves", "plot_embedding", "plot_height_ratios",
            "plot_input_channels", "plot_intensity_histograms", "plot_patch_gallery", "plot_pr", "plot_recall_by",
-           "plot_reliability", "plot_roc", "plot_scan_views", "plot_umap", "plot_umap_by", "save_figure",
+           "plot_reliability", "plot_roc", "plot_saliency_gallery", "plot_scan_views", "plot_umap", "plot_umap_by", "save_figure",
            "umap_embedding"]

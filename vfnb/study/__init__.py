@@ -15,6 +15,8 @@ One module per job (this file only re-exports):
 """
 
 from ..evaluate import HEADLINE_METRICS, format_ci
+from .beyond import (beyond_measurement, explain_networks, grade_by_morphometry, morphometry_models,
+                     occlusion_agreement, saliency_overview, saliency_record)
 from .data import (StudyData, augmented_views, data_statement, example_scans, load_patch_input,
                    prepare_dataset)
 from .evaluation import (PERMUTATION_P, metrics_document, operating_point, paper_row, per_grade_table, predict,
@@ -26,7 +28,7 @@ from .paths import default_params_file, notebooks_dir, paper_params_file, projec
 from .provenance import (VERSION_PACKAGES, build_provenance, dataset_fingerprint, git_state, machine_info,
                          package_versions)
 from .records import OperatingPoint, TrainedModel, TrainingSettings, TrainingSummary
-from .registry import (GRADERS, MODEL_TITLES, MODELS, NOTEBOOK_TITLES, NOTEBOOKS, PRETRAINED, ModelSpec,
+from .registry import (GRADERS, MODEL_TITLES, MODELS, MORPHOMETRY_TITLES, NOTEBOOK_TITLES, NOTEBOOKS, PRETRAINED, ModelSpec,
                        model_title, needs_pretraining)
 from .report import REPORT_CSS, dataset_sentence, headline_rows, html_table, md_table, strip_tags, write_report
 from .run import StudyError, StudyRun, figure_index, read_json
@@ -35,6 +37,8 @@ from .training import (checkpoint_cube_size, initial_model, model_training_param
                        training_curves)
 
 __all__ = [
+    "beyond_measurement", "explain_networks", "grade_by_morphometry", "morphometry_models", "occlusion_agreement",
+    "saliency_overview", "saliency_record",
     "GRADERS", "HEADLINE_METRICS", "MODELS", "MODEL_TITLES", "NOTEBOOKS", "NOTEBOOK_TITLES", "PATH_PARAMS",
     "PERMUTATION_P", "PRETRAINED", "RECIPE_KEYS", "REPORT_CSS", "RUNNER_PARAMS", "STUDY_INTS", "SYNTHSPINE", "VERSION_PACKAGES",
     "ModelSpec", "OperatingPoint", "StudyData", "StudyError", "StudyRun", "TrainedModel", "TrainingSettings",

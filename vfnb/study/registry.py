@@ -64,9 +64,16 @@ GRADERS = tuple(name for name in MODELS if name != PRETRAINED)
 MODEL_TITLES = {name: MODELS[name].title for name in GRADERS}
 
 
+#: The morphometry baseline (notebook 03; :mod:`vfnb.morphometry_graders`): measured, not trained.
+MORPHOMETRY_TITLES = {"morphometry_rule": "Morphometry: Genant bands on measured heights",
+                      "morphometry_logistic": "Morphometry: logistic regression on height ratios"}
+
+
 def model_title(model: str) -> str:
     """The title of ``model`` in tables (its name when the registry does not know it)."""
-    return MODELS[model].title if model in MODELS else model
+    if model in MODELS:
+        return MODELS[model].title
+    return MORPHOMETRY_TITLES.get(model, model)
 
 
 def needs_pretraining(models: Sequence[str], checkpoints: Mapping[str, str] | None = None) -> bool:
