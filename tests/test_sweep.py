@@ -232,3 +232,20 @@ def test_resuming_with_another_plan_over_finished_runs_is_refused(tmp_path):
     assert calls == []  # nothing ran, nothing was mixed
     # the same plan resumes
     assert run_sweep([sweep_file(tmp_path)], out=out, progress=False, run_one=fake_study(calls)).ran == ["seed-1", "seed-2"]
+
+
+def test_an_edited_study_file_under_finished_runs_is_refused(tmp_path):
+    """Same sweep file, but the study file it names changed between runs: the runs would mix two recipes."""
+    study_file = tmp_path / "my_study.yaml"
+    study_file.write_text("temperature: 0.07\n")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"study_params: [{study_file}]\noverrides: {{supcon_epochs: 1}}\ngrid: {{seed: [0, 1]}}\n")
+    out = tmp_path / "sw"
+    assert run_sweep([sweep], out=out, progress=False, run_one=fake_study(), only=["seed=0"]).ok
+    study_file.write_text("temperature: 0.1\n")
+    calls: list = []
+    with pytest.raises(SweepError, match=r"study parameter temperature = 0.07, but this sweep asks 0.1"):
+        run_sweep([sweep], out=out, progress=False, run_one=fake_study(calls))
+    assert calls == []
+    study_file.write_text("temperature: 0.07\n")  # back as it was: the sweep resumes
+    assert run_sweep([sweep], out=out, progress=False, run_one=fake_study(calls)).ran == ["seed-1"]

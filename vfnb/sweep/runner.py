@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..io import atomic_write_json, atomic_write_yaml
-from ..study import read_json, run_study
+from ..study import merge_params, read_json, run_study
 from .locks import pid_lock
 from .plan import SweepError, SweepPlan, load_sweep, select_points
 from .report import write_sweep_report
@@ -98,16 +98,38 @@ def run_sweep(params_files: Sequence[str | os.PathLike], overrides: Sequence[str
 def _claim_plan(out: Path, plan: SweepPlan) -> None:
     """Record what every run of ``out`` is made with (``plan.json``); refuse a changed plan over finished runs.
 
-    A finished run is never redone, so resuming with other study files or overrides would
-    mix runs made two ways in one report: refused, naming what changed.
+    A finished run is never redone, so resuming with other study files, overrides or
+    study parameters (an edited ``params/default.yaml`` included) would mix runs made
+    two ways in one report: refused, naming what changed. The recorded ``study``
+    block is every study parameter the runs share (the merged files and overrides,
+    grid keys aside).
     """
-    now = json.loads(json.dumps({"study_params": [str(p) for p in plan.study_params], "overrides": plan.overrides}))
+    now = json.loads(json.dumps({"study_params": [str(p) for p in plan.study_params], "overrides": plan.overrides,
+                                 "study": _shared_study_params(plan)}, default=str))
     recorded = read_json(out / "plan.json")
     finished = [n for n, _ in plan.points if is_finished(out / "runs" / n)]
     if isinstance(recorded, dict) and recorded != now and finished:
-        changed = [k for k in now if recorded.get(k) != now[k]]
         raise SweepError(f"{out / 'plan.json'}: the finished runs ({', '.join(finished)}) were made with "
-                         + "; ".join(f"{k} = {recorded.get(k)!r}" for k in changed) + ", but this sweep asks "
-                         + "; ".join(f"{k} = {now[k]!r}" for k in changed)
+                         + "; ".join(_plan_changes(recorded, now))
                          + ". Use another --out for the new plan (a finished run is never redone)")
     atomic_write_json(out / "plan.json", now)
+
+
+def _shared_study_params(plan: SweepPlan) -> dict:
+    """The study parameters every run of ``plan`` gets (grid keys removed: they differ by design)."""
+    merged = {**merge_params(plan.study_params), **plan.overrides}
+    return {k: v for k, v in sorted(merged.items()) if k not in plan.grid}
+
+
+def _plan_changes(recorded: dict, now: dict) -> list[str]:
+    """``"key = old, but this sweep asks new"`` for every changed entry of the plan (study parameters one by one)."""
+    changes = []
+    for key in ("study_params", "overrides"):
+        if recorded.get(key) != now[key]:
+            changes.append(f"{key} = {recorded.get(key)!r}, but this sweep asks {now[key]!r}")
+    old, new = recorded.get("study") or {}, now["study"]
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            changes.append(f"study parameter {key} = {old.get(key, '(unset)')!r}, but this sweep asks "
+                           f"{new.get(key, '(unset)')!r}")
+    return changes
