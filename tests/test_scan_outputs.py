@@ -84,3 +84,42 @@ def test_operating_points_need_a_model_when_several(tmp_path, checkpoint, operat
     err = capsys.readouterr().err
     assert "ce, supcon_linear" in err and "--model" in err and "Traceback" not in err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_folder_of_scans_gives_one_table_with_the_screening_decision(tmp_path, checkpoint, operating_points, capsys):
+    """Two scans (one stored LPS) paired by name; the decision at the validated threshold beside the probability."""
+    for sub in ("img", "seg"):
+        (tmp_path / sub).mkdir()
+    for name, flip in (("a", False), ("b", True)):
+        ct, seg, affine = synthetic_scan(flip=flip)
+        save_nifti(tmp_path / "img" / f"{name}.nii.gz", ct, affine)
+        save_nifti(tmp_path / "seg" / f"{name}.nii.gz", seg, affine)
+    out = tmp_path / "grades.csv"
+    assert main(["predict", "--ct", str(tmp_path / "img"), "--seg", str(tmp_path / "seg"), "--checkpoint",
+                 str(checkpoint), "--out", str(out), "--operating-points", str(operating_points), "--model", "ce",
+                 "--report", str(tmp_path / "reports"), "--device", "cpu"]) == 0
+    import pandas as pd
+
+    table = pd.read_csv(out)
+    assert table["scan"].tolist() == ["a"] * 3 + ["b"] * 3
+    assert (table["screening_threshold"] == 0.5).all()
+    assert (table["screened_fracture"] == (table["fracture_prob"] >= 0.5)).all()
+    # the same world data stored two ways grade the same
+    assert np.allclose(table.loc[table.scan == "a", "fracture_prob"], table.loc[table.scan == "b", "fracture_prob"],
+                       atol=1e-4)
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["a.html", "b.html"]
+    err = capsys.readouterr().err
+    assert "[1/2] a: 3 vertebrae graded" in err and "[2/2] b: 3 vertebrae graded" in err
+
+
+def test_a_ct_without_its_label_map_is_named(tmp_path, checkpoint, capsys):
+    for sub in ("img", "seg"):
+        (tmp_path / sub).mkdir()
+    ct, seg, affine = synthetic_scan()
+    save_nifti(tmp_path / "img" / "a.nii.gz", ct, affine)
+    save_nifti(tmp_path / "img" / "b.nii.gz", ct, affine)
+    save_nifti(tmp_path / "seg" / "a.nii.gz", seg, affine)
+    assert main(["predict", "--ct", str(tmp_path / "img"), "--seg", str(tmp_path / "seg"),
+                 "--checkpoint", str(checkpoint)]) != 0
+    err = capsys.readouterr().err
+    assert "b.nii.gz" in err and "Traceback" not in err

@@ -170,8 +170,11 @@ def _add_model_commands(sub) -> None:
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("predict", help="grade every vertebra of one CT with a checkpoint")
-    s.add_argument("--ct", type=Path, required=True, help="CT scan, NIfTI in HU")
-    s.add_argument("--seg", type=Path, required=True, help="its VerSe vertebra label map, NIfTI on the same grid")
+    s.add_argument("--ct", type=Path, required=True,
+                   help="CT scan, NIfTI in HU; or a folder of them (then --seg is a folder of label maps, "
+                        "paired by file name, and the table gets a scan column)")
+    s.add_argument("--seg", type=Path, required=True,
+                   help="its VerSe vertebra label map, NIfTI on the same grid; or a folder of them")
     s.add_argument("--checkpoint", type=Path, required=True,
                    help="vfnb checkpoint (best.pt of a run) or one of the study's released checkpoints")
     s.add_argument("--out", type=Path, help="CSV table, one row per vertebra (default: print CSV)")
@@ -179,9 +182,11 @@ def _add_model_commands(sub) -> None:
     s.add_argument("--saliency", type=Path, metavar="DIR",
                    help="also write one Grad-CAM heat map per vertebra (NIfTI, the CT's grid) into DIR")
     s.add_argument("--report", type=Path, metavar="HTML",
-                   help="also write a one-page report of the scan (grades, heights, saliency, provenance)")
+                   help="also write a one-page report of the scan (grades, heights, saliency, provenance); "
+                        "with folders of scans, a folder for one page per scan")
     s.add_argument("--operating-points", type=Path, metavar="JSON",
-                   help="a study's operating_points.json: the report gives the screening decision at its threshold")
+                   help="a study's operating_points.json: the table (screening_threshold, screened_fracture) and the "
+                        "report give the screening decision at its validated threshold")
     s.add_argument("--model", help="which model's operating point, when the JSON holds several (e.g. ce)")
     s.add_argument("--overwrite", action="store_true", help="replace existing output files")
     s.set_defaults(func=_cmd_predict)

@@ -31,7 +31,7 @@ from .data.preprocess import as_label_map, extract_patches_from_arrays, vertebra
 from .data.transforms import eval_transform
 from .errors import DatasetError, VfnbError
 from .features import extract
-from .io import atomic_write_text, load_nifti, strip_nifti_suffix
+from .io import load_nifti, strip_nifti_suffix
 from .levels import GRADABLE_LABELS, level_name, spine_order
 from .models import GradingModel, load_checkpoint, resolve_device, unwrap_model
 
@@ -218,47 +218,12 @@ def predict_scan(ct: str | os.PathLike, seg: str | os.PathLike, checkpoint: str 
 
 def predict_scan_cli(ct, seg, checkpoint, out=None, device: str = "auto", overwrite: bool = False,
                      saliency_dir=None, report=None, operating_points=None, model_name=None) -> None:
-    """``vfnb predict``: write the table to ``out`` (CSV, atomically) or print it as CSV.
+    """``vfnb predict``: grade one scan, or every scan of a folder, into one CSV table.
 
-    ``saliency_dir``: also write one Grad-CAM NIfTI per vertebra in the CT's grid;
-    ``report``: also write the per-scan HTML page, with the screening decision when
-    ``operating_points`` (a study's ``operating_points.json``; ``model_name`` picks
-    the model when it holds several) is given (:mod:`vfnb.scan_outputs`). Existing
-    outputs are refused unless ``overwrite``; every check runs before any grading.
+    See :func:`vfnb.scan_outputs.predict_command` (the table, saliency maps, reports,
+    the screening decision at a study's validated threshold).
     """
-    from . import scan_outputs
+    from .scan_outputs import predict_command
 
-    if out is not None and Path(out).is_dir():
-        raise VfnbError(f"{out}: --out is a folder; expected the path of a CSV file to write")
-    if report is not None and Path(report).is_dir():
-        raise VfnbError(f"{report}: --report is a folder; expected the path of an HTML file to write")
-    if saliency_dir is not None and Path(saliency_dir).exists() and not Path(saliency_dir).is_dir():
-        raise VfnbError(f"{saliency_dir}: --saliency is a file; expected a folder for the NIfTI maps")
-    scan_outputs.refuse_existing([p for p in (out, report) if p is not None], overwrite)
-    point = None if operating_points is None else scan_outputs.read_operating_point(operating_points, model_name)
-    resolve_device(device)  # an unknown or absent device is refused before any file is read
-    try:
-        grading = grade_scan(ct, seg, checkpoint, device=device)
-        name = scan_outputs.scan_name(ct)
-        maps = None
-        if saliency_dir is not None or report is not None:
-            maps = scan_outputs.cube_saliency(grading)
-        if saliency_dir is not None:
-            paths = scan_outputs.saliency_paths(grading, saliency_dir, name)
-            scan_outputs.refuse_existing(paths, overwrite)
-            scan_outputs.write_saliency(grading, maps, paths)
-            print(f"wrote {len(paths)} saliency maps to {saliency_dir}", file=sys.stderr)
-        if report is not None:
-            scan_outputs.write_report(grading, maps, Path(report), checkpoint, point, name)
-            print(f"wrote {report}", file=sys.stderr)
-    except (RuntimeError, ValueError) as exc:
-        if isinstance(exc, VfnbError):
-            raise
-        # e.g. a cube too small for the network: say which files were involved, not a traceback
-        raise VfnbError(f"{ct}: grading with {checkpoint} failed ({type(exc).__name__}: {exc})") from None
-    text = grading.table.to_csv(index=False, float_format="%.6f")
-    if out is None:
-        sys.stdout.write(text)
-    else:
-        atomic_write_text(out, text)
-        print(f"wrote {out} ({len(grading.table)} vertebrae)", file=sys.stderr)
+    predict_command(ct, seg, checkpoint, out=out, device=device, overwrite=overwrite, saliency_dir=saliency_dir,
+                    report=report, operating_points=operating_points, model_name=model_name)

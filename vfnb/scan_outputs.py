@@ -1,4 +1,12 @@
-"""What `vfnb predict` writes beside its table: saliency maps and the per-scan report.
+"""`vfnb predict`: one scan or a folder of scans, the table, saliency maps and per-scan reports.
+
+- ``--ct`` / ``--seg``: two files, or two folders whose NIfTI files pair by name (a
+  CT ``img/x.nii.gz`` with the label map ``seg/x.nii.gz``, as in the original
+  layout); a folder gives one table with a ``scan`` column, and a progress line per
+  scan on stderr.
+- ``--operating-points`` (a study's ``operating_points.json``; ``--model`` picks the
+  model when it holds several): the table gains ``screening_threshold`` and
+  ``screened_fracture`` (fracture probability at or above the validated threshold).
 
 - ``--saliency DIR``: one NIfTI per graded vertebra, ``<scan>_<level>_gradcam.nii.gz``,
   the Grad-CAM map of the predicted grade (:func:`vfnb.saliency.grad_cam`) resampled
@@ -13,18 +21,20 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .data.transforms import eval_transform
 from .data.vertebral_heights import body_heights, expected_posterior_height, height_ratios
-from .errors import VfnbError
-from .io import save_nifti, strip_nifti_suffix
-from .models import load_checkpoint_dict, unwrap_model
-from .predict import ScanGrading
+from .errors import DatasetError, VfnbError
+from .io import atomic_write_text, save_nifti, strip_nifti_suffix
+from .models import load_checkpoint, load_checkpoint_dict, resolve_device, unwrap_model
+from .predict import ScanGrading, grade_scan
 from .saliency import grad_cam, heat_to_scan
 from .scan_report import ScanReport, VertebraView, write_scan_report
 
@@ -123,3 +133,102 @@ def write_report(grading: ScanGrading, heats: Sequence[np.ndarray] | None, path:
 def scan_name(ct: str | Path) -> str:
     """The scan's name: its CT file name without the NIfTI suffix."""
     return strip_nifti_suffix(Path(ct).name)
+
+
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+
+
+def scan_pairs(ct: str | Path, seg: str | Path) -> list[tuple[str, Path, Path]]:
+    """``[(scan name, CT, label map)]``: one pair of files, or the NIfTI pairs of two folders matched by name."""
+    ct, seg = Path(ct), Path(seg)
+    if ct.is_dir() != seg.is_dir():
+        raise DatasetError(f"--ct {ct} and --seg {seg}: give two files or two folders, not one of each")
+    if not ct.is_dir():
+        return [(scan_name(ct), ct, seg)]
+    cts = sorted(p for p in ct.iterdir() if p.name.endswith(NIFTI_ENDINGS) and not p.name.startswith("."))
+    if not cts:
+        raise DatasetError(f"{ct}: no NIfTI CT (.nii.gz or .nii) in this folder")
+    missing = [p.name for p in cts if not (seg / p.name).is_file()]
+    if missing:
+        raise DatasetError(f"{seg}: no label map named like the CT for {len(missing)} scan(s) "
+                           f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}); expected "
+                           f"{seg}/<the CT's file name> for every CT in {ct}")
+    return [(scan_name(p), p, seg / p.name) for p in cts]
+
+
+def add_decision(table, point: Mapping | None):
+    """The table with the screening decision at ``point``'s threshold (unchanged without one)."""
+    if point is None:
+        return table
+    table = table.copy()
+    table["screening_threshold"] = float(point["threshold"])
+    table["screened_fracture"] = table["fracture_prob"] >= float(point["threshold"])
+    return table
+
+
+def _check_outputs(out, report, saliency_dir, folder_mode: bool, overwrite: bool) -> None:
+    if out is not None and Path(out).is_dir():
+        raise VfnbError(f"{out}: --out is a folder; expected the path of a CSV file to write")
+    if report is not None and not folder_mode and Path(report).is_dir():
+        raise VfnbError(f"{report}: --report is a folder; expected the path of an HTML file to write "
+                        "(a folder only when --ct and --seg are folders)")
+    if report is not None and folder_mode and Path(report).exists() and not Path(report).is_dir():
+        raise VfnbError(f"{report}: --report is a file; with folders of scans it names a folder for one page per scan")
+    if saliency_dir is not None and Path(saliency_dir).exists() and not Path(saliency_dir).is_dir():
+        raise VfnbError(f"{saliency_dir}: --saliency is a file; expected a folder for the NIfTI maps")
+    refuse_existing([p for p in (out, None if folder_mode else report) if p is not None], overwrite)
+
+
+def _scan_outputs(grading: ScanGrading, name: str, checkpoint, saliency_dir, report_path, point, overwrite) -> None:
+    """The saliency maps and the report of one graded scan, when asked for."""
+    if saliency_dir is None and report_path is None:
+        return
+    maps = cube_saliency(grading)
+    if saliency_dir is not None:
+        paths = saliency_paths(grading, saliency_dir, name)
+        refuse_existing(paths, overwrite)
+        write_saliency(grading, maps, paths)
+    if report_path is not None:
+        refuse_existing([report_path], overwrite)
+        write_report(grading, maps, Path(report_path), checkpoint, point, name)
+
+
+def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwrite: bool = False,
+                    saliency_dir=None, report=None, operating_points=None, model_name=None) -> None:
+    """Grade one scan or a folder of scans; write the CSV (atomically) or print it, plus the asked-for outputs.
+
+    Existing outputs are refused unless ``overwrite``; the inputs, outputs and
+    operating point are checked before any scan is graded.
+    """
+    pairs = scan_pairs(ct, seg)
+    folder_mode = Path(ct).is_dir()
+    _check_outputs(out, report, saliency_dir, folder_mode, overwrite)
+    point = None if operating_points is None else read_operating_point(operating_points, model_name)
+    resolve_device(device)  # an unknown or absent device is refused before any file is read
+    model = load_checkpoint(checkpoint)
+    tables = []
+    for i, (name, ct_path, seg_path) in enumerate(pairs, 1):
+        try:
+            grading = grade_scan(ct_path, seg_path, model, device=device)
+            report_path = None if report is None else (Path(report) / f"{name}.html" if folder_mode else report)
+            _scan_outputs(grading, name, checkpoint, saliency_dir, report_path, point, overwrite)
+        except (RuntimeError, ValueError) as exc:
+            if isinstance(exc, VfnbError):
+                raise
+            # e.g. a cube too small for the network: say which files were involved, not a traceback
+            raise VfnbError(f"{ct_path}: grading with {checkpoint} failed ({type(exc).__name__}: {exc})") from None
+        table = add_decision(grading.table, point)
+        if folder_mode:
+            table.insert(0, "scan", name)
+            print(f"[{i}/{len(pairs)}] {name}: {len(table)} vertebrae graded", file=sys.stderr)
+        tables.append(table)
+    table = pd.concat(tables, ignore_index=True)
+    text = table.to_csv(index=False, float_format="%.6f")
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(out, text)
+        print(f"wrote {out} ({len(table)} vertebrae of {len(pairs)} scan(s))", file=sys.stderr)
+    for what, where in (("saliency maps", saliency_dir), ("report(s)", report)):
+        if where is not None:
+            print(f"wrote {what} to {where}", file=sys.stderr)
