@@ -89,3 +89,10 @@ def test_notebook_parameters_refuses_non_literals(tmp_path):
     nbformat.write(nb, str(path))
     with pytest.raises(ParamsError, match="exactly one cell tagged 'parameters', found 2"):
         notebook_parameters(path)
+
+
+def test_notebooks_name_the_projects_kernel():
+    """Opened in JupyterLab, each notebook asks for the kernel `make install` registers (the project's .venv)."""
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        spec = nbformat.read(path, as_version=4).metadata.get("kernelspec", {})
+        assert spec.get("name") == "vfnb" and spec.get("display_name") == "vfnb (.venv)", path.name
