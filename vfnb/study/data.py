@@ -29,7 +29,7 @@ from .params import SYNTHSPINE
 from .paths import resolve_path
 from .provenance import dataset_fingerprint
 from .report import dataset_sentence, strip_tags
-from .run import say
+from .run import read_json, say
 
 SPLITS = ("train", "val", "test")
 
@@ -107,11 +107,22 @@ def _prepare_synthspine(data_dir: str, synth_cases: int, synth_seed: int, patch_
         paths = ensure_default_dataset(resolve_path(data_dir), cases=synth_cases, seed=synth_seed, size=patch_size,
                                        workers=max(1, int(workers)), tag="synth", folds=synth_folds,
                                        val_fraction=val_fraction)
-    notes = sorted({line.strip() for line in captured.getvalue().replace("\r", "\n").splitlines()
-                    if line.strip().startswith("warning:")})
     say(f"SynthSpine ready in {time.monotonic() - start:.0f} s: {paths['processed'].name}"
-          + (f" ({len(notes)} pre-processing notes, listed in patches.csv)" if notes else ""))
+        + _warning_sentence(Path(paths["processed"]) / "preprocess.json"))
     return paths
+
+
+def _warning_sentence(preprocess_json: Path) -> str:
+    """The pre-processing notes as ``preprocess.json`` counts them (the same counts as ``patches.csv``)."""
+    record = read_json(preprocess_json) or {}
+    counts = record.get("warning_counts") or {}
+    if not counts and record.get("warnings"):  # made by an older vfnb: no counts recorded
+        return f" ({len(record['warnings'])} pre-processing notes, in preprocess.json)"
+    if not counts.get("notes"):
+        return ""
+    return (f" ({counts['notes']} pre-processing notes on {counts.get('vertebrae', '?')} vertebrae: "
+            f"{counts.get('on_patches', '?')} on patches, listed in patches.csv; "
+            f"{counts.get('without_patch', 0)} on vertebrae left without a patch, in preprocess.json)")
 
 
 def prepare_dataset(dataset: str, data_dir: str, tag: str, synth_cases: int = 64, synth_seed: int = 0,
