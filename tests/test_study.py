@@ -164,7 +164,8 @@ def test_smoke_study_end_to_end(tmp_path):
 
     # metrics.json: every model, every headline number finite, CIs around the point
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"supcon_linear", "supcon_finetune", "ce"}
+    assert set(metrics["models"]) == {"supcon_linear", "supcon_finetune", "ce", "morphometry_rule",
+                                      "morphometry_logistic"}
     for model, entry in metrics["models"].items():
         for key in ("sensitivity", "specificity", "roc_auc", "macro_f1", "accuracy", "weighted_f1"):
             value = entry["metrics"][key]
@@ -198,6 +199,19 @@ def test_smoke_study_end_to_end(tmp_path):
     for target in re.findall(r"\]\(([^)]+)\)", summary):
         assert (out / target).is_file(), target
     assert re.search(r"\| Cross-entropy baseline \| \d", summary)
+    assert re.search(r"\| Morphometry: Genant bands on measured heights \| \d", summary)
+
+    # beyond the paper: the morphometry models' thresholds, Grad-CAM per network, region shares
+    points = json.loads((out / "operating_points.json").read_text())
+    assert {"morphometry_rule", "morphometry_logistic", "ce"} <= set(points)
+    saliency = json.loads((out / "saliency.json").read_text())
+    assert set(saliency) == {"supcon_linear", "supcon_finetune", "ce"}
+    for items in saliency.values():
+        assert items and all(abs(sum(i["volume_shares"].values()) - 1) < 1e-6 for i in items)
+        assert any("occlusion_shares" in i for i in items)
+    assert (out / "figures" / "03_saliency_ce.png").is_file()
+    evaluation = (out / "03_evaluation.html").read_text()
+    assert "What the networks add beyond measuring heights" in evaluation and "Where the networks look" in evaluation
 
     # a reader's page (issue 17): the smoke warning, what each headline number is computed on, kept starts
     smoke_warning = "Smoke run: these numbers mean nothing"
