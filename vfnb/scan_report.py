@@ -155,14 +155,13 @@ def _vertebra_section(view: VertebraView, point: Mapping | None) -> str:
     return (f"<section><h3 style='color:{GRADE_COLOURS[grade]}'>{html.escape(str(row['level']))}: grade {grade} "
             f"({GRADE_NAMES[grade]})</h3><div class='row'><img src='{vertebra_figure(view)}' alt='{row['level']}'>"
             f"<table><tr><th colspan=2>grade probabilities</th></tr>{probs}"
-            f"<tr><td>screening</td><td>{_decision(view, point)}</td></tr></table>"
-            f"<table><tr><th colspan=2>measured heights (label map)</th></tr>{_heights_rows(view.heights)}</table>"
-            f"</div>{warn}</section>")
+            f"</table><table><tr><th colspan=2>measured heights (label map)</th></tr>{_heights_rows(view.heights)}"
+            f"</table></div><p>Screening: {_decision(view, point)}</p>{warn}</section>")
 
 
 _CSS = ("body{font-family:sans-serif;max-width:70em;margin:1em auto;color:#222} .notice{background:#fff3e0;"
-        "border:2px solid #ef6c00;padding:.6em} .row{display:flex;gap:1.5em;align-items:flex-start} "
-        "table{border-collapse:collapse} td,th{border-bottom:1px solid #ddd;padding:2px 8px;text-align:left} "
+        "border:2px solid #ef6c00;padding:.6em} .row{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start} "
+        "table{border-collapse:collapse} td,th{border-bottom:1px solid #ddd;padding:2px 8px;text-align:left;white-space:nowrap} "
         ".warn{color:#a15c00}")
 
 
