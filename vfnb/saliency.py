@@ -24,6 +24,7 @@ overlays in 3D Slicer or ITK-SNAP.
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -85,7 +86,9 @@ def occlusion(model: nn.Module, x: torch.Tensor, grade: int, mask_size: int = 8,
     model.eval()
     sensitivity = OcclusionSensitivity(nn_module=GradeLogits(model), mask_size=mask_size, n_batch=n_batch,
                                        mode="mean_img", overlap=overlap, activate=True, verbose=False)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # MONAI indexes with a list (a torch deprecation notice per call): not ours to fix, not the reader's concern
+        warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
         occluded, _ = sensitivity(x)
         base = torch.softmax(GradeLogits(model)(x), dim=1)[0, grade]
     return (base - occluded[0, grade]).cpu().numpy()
