@@ -249,3 +249,14 @@ def test_an_edited_study_file_under_finished_runs_is_refused(tmp_path):
     assert calls == []
     study_file.write_text("temperature: 0.07\n")  # back as it was: the sweep resumes
     assert run_sweep([sweep], out=out, progress=False, run_one=fake_study(calls)).ran == ["seed-1"]
+
+
+def test_a_plan_recorded_before_study_parameters_were_kept_still_resumes(tmp_path):
+    out = tmp_path / "sw"
+    assert run_sweep([sweep_file(tmp_path)], out=out, progress=False, run_one=fake_study(), only=["seed=0"]).ok
+    plan = json.loads((out / "plan.json").read_text())
+    del plan["study"]  # as an older vfnb wrote it
+    (out / "plan.json").write_text(json.dumps(plan))
+    calls: list = []
+    assert run_sweep([sweep_file(tmp_path)], out=out, progress=False, run_one=fake_study(calls)).ran == ["seed-1", "seed-2"]
+    assert "study" in json.loads((out / "plan.json").read_text())

@@ -107,6 +107,9 @@ def _claim_plan(out: Path, plan: SweepPlan) -> None:
     now = json.loads(json.dumps({"study_params": [str(p) for p in plan.study_params], "overrides": plan.overrides,
                                  "study": _shared_study_params(plan)}, default=str))
     recorded = read_json(out / "plan.json")
+    if isinstance(recorded, dict) and "study" not in recorded:
+        # a plan written before study parameters were recorded: only its files and overrides can be compared
+        recorded = {**recorded, "study": now["study"]}
     finished = [n for n, _ in plan.points if is_finished(out / "runs" / n)]
     if isinstance(recorded, dict) and recorded != now and finished:
         raise SweepError(f"{out / 'plan.json'}: the finished runs ({', '.join(finished)}) were made with "
