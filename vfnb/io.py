@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -106,6 +107,16 @@ def _lock_owner(lock: Path) -> int | None:
         return None
 
 
+LOCK_WRITE_GRACE_S = 10.0  # a lock file younger than this without a pid is being written, not stale
+
+
+def _just_created(lock: Path) -> bool:
+    try:
+        return time.time() - lock.stat().st_mtime < LOCK_WRITE_GRACE_S
+    except OSError:
+        return False
+
+
 def claim_lock(lock: str | os.PathLike, what: str) -> Path:
     """Create ``lock`` with O_EXCL holding this process id; refuse when a live process holds it.
 
@@ -118,6 +129,10 @@ def claim_lock(lock: str | os.PathLike, what: str) -> Path:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             owner = _lock_owner(lock)
+            if owner is None and _just_created(lock):
+                # created with O_EXCL a moment ago, its owner's pid not yet written: a live claim, not a stale one
+                raise VfnbError(f"{what}: another vfnb run is starting to write it now (lock {lock}); "
+                                "wait for it to finish or choose another folder") from None
             if owner is not None and owner != os.getpid() and pid_alive(owner):
                 raise VfnbError(f"{what}: another vfnb run (process {owner}) is writing it now (lock {lock}); "
                                 "wait for it to finish or choose another folder") from None
