@@ -30,18 +30,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .data.vertebral_heights import body_heights, expected_posterior_height, height_ratios
+from .data.resample import voxel_spacing
+from .data.vertebral_heights import body_heights, with_ratios
 from .io import load_nifti
 from .levels import NUM_GRADES, level_name
 
 GENANT_BANDS = (0.20, 0.25, 0.40)  # lower edges of height loss for grades 1, 2, 3 (an edge takes the higher grade)
 FEATURES = ("anterior_ratio", "middle_ratio", "posterior_ratio", "height_loss")
 MORPHOMETRY_MODELS = ("morphometry_rule", "morphometry_logistic")
-
-
-def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size (mm) along each array axis: the affine's column norms."""
-    return tuple(float(np.linalg.norm(affine[:3, i])) for i in range(3))
 
 
 def measure_records(records: Sequence[dict]) -> pd.DataFrame:
@@ -53,20 +49,13 @@ def measure_records(records: Sequence[dict]) -> pd.DataFrame:
     ``expected_posterior`` (mm, NaN without neighbours), the ratios of
     :data:`FEATURES` and ``measured`` (False when the heights were not measurable).
     """
-    rows = []
+    ids, measured = [], []
     for record in records:
         mask, affine, _ = load_nifti(record["seg"])
-        rows.append({"name": record["name"], "image_id": record["image_id"], "label": int(record["label"]),
-                     "level": level_name(record["label"]), "grade": int(record["grade"]),
-                     **body_heights(mask, voxel_spacing(affine))})
-    table = pd.DataFrame(rows)
-    ratios = []
-    for _, row in table.iterrows():
-        scan = table[table["image_id"] == row["image_id"]]
-        expected = expected_posterior_height(dict(zip(scan["label"], scan["posterior"])), row["label"])
-        ratios.append({"expected_posterior": np.nan if expected is None else expected,
-                       **height_ratios(row, expected)})
-    table = pd.concat([table, pd.DataFrame(ratios, index=table.index)], axis=1)
+        ids.append({"name": record["name"], "image_id": record["image_id"], "label": int(record["label"]),
+                    "level": level_name(record["label"]), "grade": int(record["grade"])})
+        measured.append((record["image_id"], int(record["label"]), body_heights(mask, voxel_spacing(affine))))
+    table = pd.DataFrame([{**i, **m} for i, m in zip(ids, with_ratios(measured))])
     table["measured"] = np.isfinite(table["height_loss"])
     return table
 

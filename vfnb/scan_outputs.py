@@ -30,7 +30,8 @@ import pandas as pd
 import torch
 
 from .data.transforms import eval_transform
-from .data.vertebral_heights import body_heights, expected_posterior_height, height_ratios
+from .data.resample import voxel_spacing
+from .data.vertebral_heights import body_heights, with_ratios
 from .errors import DatasetError, VfnbError
 from .io import atomic_write_text, save_nifti, strip_nifti_suffix
 from .models import load_checkpoint, load_checkpoint_dict, resolve_device, unwrap_model
@@ -108,10 +109,7 @@ def provenance(checkpoint: str | Path) -> dict:
 
 def vertebra_heights(grading: ScanGrading) -> list[dict]:
     """Heights, ratios and height loss of each graded vertebra (neighbours from this scan)."""
-    measured = [body_heights(p.mask, np.linalg.norm(p.affine[:3, :3], axis=0)) for p in grading.patches]
-    posterior = {p.label: h["posterior"] for p, h in zip(grading.patches, measured)}
-    return [{**h, **height_ratios(h, expected_posterior_height(posterior, p.label))}
-            for p, h in zip(grading.patches, measured)]
+    return with_ratios([("scan", p.label, body_heights(p.mask, voxel_spacing(p.affine))) for p in grading.patches])
 
 
 def write_report(grading: ScanGrading, heats: Sequence[np.ndarray] | None, path: Path, checkpoint,

@@ -19,8 +19,9 @@ from scipy import ndimage
 
 from ..io import load_nifti
 from ..levels import level_name
+from .resample import voxel_spacing
 from .sampling import pick_per_grade
-from .vertebral_heights import HEIGHT_POSITIONS, body_heights  # noqa: F401 - the one height measurement
+from .vertebral_heights import body_heights  # noqa: F401 - the one height measurement (re-exported)
 
 #: Width of the cortical rim (voxels) when intensities are sampled per tissue.
 RIM_VOXELS = 2
@@ -37,7 +38,7 @@ def measure_heights(records: Sequence[dict], per_grade: int = 40, seed: int = 0)
     rows = []
     for record in pick_per_grade(records, per_grade, seed):
         mask, affine, _ = load_nifti(record["seg"])
-        spacing = np.linalg.norm(affine[:3, :3], axis=0)  # mm per voxel along each patch axis
+        spacing = voxel_spacing(affine)  # mm per voxel along each patch axis
         rows.append({"name": record["name"], "grade": int(record["grade"]), "level": level_name(record["label"]),
                      **body_heights(mask, spacing)})
     table = pd.DataFrame(rows)

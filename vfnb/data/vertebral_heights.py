@@ -210,3 +210,21 @@ def expected_posterior_height(level_heights: Mapping[int, float], label: int) ->
     measured = [l for l, h in level_heights.items() if np.isfinite(h)]
     values = [level_heights[n] for n in neighbour_labels(label, measured)]
     return float(np.mean(values)) if values else None
+
+
+def with_ratios(vertebrae: Sequence[tuple[str, int, Mapping]]) -> list[dict]:
+    """Each measured vertebra's heights with its ratios and height loss, neighbours from its own scan.
+
+    ``vertebrae``: ``(scan id, VerSe label, body_heights(...))`` per vertebra, in any
+    order. Returns, in the same order, the heights plus ``expected_posterior`` (mm,
+    NaN without measured neighbours) and the entries of :func:`height_ratios`.
+    """
+    posterior: dict[str, dict[int, float]] = {}
+    for scan, label, heights in vertebrae:
+        posterior.setdefault(scan, {})[int(label)] = heights["posterior"]
+    out = []
+    for scan, label, heights in vertebrae:
+        expected = expected_posterior_height(posterior[scan], int(label))
+        out.append({**heights, "expected_posterior": float("nan") if expected is None else expected,
+                    **height_ratios(heights, expected)})
+    return out

@@ -39,7 +39,7 @@ from .training import (checkpoint_cube_size, initial_model, model_training_param
 __all__ = [
     "beyond_measurement", "explain_networks", "grade_by_morphometry", "morphometry_models", "occlusion_agreement",
     "saliency_overview", "saliency_record",
-    "GRADERS", "HEADLINE_METRICS", "MODELS", "MODEL_TITLES", "NOTEBOOKS", "NOTEBOOK_TITLES", "PATH_PARAMS",
+    "GRADERS", "HEADLINE_METRICS", "MORPHOMETRY_TITLES", "MODELS", "MODEL_TITLES", "NOTEBOOKS", "NOTEBOOK_TITLES", "PATH_PARAMS",
     "PERMUTATION_P", "PRETRAINED", "RECIPE_KEYS", "REPORT_CSS", "RUNNER_PARAMS", "STUDY_INTS", "SYNTHSPINE", "VERSION_PACKAGES",
     "ModelSpec", "OperatingPoint", "StudyData", "StudyError", "StudyRun", "TrainedModel", "TrainingSettings",
     "TrainingSummary", "augmented_views", "build_provenance", "checkpoint_cube_size", "data_statement",

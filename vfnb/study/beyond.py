@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 
 from ..data.sampling import pick_per_grade
@@ -103,12 +102,3 @@ def saliency_record(explained: Mapping[str, list[dict]]) -> dict:
                         if "occlusion_shares" in e else {})}
                     for e in items] for model, items in explained.items()}
 
-
-def endplate_concentration(explained: Mapping[str, list[dict]]) -> dict[str, float]:
-    """Per network: share of the map on the endplates over the endplates' share of the cube (1 = uniform)."""
-    out = {}
-    for model, items in explained.items():
-        share = np.nanmean([e["shares"]["endplates"]["share"] for e in items])
-        volume = np.mean([e["shares"]["endplates"]["volume"] for e in items])
-        out[model] = float(share / volume) if volume else float("nan")
-    return out
