@@ -3,7 +3,7 @@
 A checkpoint of the default backbone (random weights: the cost does not depend on
 them) with the default ``cube_size`` is graded on a 512 x 512 x 300 scan with 12
 vertebrae (:mod:`benchmarks.scans`). ``seconds_per_scan`` times
-:func:`vfnb.predict.predict_scan` (read both NIfTI files, pre-process every
+:func:`vfnb.inference.grading.predict_scan` (read both NIfTI files, pre-process every
 vertebra, forward, table) in a warm process, after one warm-up call;
 ``cli_seconds_cold`` is one run of the ``vfnb predict`` command itself, interpreter
 start and imports included. Peak memory is the warm process's.
@@ -22,7 +22,7 @@ from .harness import figure, run_child
 def child(ct: str, seg: str, checkpoint: str, reps: int, warmup: int) -> dict:
     import torch
 
-    from vfnb.predict import predict_scan
+    from vfnb.inference.grading import predict_scan
 
     from .harness import time_reps
 
@@ -38,7 +38,8 @@ def child(ct: str, seg: str, checkpoint: str, reps: int, warmup: int) -> dict:
 def make_checkpoint(path: Path, cube_size: int, backbone: str) -> Path:
     import torch
 
-    from vfnb.models import ModelInput, build_model, save_checkpoint
+    from vfnb.models.networks import ModelInput, build_model
+    from vfnb.models.checkpoints import save_checkpoint
 
     torch.manual_seed(0)
     model = build_model(backbone)

@@ -1,6 +1,6 @@
 """Input pipeline vs model: the share of each training step spent waiting for data.
 
-Runs the real training engine (:func:`vfnb.train.train`, with the default study's
+Runs the real training engine (:func:`vfnb.training.engine.train`, with the default study's
 training settings from ``params/default.yaml``: backbone, cube, ``batch_per_grade``,
 DataLoader ``workers``, replacement epochs of ``batches_per_epoch`` batches) on
 the default study's dataset (SynthSpine as ``params/default.yaml`` sets it: 64
@@ -10,7 +10,7 @@ training time). The first epoch (worker
 start-up, cache fill) is reported apart; the figure is the median over the
 following epochs.
 
-``default``: ``cube_size`` of :func:`vfnb.config.defaults`; ``paper``: the
+``default``: ``cube_size`` of :func:`vfnb.training.config.defaults`; ``paper``: the
 paper's 128^3 cube with the same (default) backbone and batch (the patches are
 resized to the cube once, when cached, so augmentation works at 128^3).
 
@@ -114,8 +114,8 @@ def child(runs: list[dict]) -> dict:
 def train_once(dataset: str, run_dir: str, cube_size: int, epochs: int, extra: dict | None = None) -> dict:
     import resource
 
-    from vfnb.config import defaults
-    from vfnb.train import train
+    from vfnb.training.config import defaults
+    from vfnb.training.engine import train
 
     from ._child import peak_rss_mb
 

@@ -15,8 +15,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from vfnb.losses import SupConLoss
-from vfnb.models import build_model
+from vfnb.models.losses import SupConLoss
+from vfnb.models.networks import build_model
 
 VIEWS = 2
 

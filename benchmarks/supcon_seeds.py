@@ -14,7 +14,7 @@ table as JSON. The test list is never read.
 Each row also says whether SupCon left its collapse value: the last epoch's loss
 against the loss of projections with no grade structure, and the mean cosine
 between projections of two views of one vertebra, of same-grade and of
-other-grade vertebrae (:class:`vfnb.losses.ProjectionSimilarity`).
+other-grade vertebrae (:class:`vfnb.models.losses.ProjectionSimilarity`).
 
 About 4-5 min per seed on 2 CPU cores. SynthSpine is generated into ``data/`` first
 when missing (as ``make study`` does).
@@ -37,9 +37,9 @@ def main(argv=None) -> int:
     from vfnb.data.processed import ProcessedDataset
     from vfnb.data.synth import ensure_default_dataset
     from vfnb.io import atomic_write_text, load_yaml
-    from vfnb.models import load_checkpoint
+    from vfnb.models.checkpoints import load_checkpoint
     from vfnb.study import PERMUTATION_P, initial_model, probe_comparison
-    from vfnb.train import parse_overrides, train
+    from vfnb.training.engine import parse_overrides, train
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

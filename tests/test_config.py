@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from vfnb import config
+from vfnb.training import config
 from vfnb.cli import build_parser
 from vfnb.cli import main as cli_main
-from vfnb.config import TrainConfig, defaults, parse_override, parse_overrides, validate_params
+from vfnb.training.config import TrainConfig, defaults, parse_override, parse_overrides, validate_params
 from vfnb.errors import ParamsError
 from vfnb.io import load_yaml
 
@@ -37,10 +37,10 @@ def test_defaults_are_the_papers_recipe():
 
 
 def test_choices_match_what_models_and_transforms_provide():
-    from vfnb import models
     from vfnb.data.transforms import AUGMENTATIONS
+    from vfnb.models import networks
 
-    assert models.BACKBONES == config.BACKBONES and models.HEADS == config.HEADS
+    assert networks.BACKBONES == config.BACKBONES and networks.HEADS == config.HEADS
     assert tuple(AUGMENTATIONS) == config.AUGMENTATIONS
 
 

@@ -202,8 +202,8 @@ def test_cached_patches_pad_to_one_shape_and_keep_the_true_one(tiny_processed):
 
 
 def test_training_with_device_augmentation_runs_and_resumes(tiny_processed, tmp_path):
-    from vfnb.models import load_checkpoint
-    from vfnb.train import train
+    from vfnb.models.checkpoints import load_checkpoint
+    from vfnb.training.engine import train
 
     params = dict(tag="t0", cube_size=16, backbone="resnet10", backbone_kwargs={"block_inplanes": [4, 8, 8, 16]},
                   workers=0, threads=1, eval_batch_size=32, progress=False, device="cpu", dataset=str(tiny_processed),
@@ -220,7 +220,7 @@ def test_training_with_device_augmentation_runs_and_resumes(tiny_processed, tmp_
 
 
 def test_augment_on_resolves_by_device():
-    from vfnb.config import validate_params
+    from vfnb.training.config import validate_params
     from vfnb.data.batches import augments_on_device
     from vfnb.errors import ParamsError
 

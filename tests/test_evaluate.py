@@ -17,7 +17,7 @@ from vfnb.levels import level_name
 
 def make_predictions(n_patients: int = 20, per_patient: int = 10, seed: int = 0, skill: float = 1.5,
                      grade_mix=(0.7, 0.1, 0.1, 0.1), round_to: int | None = 2) -> pd.DataFrame:
-    """A predictions table shaped like vfnb.predict.predict_patches output (synthetic)."""
+    """A predictions table shaped like vfnb.inference.grading.predict_patches output (synthetic)."""
     rng = np.random.default_rng(seed)
     n = n_patients * per_patient
     grade = rng.choice(4, size=n, p=grade_mix)

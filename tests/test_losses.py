@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vfnb.losses import SupConLoss
+from vfnb.models.losses import SupConLoss
 
 
 def explicit_supcon(features, labels, temperature, base_temperature, mode):
@@ -127,7 +127,7 @@ def test_bad_arguments():
 
 
 def test_projection_similarity_means_by_pair_kind():
-    from vfnb.losses import ProjectionSimilarity
+    from vfnb.models.losses import ProjectionSimilarity
 
     # vertebrae 0 and 1 share grade 0, vertebra 2 is grade 1; two views each, unit vectors in 2-D
     e0, e1 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])

@@ -11,17 +11,8 @@ from torch import nn
 
 from vfnb.data.channels import INPUT_CHANNELS
 from vfnb.errors import CheckpointError
-from vfnb.models import (
-    RELEASED_INPUT,
-    ModelInput,
-    build_model,
-    checkpoint_input,
-    load_checkpoint,
-    load_checkpoint_dict,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from vfnb.models.networks import RELEASED_INPUT, ModelInput, build_model
+from vfnb.models.checkpoints import checkpoint_input, load_checkpoint, load_checkpoint_dict, rng_state, save_checkpoint, set_rng_state
 
 FEATURES = {"resnet10": 64, "resnet18": 512, "seresnet50": 2048}
 
@@ -323,7 +314,7 @@ def test_resnet10_keeps_resolution_and_checkpoint_records_preset(tmp_path, monke
     assert model.model_args["no_max_pool"] is True and model.model_args["block_inplanes"] == [8, 16, 32, 64]
     # the preset is written into the checkpoint: changing it later does not change a saved model
     path = save_checkpoint(tmp_path / "r10.pt", sized(model))
-    import vfnb.models as models
+    import vfnb.models.networks as models
     monkeypatch.setitem(models._RESNET_PRESETS, "resnet10", dict(layers=[1, 1, 1, 1], block_inplanes=[16, 32, 64, 128],
                                                                   conv1_t_size=3, conv1_t_stride=2, no_max_pool=False))
     loaded = load_checkpoint(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vfnb.data.morphometry import body_heights, intensity_samples, measure_heights
+from vfnb.morphometry.samples import body_heights, intensity_samples, measure_heights
 from vfnb.data.processed import ProcessedDataset
 
 

@@ -13,8 +13,9 @@ from vfnb.data.channels import crop_or_pad_to_cube, make_input_channels
 from vfnb.data.preprocess import extract_patches
 from vfnb.errors import DatasetError, VfnbError
 from vfnb.io import load_nifti, save_nifti
-from vfnb.models import ModelInput, build_model, load_checkpoint, save_checkpoint
-from vfnb.predict import predict_patches, predict_scan
+from vfnb.models.networks import ModelInput, build_model
+from vfnb.models.checkpoints import load_checkpoint, save_checkpoint
+from vfnb.inference.grading import predict_patches, predict_scan
 
 COLUMNS = ["name", "image_id", "label", "level", "grade", "pred", "p0", "p1", "p2", "p3", "fracture_prob"]
 SCAN_COLUMNS = ["label", "level", "pred", "p0", "p1", "p2", "p3", "fracture_prob", "warnings"]
@@ -162,7 +163,7 @@ def test_a_model_is_run_at_its_own_cube_size(tmp_path, checkpoint, model, caplog
     records = [write_patch(tmp_path, "case_c_20_1.nii.gz", rng.integers(-200, 1200, size=mask.shape), mask)]
     loaded = load_checkpoint(checkpoint)
     own, _ = predict_patches(loaded, records, device="cpu")
-    with caplog.at_level(logging.WARNING, logger="vfnb.predict"):
+    with caplog.at_level(logging.WARNING, logger="vfnb.inference.grading"):
         asked, _ = predict_patches(loaded, records, cube_size=24, device="cpu")
     assert "16^3 cubes" in caplog.text and "cube_size 24" in caplog.text
     pd.testing.assert_frame_equal(own, asked)

@@ -228,7 +228,7 @@ def _check_vfnb(argv: list[str], where: str) -> None:
             params = {**merge_params(plan.study_params), **plan.overrides, **point}
             validate_study_params(params)
     elif args.command == "train":
-        from vfnb.config import load_params_files, parse_overrides, validate_params
+        from vfnb.training.config import load_params_files, parse_overrides, validate_params
 
         params = {**load_params_files(args.params), **parse_overrides(args.param)}
         validate_params(params)

@@ -165,7 +165,8 @@ def test_item10_yaml_alias_bombs_are_refused_at_once(tmp_path, capsys):
 
 # ------------------------------------------------------------------ 5: checkpoints
 def test_item5_checkpoint_with_nan_weights_is_refused(tmp_path):
-    from vfnb.models import ModelInput, build_model, load_checkpoint, save_checkpoint
+    from vfnb.models.networks import ModelInput, build_model
+    from vfnb.models.checkpoints import load_checkpoint, save_checkpoint
 
     model = build_model("resnet10", block_inplanes=[4, 4, 4, 4])
     model.input_spec = ModelInput(cube_size=16, patch_size=16)
@@ -177,8 +178,8 @@ def test_item5_checkpoint_with_nan_weights_is_refused(tmp_path):
 
 
 def test_item5_nan_probabilities_are_never_written(tmp_path):
-    from vfnb.models import build_model
-    from vfnb.predict import predict_patches
+    from vfnb.models.networks import build_model
+    from vfnb.inference.grading import predict_patches
 
     model = build_model("resnet10", block_inplanes=[4, 4, 4, 4])
     with torch.no_grad():
@@ -218,7 +219,8 @@ def test_item11_training_sizes_and_backbone_kwargs_are_bounded(tmp_path, capsys)
 
 
 def test_item11_checkpoint_patch_size_is_bounded(tmp_path, capsys):
-    from vfnb.models import ModelInput, build_model, save_checkpoint
+    from vfnb.models.networks import ModelInput, build_model
+    from vfnb.models.checkpoints import save_checkpoint
 
     model = build_model("resnet10", block_inplanes=[4, 4, 4, 4])
     model.input_spec = ModelInput(cube_size=16, patch_size=16)
@@ -279,7 +281,7 @@ def test_item8_two_concurrent_preprocess_runs_one_wins(tmp_path, subprocess_env)
 
 
 def test_item8_train_run_folder_held_by_a_live_run_is_refused(tmp_path):
-    from vfnb.run_folder import RUN_LOCK, prepare_run_dir
+    from vfnb.training.run_folder import RUN_LOCK, prepare_run_dir
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

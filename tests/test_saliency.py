@@ -8,8 +8,8 @@ from vfnb.data.channels import make_input_channels
 from vfnb.data.preprocess import patch_grid, sample_in_world
 from vfnb.data.transforms import eval_transform
 from vfnb.io import save_nifti
-from vfnb.models import build_model
-from vfnb.saliency import REGIONS, grad_cam, heat_to_scan, occlusion, region_masks, saliency_shares
+from vfnb.models.networks import build_model
+from vfnb.inference.saliency import REGIONS, grad_cam, heat_to_scan, occlusion, region_masks, saliency_shares
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ import torch
 from test_predict import synthetic_scan
 from vfnb.cli import main
 from vfnb.io import save_nifti
-from vfnb.models import ModelInput, build_model, save_checkpoint
+from vfnb.models.networks import ModelInput, build_model
+from vfnb.models.checkpoints import save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -107,10 +107,10 @@ def _notebook(path: Path, *sources: str) -> None:
 def test_failing_cell_names_notebook_and_cell_and_keeps_the_partial_run(tmp_path, capfd):
     notebooks = tmp_path / "nb"
     notebooks.mkdir()
-    # a notebook that logs a training line the way vfnb.train does, into the run folder's run.log
+    # a notebook that logs a training line the way vfnb.training.engine does, into the run folder's run.log
     _notebook(notebooks / "ok.ipynb", "from pathlib import Path\nPath(run_dir, 'ok.txt').write_text(str(seed))",
               "import logging\nfrom vfnb.study import StudyRun\nStudyRun(run_dir)\n"
-              "logging.getLogger('vfnb.train').info('supcon epoch 1/1: loss 0.5000, val macro-F1 0.250')")
+              "logging.getLogger('vfnb.training.engine').info('supcon epoch 1/1: loss 0.5000, val macro-F1 0.250')")
     _notebook(notebooks / "broken.ipynb", "x = 1", "raise ValueError('boom in the study')", "y = 2")
     out = tmp_path / "results" / "run"
     with pytest.raises(StudyError) as info:

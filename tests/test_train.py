@@ -15,10 +15,10 @@ import yaml
 
 from vfnb.cli import main as cli_main
 from vfnb.errors import CheckpointError, ParamsError, VfnbError
-from vfnb.models import load_checkpoint, load_checkpoint_dict
-from vfnb.config import TrainConfig, defaults, parse_overrides, validate_params
+from vfnb.models.checkpoints import load_checkpoint, load_checkpoint_dict
+from vfnb.training.config import TrainConfig, defaults, parse_overrides, validate_params
 from vfnb.data.channels import INPUT_CHANNELS
-from vfnb.train import train, train_from_cli
+from vfnb.training.engine import train, train_from_cli
 
 DEFAULT_PARAMS = defaults()
 
@@ -120,7 +120,7 @@ def test_supcon_then_linear_and_every_mode(tiny_processed, tmp_path):
 
 
 def test_warmup_scales_each_step_linearly_and_restores_the_schedule():
-    from vfnb.train import warmup
+    from vfnb.training.engine import warmup
 
     weight = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([weight], lr=0.2)
@@ -172,7 +172,7 @@ def test_resume_gives_the_uninterrupted_weights_and_same_seed_same_metrics(tiny_
 
 
 def test_supcon_selection_without_probe_is_lowest_loss(tiny_processed, tmp_path, caplog):
-    with caplog.at_level("INFO", logger="vfnb.train"):
+    with caplog.at_level("INFO", logger="vfnb.training.engine"):
         result = train(_params(tiny_processed, mode="supcon", epochs=2, probe="none"), tmp_path / "none")
     assert result.selected_by == "train_loss"
     assert all(h["val_macro_f1"] is None for h in result.history)
@@ -181,7 +181,7 @@ def test_supcon_selection_without_probe_is_lowest_loss(tiny_processed, tmp_path,
     best = load_checkpoint_dict(result.best_checkpoint)
     assert best["epoch"] == 1 + losses.index(min(losses)) and best["best_metric"] == min(losses)
     # one line per epoch: run, mode, epoch, loss, validation metric, seconds
-    lines = [r.getMessage() for r in caplog.records if r.name == "vfnb.train"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "vfnb.training.engine"]
     assert len(lines) == 2 and lines[0].startswith(f"none (supcon) epoch 1/2: loss {losses[0]:.4f}, "
                                                    "val macro-F1 (probe) n/a, ")
     assert lines[1].split(", ")[2].endswith(" s")
@@ -257,7 +257,7 @@ def _free_port() -> int:
 @pytest.mark.parametrize("device_param", ["auto", "cuda", "cuda:1"])
 def test_cuda_device_always_carries_an_index(device_param, monkeypatch):
     """torch.cuda.set_device refuses a bare torch.device("cuda"): found on an H200 with device: cuda."""
-    from vfnb.distributed import Processes as _Dist
+    from vfnb.training.distributed import Processes as _Dist
 
     chosen = []
 

@@ -10,7 +10,7 @@ one voxel.
 import numpy as np
 import pytest
 
-from vfnb.data.vertebral_heights import (HEIGHT_POSITIONS, body_heights, expected_posterior_height,
+from vfnb.morphometry.heights import (HEIGHT_POSITIONS, body_heights, expected_posterior_height,
                                          height_ratios, neighbour_labels)
 
 
@@ -117,7 +117,7 @@ def test_neighbours_follow_the_spine_including_t13():
 
 
 # ---------------------------------------------------------------- the graders
-from vfnb.morphometry_graders import GENANT_BANDS, LogisticGrader, genant_grade, grade_probabilities, prediction_table  # noqa: E402
+from vfnb.morphometry.graders import GENANT_BANDS, LogisticGrader, genant_grade, grade_probabilities, prediction_table  # noqa: E402
 
 
 def test_genant_bands():

@@ -4,4 +4,4 @@ The helper package of the "Faint Features Tell" reproducible study. Heavy code
 lives here; the notebooks in ``notebooks/`` call it.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -65,18 +65,18 @@ def _cmd_import_verse(a):
 
 
 def _cmd_train(a):
-    from .train import show_progress, train_from_cli
+    from .training.engine import show_progress, train_from_cli
 
     show_progress()  # one line per epoch on stderr
     train_from_cli(a.params, a.param, a.out, resume=a.resume)
 
 
 def _cmd_predict(a):
-    from .predict import predict_scan_cli
+    from .inference.command import predict_command
 
-    predict_scan_cli(a.ct, a.seg, a.checkpoint, a.out, device=a.device, overwrite=a.overwrite,
-                     saliency_dir=a.saliency, report=a.report, operating_points=a.operating_points,
-                     model_name=a.model)
+    predict_command(a.ct, a.seg, a.checkpoint, a.out, device=a.device, overwrite=a.overwrite,
+                    saliency_dir=a.saliency, report=a.report, operating_points=a.operating_points,
+                    model_name=a.model)
 
 
 def _cmd_study(a):
@@ -153,7 +153,7 @@ def _add_data_commands(sub) -> None:
 
 
 def _add_model_commands(sub) -> None:
-    from .config import help_text
+    from .training.config import help_text
 
     s = sub.add_parser("train", help="train a model (supcon, linear, finetune, joint, ce)",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=help_text(),

@@ -58,7 +58,7 @@ class TrainingBatches:
     """The training DataLoader of one process, one iterator per epoch.
 
     ``train_set``: a training :class:`~vfnb.data.transforms.PatchDataset`; ``config``: a
-    :class:`vfnb.config.TrainConfig` (``batch_per_grade``, ``epoch_mode``,
+    :class:`vfnb.training.config.TrainConfig` (``batch_per_grade``, ``epoch_mode``,
     ``batches_per_epoch``, ``seed``, ``workers``, ``augment_on``, ``views``,
     ``augmentation``, ``cube_size``). ``len()`` is the number of steps per epoch.
     """
@@ -125,7 +125,7 @@ class TrainingData:
 def training_data(config, processes, start_first_epoch: bool, with_probe: bool) -> TrainingData:
     """Read the train and val lists of ``config.dataset`` (never the test list), cache the patches, make the loaders.
 
-    ``processes``: a :class:`vfnb.distributed.Processes`; with ``start_first_epoch`` and
+    ``processes``: a :class:`vfnb.training.distributed.Processes`; with ``start_first_epoch`` and
     DataLoader workers, epoch 0's batches start at once (while the model is built).
     """
     dataset = ProcessedDataset(config.dataset)

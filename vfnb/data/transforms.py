@@ -165,7 +165,7 @@ class LoadPatchd(Transform):
     Reads ``record["image"]`` and ``record["seg"]`` with :func:`vfnb.io.load_nifti`
     (a corrupt file raises :class:`vfnb.errors.DatasetError` naming it), or takes a
     patch already in memory from ``record["hu"]`` and ``record["mask"]`` (what
-    :func:`vfnb.predict.predict_scan` passes: a scan's patches never touch the disk).
+    :func:`vfnb.inference.grading.predict_scan` passes: a scan's patches never touch the disk).
     When the in-plane size differs from ``cube_size`` the patch is resized by
     ``cube_size / X`` along every axis. Cached by :func:`build_dataset`, so kept
     compact (int16 + uint8, not the float channels).

@@ -2,7 +2,7 @@
 
 Inputs
 ------
-Predictions are a pandas DataFrame from :func:`vfnb.predict.predict_patches`, one
+Predictions are a pandas DataFrame from :func:`vfnb.inference.grading.predict_patches`, one
 row per vertebra, with columns ``image_id`` (the patient / CT), ``label``,
 ``level``, ``grade`` (true Genant grade 0-3), ``pred`` (predicted grade 0-3),
 ``p0 .. p3`` (predicted grade probabilities, rows sum to 1) and

@@ -118,7 +118,7 @@ def check_predictions(df: pd.DataFrame, where: str = "predictions") -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise DatasetError(f"{where}: missing column(s) {missing}; expected {list(REQUIRED_COLUMNS)} "
-                           "(as written by vfnb.predict.predict_patches)")
+                           "(as written by vfnb.inference.grading.predict_patches)")
     if len(df) == 0:
         raise DatasetError(f"{where}: no rows (expected one row per vertebra)")
     _as_grades(df["grade"], f"{where} column 'grade'")

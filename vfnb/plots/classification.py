@@ -181,7 +181,7 @@ def plot_reliability(calibrations: Mapping[str, Any], title: str = "Reliability 
     return fig
 
 
-#: Legend names of the training-history keys (:mod:`vfnb.train`).
+#: Legend names of the training-history keys (:mod:`vfnb.training.engine`).
 CURVE_LABELS = {
     "loss": "training loss",
     "loss_no_structure": "loss with no grade structure",
@@ -224,7 +224,7 @@ def plot_curves(history: Sequence[Mapping[str, Any]], keys: Sequence[str] | None
     """Learning curves from a training history (list of per-epoch dicts).
 
     Keys containing ``loss`` share one panel (nats), ``lr`` gets a log-scale
-    panel, ``proj_cos_*`` (:class:`vfnb.losses.ProjectionSimilarity`) a cosine panel,
+    panel, ``proj_cos_*`` (:class:`vfnb.models.losses.ProjectionSimilarity`) a cosine panel,
     every other numeric key (``val_macro_f1``, ``val_accuracy``, ...) a metrics panel
     (0-1); legends use :data:`CURVE_LABELS`. The x axis is ``epoch`` (integer ticks)
     when present, else the row number + 1. ``keys`` restricts which keys are drawn.
@@ -232,7 +232,7 @@ def plot_curves(history: Sequence[Mapping[str, Any]], keys: Sequence[str] | None
 
     Args:
         loss_reference: ``(label, value)`` drawn as a dashed line on the loss panel
-            (e.g. :meth:`vfnb.losses.SupConLoss.uninformative_value`).
+            (e.g. :meth:`vfnb.models.losses.SupConLoss.uninformative_value`).
         selected_epoch: the epoch model selection kept, marked on every panel.
         start: values at epoch 0 (before any training step, e.g. the validation
             macro-F1 of a fine-tuning's start), drawn as the first point of their curves.

@@ -24,7 +24,7 @@ def plot_count_heatmap(table: pd.DataFrame, title: str, xlabel: str, ylabel: str
 
 
 def plot_height_ratios(heights: pd.DataFrame, title: str = "Measured vertebral-body height ratios") -> Figure:
-    """Box plots of Ha/Hp and Hm/Hp per Genant grade (from :func:`vfnb.data.morphometry.measure_heights`).
+    """Box plots of Ha/Hp and Hm/Hp per Genant grade (from :func:`vfnb.morphometry.samples.measure_heights`).
 
     The dashed line at 0.8 is a 20 % height loss, Genant's grade-1 boundary.
     """
@@ -45,7 +45,7 @@ def plot_height_ratios(heights: pd.DataFrame, title: str = "Measured vertebral-b
 
 
 def plot_intensity_histograms(samples: pd.DataFrame, title: str = "CT intensities per tissue and grade") -> Figure:
-    """One panel per tissue: HU density per Genant grade (from :func:`vfnb.data.morphometry.intensity_samples`)."""
+    """One panel per tissue: HU density per Genant grade (from :func:`vfnb.morphometry.samples.intensity_samples`)."""
     tissues = list(dict.fromkeys(samples["tissue"]))
     fig = _figure(4.2 * len(tissues), 3.8)
     axes = np.atleast_1d(fig.subplots(1, len(tissues)))

@@ -13,7 +13,7 @@ from .common import _figure
 def plot_saliency_gallery(explained: Sequence[dict], title: str, ncols: int = 4) -> Figure:
     """One panel per explained vertebra: bone-window input slice, the Grad-CAM map over it, the mask outlined.
 
-    ``explained``: items of :func:`vfnb.saliency.explain_records`. Each panel names
+    ``explained``: items of :func:`vfnb.inference.saliency.explain_records`. Each panel names
     the vertebra, its true and predicted grade, and whether the prediction was right.
     The slice is axis 0 through the vertebra's centre; superior up, anterior right.
     """

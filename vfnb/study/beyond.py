@@ -1,11 +1,11 @@
 """Beyond the paper in notebook 03: the morphometry baseline and where the networks look.
 
-- The morphometry models (:mod:`vfnb.morphometry_graders`) are graded exactly like the
+- The morphometry models (:mod:`vfnb.morphometry.graders`) are graded exactly like the
   networks: predictions on the validation and test lists, the screening threshold
   chosen on validation with the same rule, the same metrics and intervals.
   :func:`beyond_measurement` says, per grade, what each network adds to the best of
   them.
-- Saliency (:mod:`vfnb.saliency`): Grad-CAM of each network's predicted grade on a
+- Saliency (:mod:`vfnb.inference.saliency`): Grad-CAM of each network's predicted grade on a
   per-grade sample of test vertebrae, with occlusion sensitivity on a few as a
   check, summarised as the share of the map in each anatomical region.
 """
@@ -19,9 +19,9 @@ import pandas as pd
 from ..data.sampling import pick_per_grade
 from ..evaluate import evaluate_predictions
 from ..levels import GRADES
-from ..models import load_checkpoint
-from ..morphometry_graders import MORPHOMETRY_MODELS, predict_morphometry
-from ..saliency import REGIONS, explain_records, share_summary, share_table
+from ..models.checkpoints import load_checkpoint
+from ..morphometry.graders import MORPHOMETRY_MODELS, predict_morphometry
+from ..inference.saliency import REGIONS, explain_records, share_summary, share_table
 from .evaluation import operating_point
 from .registry import model_title
 

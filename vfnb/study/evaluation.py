@@ -19,9 +19,9 @@ from sklearn.metrics import f1_score
 from ..errors import ParamsError
 from ..evaluate import (PAPER_REPORTED, chance_macro_f1, format_ci, format_p, fracture_auc, grade_metrics,
                         permutation_p_value, screening_metrics, threshold_for_specificity)
-from ..models import load_checkpoint
-from ..predict import predict_patches
-from ..features import probe_predict
+from ..models.checkpoints import load_checkpoint
+from ..inference.grading import predict_patches
+from ..models.features import probe_predict
 from .paths import resolve_path
 from .records import OperatingPoint
 from .registry import model_title

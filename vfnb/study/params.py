@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import nbformat
 
-from ..config import parse_override  # noqa: F401 - one meaning of -p KEY=VALUE for training and the study
+from ..training.config import parse_override  # noqa: F401 - one meaning of -p KEY=VALUE for training and the study
 from ..errors import DatasetError, ParamsError
 from ..io import load_yaml
 from .records import TrainingSettings
@@ -171,7 +171,7 @@ def validate_study_params(params: dict, where: str = "vfnb study", sources: Mapp
     """Check every parameter the notebooks will use, before notebook 00 starts.
 
     Each model's training parameters go through the training code's own validation
-    (:func:`vfnb.train.validate_params`) exactly as :func:`vfnb.study.train_model` will
+    (:func:`vfnb.training.engine.validate_params`) exactly as :func:`vfnb.study.train_model` will
     pass them. A :class:`ParamsError` names the key and, given ``sources`` (from
     :func:`merge_params_with_sources`), the file or ``-p`` option that set it.
     """

@@ -27,7 +27,7 @@ class TrainingSettings:
 
     The SupCon models and the cross-entropy baseline share backbone, augmentation and
     sampler, so the comparison isolates the objective. Each field is the training
-    parameter of the same name (:mod:`vfnb.train`); notebook 01 takes them from its
+    parameter of the same name (:mod:`vfnb.training.engine`); notebook 01 takes them from its
     parameters cell.
     """
 

@@ -1,6 +1,6 @@
 """What the study is made of: its notebooks and its models, each named once.
 
-A model of the study is a training mode (:mod:`vfnb.train`), the model it starts from,
+A model of the study is a training mode (:mod:`vfnb.training.engine`), the model it starts from,
 a title for tables, and the study parameters that set its budget. Notebooks 01 and 02
 train what this table says, :func:`vfnb.study.validate_study_params` checks every
 entry before notebook 00 starts, and the report and the sweep take titles from it.
@@ -28,7 +28,7 @@ class ModelSpec:
     """One model of the study.
 
     Attributes:
-        mode: the training mode of :func:`vfnb.train.train` (``supcon``, ``linear``,
+        mode: the training mode of :func:`vfnb.training.engine.train` (``supcon``, ``linear``,
             ``finetune``, ``ce``).
         starts_from: the model whose checkpoint it starts from (``None``: from scratch).
         title: its name in tables and figures.
@@ -64,7 +64,7 @@ GRADERS = tuple(name for name in MODELS if name != PRETRAINED)
 MODEL_TITLES = {name: MODELS[name].title for name in GRADERS}
 
 
-#: The morphometry baseline (notebook 03; :mod:`vfnb.morphometry_graders`): measured, not trained.
+#: The morphometry baseline (notebook 03; :mod:`vfnb.morphometry.graders`): measured, not trained.
 MORPHOMETRY_TITLES = {"morphometry_rule": "Morphometry: Genant bands on measured heights",
                       "morphometry_logistic": "Morphometry: logistic regression on height ratios"}
 

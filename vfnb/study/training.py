@@ -2,7 +2,7 @@
 
 :func:`train_model` turns a model of :data:`vfnb.study.MODELS` into a checkpoint:
 a given checkpoint is used as is (external validation), a previous one is reused on
-request, otherwise :func:`vfnb.train.train` runs with the shared
+request, otherwise :func:`vfnb.training.engine.train` runs with the shared
 :class:`~vfnb.study.records.TrainingSettings`, the model's budget and the checkpoint
 of the model it starts from. The outcome is recorded in the run folder for the
 later notebooks and the report.
@@ -19,10 +19,11 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..errors import ParamsError
-from ..models import build_model, checkpoint_input
+from ..models.networks import build_model
+from ..models.checkpoints import checkpoint_input
 from ..plots import plot_curves
-from ..config import validate_params
-from ..train import train
+from ..training.config import validate_params
+from ..training.engine import train
 from .paths import resolve_path, shown_path
 from .records import TrainedModel, TrainingSettings
 from .registry import MODELS, PRETRAINED, needs_pretraining
@@ -31,7 +32,7 @@ from .run import say
 def checkpoint_cube_size(path: str | os.PathLike) -> int:
     """The input cube edge (voxels) a checkpoint was trained at: the one size to use it at.
 
-    From the checkpoint's input block (:func:`vfnb.models.checkpoint_input`; a released
+    From the checkpoint's input block (:func:`vfnb.models.networks.checkpoint_input`; a released
     checkpoint, which records none, was trained at the study's 128 cube). Every
     prediction of the study takes the size from here, never from a notebook
     parameter, so an external checkpoint is always used at its own size.
@@ -41,7 +42,7 @@ def checkpoint_cube_size(path: str | os.PathLike) -> int:
 
 def model_training_params(model: str, settings: Mapping[str, Any], budget: Mapping[str, Any], dataset: str,
                           tag: str, init_checkpoint: str | os.PathLike | None = None) -> dict:
-    """The parameters :func:`vfnb.train.train` gets for ``model``, validated (:class:`ParamsError` names the key).
+    """The parameters :func:`vfnb.training.engine.train` gets for ``model``, validated (:class:`ParamsError` names the key).
 
     ``settings``: the shared settings; ``budget``: this model's training keys
     (``epochs``, ``lr``, ...: :meth:`ModelSpec.budget_of`).

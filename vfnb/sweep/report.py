@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..budget import budget_curves, plot_budget_curves
+from ..study.budget import budget_curves, plot_budget_curves
 from ..evaluate import HEADLINE_METRICS, METRIC_LABELS, MISSING, finite_values, mean_interval
 from ..io import atomic_write_json, atomic_write_text
 from ..plots import save_figure

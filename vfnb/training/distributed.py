@@ -14,7 +14,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from .errors import ParamsError
+from ..errors import ParamsError
 
 
 class Processes:

@@ -19,9 +19,9 @@ from scipy import ndimage
 
 from ..io import load_nifti
 from ..levels import level_name
-from .resample import voxel_spacing
-from .sampling import pick_per_grade
-from .vertebral_heights import body_heights  # noqa: F401 - the one height measurement (re-exported)
+from ..data.resample import voxel_spacing
+from ..data.sampling import pick_per_grade
+from .heights import body_heights  # noqa: F401 - the one height measurement (re-exported)
 
 #: Width of the cortical rim (voxels) when intensities are sampled per tissue.
 RIM_VOXELS = 2

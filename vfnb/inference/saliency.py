@@ -33,17 +33,17 @@ from monai.visualize import GradCAM, OcclusionSensitivity
 from scipy import ndimage
 from torch import nn
 
-from .data.channels import BONE_WINDOW, centred_cube_offset
-from .data.vertebral_heights import mid_sagittal_slice, vertebral_body
+from ..data.channels import BONE_WINDOW, centred_cube_offset
+from ..morphometry.heights import mid_sagittal_slice, vertebral_body
 
-TARGET_LAYER = "model.encoder.layer4"  # the last convolutional block of every backbone in vfnb.models
+TARGET_LAYER = "model.encoder.layer4"  # the last convolutional block of every backbone in vfnb.models.networks
 REGIONS = ("endplates", "body core", "posterior elements", "neighbouring bone", "background")
 ENDPLATE_FRACTION = 0.2  # the top and bottom 20 % of each body column are its endplate zones
 BONE_HU = 200.0          # voxels outside the vertebra above this are counted as (neighbouring) bone
 
 
 class GradeLogits(nn.Module):
-    """A :class:`vfnb.models.GradingModel` seen as ``x -> grade logits`` (what MONAI's tools expect)."""
+    """A :class:`vfnb.models.networks.GradingModel` seen as ``x -> grade logits`` (what MONAI's tools expect)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -192,8 +192,8 @@ def explain_records(model: nn.Module, records: Sequence[dict], occlusion_check: 
     ``occlusion`` and its shares (``occlusion_shares``), to check Grad-CAM against a
     model-agnostic method. The model runs at its own cube size (``input_spec``).
     """
-    from .data.transforms import eval_transform
-    from .models import unwrap_model
+    from ..data.transforms import eval_transform
+    from ..models.networks import unwrap_model
 
     net = unwrap_model(model).cpu().eval()
     transform = eval_transform(net.input_spec.cube_size)

@@ -1,6 +1,6 @@
 """What an encoder's pooled features tell: one extraction loop and one probe.
 
-- :func:`extract`: a stream of input batches through a :class:`~vfnb.models.GradingModel`
+- :func:`extract`: a stream of input batches through a :class:`~vfnb.models.networks.GradingModel`
   without gradients -> classifier logits, pooled features and grades (validation in
   training, prediction, the study's probe comparison all use it).
 - :func:`fit_probe`: a classifier fitted on frozen pooled features. ``logreg`` is a
@@ -39,7 +39,7 @@ def extract(model, batches: Iterable[Mapping], device, autocast: Callable = cont
             channels_last: bool = False) -> Features:
     """Run ``batches`` (dicts with ``image`` ``[B, 3, S, S, S]`` and, when known, ``grade`` ``[B]``) through ``model``.
 
-    ``model`` is a bare :class:`~vfnb.models.GradingModel`, already on ``device`` and in
+    ``model`` is a bare :class:`~vfnb.models.networks.GradingModel`, already on ``device`` and in
     the mode the caller wants (eval for every use in vfnb); no gradients are kept.
     ``autocast``: a context factory (bf16 autocast on CUDA in training);
     ``channels_last``: feed channels-last-3d tensors.

@@ -28,9 +28,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .data.channels import BONE_WINDOW, window  # noqa: E402
-from .io import atomic_write_text  # noqa: E402
-from .levels import GRADE_NAMES, NUM_GRADES  # noqa: E402
+from ..data.channels import BONE_WINDOW, window  # noqa: E402
+from ..io import atomic_write_text  # noqa: E402
+from ..levels import GRADE_NAMES, NUM_GRADES  # noqa: E402
 
 GRADE_COLOURS = {0: "#2e7d32", 1: "#f9a825", 2: "#ef6c00", 3: "#c62828"}  # normal -> severe
 NOT_A_DEVICE = ("Research software, not a medical device: these grades come from a model and must not be "
@@ -44,7 +44,7 @@ class VertebraView:
     ``row``: its line of the prediction table (``label, level, pred, p0..p3,
     fracture_prob, warnings``); ``patch_hu`` / ``patch_mask``: its pre-processed
     patch ``[X, Y, Z]`` (patch axis convention); ``heights``: measured heights and
-    ratios (:mod:`vfnb.data.vertebral_heights`), or empty; ``saliency``: a map on
+    ratios (:mod:`vfnb.morphometry.heights`), or empty; ``saliency``: a map on
     the patch grid ``[X, Y, Z]`` in [0, 1], or None.
     """
 

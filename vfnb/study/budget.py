@@ -16,10 +16,10 @@ from typing import Sequence
 
 from matplotlib.figure import Figure
 
-from .errors import VfnbError
-from .evaluate import finite_values, mean_interval
-from .io import load_yaml
-from .study import read_json
+from ..errors import VfnbError
+from ..evaluate import finite_values, mean_interval
+from ..io import load_yaml
+from .run import read_json
 
 # training runs drawn, and the validation numbers read from their histories
 BUDGET_RUNS = {"supcon": "SupCon pretraining", "ce": "Cross-entropy baseline"}

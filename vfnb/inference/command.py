@@ -1,4 +1,4 @@
-"""`vfnb predict`: one scan or a folder of scans, the table, saliency maps and per-scan reports.
+"""``vfnb predict``: one scan or a folder of scans, the table, saliency maps and per-scan reports.
 
 - ``--ct`` / ``--seg``: two files, or two folders whose NIfTI files pair by name (a
   CT ``img/x.nii.gz`` with the label map ``seg/x.nii.gz``, as in the original
@@ -9,123 +9,29 @@
   ``screened_fracture`` (fracture probability at or above the validated threshold).
 
 - ``--saliency DIR``: one NIfTI per graded vertebra, ``<scan>_<level>_gradcam.nii.gz``,
-  the Grad-CAM map of the predicted grade (:func:`vfnb.saliency.grad_cam`) resampled
+  the Grad-CAM map of the predicted grade (:func:`vfnb.inference.saliency.grad_cam`) resampled
   into the CT's own voxel grid (same shape and affine as the CT, 0 away from the
   vertebra), to overlay in 3D Slicer or ITK-SNAP.
-- ``--report FILE``: the self-contained HTML page of :mod:`vfnb.scan_report`, with the
-  measured heights (:mod:`vfnb.data.vertebral_heights`), the saliency, the
+- ``--report FILE``: the self-contained HTML page of :mod:`vfnb.inference.report`, with the
+  measured heights (:mod:`vfnb.morphometry.heights`), the saliency, the
   provenance of the checkpoint and, given a study's ``operating_points.json``, the
   screening decision at its validated threshold.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
-import numpy as np
 import pandas as pd
-import torch
 
-from .data.transforms import eval_transform
-from .data.resample import voxel_spacing
-from .data.vertebral_heights import body_heights, with_ratios
-from .errors import DatasetError, VfnbError
-from .io import atomic_write_text, save_nifti, strip_nifti_suffix
-from .models import load_checkpoint, load_checkpoint_dict, resolve_device, unwrap_model
-from .predict import ScanGrading, grade_scan
-from .saliency import grad_cam, heat_to_scan
-from .scan_report import ScanReport, VertebraView, write_scan_report
-
-
-def cube_saliency(grading: ScanGrading) -> list[np.ndarray]:
-    """Grad-CAM of the predicted grade for every graded vertebra, on the network's cube ``[S, S, S]``."""
-    model = unwrap_model(grading.model).cpu()
-    transform = eval_transform(model.input_spec.cube_size)
-    heats = []
-    for record, grade in zip(grading.records, grading.table["pred"]):
-        x = torch.as_tensor(transform(dict(record))["image"])[None]
-        heats.append(grad_cam(model, x, grade=int(grade))[0])
-    return heats
-
-
-def saliency_paths(grading: ScanGrading, out_dir: Path, scan_name: str) -> list[Path]:
-    """``out_dir/<scan>_<level>_gradcam.nii.gz`` for each graded vertebra, in table order."""
-    return [Path(out_dir) / f"{scan_name}_{level}_gradcam.nii.gz" for level in grading.table["level"]]
-
-
-def write_saliency(grading: ScanGrading, heats: Sequence[np.ndarray], paths: Sequence[Path]) -> None:
-    """Each cube map resampled into the CT grid and written (float32, the CT's affine)."""
-    for patch, heat, path in zip(grading.patches, heats, paths):
-        volume = heat_to_scan(heat, patch.affine, patch.image.shape, grading.affine, grading.image.shape)
-        save_nifti(path, volume, grading.affine)
-
-
-def refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
-    """Raise naming the first output that exists, unless ``overwrite``."""
-    if overwrite:
-        return
-    for path in paths:
-        if Path(path).exists():
-            raise VfnbError(f"{path}: file already exists (choose another output, or pass --overwrite)")
-
-
-def read_operating_point(path: str | Path, model: str | None) -> dict:
-    """The operating point of ``model`` in a study's ``operating_points.json`` (the only one when ``model`` is None)."""
-    path = Path(path)
-    try:
-        table = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise VfnbError(f"{path}: cannot read it as a study's operating_points.json ({exc})") from None
-    if not isinstance(table, dict) or not table:
-        raise VfnbError(f"{path}: expected a JSON object of model name -> operating point")
-    if model is None:
-        if len(table) != 1:
-            raise VfnbError(f"{path}: holds the operating points of {', '.join(table)}; say which with --model")
-        model = next(iter(table))
-    entry = table.get(model)
-    keys = ("threshold", "val_specificity", "val_sensitivity")
-    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), (int, float)) for k in keys):
-        raise VfnbError(f"{path}: no operating point for model {model!r} with fields {', '.join(keys)} "
-                        f"(models there: {', '.join(table)})")
-    return {**entry, "model": f"{model} of {path}"}
-
-
-def provenance(checkpoint: str | Path) -> dict:
-    """Checkpoint path and the data it was trained on (``synthetic`` when SynthSpine)."""
-    ckpt = load_checkpoint_dict(checkpoint)
-    params = ckpt.get("params") if isinstance(ckpt.get("params"), dict) else {}
-    dataset = str(params.get("dataset") or "")
-    if not dataset:
-        return {"checkpoint": str(checkpoint), "trained_on": "data not recorded in the checkpoint (a released "
-                                                             "checkpoint: the study's own CTs)", "synthetic": False}
-    synthetic = "synthspine" in dataset.lower()
-    return {"checkpoint": str(checkpoint), "synthetic": synthetic,
-            "trained_on": f"{Path(dataset).parent.name or dataset}, split {params.get('tag', '?')}"
-                          + (" (SynthSpine, generated)" if synthetic else "")}
-
-
-def vertebra_heights(grading: ScanGrading) -> list[dict]:
-    """Heights, ratios and height loss of each graded vertebra (neighbours from this scan)."""
-    return with_ratios([("scan", p.label, body_heights(p.mask, voxel_spacing(p.affine))) for p in grading.patches])
-
-
-def write_report(grading: ScanGrading, heats: Sequence[np.ndarray] | None, path: Path, checkpoint,
-                 operating_point: Mapping | None, scan_name: str) -> None:
-    """Assemble the :class:`ScanReport` of one graded scan and write it."""
-    views = []
-    for (_, row), patch, heights, heat in zip(grading.table.iterrows(), grading.patches, vertebra_heights(grading),
-                                              heats or [None] * len(grading.patches)):
-        on_patch = None if heat is None else heat_to_scan(heat, patch.affine, patch.image.shape, patch.affine,
-                                                          patch.image.shape)
-        views.append(VertebraView(row=row, patch_hu=patch.image, patch_mask=patch.mask, heights=heights,
-                                  saliency=on_patch))
-    report = ScanReport(scan_name=scan_name, ct_hu=grading.image, label_map=grading.label_map,
-                        affine=grading.affine, vertebrae=views, provenance=provenance(checkpoint),
-                        operating_point=operating_point)
-    write_scan_report(path, report)
+from ..errors import DatasetError, VfnbError
+from ..io import atomic_write_text, strip_nifti_suffix
+from ..models.checkpoints import load_checkpoint
+from ..models.networks import resolve_device
+from .grading import ScanGrading, grade_scan
+from .outputs import cube_saliency, read_operating_point, refuse_existing, saliency_paths, write_report, write_saliency
 
 
 def scan_name(ct: str | Path) -> str:

@@ -3,7 +3,7 @@
 Genant's semi-quantitative grades are bands of vertebral *height loss* (grade 1:
 20-25 %, grade 2: 25-40 %, grade 3: over 40 %). Before trusting a CNN, a reader
 wants to know what measuring the heights already achieves. This module measures
-them; :mod:`vfnb.morphometry_graders` turns them into graders.
+them; :mod:`vfnb.morphometry.graders` turns them into graders.
 
 The measurement works in the mid-sagittal plane of a pre-processed patch (patch
 axis convention: axis 0 left-right, axis 1 posterior -> anterior, axis 2

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .distributed import is_main_process
-from .errors import CheckpointError, VfnbError
-from .io import atomic_write_json, atomic_write_text, claim_lock
-from .models import rng_state, save_checkpoint
+from ..errors import CheckpointError, VfnbError
+from ..io import atomic_write_json, atomic_write_text, claim_lock
+from ..models.checkpoints import rng_state, save_checkpoint
 
 RUN_LOCK = ".vfnb-lock"  # held in the run folder by the run writing it (rank 0)
 
@@ -38,7 +38,7 @@ class Selection:
 
 @dataclass
 class TrainResult:
-    """What :func:`vfnb.train.train` produced."""
+    """What :func:`vfnb.training.engine.train` produced."""
 
     run_dir: Path
     best_checkpoint: Path

@@ -1,9 +1,9 @@
 """Morphometry graders: what measuring vertebral heights alone achieves.
 
 The clinical baseline for the CNNs. Each vertebra's heights are measured from
-its patch label map (:func:`vfnb.data.vertebral_heights.body_heights`), its
+its patch label map (:func:`vfnb.morphometry.heights.body_heights`), its
 relative height loss computed against its own posterior wall and its measured
-neighbours (:func:`~vfnb.data.vertebral_heights.height_ratios`), and graded:
+neighbours (:func:`~vfnb.morphometry.heights.height_ratios`), and graded:
 
 - ``morphometry_rule``: Genant's bands applied to the measured loss (under 20 %
   normal, 20-25 % mild, 25-40 % moderate, over 40 % severe). A rule gives one
@@ -30,10 +30,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .data.resample import voxel_spacing
-from .data.vertebral_heights import body_heights, with_ratios
-from .io import load_nifti
-from .levels import NUM_GRADES, level_name
+from ..data.resample import voxel_spacing
+from .heights import body_heights, with_ratios
+from ..io import load_nifti
+from ..levels import NUM_GRADES, level_name
 
 GENANT_BANDS = (0.20, 0.25, 0.40)  # lower edges of height loss for grades 1, 2, 3 (an edge takes the higher grade)
 FEATURES = ("anterior_ratio", "middle_ratio", "posterior_ratio", "height_loss")
@@ -111,7 +111,7 @@ def grade_probabilities(model: str, train: pd.DataFrame, table: pd.DataFrame, se
 
 
 def prediction_table(table: pd.DataFrame, prob: np.ndarray) -> pd.DataFrame:
-    """A morphometry model's predictions in the columns of :func:`vfnb.predict.predict_patches`.
+    """A morphometry model's predictions in the columns of :func:`vfnb.inference.grading.predict_patches`.
 
     ``table``: rows of :func:`measure_records`; ``prob``: ``[N, NUM_GRADES]``. The
     fracture probability is ``1 - P(grade 0)``, as for the networks.

@@ -1,0 +1,218 @@
+"""Grade vertebra patches, or every vertebra of a user's scan.
+
+- :func:`predict_patches`: patch records -> a table of predicted grades, grade
+  probabilities and pooled features (the evaluation notebook uses it).
+- :func:`predict_scan`: one CT + its VerSe label map + a checkpoint -> one row per
+  vertebra. The scan is pre-processed exactly as the training data were
+  (:func:`vfnb.data.preprocess.extract_patches_from_arrays`, any orientation, at the
+  checkpoint's patch size) and the patches, kept in memory, go through the same
+  evaluation transform as validation patches (:func:`vfnb.data.transforms.eval_transform`:
+  resize to the cube, input channels, centred crop/pad).
+- ``vfnb predict`` itself (pairs of files, the CSV, the outputs beside it) is
+  :mod:`vfnb.inference.command`.
+
+A model is always run at its own input size (``model.input_spec``, from its
+checkpoint: :class:`vfnb.models.networks.ModelInput`); no caller chooses it.
+The fracture probability is ``1 - P(grade 0)`` (STUDY §1.6).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..data.preprocess import as_label_map, extract_patches_from_arrays, vertebra_name
+from ..data.transforms import eval_transform
+from ..errors import DatasetError, VfnbError
+from ..models.features import extract
+from ..io import load_nifti, strip_nifti_suffix
+from ..levels import GRADABLE_LABELS, level_name, spine_order
+from ..models.networks import GradingModel, resolve_device, unwrap_model
+from ..models.checkpoints import load_checkpoint
+
+LOG = logging.getLogger("vfnb.inference.grading")
+AFFINE_TOLERANCE_MM = 1e-3  # CT and label map affines must agree to this (voxel -> world mm)
+
+
+def _prob_columns(num_grades: int) -> list[str]:
+    return [f"p{g}" for g in range(num_grades)]
+
+
+def input_cube_size(net: GradingModel, cube_size: int | None) -> int:
+    """The cube edge ``net`` is run at: its own (``input_spec``) when it has one, else ``cube_size``."""
+    spec = net.input_spec
+    if spec is not None:
+        if cube_size is not None and int(cube_size) != spec.cube_size:
+            LOG.warning(f"the model takes {spec.cube_size}^3 cubes (its checkpoint says so); the cube_size "
+                        f"{cube_size} asked for is not used")
+        return spec.cube_size
+    if cube_size is None:
+        raise VfnbError("the model carries no input size (model.input_spec is None: it was built, not loaded "
+                        "from a checkpoint); pass cube_size")
+    return int(cube_size)
+
+
+def _batches(records: list, transform, batch_size: int) -> Iterator[dict]:
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        yield {"image": torch.stack([torch.as_tensor(transform(r)["image"]) for r in chunk])}
+
+
+def _check_records(records: list) -> None:
+    for index, record in enumerate(records):
+        wanted = ("hu", "mask", "label") if "hu" in record else ("image", "seg", "label")
+        missing = [k for k in wanted if k not in record]
+        if missing:
+            raise DatasetError(f"record {index} ({record.get('name', '?')}): fields {missing} missing; "
+                               "expected image, seg, label (as ProcessedDataset.records gives them)")
+
+
+def predict_patches(model: torch.nn.Module, records: Sequence[Mapping[str, Any]], cube_size: int | None = None,
+                    batch_size: int = 16, device: str | torch.device = "auto"):
+    """Grade vertebra patches with ``model`` at its own input size.
+
+    ``records``: dicts as ``ProcessedDataset.records`` gives them (``image``, ``seg``
+    NIfTI paths, ``label``; ``grade``, ``name``, ``image_id`` when known), or patches in
+    memory (``hu`` int16 and ``mask`` arrays instead of the paths). Each patch goes
+    through :func:`vfnb.data.transforms.eval_transform` at the model's cube size
+    (``model.input_spec``); ``cube_size`` is only for a model that carries none (one
+    fresh from :func:`vfnb.models.networks.build_model`). The model runs in eval mode without
+    gradients (its train/eval mode is restored afterwards) on ``device``.
+
+    Returns ``(table, embeddings)``: a pandas DataFrame, one row per record, columns
+    ``name, image_id, label, level, grade, pred, p0, p1, p2, p3, fracture_prob``
+    (``grade`` is missing (NA) for records without one), and the pooled encoder
+    features ``[N, F]`` float32 (for UMAP and the like).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size {batch_size} must be >= 1")
+    net = unwrap_model(model)
+    if not isinstance(net, GradingModel):
+        raise TypeError(f"predict_patches expects a GradingModel, got {type(net).__name__}")
+    transform = eval_transform(input_cube_size(net, cube_size))
+    records = [dict(r) for r in records]
+    _check_records(records)
+    dev = resolve_device(device)
+    was_training = net.training
+    net.eval().to(dev)
+    try:
+        seen = extract(net, _batches(records, transform, batch_size), dev)
+    finally:
+        net.train(was_training)
+    prob = torch.softmax(torch.as_tensor(seen.logits), dim=1).numpy()
+    table = _table(records, prob)
+    broken = ~np.isfinite(prob).all(axis=1)
+    if broken.any():
+        raise VfnbError(f"the model gave NaN or infinite grade probabilities for {int(broken.sum())} of "
+                        f"{len(prob)} vertebrae (first: {table['name'][int(np.argmax(broken))]}); no prediction "
+                        "is written (is the checkpoint diverged, or the input extreme?)")
+    return table, seen.features
+
+
+def _table(records: list, prob: np.ndarray):
+    import pandas as pd
+
+    table = pd.DataFrame({
+        "name": [str(r.get("name", Path(str(r.get("image", ""))).name)) for r in records],
+        "image_id": [str(r.get("image_id", "")) for r in records],
+        "label": pd.array([int(r["label"]) for r in records], dtype="int64"),
+        "level": [level_name(int(r["label"])) for r in records],
+        "grade": pd.array([None if r.get("grade") is None else int(r["grade"]) for r in records], dtype="Int64"),
+        "pred": pd.array(prob.argmax(axis=1) if len(prob) else [], dtype="int64"),
+    })
+    for g, column in enumerate(_prob_columns(prob.shape[1])):
+        table[column] = prob[:, g].astype(np.float64)
+    table["fracture_prob"] = 1.0 - prob[:, 0].astype(np.float64)
+    return table
+
+
+def _read_scan(ct: Path, seg: Path):
+    """``(image, affine, label map, its affine)`` of one scan, checked: a 3D CT, its label map on the same grid."""
+    image, affine, _ = load_nifti(ct)
+    label_map, seg_affine, _ = load_nifti(seg)
+    if image.ndim != 3 or image.dtype.kind not in "iuf":
+        raise DatasetError(f"{ct}: CT has shape {image.shape} and type {image.dtype}; expected a 3D volume of HU values")
+    if label_map.shape != image.shape:
+        raise DatasetError(f"{seg}: label map shape {label_map.shape} does not match the CT {ct} shape {image.shape}; "
+                           "expected the label map of this CT, on the same voxel grid")
+    if not np.allclose(seg_affine, affine, rtol=0.0, atol=AFFINE_TOLERANCE_MM):
+        raise DatasetError(f"{seg}: label map affine does not match the CT {ct} affine (they differ by up to "
+                           f"{np.abs(seg_affine - affine).max():.4g} mm); expected the label map of this CT, "
+                           "on the same voxel grid and orientation")
+    return image, affine, as_label_map(label_map, str(seg)), seg_affine
+
+
+@dataclass
+class ScanGrading:
+    """One graded scan: the table and what was graded, for reports and saliency maps.
+
+    ``table``: as :func:`predict_scan` returns it; ``patches``: the
+    :class:`vfnb.data.preprocess.Patch` of each row, in the same order;
+    ``records``: the in-memory patch records given to the model; ``image``,
+    ``label_map``, ``affine``: the CT, its label map and their voxel -> world affine.
+    """
+
+    table: Any
+    patches: list
+    records: list
+    model: GradingModel
+    image: np.ndarray
+    label_map: np.ndarray
+    affine: np.ndarray
+
+
+def grade_scan(ct: str | os.PathLike, seg: str | os.PathLike, checkpoint: str | os.PathLike | GradingModel,
+               device: str | torch.device = "auto", batch_size: int = 8) -> ScanGrading:
+    """Grade every vertebra of one scan and keep what was graded (see :func:`predict_scan`)."""
+    ct, seg = Path(ct), Path(seg)
+    model = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_checkpoint(checkpoint)
+    spec = unwrap_model(model).input_spec
+    if spec is None:
+        raise VfnbError("the model carries no input size (model.input_spec is None); load it with "
+                        "vfnb.models.networks.load_checkpoint or set its ModelInput")
+    image, affine, label_map, seg_affine = _read_scan(ct, seg)
+    present = sorted(int(v) for v in np.unique(label_map) if v)
+    labels = sorted((v for v in present if v in GRADABLE_LABELS), key=spine_order)
+    if not labels:
+        raise DatasetError(f"{seg}: the label map holds no vertebra to grade (labels present: {present or 'none'}; "
+                           "expected VerSe labels 1-25 or 28)")
+    skipped: list = []
+    patches = extract_patches_from_arrays(image, label_map, affine, size=spec.patch_size, labels=labels,
+                                          seg_affine=seg_affine, where=str(seg), skipped=skipped)
+    for label, reason in skipped:
+        print(f"warning: {seg}: {vertebra_name(label)}: {reason}", file=sys.stderr)
+    if not patches:
+        raise DatasetError(f"{seg}: no vertebra left to grade ({len(skipped)} label(s) too small or too thin "
+                           "for a vertebra); expected VerSe vertebra labels of plausible size")
+    image_id = strip_nifti_suffix(ct.name)
+    records = [{"hu": p.image, "mask": p.mask, "label": p.label, "name": f"{image_id}_{p.label}",
+                "image_id": image_id} for p in patches]
+    table, _ = predict_patches(model, records, batch_size=batch_size, device=device)
+    table = table.drop(columns=["name", "image_id", "grade"])
+    table["warnings"] = ["; ".join(p.warnings) for p in patches]
+    return ScanGrading(table, patches, records, unwrap_model(model), image, label_map, affine)
+
+
+def predict_scan(ct: str | os.PathLike, seg: str | os.PathLike, checkpoint: str | os.PathLike | GradingModel,
+                 device: str | torch.device = "auto", batch_size: int = 8):
+    """Grade every vertebra of one scan.
+
+    ``ct``: CT NIfTI in HU; ``seg``: VerSe label map NIfTI on the same voxel grid
+    (same shape and affine, any orientation). Every label 1-25 and 28 in the map is
+    graded (26 sacrum and 27 coccyx never are). ``checkpoint``: a vfnb or released
+    checkpoint file, or a loaded :class:`GradingModel` with its ``input_spec``; the
+    scan is pre-processed at its patch size and graded at its cube size.
+
+    Returns a DataFrame in spine order, one row per vertebra: ``label, level, pred,
+    p0, p1, p2, p3, fracture_prob, warnings`` (``warnings``: pre-processing notes,
+    e.g. a vertebra cut off by the scan border). Raises :class:`DatasetError` naming
+    the files when they do not match or the map holds no gradable vertebra.
+    """
+    return grade_scan(ct, seg, checkpoint, device=device, batch_size=batch_size).table
