@@ -16,7 +16,6 @@ import json
 import os
 from pathlib import Path
 
-import nbformat
 import pytest
 
 from vfnb import study
@@ -106,11 +105,12 @@ def _run_twice(name: str, params: dict, run_dir: Path, kernel: str) -> list[dict
     folder's records must be the same after both passes.
     """
     from nbclient import NotebookClient
+    from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
     source = ROOT / "notebooks" / f"{name}.ipynb"
     passed = {k: params[k] for k in study.notebook_parameters(source) if k in params}
-    nb = parameterize_notebook(nbformat.read(str(source), as_version=4), {**passed, "run_dir": str(run_dir)},
+    nb = parameterize_notebook(load_notebook_node(str(source)), {**passed, "run_dir": str(run_dir)},
                                kernel_name=kernel)
     client = NotebookClient(nb, kernel_name=kernel, timeout=600,
                             resources={"metadata": {"path": str(source.parent)}})
