@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -54,6 +55,10 @@ def test_train_model_again_reuses_the_finished_run(tmp_path, tiny_processed, cap
     printed = capsys.readouterr().out
     assert "already trained with these parameters" in printed and "epoch 1/1" not in printed
     assert again == first and run.checkpoint("ce").stat().st_mtime_ns == stamp
+
+    run.write_json("training.json", {"settings": settings.as_dict(), "models": {}})  # the record lost
+    rebuilt = study.train_model(run, "ce", data, settings, BUDGET)  # read back from the run folder
+    assert rebuilt == dataclasses.replace(first, seconds=None) and "epoch 1/1" not in capsys.readouterr().out
 
     changed = study.train_model(run, "ce", data, settings, {**BUDGET, "ce_lr": 0.01})
     printed = capsys.readouterr().out
