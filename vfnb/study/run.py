@@ -146,8 +146,11 @@ class StudyRun:
         if show:
             _show(fig)
         save_figure(fig, path)
-        index = [f for f in figure_index(self.root) if f.get("name") != name]
-        index.append({"name": name, "path": f"figures/{name}.png", "caption": caption, "key": bool(key)})
+        entry = {"name": name, "path": f"figures/{name}.png", "caption": caption, "key": bool(key)}
+        index = figure_index(self.root)
+        # a cell executed again replaces its figure where it was, so the report keeps the notebook's order
+        at = next((i for i, f in enumerate(index) if f.get("name") == name), len(index))
+        index[at:at + 1] = [entry]
         atomic_write_json(self.root / FIGURE_INDEX, index)
 
     # ------------------------------------------------------------ the dataset
@@ -161,8 +164,17 @@ class StudyRun:
 
     # ------------------------------------------------------------ training records
     def record_training_settings(self, settings: TrainingSettings) -> None:
-        """Start ``training.json`` with the settings every model shares (notebook 01); no model yet."""
-        self.write_json(TRAINING_FILE, TrainingSummary(settings).as_dict())
+        """Start ``training.json`` with the settings every model shares (notebook 01).
+
+        The models recorded so far are kept when the settings are those they were
+        trained with (notebook 01's setup cell executed again), dropped otherwise.
+        """
+        kept = {}
+        if (self.root / TRAINING_FILE).is_file():
+            with contextlib.suppress(VfnbError):
+                before = self.training_summary()
+                kept = before.models if before.settings == settings else {}
+        self.write_json(TRAINING_FILE, TrainingSummary(settings, kept).as_dict())
 
     def training_summary(self) -> TrainingSummary:
         """The shared settings and every model's checkpoint so far (written by 01 and 02)."""

@@ -1,29 +1,37 @@
 """Training the study's models: one call per model, as the registry describes it.
 
 :func:`train_model` turns a model of :data:`vfnb.study.MODELS` into a checkpoint:
-a given checkpoint is used as is (external validation), a previous one is reused on
-request, otherwise :func:`vfnb.training.engine.train` runs with the shared
+a given checkpoint is used as is (external validation); a run that ``runs/<model>/``
+already holds, finished with the very parameters this call would train with, is
+reused (a notebook cell executed again does not train again); otherwise
+:func:`vfnb.training.engine.train` runs with the shared
 :class:`~vfnb.study.records.TrainingSettings`, the model's budget and the checkpoint
-of the model it starts from. The outcome is recorded in the run folder for the
-later notebooks and the report.
+of the model it starts from, and prints one line per epoch to the notebook. The
+outcome is recorded in the run folder for the later notebooks and the report.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..errors import ParamsError
+from ..errors import ParamsError, VfnbError
+from ..io import load_yaml
+from ..models.checkpoints import checkpoint_input, load_checkpoint_dict
 from ..models.networks import build_model
-from ..models.checkpoints import checkpoint_input
 from ..plots import plot_curves
 from ..training.config import validate_params
-from ..training.engine import train
+from ..training.engine import LOG as TRAIN_LOG, train
+from ..training.run_folder import RUN_LOCK
 from .paths import resolve_path, shown_path
 from .records import TrainedModel, TrainingSettings
 from .registry import MODELS, PRETRAINED, needs_pretraining
@@ -85,9 +93,112 @@ def _describe(outcome: TrainedModel, mode: str) -> str:
             f"best {outcome.selected_by} {best}{when} (validation)")
 
 
+class _CurrentStdout:
+    """A stream that writes to whatever ``sys.stdout`` is at the time: in a kernel, the running cell's output."""
+
+    def write(self, text: str) -> None:
+        sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def epoch_lines():
+    """While open, the training engine's line per epoch is printed too (to the cell), not only logged to ``run.log``.
+
+    Skipped when :func:`vfnb.training.engine.show_progress` already prints them, so no line shows twice.
+    """
+    if any(getattr(h, "vfnb_progress", False) for h in TRAIN_LOG.handlers):
+        yield
+        return
+    handler = logging.StreamHandler(_CurrentStdout())
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(logging.INFO)
+    TRAIN_LOG.addHandler(handler)
+    try:
+        yield
+    finally:
+        TRAIN_LOG.removeHandler(handler)
+
+
+def _changed(saved: Mapping[str, Any], wanted: Mapping[str, Any], shown: int = 4) -> str:
+    """The parameters that differ between a saved run and this call, as ``key old -> new`` (at most ``shown``)."""
+    keys = [k for k in wanted if saved.get(k) != wanted[k]]
+    text = ", ".join(f"{k} {saved.get(k)!r} -> {wanted[k]!r}" for k in keys[:shown])
+    return text + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+def unreusable(run_dir: Path, params: Mapping[str, Any]) -> str | None:
+    """Why the run in ``run_dir`` cannot stand for training with ``params``; ``None`` when it can.
+
+    It can when it finished (``last.pt`` holds every epoch, no run holds the folder)
+    with the same parameters, and the checkpoint it started from has not been
+    written since it began (a retrained SupCon encoder makes its fine-tuned models
+    stale). ``""`` when the folder holds no run at all.
+    """
+    if not (run_dir / "params.yaml").is_file():
+        return ""
+    saved = validate_params(load_yaml(run_dir / "params.yaml"), where=str(run_dir / "params.yaml"))
+    if saved != dict(params):
+        return f"it was trained with other parameters ({_changed(saved, params)})"
+    if (run_dir / RUN_LOCK).exists() or not (run_dir / "best.pt").is_file() or not (run_dir / "last.pt").is_file():
+        return "it did not finish"
+    start = params.get("init_checkpoint")
+    if start and Path(start).stat().st_mtime_ns > (run_dir / "params.yaml").stat().st_mtime_ns:
+        return f"the checkpoint it starts from ({shown_path(start)}) was written again since"
+    if int(load_checkpoint_dict(run_dir / "last.pt").get("epoch", -1)) != params["epochs"]:
+        return "it did not finish"
+    return None
+
+
+def _finished(run, model: str) -> TrainedModel:
+    """What training ``model`` gave, as recorded in ``training.json``, else as its run folder keeps it."""
+    recorded = run.training_summary().models.get(model)
+    if recorded is not None and recorded.source == "trained" and \
+            resolve_path(recorded.checkpoint, run.root) == run.checkpoint(model):
+        return dataclasses.replace(recorded, checkpoint=str(run.checkpoint(model)))
+    last = load_checkpoint_dict(run.model_dir(model) / "last.pt")
+    return TrainedModel(model, str(run.checkpoint(model)), "trained", int(last["epoch"]), last.get("best_epoch"),
+                        last.get("selected_by"), last.get("best_metric"))
+
+
+def _train(run, model: str, params: dict) -> TrainedModel:
+    """Train ``model`` into a fresh ``runs/<model>/`` with ``params``, its epochs printed as they end."""
+    if run.model_dir(model).exists():
+        shutil.rmtree(run.model_dir(model))  # a stale or half-written run inside this study's own folder
+    say(f"{model}: training ({params['mode']}, {params['epochs']} epochs) ...")
+    start = time.monotonic()
+    with epoch_lines():
+        result = train(params, run.model_dir(model))
+    outcome = TrainedModel(model, str(result.best_checkpoint), "trained", len(result.history), result.best_epoch,
+                           result.selected_by, result.best_metric, round(time.monotonic() - start, 1))
+    say(_describe(outcome, params["mode"]))
+    return outcome
+
+
+def _trained_or_reused(run, model: str, params: dict) -> TrainedModel:
+    """The run already in ``runs/<model>/`` when it finished with ``params`` (said so); else a new training."""
+    try:
+        why = unreusable(run.model_dir(model), params)
+    except (OSError, VfnbError) as exc:  # an unreadable params.yaml or checkpoint: not a run to keep
+        why = f"it cannot be read ({exc})"
+    if why is None:
+        say(f"{model}: already trained with these parameters in {run.relative(run.model_dir(model))}: reused, "
+            "not trained again (change a parameter to train anew)")
+        return _finished(run, model)
+    if why:
+        say(f"{model}: {run.relative(run.model_dir(model))} is not reused: {why}")
+    return _train(run, model, params)
+
+
 def train_model(run, model: str, data, settings: TrainingSettings, budget: Mapping[str, Any],
                 checkpoints: Mapping[str, str] | None = None, reuse: bool = False) -> TrainedModel:
     """Train ``model`` into ``runs/<model>/`` (or take its checkpoint); record and return the outcome.
+
+    Executed again with the same parameters (a notebook cell run twice), it returns
+    the finished run in ``runs/<model>/`` instead of training again; with any
+    parameter changed (or a start checkpoint trained again), it trains anew and says why.
 
     Args:
         run: the :class:`~vfnb.study.StudyRun`.
@@ -97,7 +208,7 @@ def train_model(run, model: str, data, settings: TrainingSettings, budget: Mappi
         budget: study parameters holding this model's budget keys (e.g. ``supcon_epochs``,
             ``supcon_lr``): a notebook passes its parameters.
         checkpoints: model -> checkpoint used as is, without training (external validation).
-        reuse: keep an existing ``runs/<model>/best.pt`` instead of training again.
+        reuse: keep an existing ``runs/<model>/best.pt`` whatever parameters it was trained with.
     """
     if model not in MODELS:
         raise ParamsError(f"parameter 'models': unknown model {model!r}; expected some of {', '.join(MODELS)}")
@@ -112,14 +223,7 @@ def train_model(run, model: str, data, settings: TrainingSettings, budget: Mappi
     else:
         params = model_training_params(model, settings.as_dict(), spec.budget_of(budget), data.processed, data.tag,
                                        _start_of(run, model))
-        if run.model_dir(model).exists():
-            shutil.rmtree(run.model_dir(model))  # a stale or half-written run inside this study's own folder
-        say(f"{model}: training ({spec.mode}, {params['epochs']} epochs) ...")
-        start = time.monotonic()
-        result = train(params, run.model_dir(model))
-        outcome = TrainedModel(model, str(result.best_checkpoint), "trained", len(result.history), result.best_epoch,
-                               result.selected_by, result.best_metric, round(time.monotonic() - start, 1))
-        say(_describe(outcome, spec.mode))
+        outcome = _trained_or_reused(run, model, params)
     return run.record_trained(outcome)
 
 
