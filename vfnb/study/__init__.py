@@ -3,7 +3,8 @@
 One module per job (this file only re-exports):
 
 - :mod:`~vfnb.study.registry`: the notebooks and the models of the study (``MODELS``);
-- :mod:`~vfnb.study.params`: reading, merging and validating study parameters;
+- :mod:`~vfnb.study.parameters`: :class:`StudyParams`, every study parameter (type, default, check, help);
+- :mod:`~vfnb.study.params`: reading and merging parameter files, and the checks before notebook 00;
 - :mod:`~vfnb.study.runner`: ``run_study`` (``vfnb study``): papermill, staging folder, ``run.log``;
 - :mod:`~vfnb.study.provenance`: code, packages, machine and data of a run;
 - :mod:`~vfnb.study.report`: ``index.html`` and ``summary.md`` (style in ``report.css``);
@@ -21,7 +22,8 @@ from .data import (StudyData, augmented_views, data_statement, example_scans, lo
                    prepare_dataset)
 from .evaluation import (PERMUTATION_P, metrics_document, operating_point, paper_row, per_grade_table, predict,
                          probe_comparison, read_operating_points, readable, validation_grading)
-from .params import (PATH_PARAMS, RECIPE_KEYS, RUNNER_PARAMS, STUDY_INTS, SYNTHSPINE, merge_params, merge_params_with_sources,
+from .parameters import StudyParams
+from .params import (PATH_PARAMS, RECIPE_KEYS, RUNNER_PARAMS, SYNTHSPINE, merge_params, merge_params_with_sources,
                      notebook_parameters, parse_override, read_params_file, recipe_deviations,
                      resolve_param_paths, unknown_key, validate_study_params)
 from .paths import default_params_file, notebooks_dir, paper_params_file, project_root, resolve_path, shown_path
@@ -40,8 +42,8 @@ __all__ = [
     "beyond_measurement", "explain_networks", "grade_by_morphometry", "morphometry_models", "occlusion_agreement",
     "saliency_overview", "saliency_record",
     "GRADERS", "HEADLINE_METRICS", "MORPHOMETRY_TITLES", "MODELS", "MODEL_TITLES", "NOTEBOOKS", "NOTEBOOK_TITLES", "PATH_PARAMS",
-    "PERMUTATION_P", "PRETRAINED", "RECIPE_KEYS", "REPORT_CSS", "RUNNER_PARAMS", "STUDY_INTS", "SYNTHSPINE", "VERSION_PACKAGES",
-    "ModelSpec", "OperatingPoint", "StudyData", "StudyError", "StudyRun", "TrainedModel", "TrainingSettings",
+    "PERMUTATION_P", "PRETRAINED", "RECIPE_KEYS", "REPORT_CSS", "RUNNER_PARAMS", "SYNTHSPINE", "VERSION_PACKAGES",
+    "ModelSpec", "OperatingPoint", "StudyData", "StudyError", "StudyParams", "StudyRun", "TrainedModel", "TrainingSettings",
     "TrainingSummary", "augmented_views", "build_provenance", "checkpoint_cube_size", "data_statement",
     "dataset_fingerprint", "dataset_sentence", "default_params_file", "example_scans", "execute_notebook",
     "figure_index", "format_ci", "git_state", "headline_rows", "html_table", "initial_model", "load_patch_input",
