@@ -91,6 +91,7 @@ BAD_VALUES = [
     ("models=[]", "models", "a non-empty list of supcon_linear"),
     ("models=[supcon]", "models", "a non-empty list"),
     ("checkpoints={resnet: a.pt}", "checkpoints", "a mapping model"),
+    ("checkpoints={ce: 3}", "checkpoints", "a mapping model"),
     ("saliency_per_grade=0", "saliency_per_grade", "an integer >= 1"),
     ("occlusion_checked=-1", "occlusion_checked", "an integer >= 0"),
     ("umap_neighbors=1", "umap_neighbors", "an integer >= 2"),

@@ -54,7 +54,7 @@ class Names(Check):
 
 @dataclass(frozen=True)
 class Files(Check):
-    """A mapping of names (each one of ``options``) to file paths."""
+    """A mapping of names (each one of ``options``) to file paths (an empty or null path: none)."""
 
     options: tuple
 
@@ -64,7 +64,7 @@ class Files(Check):
 
     def __call__(self, value):
         if not isinstance(value, dict) or any(k not in self.options for k in value) \
-                or any(not isinstance(v, str) for v in value.values()):
+                or any(v is not None and not isinstance(v, str) for v in value.values()):
             raise Invalid
         return dict(value)
 
