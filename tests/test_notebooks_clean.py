@@ -2,11 +2,12 @@
 
 - no outputs and no execution counts in ``notebooks/*.ipynb``;
 - each starts with a markdown title and has exactly one ``parameters``-tagged cell
-  holding only ``name = <literal>`` assignments;
-- every parameter appears, with a comment, in ``params/default.yaml`` and has the
-  same default there; every key of default.yaml is used by some notebook (or by the
-  runner itself: ``RUNNER_PARAMS``);
-- every other parameter file only uses keys default.yaml declares.
+  holding only ``name = <literal>`` assignments: ``run_dir`` and ``study_params``
+  (every study parameter in one object, parsed by the next cell);
+- every field of :class:`vfnb.study.StudyParams` appears, with a comment, in
+  ``params/default.yaml`` with the same default, and default.yaml has no other key;
+  every field is read by some notebook (or by the runner itself: ``RUNNER_PARAMS``);
+- every other parameter file only uses known keys and passes the study's checks.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import nbformat
 import pytest
 
 from vfnb.io import load_yaml
-from vfnb.study import NOTEBOOKS, RUNNER_PARAMS, merge_params, notebook_parameters
+from vfnb.study import NOTEBOOKS, RUNNER_PARAMS, StudyParams, merge_params, notebook_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_PATHS = [ROOT / "notebooks" / f"{name}.ipynb" for name in NOTEBOOKS]
@@ -46,25 +47,37 @@ def test_notebook_structure(path):
     for node in tree.body:  # literal-only assignments, checked independently of notebook_parameters
         assert isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
         ast.literal_eval(node.value)
-    assert "run_dir" in notebook_parameters(path)
+    assert notebook_parameters(path) == {"run_dir": StudyParams().run_dir, "study_params": {}}
+    setup = nb.cells[nb.cells.index(tagged[0]) + 1].source
+    assert "p = study.StudyParams.from_json(study_params)" in setup, "the setup cell parses the parameters"
+    assert "globals()" not in "".join(c.source for c in nb.cells), "parameters are read from p, not the namespace"
 
 
-def test_every_parameter_is_documented_in_default_yaml():
+def test_default_yaml_agrees_with_the_dataclass():
+    """The dataclass owns the defaults; default.yaml, the file users read, lists each with a comment."""
     defaults = load_yaml(DEFAULTS)
+    fields = StudyParams().as_dict()
+    assert list(defaults) and set(defaults) == set(fields), "default.yaml lists every field, and only those"
+    assert defaults == StudyParams().as_dict()
+    assert list(defaults) == list(StudyParams().as_dict()), "default.yaml lists the fields in the dataclass's order"
     lines = DEFAULTS.read_text(encoding="utf-8").splitlines()
-    used = set()
-    for path in NOTEBOOK_PATHS:
-        for name, value in notebook_parameters(path).items():
-            used.add(name)
-            assert name in defaults, f"{path.name}: parameter {name!r} missing from {DEFAULTS.name}"
-            assert defaults[name] == value, f"{path.name}: default of {name!r} is {value!r}, {DEFAULTS.name} says {defaults[name]!r}"
-            line = next(l for l in lines if l.startswith(f"{name}:"))
-            assert "#" in line and line.split("#", 1)[1].strip(), f"{DEFAULTS.name}: {name!r} has no comment"
-    for name in RUNNER_PARAMS:  # read by the runner, documented all the same
+    for name in defaults:
         line = next(l for l in lines if l.startswith(f"{name}:"))
         assert "#" in line and line.split("#", 1)[1].strip(), f"{DEFAULTS.name}: {name!r} has no comment"
-    unused = set(defaults) - used - set(RUNNER_PARAMS)
-    assert unused == set(), f"keys of {DEFAULTS.name} no notebook uses: {unused}"
+
+
+def test_every_parameter_is_read_somewhere():
+    """A field nobody reads is a parameter that does nothing: notebooks read ``p.<name>``, the study code the rest."""
+    sources = [nbformat.read(str(path), as_version=4) for path in NOTEBOOK_PATHS]
+    notebooks = "\n".join(c.source for nb in sources for c in nb.cells)
+    code = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "vfnb" / "study").glob("*.py")
+                     if p.name != "parameters.py")
+    from vfnb.study import MODELS, TrainingSettings
+
+    indirect = set(TrainingSettings.keys()) | {k for spec in MODELS.values() for k in spec.budget.values()}
+    unread = [name for name in StudyParams().as_dict() if f"p.{name}" not in notebooks and name not in indirect
+              and name not in RUNNER_PARAMS and f'"{name}"' not in code]
+    assert unread == [], f"parameters nothing reads: {unread}"
 
 
 @pytest.mark.parametrize("name", ["smoke.yaml", "paper.yaml", "external_validation.yaml"])
@@ -73,7 +86,7 @@ def test_parameter_files_use_known_keys(name):
     assert set(merged) == set(load_yaml(DEFAULTS))
     from vfnb.study import validate_study_params
 
-    validate_study_params(merged)  # what `vfnb study` checks before notebook 00
+    assert isinstance(validate_study_params(merged), StudyParams)  # what `vfnb study` checks before notebook 00
 
 
 def test_notebook_parameters_refuses_non_literals(tmp_path):

@@ -83,6 +83,107 @@ def test_params_file_must_be_a_mapping_and_plain_yaml(tmp_path):
         merge_params([tagged])
 
 
+# ------------------------------------------------------------------ the typed parameters
+# one bad value of each kind of parameter: (override, the parameter named, what the message expects)
+BAD_VALUES = [
+    ("projection=tsne", "projection", "one of umap, pca"),
+    ("morphometry=[morphometry_magic]", "morphometry", "a list of morphometry_rule, morphometry_logistic"),
+    ("models=[]", "models", "a non-empty list of supcon_linear"),
+    ("models=[supcon]", "models", "a non-empty list"),
+    ("checkpoints={resnet: a.pt}", "checkpoints", "a mapping model"),
+    ("checkpoints={ce: 3}", "checkpoints", "a mapping model"),
+    ("saliency_per_grade=0", "saliency_per_grade", "an integer >= 1"),
+    ("occlusion_checked=-1", "occlusion_checked", "an integer >= 0"),
+    ("umap_neighbors=1", "umap_neighbors", "an integer >= 2"),
+    ("umap_max_points=many", "umap_max_points", "an integer >= 2"),
+    ("n_boot=0", "n_boot", "an integer >= 1"),
+    ("synth_cases=2.5", "synth_cases", "an integer >= 1"),
+    ("val_fraction=1", "val_fraction", "a number > 0 and < 1"),
+    ("target_specificity=0", "target_specificity", "a number > 0 and < 1"),
+    ("operating_points_from=3", "operating_points_from", "a text"),
+    ("smoke=maybe", "smoke", "true or false"),
+    ("reuse_checkpoints=1", "reuse_checkpoints", "true or false"),
+    ("dataset=", "dataset", "a non-empty text"),
+    ("temperature=0", "temperature", "a number > 0"),
+    ("backbone=vgg", "backbone", "one of resnet10"),
+    ("device=gpu", "device", "auto, cpu, cuda or cuda:N"),
+    ("ce_lr=-1", "ce_lr", r"a number > 0.*\(model ce\)"),
+    ("supcon_augmentation=strong", "supcon_augmentation", r"one of paper, weak.*\(model supcon\)"),
+]
+
+
+@pytest.mark.parametrize("override, key, expected", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_a_bad_value_is_refused_naming_its_option(override, key, expected):
+    from vfnb.study import merge_params_with_sources, validate_study_params
+
+    params, sources = merge_params_with_sources([], [override])
+    with pytest.raises(ParamsError, match=rf"^vfnb study: -p {re.escape(override)}: parameter '{key}' = .* is "
+                                          rf"invalid; expected {expected}"):
+        validate_study_params(params, sources=sources)
+
+
+def test_a_bad_value_in_a_file_names_the_file(tmp_path):
+    from vfnb.study import merge_params_with_sources, validate_study_params
+
+    bad = tmp_path / "quick.yaml"
+    bad.write_text("projection: tsne\n")
+    params, sources = merge_params_with_sources([SMOKE, bad])
+    with pytest.raises(ParamsError, match=r"quick\.yaml: parameter 'projection' = 'tsne' is invalid"):
+        validate_study_params(params, sources=sources)
+
+
+def test_cli_refuses_a_bad_projection_before_any_notebook(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["study", "--params", str(SMOKE), "-p", "projection=tsne", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "-p projection=tsne" in err and "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "run.failed").exists()
+
+
+@pytest.mark.parametrize("files", [[], [SMOKE], [ROOT / "params" / "paper.yaml"]], ids=["default", "smoke", "paper"])
+def test_params_round_trip_through_json(files):
+    from vfnb.study import StudyParams
+
+    params = StudyParams.from_dict(merge_params(files))
+    assert StudyParams.from_json(params.to_json()) == params
+    assert StudyParams.from_json(json.loads(params.to_json())) == params  # what papermill injects: the data
+    assert StudyParams.from_dict(params.as_dict()).as_dict() == params.as_dict()
+
+
+def test_empty_study_params_are_the_defaults():
+    """A notebook run by hand in JupyterLab gets ``study_params = {}``: params/default.yaml's values."""
+    from vfnb.study import StudyParams
+
+    assert StudyParams.from_json({}) == StudyParams.from_json("") == StudyParams.from_dict(merge_params([]))
+    with pytest.raises(ParamsError, match=r"study_params: unknown parameter 'temprature' \(did you mean 'temperature'"):
+        StudyParams.from_json({"temprature": 0.1})
+    with pytest.raises(ParamsError, match="study_params: not valid JSON"):
+        StudyParams.from_json("{temperature")
+
+
+def test_training_settings_and_budgets_come_from_the_params():
+    from vfnb.study import MODELS, StudyParams, TrainingSettings, model_training_params
+
+    params = StudyParams.from_dict(merge_params([SMOKE], ["temperature=0.2", "lr_milestones=[9, 3]"]))
+    settings = params.training_settings()
+    assert isinstance(settings, TrainingSettings) and settings.temperature == 0.2 and settings.cube_size == 24
+    assert settings.lr_milestones == [3, 9]  # canonical, as the training configuration holds it
+    assert MODELS["supcon"].budget_of(params) == {"epochs": 2, "lr": 0.05, "augmentation": "weak", "warmup_epochs": 1}
+    trained = model_training_params("ce", settings.as_dict(), MODELS["ce"].budget_of(params), "d", params.tag)
+    assert trained["epochs"] == params.ce_epochs and trained["temperature"] == 0.2
+
+
+def test_recipe_table_comes_from_the_fields():
+    from dataclasses import fields
+
+    from vfnb.study import RECIPE_KEYS, StudyParams
+
+    assert RECIPE_KEYS == {f.name: f.metadata["recipe"] for f in fields(StudyParams) if f.metadata.get("recipe")}
+    assert RECIPE_KEYS["temperature"] == "SupCon temperature" and "seed" not in RECIPE_KEYS
+    for f in fields(StudyParams):
+        assert f.metadata["help"] and "\n" not in f.metadata["help"], f.name
+
+
 # ------------------------------------------------------------------ refusals and failures
 def test_refuses_an_existing_out_folder(tmp_path):
     out = tmp_path / "run"
@@ -98,7 +199,7 @@ def _notebook(path: Path, *sources: str) -> None:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells.append(nbformat.v4.new_markdown_cell("# test notebook"))
-    nb.cells.append(nbformat.v4.new_code_cell('run_dir = "x"\nseed = 0', metadata={"tags": ["parameters"]}))
+    nb.cells.append(nbformat.v4.new_code_cell('run_dir = "x"\nstudy_params = {}', metadata={"tags": ["parameters"]}))
     for source in sources:
         nb.cells.append(nbformat.v4.new_code_cell(source))
     nbformat.write(nb, str(path))
@@ -108,7 +209,8 @@ def test_failing_cell_names_notebook_and_cell_and_keeps_the_partial_run(tmp_path
     notebooks = tmp_path / "nb"
     notebooks.mkdir()
     # a notebook that logs a training line the way vfnb.training.engine does, into the run folder's run.log
-    _notebook(notebooks / "ok.ipynb", "from pathlib import Path\nPath(run_dir, 'ok.txt').write_text(str(seed))",
+    _notebook(notebooks / "ok.ipynb", "from pathlib import Path\nfrom vfnb.study import StudyParams\n"
+              "p = StudyParams.from_json(study_params)\nPath(run_dir, 'ok.txt').write_text(str(p.seed))",
               "import logging\nfrom vfnb.study import StudyRun\nStudyRun(run_dir)\n"
               "logging.getLogger('vfnb.training.engine').info('supcon epoch 1/1: loss 0.5000, val macro-F1 0.250')")
     _notebook(notebooks / "broken.ipynb", "x = 1", "raise ValueError('boom in the study')", "y = 2")

@@ -3,7 +3,8 @@
 One module per job (this file only re-exports, lazily: :mod:`vfnb.lazy`):
 
 - :mod:`~vfnb.study.registry`: the notebooks and the models of the study (``MODELS``);
-- :mod:`~vfnb.study.params`: reading, merging and validating study parameters;
+- :mod:`~vfnb.study.parameters`: :class:`StudyParams`, every study parameter (type, default, check, help);
+- :mod:`~vfnb.study.params`: reading and merging parameter files, and the checks before notebook 00;
 - :mod:`~vfnb.study.runner`: ``run_study`` (``vfnb study``): papermill, staging folder, ``run.log``;
 - :mod:`~vfnb.study.provenance`: code, packages, machine and data of a run;
 - :mod:`~vfnb.study.report`: ``index.html`` and ``summary.md`` (style in ``report.css``);
@@ -27,7 +28,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "paper_row": "evaluation", "per_grade_table": "evaluation", "predict": "evaluation",
     "probe_comparison": "evaluation", "read_operating_points": "evaluation", "readable": "evaluation",
     "validation_grading": "evaluation",
-    "PATH_PARAMS": "params", "RECIPE_KEYS": "params", "RUNNER_PARAMS": "params", "STUDY_INTS": "params",
+    "StudyParams": "parameters",
+    "PATH_PARAMS": "params", "RECIPE_KEYS": "params", "RUNNER_PARAMS": "params",
     "SYNTHSPINE": "params", "merge_params": "params", "merge_params_with_sources": "params",
     "notebook_parameters": "params", "parse_override": "params", "read_params_file": "params",
     "recipe_deviations": "params", "resolve_param_paths": "params", "unknown_key": "params",

@@ -1,62 +1,36 @@
-"""The study's parameters: where they live, how files merge, and what a valid study is.
+"""The study's parameter files: reading, merging (later wins), and the checks before notebook 00.
 
-Every parameter is declared, with its default and a comment, in
-``params/default.yaml``; other files (``smoke.yaml``, ``paper.yaml``, ...) and
-``-p key=value`` options override some of them, later ones winning. Each
-notebook's ``parameters`` cell declares the subset it uses, as literals.
-:func:`validate_study_params` checks everything the notebooks will use, every
-model's training parameters included, before notebook 00 starts, and names the
-file (or option) that set a bad value.
+Every parameter is a field of :class:`~vfnb.study.parameters.StudyParams` (type,
+default, check, help); ``params/default.yaml`` lists each with a comment (a test
+keeps its values equal to the dataclass's). Other files (``smoke.yaml``,
+``paper.yaml``, ...) and ``-p key=value`` options override some of them, later ones
+winning. :func:`validate_study_params` turns the merged values into a
+:class:`StudyParams`, checking everything the notebooks will use, every model's
+training parameters included, before notebook 00 starts, and names the file (or
+option) that set a bad value.
 """
 
 from __future__ import annotations
 
 import ast
-import difflib
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import nbformat
 
 from ..training.config import parse_override  # noqa: F401 - one meaning of -p KEY=VALUE for training and the study
 from ..errors import DatasetError, ParamsError
 from ..io import load_yaml
-from .records import TrainingSettings
+from .parameters import FIELDS, RECIPE_KEYS, StudyParams, unknown_key  # noqa: F401 - re-exported
 from .paths import default_params_file, paper_params_file, resolve_path
-from .registry import GRADERS, MODELS, PRETRAINED
-from .training import model_training_params
 
 # Parameters holding file-system paths: relative ones are resolved against the
 # directory ``vfnb study`` runs in (notebooks run with their own folder as cwd).
 PATH_PARAMS = ("data_dir", "dataset", "operating_points_from")
 SYNTHSPINE = "synthspine"  # the ``dataset`` value meaning "generate / reuse SynthSpine"
-# study-only integers: (key, smallest value)
-STUDY_INTS = (("synth_cases", 1), ("synth_seed", 0), ("synth_folds", 2), ("patch_size", 8), ("n_boot", 1),
-              ("umap_neighbors", 2), ("umap_max_points", 2), ("n_errors_shown", 0), ("scans_shown", 0),
-              ("patches_per_grade", 0), ("height_patches_per_grade", 0))
-STUDY_FRACTIONS = ("val_fraction", "target_specificity")
-#: Parameters the runner reads itself; no notebook declares them.
+#: Parameters the runner reads itself; no notebook uses them.
 RUNNER_PARAMS = ("smoke",)
-
-# The settings that define the method, as the paper ran it (their values live in
-# params/paper.yaml): a run whose value differs departs from the paper's recipe, and
-# its report says so. Data, hardware and evaluation settings are not listed.
-RECIPE_KEYS = {
-    "backbone": "encoder network",
-    "head": "projection head",
-    "feature_dim": "projection size",
-    "cube_size": "network input cube (voxels)",
-    "batch_per_grade": "vertebrae of each grade per batch",
-    "epoch_mode": "what an epoch is",
-    "lr_schedule": "learning-rate schedule",
-    "temperature": "SupCon temperature",
-    "base_temperature": "SupCon base temperature",
-    "supcon_augmentation": "augmentation during SupCon pretraining",
-    "supcon_warmup_epochs": "SupCon learning-rate warm-up (epochs)",
-    "supcon_epochs": "SupCon pretraining epochs",
-    "supcon_lr": "SupCon learning rate",
-}
 
 
 # ===================================================================== merging
@@ -77,13 +51,6 @@ def read_params_file(path: str | os.PathLike) -> dict:
     return data
 
 
-def unknown_key(key: str, known: Iterable[str], where: str, reference: Path) -> ParamsError:
-    """The error for a parameter nobody declares, with the closest known name as a hint."""
-    close = difflib.get_close_matches(key, list(known), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ParamsError(f"{where}: unknown parameter {key!r}{hint}; every parameter is listed and documented in {reference}")
-
-
 def merge_params_with_sources(params_files: Sequence[str | os.PathLike] = (), overrides: Sequence[str] = (),
                               defaults_file: str | os.PathLike | None = None) -> tuple[dict, dict]:
     """:func:`merge_params`, and for each key where its value came from (a file, or ``-p key=value``)."""
@@ -92,13 +59,13 @@ def merge_params_with_sources(params_files: Sequence[str | os.PathLike] = (), ov
     sources = {key: str(defaults_file) for key in merged}
     for f in params_files:
         for key, value in read_params_file(f).items():
-            if key not in merged:
-                raise unknown_key(key, merged, str(f), defaults_file)
+            if key not in FIELDS:
+                raise unknown_key(key, FIELDS, str(f), defaults_file)
             merged[key], sources[key] = value, str(f)
     for text in overrides:
         key, value = parse_override(text)
-        if key not in merged:
-            raise unknown_key(key, merged, f"-p {text}", defaults_file)
+        if key not in FIELDS:
+            raise unknown_key(key, FIELDS, f"-p {text}", defaults_file)
         merged[key], sources[key] = value, f"-p {text}"
     return merged, sources
 
@@ -107,8 +74,9 @@ def merge_params(params_files: Sequence[str | os.PathLike] = (), overrides: Sequ
                  defaults_file: str | os.PathLike | None = None) -> dict:
     """Merge parameters: ``defaults_file`` (``params/default.yaml``), then each file, then overrides.
 
-    Later values win. Every key must be one ``defaults_file`` declares, otherwise a
-    :class:`ParamsError` names the key and the file (or the ``-p`` option).
+    Later values win. Every key must be a field of :class:`StudyParams`, otherwise a
+    :class:`ParamsError` names the key and the file (or the ``-p`` option). Values are
+    checked by :func:`validate_study_params`.
     """
     return merge_params_with_sources(params_files, overrides, defaults_file)[0]
 
@@ -128,59 +96,16 @@ def resolve_param_paths(params: dict, base: str | os.PathLike) -> dict:
 
 
 # ===================================================================== validation
-def _check_study_values(params: Mapping, where) -> None:
-    for key, low in STUDY_INTS:
-        value = params.get(key)
-        if key in params and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-            raise ParamsError(f"{where(key)}: parameter {key!r} = {value!r} is invalid; expected an integer >= {low}")
-    for key in STUDY_FRACTIONS:
-        value = params.get(key)
-        if key in params and (isinstance(value, bool) or not isinstance(value, (int, float))
-                              or not 0.0 < float(value) < 1.0):
-            raise ParamsError(f"{where(key)}: parameter {key!r} = {value!r} is invalid; "
-                              "expected a number between 0 and 1")
-    if not isinstance(params.get("smoke", False), bool):
-        raise ParamsError(f"{where('smoke')}: parameter 'smoke' = {params['smoke']!r} is invalid; expected true or false")
-    models = params.get("models")
-    if not isinstance(models, list) or not models or any(m not in GRADERS for m in models):
-        raise ParamsError(f"{where('models')}: parameter 'models' = {models!r} is invalid; expected a non-empty "
-                          f"list of {', '.join(GRADERS)}")
-    checkpoints = params.get("checkpoints", {})
-    if not isinstance(checkpoints, dict) or any(m not in MODELS for m in checkpoints):
-        raise ParamsError(f"{where('checkpoints')}: parameter 'checkpoints' = {checkpoints!r} is invalid; "
-                          f"expected a mapping model ({', '.join(MODELS)}) -> checkpoint file")
-
-
-def _check_training(params: Mapping, model: str, where) -> None:
-    """Validate ``model``'s training parameters exactly as :func:`vfnb.study.train_model` will build them."""
-    spec = MODELS[model]
-    settings = {k: params[k] for k in TrainingSettings.keys() if k in params}
-    init = "-" if spec.starts_from else None
-    try:
-        model_training_params(model, settings, spec.budget_of(params), "-", params.get("tag"), init)
-    except ParamsError as exc:
-        message, named = str(exc), None
-        for train_key, study_key in spec.budget.items():  # speak of the study's key, not the training one
-            if f"parameter {train_key!r}" in message:
-                message, named = message.replace(f"parameter {train_key!r}", f"parameter {study_key!r}"), study_key
-        named = named or next((k for k in settings if f"parameter {k!r}" in message), "tag")
-        raise ParamsError(f"{where(named)}: {message} (model {model})") from None
-
-
-def validate_study_params(params: dict, where: str = "vfnb study", sources: Mapping[str, str] | None = None) -> None:
-    """Check every parameter the notebooks will use, before notebook 00 starts.
+def validate_study_params(params: Mapping, where: str = "vfnb study",
+                          sources: Mapping[str, str] | None = None) -> StudyParams:
+    """Check every parameter the notebooks will use, before notebook 00 starts; the study's :class:`StudyParams`.
 
     Each model's training parameters go through the training code's own validation
-    (:func:`vfnb.training.engine.validate_params`) exactly as :func:`vfnb.study.train_model` will
+    (:class:`vfnb.training.config.TrainConfig`) exactly as :func:`vfnb.study.train_model` will
     pass them. A :class:`ParamsError` names the key and, given ``sources`` (from
     :func:`merge_params_with_sources`), the file or ``-p`` option that set it.
     """
-    def located(key: str) -> str:
-        return f"{where}: {sources[key]}" if sources and key in sources else where
-
-    _check_study_values(params, located)
-    for model in [PRETRAINED, *params["models"]]:
-        _check_training(params, model, located)
+    return StudyParams.from_dict(params, where, sources)
 
 
 # ===================================================================== notebooks and the paper
@@ -216,7 +141,8 @@ def notebook_parameters(path: str | os.PathLike) -> dict:
 def recipe_deviations(params: Mapping[str, Any], paper: Mapping[str, Any] | None = None) -> list[dict]:
     """Where ``params`` (a study's merged parameters) depart from the paper's recipe.
 
-    ``[{"key", "meaning", "value", "paper"}]`` for every :data:`RECIPE_KEYS` entry whose
+    ``[{"key", "meaning", "value", "paper"}]`` for every recipe field of :class:`StudyParams`
+    (:data:`~vfnb.study.parameters.RECIPE_KEYS`, in field order) whose
     value differs from ``paper`` (default: ``params/paper.yaml``), in that order. An
     empty list: the run follows the paper's recipe (budget included).
     """

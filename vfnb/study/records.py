@@ -27,8 +27,8 @@ class TrainingSettings:
 
     The SupCon models and the cross-entropy baseline share backbone, augmentation and
     sampler, so the comparison isolates the objective. Each field is the training
-    parameter of the same name (:mod:`vfnb.training.engine`); notebook 01 takes them from its
-    parameters cell.
+    parameter of the same name (:mod:`vfnb.training.engine`); notebook 01 takes them from the
+    study's parameters (:meth:`vfnb.study.StudyParams.training_settings`).
     """
 
     backbone: str
@@ -54,14 +54,6 @@ class TrainingSettings:
     @classmethod
     def keys(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any], where: str = "training settings") -> "TrainingSettings":
-        """The settings among ``params`` (a study's parameters, or a notebook's namespace); others are ignored."""
-        missing = [k for k in cls.keys() if k not in params]
-        if missing:
-            raise ParamsError(f"{where}: missing parameter(s) {', '.join(missing)}")
-        return cls(**{k: params[k] for k in cls.keys()})
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.keys()}

@@ -2,7 +2,7 @@
 
 A model of the study is a training mode (:mod:`vfnb.training.engine`), the model it starts from,
 a title for tables, and the study parameters that set its budget. Notebooks 01 and 02
-train what this table says, :func:`vfnb.study.validate_study_params` checks every
+train what this table says, :class:`vfnb.study.StudyParams` checks every
 entry before notebook 00 starts, and the report and the sweep take titles from it.
 """
 
@@ -43,9 +43,15 @@ class ModelSpec:
     budget: Mapping[str, str] = field(default_factory=dict)
     notebook: str = "02_finetuning"
 
-    def budget_of(self, params: Mapping) -> dict:
-        """This model's training parameters taken from study parameters ``params`` (e.g. ``epochs``, ``lr``)."""
-        return {train_key: params.get(study_key) for train_key, study_key in self.budget.items()}
+    def budget_of(self, params) -> dict:
+        """This model's training parameters (e.g. ``epochs``, ``lr``) from ``params``.
+
+        ``params``: the study's :class:`~vfnb.study.StudyParams`, or a mapping of study
+        parameters (a missing key is ``None``).
+        """
+        if isinstance(params, Mapping):
+            return {train_key: params.get(study_key) for train_key, study_key in self.budget.items()}
+        return {train_key: getattr(params, study_key) for train_key, study_key in self.budget.items()}
 
 
 MODELS: dict[str, ModelSpec] = {

@@ -7,8 +7,9 @@
    model's training parameters included, before anything runs;
 2. runs ``notebooks/00_*`` .. ``03_*`` in order with papermill, in a kernel that is
    the interpreter running this code (a throw-away kernelspec, nothing installed),
-   passing each notebook only the parameters its ``parameters`` cell declares plus
-   ``run_dir``, the run folder through which notebooks hand results to each other;
+   passing each notebook two parameters: ``run_dir``, the run folder through which
+   notebooks hand results to each other, and ``study_params``, the validated
+   :class:`~vfnb.study.StudyParams` as JSON data (each notebook parses it back);
 3. renders each executed notebook to HTML (with a link back to the index), and
    writes ``index.html``, ``summary.md``, ``provenance.json`` and ``params.yaml``
    (``metrics.json`` is written by ``03_evaluation``).
@@ -27,6 +28,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import pprint
 import shutil
 import sys
 import tempfile
@@ -157,20 +159,32 @@ def show_given_parameters(ipynb: Path, shown: Mapping, final_dir: str) -> None:
 
     The notebook ran with absolute paths inside a staging folder; its page and its
     metadata show the values a reader can use: paths as given to ``vfnb study``,
-    ``run_dir`` where the run ends up (``final_dir``).
+    ``run_dir`` where the run ends up (``final_dir``). ``shown``: notebook parameter ->
+    value (``study_params`` is shown one parameter a line).
     """
     nb = nbformat.read(str(ipynb), as_version=4)
     for cell in nb.cells:
         if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
             names = [line.split("=", 1)[0].strip() for line in cell.source.splitlines() if "=" in line]
             cell.source = "\n".join(["# Parameters, as given to `vfnb study` (paths relative to where it ran)",
-                                     *(f"{k} = {shown[k]!r}" for k in names if k in shown)])
+                                     *(_assignment(k, shown[k]) for k in names if k in shown)])
     record = nb.metadata.get("papermill")
     if isinstance(record, dict):
         record["parameters"] = {k: shown[k] for k in record.get("parameters") or {} if k in shown}
         record["input_path"] = shown_path(record.get("input_path", ""))
         record["output_path"] = f"{final_dir}/{ipynb.name}"
     nbformat.write(nb, str(ipynb))
+
+
+def _assignment(name: str, value) -> str:
+    if isinstance(value, dict) and value:
+        return f"{name} = " + pprint.pformat(value, width=110, sort_dicts=False)
+    return f"{name} = {value!r}"
+
+
+def notebook_inputs(run_dir: str | os.PathLike, params: Mapping) -> dict:
+    """What every notebook receives: ``run_dir`` and ``study_params`` (the study's parameters, ``run_dir`` included)."""
+    return {"run_dir": str(run_dir), "study_params": {**params, "run_dir": str(run_dir)}}
 
 
 # ===================================================================== running
@@ -185,17 +199,16 @@ def execute_notebook(name: str, run_dir: Path, params: dict, kernel_name: str, p
                      notebook_dir: Path | None = None) -> float:
     """Run ``<notebook_dir>/<name>.ipynb`` into ``run_dir/<name>.ipynb``; return seconds taken.
 
-    Passes the parameters the notebook declares (those present in ``params``) and
-    ``run_dir``. Raises :class:`StudyError` naming the notebook and the failing cell.
+    Passes ``run_dir`` and ``params`` (the study's parameters as plain data) as
+    ``study_params``, each when the notebook's ``parameters`` cell declares it.
+    Raises :class:`StudyError` naming the notebook and the failing cell.
     """
     notebook_dir = Path(notebook_dir) if notebook_dir is not None else notebooks_dir()
     source = notebook_dir / f"{name}.ipynb"
     if not source.is_file():
         raise StudyError(f"{source}: notebook not found")
     declared = notebook_parameters(source)
-    passed = {k: params[k] for k in declared if k in params}
-    if "run_dir" in declared:
-        passed["run_dir"] = str(run_dir)
+    passed = {k: v for k, v in notebook_inputs(run_dir, params).items() if k in declared}
     start = time.monotonic()
     try:
         papermill.execute_notebook(str(source), str(run_dir / f"{name}.ipynb"), parameters=passed,
@@ -220,7 +233,8 @@ def _run_notebooks(staging: Path, params: dict, shown: dict, notebooks: Sequence
             log.say(f"[{i + 1}/{len(notebooks)}] {name} ...")
             with log.follow():
                 durations[name] = execute_notebook(name, staging, params, kernel, progress, notebook_dir)
-            show_given_parameters(staging / f"{name}.ipynb", shown, shown["run_dir"])
+            show_given_parameters(staging / f"{name}.ipynb", notebook_inputs(shown["run_dir"], shown),
+                                  shown["run_dir"])
             render_html(staging / f"{name}.ipynb", staging / f"{name}.html", header)
             log.say(f"[{i + 1}/{len(notebooks)}] {name} done in {durations[name]:.0f} s")
     return durations
@@ -252,9 +266,9 @@ def run_study(params_files: Sequence[str | os.PathLike], overrides: Sequence[str
     """
     out = Path(out)
     given, sources = merge_params_with_sources(params_files, overrides)
-    validate_study_params(given, sources=sources)  # in seconds, not after notebook 00 has run
-    params = resolve_param_paths(given, Path.cwd())
-    shown = {**given, "run_dir": str(out)}
+    study = validate_study_params(given, sources=sources).as_dict()  # in seconds, not after notebook 00 has run
+    params = resolve_param_paths(study, Path.cwd())
+    shown = {**study, "run_dir": str(out)}
     if out.exists() and not overwrite:
         raise VfnbError(f"{out}: output folder already exists (choose another --out, or pass --overwrite)")
     notebook_dir = Path(notebook_dir) if notebook_dir is not None else notebooks_dir()

@@ -192,7 +192,7 @@ def _trained_or_reused(run, model: str, params: dict) -> TrainedModel:
     return _train(run, model, params)
 
 
-def train_model(run, model: str, data, settings: TrainingSettings, budget: Mapping[str, Any],
+def train_model(run, model: str, data, settings: TrainingSettings, budget,
                 checkpoints: Mapping[str, str] | None = None, reuse: bool = False) -> TrainedModel:
     """Train ``model`` into ``runs/<model>/`` (or take its checkpoint); record and return the outcome.
 
@@ -205,8 +205,8 @@ def train_model(run, model: str, data, settings: TrainingSettings, budget: Mappi
         model: a name in :data:`vfnb.study.MODELS`.
         data: the :class:`~vfnb.study.StudyData` to train on (train and val lists).
         settings: the settings every model shares.
-        budget: study parameters holding this model's budget keys (e.g. ``supcon_epochs``,
-            ``supcon_lr``): a notebook passes its parameters.
+        budget: the study's parameters (:class:`~vfnb.study.StudyParams`), holding this
+            model's budget (e.g. ``supcon_epochs``, ``supcon_lr``): a notebook passes ``p``.
         checkpoints: model -> checkpoint used as is, without training (external validation).
         reuse: keep an existing ``runs/<model>/best.pt`` whatever parameters it was trained with.
     """
@@ -227,7 +227,7 @@ def train_model(run, model: str, data, settings: TrainingSettings, budget: Mappi
     return run.record_trained(outcome)
 
 
-def pretrain(run, data, settings: TrainingSettings, models, budget: Mapping[str, Any],
+def pretrain(run, data, settings: TrainingSettings, models, budget,
              checkpoints: Mapping[str, str] | None = None, reuse: bool = False) -> TrainedModel | None:
     """Notebook 01: the SupCon encoder, when a model of ``models`` starts from it or a checkpoint names it."""
     if not needs_pretraining(models, checkpoints):
