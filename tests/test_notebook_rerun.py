@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from vfnb import study
+from vfnb.study.runner import notebook_inputs
 from vfnb.study.data import StudyData
 from vfnb.study.training import unreusable
 from vfnb.training.engine import train
@@ -114,9 +115,7 @@ def _run_twice(name: str, params: dict, run_dir: Path, kernel: str) -> list[dict
     from papermill.parameterize import parameterize_notebook
 
     source = ROOT / "notebooks" / f"{name}.ipynb"
-    passed = {k: params[k] for k in study.notebook_parameters(source) if k in params}
-    nb = parameterize_notebook(load_notebook_node(str(source)), {**passed, "run_dir": str(run_dir)},
-                               kernel_name=kernel)
+    nb = parameterize_notebook(load_notebook_node(str(source)), notebook_inputs(run_dir, params), kernel_name=kernel)
     client = NotebookClient(nb, kernel_name=kernel, timeout=600,
                             resources={"metadata": {"path": str(source.parent)}})
     code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
@@ -140,8 +139,9 @@ def _printed(cells: list[dict], fragment: str, which: str) -> str:
 
 @pytest.mark.slow
 def test_every_cell_executes_again_without_training_again(tmp_path):
-    params = study.resolve_param_paths(study.merge_params([ROOT / "params" / "smoke.yaml"],
+    merged = study.resolve_param_paths(study.merge_params([ROOT / "params" / "smoke.yaml"],
                                                           [f"data_dir={tmp_path / 'data'}"]), ROOT)
+    params = study.validate_study_params(merged).as_dict()  # what the runner hands the notebooks
     run_dir = tmp_path / "run"
     with study.project_kernel() as kernel:
         _run_twice("00_data_exploration", params, run_dir, kernel)
