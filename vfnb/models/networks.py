@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..training.config import BACKBONES, HEADS
+from .choices import BACKBONES, HEADS
 from ..data.channels import INPUT_CHANNELS
 from ..errors import CheckpointError
 from ..levels import NUM_GRADES

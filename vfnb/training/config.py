@@ -25,12 +25,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import ParamsError
 from ..io import load_yaml, parse_yaml
+from ..models.choices import BACKBONES, HEADS
 
 MODES = ("supcon", "linear", "finetune", "joint", "ce")
-# What vfnb.models.networks builds and vfnb.data.transforms defines (tests/test_config.py keeps them in step);
-# listed here so that validating parameters and `vfnb train --help` need not import torch or MONAI.
-BACKBONES = ("resnet10", "resnet18", "seresnet50")
-HEADS = ("linear", "mlp")
+# What vfnb.data.transforms defines (tests/test_config.py keeps them in step); listed here so that
+# validating parameters and `vfnb train --help` need not import torch or MONAI.
 AUGMENTATIONS = ("paper", "weak")
 MAX_BACKBONE_INT = 4096  # widths, kernel sizes, layer counts: far beyond any sane 3D CNN
 
