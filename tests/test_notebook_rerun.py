@@ -37,7 +37,7 @@ BUDGET = {"ce_epochs": 1, "ce_lr": 0.05}
 
 def _run_and_data(tmp_path, tiny_processed):
     run = study.StudyRun(tmp_path / "run")
-    settings = study.TrainingSettings.from_params(SETTINGS)
+    settings = study.StudyParams.from_dict(SETTINGS).training_settings()
     run.record_training_settings(settings)
     return run, StudyData(tiny_processed, "t0", synthetic=False), settings
 
@@ -72,7 +72,7 @@ def test_changed_settings_forget_the_recorded_models(tmp_path, tiny_processed):
     run.record_trained(study.TrainedModel("ce", str(run.checkpoint("ce"))))
     run.record_training_settings(settings)
     assert set(run.training_summary().models) == {"ce"}
-    run.record_training_settings(study.TrainingSettings.from_params({**SETTINGS, "seed": 1}))
+    run.record_training_settings(study.StudyParams.from_dict({**SETTINGS, "seed": 1}).training_settings())
     assert run.training_summary().models == {}
 
 
