@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Mapping, Sequence
 
@@ -17,6 +18,7 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from ..errors import ParamsError
+from ..evaluate.operating_points import read_operating_points as read_points_file
 from ..evaluate import (PAPER_REPORTED, chance_macro_f1, format_ci, format_p, fracture_auc, grade_metrics,
                         permutation_p_value, screening_metrics, threshold_for_specificity)
 from ..models.checkpoints import load_checkpoint
@@ -25,7 +27,6 @@ from ..models.features import probe_predict
 from .paths import resolve_path
 from .records import OperatingPoint
 from .registry import model_title
-from .run import read_json
 from .training import checkpoint_cube_size
 
 #: The column of :func:`probe_comparison` holding the permutation test (a p-value, not a probability).
@@ -120,20 +121,16 @@ def operating_point(val_table: pd.DataFrame, target_specificity: float) -> Opera
 
 
 def read_operating_points(path: str | os.PathLike, models: Sequence[str]) -> dict[str, OperatingPoint]:
-    """Thresholds chosen in another run (its ``operating_points.json``), for ``models``."""
+    """Thresholds chosen in another run (its ``operating_points.json``), for ``models``.
+
+    The file is read by :func:`vfnb.evaluate.operating_points.read_operating_points`,
+    the reader ``vfnb predict`` uses too; each point is marked as chosen elsewhere.
+    """
     path = resolve_path(path)
     if not path.is_file():
         raise ParamsError(f"parameter 'operating_points_from': {path} not found (expected a run's operating_points.json)")
-    table = read_json(path)
-    if not isinstance(table, dict):
-        raise ParamsError(f"{path}: not a JSON object of model -> operating point")
-    out = {}
-    for model in models:
-        if model not in table:
-            raise ParamsError(f"{path}: no threshold for model {model!r} (models there: {', '.join(table)})")
-        point = OperatingPoint.from_dict(table[model], f"{path}: model {model!r}")
-        out[model] = OperatingPoint(**{**point.as_dict(), "chosen_on": f"validation of another run ({path})"})
-    return out
+    points = read_points_file(path, list(models))
+    return {m: dataclasses.replace(p, chosen_on=f"validation of another run ({path})") for m, p in points.items()}
 
 
 def paper_row() -> dict:

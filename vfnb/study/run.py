@@ -23,6 +23,7 @@ from ..errors import VfnbError
 from ..evaluate import jsonable
 from ..io import atomic_write_json, atomic_write_text
 from ..plots import save_figure
+from ..evaluate.operating_points import read_operating_points, read_table
 from .paths import resolve_path
 from .records import OperatingPoint, TrainedModel, TrainingSettings, TrainingSummary
 from .registry import NOTEBOOKS
@@ -211,6 +212,6 @@ class StudyRun:
 
     def operating_points(self) -> dict[str, OperatingPoint]:
         """Each model's screening threshold, chosen in 02 (``operating_points.json``)."""
-        data = self.read_json(OPERATING_POINTS_FILE, NOTEBOOKS[2])
-        where = str(self.root / OPERATING_POINTS_FILE)
-        return {m: OperatingPoint.from_dict(p, f"{where}: model {m!r}") for m, p in data.items()}
+        self._require(OPERATING_POINTS_FILE, NOTEBOOKS[2])
+        path = self.root / OPERATING_POINTS_FILE
+        return read_operating_points(path, list(read_table(path)))
