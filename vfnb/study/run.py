@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +88,6 @@ class StudyRun:
     """The run folder of one study: figures, training folders and the records notebooks exchange."""
 
     def __init__(self, run_dir: str | os.PathLike):
-        # tqdm.auto looks for ipywidgets in a kernel and warns when they are missing;
-        # the plain-text progress bars it falls back to are what we want
-        warnings.filterwarnings("ignore", message="IProgress not found")
         self.root = resolve_path(run_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self.figures = self.root / "figures"
