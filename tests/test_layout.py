@@ -223,3 +223,20 @@ def test_warning_filters_come_from_entry_points_not_from_objects(tmp_path):
         assert any(f[1] is not None and f[1].pattern == "IProgress not found" for f in warnings.filters)
     notebooks = sorted((PACKAGE.parent / "notebooks").glob("*.ipynb"))
     assert notebooks and all("setup_entry_point()" in p.read_text() for p in notebooks)
+
+
+def test_backbone_kwargs_reach_the_network_from_training_and_from_the_study():
+    """Training and the study's untrained reference build through one factory, ``backbone_kwargs`` included."""
+    from vfnb.study.training import initial_model
+    from vfnb.training.config import TrainConfig
+    from vfnb.training.engine import build_network
+
+    kwargs = {"block_inplanes": [4, 4, 4, 8]}
+    trained = build_network(TrainConfig(backbone="resnet10", feature_dim=16, seed=3, backbone_kwargs=kwargs))
+    shown = initial_model({"backbone": "resnet10", "head": "linear", "feature_dim": 16, "seed": 3,
+                           "backbone_kwargs": kwargs})
+    for model in (trained, shown):
+        assert model.model_args["block_inplanes"] == [4, 4, 4, 8]
+    # the same seed gives the same weights on both paths
+    for (name, a), (_, b) in zip(trained.state_dict().items(), shown.state_dict().items()):
+        assert a.shape == b.shape and bool((a == b).all()), name

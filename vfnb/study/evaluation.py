@@ -1,7 +1,8 @@
 """Predictions and evaluation as the notebooks use them: each checkpoint at its own input size.
 
 - :func:`predict`: a checkpoint on records, at the cube size the checkpoint records
-  (:func:`vfnb.study.checkpoint_cube_size`), with SynthSpine's fracture morphology added;
+  (the loaded model's ``input_spec``, :func:`vfnb.models.checkpoints.checkpoint_input`),
+  with SynthSpine's fracture morphology added;
 - :func:`probe_comparison`: does an encoder's feature space separate the grades?
 - :func:`operating_point` / :func:`read_operating_points`: the screening threshold;
 - :func:`metrics_document`: the content of ``metrics.json``.
@@ -27,7 +28,6 @@ from ..models.features import probe_predict
 from .paths import resolve_path
 from .records import OperatingPoint
 from .registry import model_title
-from .training import checkpoint_cube_size
 
 #: The column of :func:`probe_comparison` holding the permutation test (a p-value, not a probability).
 PERMUTATION_P = "permutation p-value (macro-F1 vs chance)"
@@ -49,10 +49,13 @@ def _add_morphology(table: pd.DataFrame, truth: pd.DataFrame | None) -> pd.DataF
 def predict(checkpoint: str | os.PathLike, records: Sequence[dict], data=None, device: str = "auto"):
     """``(table, embeddings)`` of a checkpoint on records, at the checkpoint's own cube size.
 
+    The size is the loaded model's ``input_spec`` (read from the checkpoint once, with
+    the weights), the one source :func:`vfnb.study.training.checkpoint_cube_size` reads too.
+
     ``data`` (a :class:`~vfnb.study.StudyData`): adds SynthSpine's ``morphology`` column when known.
     """
     model = load_checkpoint(checkpoint)
-    table, embeddings = predict_patches(model, records, checkpoint_cube_size(checkpoint), device=device)
+    table, embeddings = predict_patches(model, records, device=device)
     table["grade"] = table["grade"].astype("int64")
     return _add_morphology(table, data.truth() if data is not None else None), embeddings
 
