@@ -165,12 +165,14 @@ def test_the_command_parser_imports_no_heavy_library(subprocess_env):
 
 
 def test_vfnb_check_imports_no_heavy_library(tiny_processed, subprocess_env):
-    """Checking a dataset (real NIfTI files) reads headers and voxels, nothing of the network or figures."""
+    """Checking a dataset (real NIfTI files; the function and ``vfnb check``) loads nothing of the network or figures."""
     loaded = run_child(
         "import json, sys\n"
         "from vfnb.data.check import check_dataset\n"
         f"report = check_dataset({str(tiny_processed)!r})\n"
         "assert report.ok, report.errors\n"
+        "from vfnb.cli import main\n"
+        f"assert main(['check', {str(tiny_processed)!r}]) == 0\n"
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n", subprocess_env)
     assert loaded == []
 

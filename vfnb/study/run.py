@@ -22,7 +22,7 @@ from ..errors import VfnbError
 from ..evaluate import jsonable
 from ..io import atomic_write_json, atomic_write_text
 from ..plots import save_figure
-from ..evaluate.operating_points import read_operating_points, read_table
+from ..evaluate.operating_points import read_operating_points
 from .paths import resolve_path
 from .records import OperatingPoint, TrainedModel, TrainingSettings, TrainingSummary
 from .registry import NOTEBOOKS
@@ -208,6 +208,5 @@ class StudyRun:
 
     def operating_points(self) -> dict[str, OperatingPoint]:
         """Each model's screening threshold, chosen in 02 (``operating_points.json``)."""
-        self._require(OPERATING_POINTS_FILE, NOTEBOOKS[2])
-        path = self.root / OPERATING_POINTS_FILE
-        return read_operating_points(path, list(read_table(path)))
+        models = list(self.read_json(OPERATING_POINTS_FILE, NOTEBOOKS[2]) or {})
+        return read_operating_points(self.root / OPERATING_POINTS_FILE, models) if models else {}
