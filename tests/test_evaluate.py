@@ -390,3 +390,35 @@ def test_fracture_auc_matches_scikit_learn_and_needs_both_classes():
     score = [0.1, 0.4, 0.35, 0.8, 0.9, 0.2, 0.3]
     assert ev.fracture_auc(y, score) == pytest.approx(skm.roc_auc_score(np.array(y) > 0, score))
     assert ev.fracture_auc([0, 0], [0.1, 0.2]) is None
+
+
+# ------------------------------------------------------------------ operating_points.json: the one reader
+def test_the_operating_points_reader_names_file_model_and_field(tmp_path):
+    """The study (``operating_points_from``) and ``vfnb predict`` read through it: one set of messages."""
+    from vfnb.evaluate.operating_points import OperatingPoint, read_operating_points
+    from vfnb.inference.outputs import read_operating_point
+    from vfnb.study.evaluation import read_operating_points as study_read
+
+    path = tmp_path / "operating_points.json"
+    point = {"threshold": 0.4, "target_specificity": 0.9, "val_specificity": 0.91, "val_sensitivity": 0.7}
+    path.write_text(json.dumps({"ce": point, "supcon_linear": {"threshold": "high"}}))
+    assert read_operating_points(path, ["ce"]) == {"ce": OperatingPoint(**point)}
+    assert study_read(path, ["ce"])["ce"].chosen_on.startswith("validation of another run")
+    assert read_operating_point(path, "ce")["model"] == f"ce of {path}"
+    for call in (lambda: read_operating_points(path, ["supcon_linear"]), lambda: study_read(path, ["supcon_linear"]),
+                 lambda: read_operating_point(path, "supcon_linear")):
+        with pytest.raises(ParamsError, match=r"operating_points\.json: model 'supcon_linear': expected an operating "
+                                              r"point with numeric 'threshold'"):
+            call()
+    with pytest.raises(ParamsError, match=r"no operating point for model 'sup' \(models there: ce, supcon_linear\)"):
+        read_operating_point(path, "sup")
+    with pytest.raises(ParamsError, match="say which with --model"):
+        read_operating_point(path, None)
+    path.write_text(json.dumps({"ce": {"threshold": 0.4}}))
+    with pytest.raises(ParamsError, match="numeric 'val_specificity', 'val_sensitivity'"):
+        read_operating_point(path, None)  # the report shows them: required there
+    path.write_text("[1, 2]")
+    with pytest.raises(ParamsError, match=r"operating_points\.json: expected a JSON object of model name"):
+        study_read(path, ["ce"])
+    with pytest.raises(ParamsError, match=r"parameter 'operating_points_from': .* not found"):
+        study_read(tmp_path / "missing.json", ["ce"])

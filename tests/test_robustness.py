@@ -295,7 +295,7 @@ def test_item8_train_run_folder_held_by_a_live_run_is_refused(tmp_path):
         holder.kill()
         holder.wait()
     lock = prepare_run_dir(run_dir, resume=True)  # the holder died: its lock is stale
-    assert lock.read_text().strip() == str(os.getpid())
+    assert lock.read_text().split()[0] == str(os.getpid())
 
 
 def test_item9_overwrite_refuses_a_folder_vfnb_did_not_write(tmp_path, capsys):
@@ -445,7 +445,7 @@ def test_claim_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    assert claim_lock(lock, "x").read_text().strip() == str(os.getpid())
+    assert claim_lock(lock, "x").read_text().split()[0] == str(os.getpid())
 
 
 def test_item8_a_lock_being_written_is_not_taken_as_stale(tmp_path):
@@ -458,4 +458,4 @@ def test_item8_a_lock_being_written_is_not_taken_as_stale(tmp_path):
         claim_lock(lock, "out")
     old = time.time() - 3600
     os.utime(lock, (old, old))  # an empty lock an hour old: its writer died before writing; taken over
-    assert claim_lock(lock, "out") == lock and lock.read_text().strip() == str(os.getpid())
+    assert claim_lock(lock, "out") == lock and lock.read_text().split()[0] == str(os.getpid())

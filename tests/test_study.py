@@ -389,7 +389,8 @@ def test_probe_comparison_reports_probe_and_chance(tiny_processed):
     from vfnb.study import PERMUTATION_P, initial_model, probe_comparison
 
     ds = ProcessedDataset(tiny_processed)
-    model = initial_model("resnet10", "linear", 16, seed=0, block_inplanes=[4, 4, 4, 8])
+    model = initial_model({"backbone": "resnet10", "head": "linear", "feature_dim": 16, "seed": 0,
+                           "backbone_kwargs": {"block_inplanes": [4, 4, 4, 8]}})
     table = probe_comparison({"random init": model}, ds.records("train", "t0"), ds.records("val", "t0"), 16,
                              device="cpu", n_permutations=50)
     assert list(table.index) == ["random init", "chance: always grade 0", "chance: uniform guess"]

@@ -162,14 +162,20 @@ def test_a_second_sweep_into_the_same_folder_refuses_and_stale_locks_are_taken_o
     out = tmp_path / "sw"
     out.mkdir()
     lock = out / "sweep.lock"
-    lock.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))  # a live process
+    lock.write_text(f"{os.getppid()} {socket.gethostname()} 2026-01-01T00:00:00+00:00\n")  # a live process
     calls = []
-    with pytest.raises(SweepError, match=r"sweep\.lock: sweep .* is locked by pid"):
+    with pytest.raises(SweepError, match=rf"sweep .*: another vfnb run \(process {os.getppid()}, since 2026-01-01"
+                                         r".*\(lock .*sweep\.lock\)"):
+        run_sweep([sweep_file(tmp_path)], out=out, progress=False, run_one=fake_study(calls))
+    assert calls == []
+    # a lock held from another machine sharing the folder is refused: its process cannot be checked here
+    lock.write_text("999999999 another-host 2026-01-01T00:00:00+00:00\n")
+    with pytest.raises(SweepError, match=r"process 999999999 on another-host"):
         run_sweep([sweep_file(tmp_path)], out=out, progress=False, run_one=fake_study(calls))
     assert calls == []
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))  # an older sweep's lock format
     assert run_sweep([sweep_file(tmp_path)], out=out, progress=False, run_one=fake_study(calls)).ok
     assert calls == [0, 1, 2] and not lock.exists()
 

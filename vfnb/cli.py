@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .entry import setup_entry_point
 from .errors import VfnbError
 
 SYNTH_HELP = (
@@ -227,6 +228,7 @@ def _add_study_commands(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_entry_point()
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)

@@ -8,11 +8,13 @@ output folder is built as a hidden sibling and renamed into place when complete.
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import gzip
 import json
 import math
 import os
 import shutil
+import socket
 import sys
 import time
 import uuid
@@ -100,11 +102,27 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _lock_owner(lock: Path) -> int | None:
+def _lock_holder(lock: Path) -> dict | None:
+    """``{"pid", "host", "since_utc"}`` written in ``lock`` (None when unreadable or still empty).
+
+    A lock holds one line ``<pid> <host> <since>``; a lock of an older sweep (a JSON
+    object with the same keys) is read too.
+    """
     try:
-        return int(lock.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
+        text = lock.read_text(encoding="utf-8").strip()
+        if text.startswith("{"):
+            data = json.loads(text)
+            return {"pid": int(data["pid"]), "host": data.get("host"), "since_utc": data.get("since_utc")}
+        fields = text.split()
+        return {"pid": int(fields[0]), "host": fields[1] if len(fields) > 1 else None,
+                "since_utc": fields[2] if len(fields) > 2 else None}
+    except (OSError, ValueError, IndexError, KeyError, TypeError):
         return None
+
+
+def _lock_owner(lock: Path) -> int | None:
+    holder = _lock_holder(lock)
+    return None if holder is None else holder["pid"]
 
 
 LOCK_WRITE_GRACE_S = 10.0  # a lock file younger than this without a pid is being written, not stale
@@ -117,40 +135,78 @@ def _just_created(lock: Path) -> bool:
         return False
 
 
-def claim_lock(lock: str | os.PathLike, what: str) -> Path:
-    """Create ``lock`` with O_EXCL holding this process id; refuse when a live process holds it.
+def _held_elsewhere(holder: dict) -> bool:
+    """The holder is alive, or runs on another machine sharing the folder (its pid cannot be checked here)."""
+    if holder["pid"] == os.getpid():
+        return False
+    if holder["host"] not in (None, socket.gethostname()):
+        return True
+    return pid_alive(holder["pid"])
 
-    A lock left by a process that no longer runs (killed) is taken over. ``what``
-    names the thing claimed in the message (e.g. the output folder).
+
+def _refusal(lock: Path, what: str, holder: dict | None, error: type[VfnbError]) -> VfnbError:
+    """The error naming what is locked, the lock file and its holder (process, machine, since when)."""
+    if holder is None:
+        return error(f"{what}: another vfnb run is starting to write it now (lock {lock}); "
+                     "wait for it to finish or choose another folder")
+    where = "" if holder["host"] in (None, socket.gethostname()) else f" on {holder['host']}"
+    since = f", since {holder['since_utc']}" if holder["since_utc"] else ""
+    return error(f"{what}: another vfnb run (process {holder['pid']}{where}{since}) is writing it now "
+                 f"(lock {lock}); wait for it to finish or choose another folder, or delete the lock file "
+                 "if that process is gone")
+
+
+def _lock_line() -> str:
+    since = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return f"{os.getpid()} {socket.gethostname()} {since}\n"
+
+
+def claim_lock(lock: str | os.PathLike, what: str, error: type[VfnbError] = VfnbError) -> Path:
+    """Create ``lock`` with O_EXCL holding this process id, host and time; refuse when another holds it.
+
+    A lock left by a process of this machine that no longer runs (killed) is taken
+    over; one held from another machine (a shared folder) is not, as its process
+    cannot be checked from here. ``what`` names the thing claimed in the message
+    (e.g. the output folder); ``error``: the :class:`VfnbError` kind raised.
     """
     lock = Path(lock)
+    lock.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(3):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            owner = _lock_owner(lock)
-            if owner is None and _just_created(lock):
+            holder = _lock_holder(lock)
+            if holder is None and _just_created(lock):
                 # created with O_EXCL a moment ago, its owner's pid not yet written: a live claim, not a stale one
-                raise VfnbError(f"{what}: another vfnb run is starting to write it now (lock {lock}); "
-                                "wait for it to finish or choose another folder") from None
-            if owner is not None and owner != os.getpid() and pid_alive(owner):
-                raise VfnbError(f"{what}: another vfnb run (process {owner}) is writing it now (lock {lock}); "
-                                "wait for it to finish or choose another folder") from None
+                raise _refusal(lock, what, None, error) from None
+            if holder is not None and _held_elsewhere(holder):
+                raise _refusal(lock, what, holder, error) from None
             # stale: its process died; move it aside atomically so only one taker wins
             with contextlib.suppress(FileNotFoundError):
                 os.replace(lock, lock.with_name(f"{lock.name}.stale-{uuid.uuid4().hex[:8]}"))
                 for stale in lock.parent.glob(f"{lock.name}.stale-*"):
                     stale.unlink(missing_ok=True)
             continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(_lock_line())
         return lock
-    raise VfnbError(f"{what}: could not claim {lock} (another run keeps taking it)")
+    raise error(f"{what}: could not claim {lock} (another run keeps taking it)")
 
 
 def release_lock(lock: Path | None) -> None:
+    """Remove ``lock`` when this process holds it (a lock taken over by another is left alone)."""
     if lock is not None and _lock_owner(lock) == os.getpid():
         lock.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def held_lock(lock: str | os.PathLike, what: str, error: type[VfnbError] = VfnbError) -> Iterator[Path]:
+    """:func:`claim_lock` for the duration of a ``with`` block, released at its end."""
+    path = claim_lock(lock, what, error)
+    try:
+        yield path
+    finally:
+        release_lock(path)
 
 
 def is_vfnb_output(path: Path) -> bool:

@@ -10,6 +10,10 @@ from .errors import VfnbError
 
 GRADES = (0, 1, 2, 3)
 GRADE_NAMES = {0: "normal", 1: "mild", 2: "moderate", 3: "severe"}
+#: The one grade palette of every figure and of the per-scan report: grey for normal, then
+#: orange, vermillion, dark red (Okabe-Ito hues and a dark red), ordered light to dark with
+#: severity so a reader with red-green colour blindness still reads the order.
+GRADE_COLORS = {0: "#6b7b8c", 1: "#e69f00", 2: "#d55e00", 3: "#7f0000"}
 NUM_GRADES = len(GRADES)
 MAX_LABEL = 28  # the position code in the mask channel is label / MAX_LABEL
 

@@ -14,7 +14,6 @@ The command itself (pairs of files, checks, the CSV) is :mod:`vfnb.inference.com
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -25,12 +24,16 @@ from ..data.transforms import eval_transform
 from ..data.resample import voxel_spacing
 from ..morphometry.heights import body_heights, with_ratios
 from ..errors import VfnbError
+from ..evaluate.operating_points import read_operating_points
 from ..io import save_nifti
 from ..models.networks import unwrap_model
 from ..models.checkpoints import load_checkpoint_dict
 from .grading import ScanGrading
 from .saliency import grad_cam, heat_to_scan
 from .report import ScanReport, VertebraView, write_scan_report
+
+#: The fields of an operating point the per-scan report shows, each required as a number.
+REPORT_FIELDS = ("threshold", "val_specificity", "val_sensitivity")
 
 
 def cube_saliency(grading: ScanGrading) -> list[np.ndarray]:
@@ -66,24 +69,14 @@ def refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
 
 
 def read_operating_point(path: str | Path, model: str | None) -> dict:
-    """The operating point of ``model`` in a study's ``operating_points.json`` (the only one when ``model`` is None)."""
-    path = Path(path)
-    try:
-        table = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise VfnbError(f"{path}: cannot read it as a study's operating_points.json ({exc})") from None
-    if not isinstance(table, dict) or not table:
-        raise VfnbError(f"{path}: expected a JSON object of model name -> operating point")
-    if model is None:
-        if len(table) != 1:
-            raise VfnbError(f"{path}: holds the operating points of {', '.join(table)}; say which with --model")
-        model = next(iter(table))
-    entry = table.get(model)
-    keys = ("threshold", "val_specificity", "val_sensitivity")
-    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), (int, float)) for k in keys):
-        raise VfnbError(f"{path}: no operating point for model {model!r} with fields {', '.join(keys)} "
-                        f"(models there: {', '.join(table)})")
-    return {**entry, "model": f"{model} of {path}"}
+    """The operating point of ``model`` in a study's ``operating_points.json`` (the only one when ``model`` is None).
+
+    Read by the study's own reader (:mod:`vfnb.evaluate.operating_points`); the report
+    also shows validation specificity and sensitivity, so those are required too.
+    """
+    points = read_operating_points(path, None if model is None else [model], required=REPORT_FIELDS)
+    name, point = next(iter(points.items()))
+    return {**point.as_dict(), "model": f"{name} of {path}"}
 
 
 def provenance(checkpoint: str | Path) -> dict:

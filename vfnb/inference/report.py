@@ -9,7 +9,10 @@ threshold; with the model's provenance (checkpoint, the data it was trained on)
 and a visible note that this is research software, not a medical device.
 
 Figures are PNGs embedded as data URIs, so the page is one file that opens
-anywhere, offline.
+anywhere, offline. They are built as ``matplotlib.figure.Figure`` objects (as in
+:mod:`vfnb.plots`), which render without a backend: importing this module leaves
+Matplotlib's backend to whoever runs it. Grades are coloured with the package's one
+palette, :data:`vfnb.levels.GRADE_COLORS`.
 """
 
 from __future__ import annotations
@@ -21,18 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import matplotlib
+import nibabel as nib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
+from ..data.channels import BONE_WINDOW, window
+from ..io import atomic_write_text
+from ..levels import GRADE_COLORS, GRADE_NAMES, NUM_GRADES
 
-from ..data.channels import BONE_WINDOW, window  # noqa: E402
-from ..io import atomic_write_text  # noqa: E402
-from ..levels import GRADE_NAMES, NUM_GRADES  # noqa: E402
-
-GRADE_COLOURS = {0: "#2e7d32", 1: "#f9a825", 2: "#ef6c00", 3: "#c62828"}  # normal -> severe
 NOT_A_DEVICE = ("Research software, not a medical device: these grades come from a model and must not be "
                 "used for diagnosis or treatment decisions.")
 
@@ -73,7 +72,6 @@ class ScanReport:
 def _png(fig) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -89,16 +87,17 @@ def overview_figure(report: ScanReport) -> str:
     labels, _ = canonical(report.label_map, report.affine)
     x0 = int(round(np.nonzero(labels)[0].mean()))
     spacing = np.linalg.norm(ras_affine[:3, :3], axis=0)
-    fig, ax = plt.subplots(figsize=(5, 7))
+    fig = Figure(figsize=(5, 7))
+    ax = fig.subplots()
     ax.imshow(window(ct[x0].T, *BONE_WINDOW), cmap="gray", origin="lower", aspect=spacing[2] / spacing[1])
     for view in report.vertebrae:
         voxels = np.nonzero(labels[x0] == int(view.row["label"]))
         if voxels[0].size == 0:
             continue
         grade = int(view.row["pred"])
-        ax.contour((labels[x0] == int(view.row["label"])).T, levels=[0.5], colors=GRADE_COLOURS[grade],
+        ax.contour((labels[x0] == int(view.row["label"])).T, levels=[0.5], colors=GRADE_COLORS[grade],
                    linewidths=1.2, origin="lower")
-        ax.text(voxels[0].max() + 3, np.mean(voxels[1]), f"{view.row['level']}: {grade}", color=GRADE_COLOURS[grade],
+        ax.text(voxels[0].max() + 3, np.mean(voxels[1]), f"{view.row['level']}: {grade}", color=GRADE_COLORS[grade],
                 fontsize=9, va="center", fontweight="bold")
     ax.set_xlabel("posterior -> anterior (voxels)")
     ax.set_ylabel("inferior -> superior (voxels)")
@@ -110,7 +109,8 @@ def vertebra_figure(view: VertebraView) -> str:
     """The vertebra's mid-sagittal patch slice with its outline, and beside it the saliency when given."""
     x0 = int(round(np.nonzero(view.patch_mask)[0].mean())) if view.patch_mask.any() else view.patch_hu.shape[0] // 2
     panels = 1 if view.saliency is None else 2
-    fig, axes = plt.subplots(1, panels, figsize=(2.8 * panels, 2.8), squeeze=False)
+    fig = Figure(figsize=(2.8 * panels, 2.8))
+    axes = fig.subplots(1, panels, squeeze=False)
     slice_hu = window(view.patch_hu[x0].T, *BONE_WINDOW)
     for ax in axes[0]:
         ax.imshow(slice_hu, cmap="gray", origin="lower", interpolation="nearest")
@@ -152,7 +152,7 @@ def _vertebra_section(view: VertebraView, point: Mapping | None) -> str:
     probs = "".join(f"<tr><td>grade {g} ({GRADE_NAMES[g]})</td><td>{float(row[f'p{g}']):.3f}</td></tr>"
                     for g in range(NUM_GRADES))
     warn = f"<p class='warn'>{html.escape(str(row['warnings']))}</p>" if str(row.get("warnings") or "") else ""
-    return (f"<section><h3 style='color:{GRADE_COLOURS[grade]}'>{html.escape(str(row['level']))}: grade {grade} "
+    return (f"<section><h3 style='color:{GRADE_COLORS[grade]}'>{html.escape(str(row['level']))}: grade {grade} "
             f"({GRADE_NAMES[grade]})</h3><div class='row'><img src='{vertebra_figure(view)}' alt='{row['level']}'>"
             f"<table><tr><th colspan=2>grade probabilities</th></tr>{probs}"
             f"</table><table><tr><th colspan=2>measured heights (label map)</th></tr>{_heights_rows(view.heights)}"

@@ -38,7 +38,7 @@ Checkpoint files are :mod:`vfnb.models.checkpoints`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ from torch import nn
 
 from .choices import BACKBONES, HEADS
 from ..data.channels import INPUT_CHANNELS
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ParamsError
 from ..levels import NUM_GRADES
 
 MAX_INPUT_SIZE = 512  # voxels: 512^3 float32 is already 0.5 GB per input channel
@@ -186,6 +186,33 @@ def build_model(backbone: str = "resnet10", in_channels: int = 3, num_grades: in
     model_args = dict(backbone=backbone, in_channels=int(in_channels), num_grades=int(num_grades), head=head,
                       feature_dim=int(feature_dim), **backbone_kwargs)
     return GradingModel(encoder, num_features, int(num_grades), head, int(feature_dim), model_args)
+
+
+def network_for(config: Any) -> GradingModel:
+    """The one factory of a fresh network from settings: seeded, then :func:`build_model`.
+
+    ``config``: anything holding the network's settings (``backbone``, ``head``,
+    ``feature_dim``, ``backbone_kwargs``, ``seed``) as keys or attributes: a
+    :class:`~vfnb.training.config.TrainConfig`, the study's ``TrainingSettings`` or a
+    mapping; a missing one takes :func:`build_model`'s default (no seeding without a
+    ``seed``). Training (:func:`vfnb.training.engine.build_network`) and the study's
+    untrained reference (:func:`vfnb.study.training.initial_model`) both build through
+    here, so the network a run starts from and the one the study shows as "before
+    training" are the same. Raises :class:`ParamsError` naming ``backbone_kwargs``
+    when MONAI refuses them.
+    """
+    def get(key, default=None):
+        return config.get(key, default) if isinstance(config, Mapping) else getattr(config, key, default)
+
+    if get("seed") is not None:
+        torch.manual_seed(int(get("seed")))
+    backbone, kwargs = get("backbone", "resnet10"), dict(get("backbone_kwargs") or {})
+    try:
+        return build_model(backbone, in_channels=len(INPUT_CHANNELS), head=get("head", "linear"),
+                           feature_dim=get("feature_dim", 128), **kwargs)
+    except (TypeError, ValueError, RuntimeError, IndexError, AssertionError) as exc:
+        raise ParamsError(f"parameter 'backbone_kwargs' {kwargs!r} cannot build the "
+                          f"{backbone} encoder ({type(exc).__name__}: {exc})") from None
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -27,7 +27,8 @@ re-exports.
 
 from .classification import (CURVE_LABELS, plot_confusion, plot_curves, plot_pr, plot_recall_by, plot_reliability,
                              plot_roc)
-from .common import CHANNEL_NAMES, GRADE_COLORS, LINE_STYLES, save_figure
+from ..levels import GRADE_COLORS
+from .common import CHANNEL_NAMES, LINE_STYLES, save_figure
 from .embedding import PROJECTIONS, embed_2d, pca_embedding, plot_embedding, plot_umap, plot_umap_by, umap_embedding
 from .exploration import plot_count_heatmap, plot_height_ratios, plot_intensity_histograms
 from .images import plot_input_channels, plot_patch_gallery, plot_scan_views

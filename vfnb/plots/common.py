@@ -1,4 +1,4 @@
-"""What every figure shares: grade colours, channel names, figure size and layout, saving, line styles."""
+"""What every figure shares: channel names, figure size and layout, saving, line styles (grade colours: vfnb.levels)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from ..io import atomic_path
 from ..levels import GRADE_NAMES, MAX_LABEL
 
 #: One colour per Genant grade, the same in every figure (grade 1, the faint one, stands out).
-GRADE_COLORS = {0: "#8c9bab", 1: "#ff7f0e", 2: "#d62728", 3: "#6a1b9a"}
 CHANNEL_NAMES = (
     f"ch 0: soft-tissue window (L {SOFT_TISSUE_WINDOW[0]:g} / W {SOFT_TISSUE_WINDOW[1]:g} HU)",
     f"ch 1: bone window (L {BONE_WINDOW[0]:g} / W {BONE_WINDOW[1]:g} HU)",

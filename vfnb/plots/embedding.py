@@ -12,7 +12,8 @@ from matplotlib.figure import Figure
 
 from ..errors import DatasetError, ParamsError
 from ..levels import GRADES, label_from_level, level_name, spine_order
-from .common import GRADE_COLORS, _figure, _grade_label
+from ..levels import GRADE_COLORS
+from .common import _figure, _grade_label
 
 
 def umap_embedding(embeddings: Any, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,

@@ -7,7 +7,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from .common import GRADE_COLORS, _figure
+from ..levels import GRADE_COLORS
+from .common import _figure
 
 
 def plot_count_heatmap(table: pd.DataFrame, title: str, xlabel: str, ylabel: str,

@@ -1,7 +1,8 @@
 """Predictions and evaluation as the notebooks use them: each checkpoint at its own input size.
 
 - :func:`predict`: a checkpoint on records, at the cube size the checkpoint records
-  (:func:`vfnb.study.checkpoint_cube_size`), with SynthSpine's fracture morphology added;
+  (the loaded model's ``input_spec``, :func:`vfnb.models.checkpoints.checkpoint_input`),
+  with SynthSpine's fracture morphology added;
 - :func:`probe_comparison`: does an encoder's feature space separate the grades?
 - :func:`operating_point` / :func:`read_operating_points`: the screening threshold;
 - :func:`metrics_document`: the content of ``metrics.json``.
@@ -9,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Mapping, Sequence
 
@@ -17,6 +19,7 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from ..errors import ParamsError
+from ..evaluate.operating_points import read_operating_points as read_points_file
 from ..evaluate import (PAPER_REPORTED, chance_macro_f1, format_ci, format_p, fracture_auc, grade_metrics,
                         permutation_p_value, screening_metrics, threshold_for_specificity)
 from ..models.checkpoints import load_checkpoint
@@ -25,8 +28,6 @@ from ..models.features import probe_predict
 from .paths import resolve_path
 from .records import OperatingPoint
 from .registry import model_title
-from .run import read_json
-from .training import checkpoint_cube_size
 
 #: The column of :func:`probe_comparison` holding the permutation test (a p-value, not a probability).
 PERMUTATION_P = "permutation p-value (macro-F1 vs chance)"
@@ -48,10 +49,13 @@ def _add_morphology(table: pd.DataFrame, truth: pd.DataFrame | None) -> pd.DataF
 def predict(checkpoint: str | os.PathLike, records: Sequence[dict], data=None, device: str = "auto"):
     """``(table, embeddings)`` of a checkpoint on records, at the checkpoint's own cube size.
 
+    The size is the loaded model's ``input_spec`` (read from the checkpoint once, with
+    the weights), the one source :func:`vfnb.study.training.checkpoint_cube_size` reads too.
+
     ``data`` (a :class:`~vfnb.study.StudyData`): adds SynthSpine's ``morphology`` column when known.
     """
     model = load_checkpoint(checkpoint)
-    table, embeddings = predict_patches(model, records, checkpoint_cube_size(checkpoint), device=device)
+    table, embeddings = predict_patches(model, records, device=device)
     table["grade"] = table["grade"].astype("int64")
     return _add_morphology(table, data.truth() if data is not None else None), embeddings
 
@@ -120,20 +124,16 @@ def operating_point(val_table: pd.DataFrame, target_specificity: float) -> Opera
 
 
 def read_operating_points(path: str | os.PathLike, models: Sequence[str]) -> dict[str, OperatingPoint]:
-    """Thresholds chosen in another run (its ``operating_points.json``), for ``models``."""
+    """Thresholds chosen in another run (its ``operating_points.json``), for ``models``.
+
+    The file is read by :func:`vfnb.evaluate.operating_points.read_operating_points`,
+    the reader ``vfnb predict`` uses too; each point is marked as chosen elsewhere.
+    """
     path = resolve_path(path)
     if not path.is_file():
         raise ParamsError(f"parameter 'operating_points_from': {path} not found (expected a run's operating_points.json)")
-    table = read_json(path)
-    if not isinstance(table, dict):
-        raise ParamsError(f"{path}: not a JSON object of model -> operating point")
-    out = {}
-    for model in models:
-        if model not in table:
-            raise ParamsError(f"{path}: no threshold for model {model!r} (models there: {', '.join(table)})")
-        point = OperatingPoint.from_dict(table[model], f"{path}: model {model!r}")
-        out[model] = OperatingPoint(**{**point.as_dict(), "chosen_on": f"validation of another run ({path})"})
-    return out
+    points = read_points_file(path, list(models))
+    return {m: dataclasses.replace(p, chosen_on=f"validation of another run ({path})") for m, p in points.items()}
 
 
 def paper_row() -> dict:

@@ -9,7 +9,8 @@ a file by name nor a value by string key:
 - :class:`TrainedModel` (``training.json``, one per model, written by 01 and 02):
   which checkpoint a model uses, and how its training selected it;
 - :class:`OperatingPoint` (``operating_points.json``, written by 02): the screening
-  threshold chosen on validation.
+  threshold chosen on validation (defined in :mod:`vfnb.evaluate.operating_points`,
+  whose reader ``vfnb predict`` shares).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import ParamsError
+from ..evaluate.operating_points import OperatingPoint
+
+__all__ = ["TrainingSettings", "TrainedModel", "TrainingSummary", "OperatingPoint"]
 
 
 @dataclass(frozen=True)
@@ -113,28 +117,3 @@ class TrainingSummary:
         except (KeyError, TypeError) as exc:
             raise ParamsError(f"{where}: not a training summary written by this version of vfnb ({exc})") from None
         return cls(settings, models)
-
-
-@dataclass(frozen=True)
-class OperatingPoint:
-    """A screening threshold on the fracture probability, and what it gave where it was chosen.
-
-    A vertebra is called fractured (grade >= 1) when ``1 - P(grade 0) >= threshold``.
-    """
-
-    threshold: float
-    target_specificity: float | None = None
-    val_specificity: float | None = None
-    val_sensitivity: float | None = None
-    val_roc_auc: float | None = None
-    chosen_on: str = "validation"
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping, where: str) -> "OperatingPoint":
-        known = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(data, Mapping) or not isinstance(data.get("threshold"), (int, float)):
-            raise ParamsError(f"{where}: expected an operating point with a numeric 'threshold'")
-        return cls(**{k: v for k, v in data.items() if k in known})

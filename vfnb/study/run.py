@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from ..errors import VfnbError
 from ..evaluate import jsonable
 from ..io import atomic_write_json, atomic_write_text
 from ..plots import save_figure
+from ..evaluate.operating_points import read_operating_points
 from .paths import resolve_path
 from .records import OperatingPoint, TrainedModel, TrainingSettings, TrainingSummary
 from .registry import NOTEBOOKS
@@ -88,9 +88,6 @@ class StudyRun:
     """The run folder of one study: figures, training folders and the records notebooks exchange."""
 
     def __init__(self, run_dir: str | os.PathLike):
-        # tqdm.auto looks for ipywidgets in a kernel and warns when they are missing;
-        # the plain-text progress bars it falls back to are what we want
-        warnings.filterwarnings("ignore", message="IProgress not found")
         self.root = resolve_path(run_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self.figures = self.root / "figures"
@@ -211,6 +208,5 @@ class StudyRun:
 
     def operating_points(self) -> dict[str, OperatingPoint]:
         """Each model's screening threshold, chosen in 02 (``operating_points.json``)."""
-        data = self.read_json(OPERATING_POINTS_FILE, NOTEBOOKS[2])
-        where = str(self.root / OPERATING_POINTS_FILE)
-        return {m: OperatingPoint.from_dict(p, f"{where}: model {m!r}") for m, p in data.items()}
+        models = list(self.read_json(OPERATING_POINTS_FILE, NOTEBOOKS[2]) or {})
+        return read_operating_points(self.root / OPERATING_POINTS_FILE, models) if models else {}

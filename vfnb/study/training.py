@@ -22,12 +22,10 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import torch
-
 from ..errors import ParamsError, VfnbError
 from ..io import load_yaml
 from ..models.checkpoints import checkpoint_input, load_checkpoint_dict
-from ..models.networks import build_model
+from ..models.networks import network_for
 from ..plots import plot_curves
 from ..training.config import validate_params
 from ..training.engine import LOG as TRAIN_LOG, train
@@ -40,10 +38,12 @@ from .run import say
 def checkpoint_cube_size(path: str | os.PathLike) -> int:
     """The input cube edge (voxels) a checkpoint was trained at: the one size to use it at.
 
-    From the checkpoint's input block (:func:`vfnb.models.networks.checkpoint_input`; a released
-    checkpoint, which records none, was trained at the study's 128 cube). Every
-    prediction of the study takes the size from here, never from a notebook
-    parameter, so an external checkpoint is always used at its own size.
+    A one-line use of the one source, :func:`vfnb.models.checkpoints.checkpoint_input`
+    (the input block a loaded model carries as ``input_spec``; a released checkpoint,
+    which records none, was trained at the study's 128 cube), for the notebook cells
+    that need the size without loading the network. Every prediction of the study
+    takes the size from the checkpoint, never from a notebook parameter, so an
+    external checkpoint is always used at its own size.
     """
     return checkpoint_input(path).cube_size
 
@@ -236,10 +236,15 @@ def pretrain(run, data, settings: TrainingSettings, models, budget,
     return train_model(run, PRETRAINED, data, settings, budget, checkpoints=checkpoints, reuse=reuse)
 
 
-def initial_model(backbone: str, head: str, feature_dim: int, seed: int = 0, **kw):
-    """The untrained network every training run starts from (seeded as training seeds it)."""
-    torch.manual_seed(int(seed))
-    return build_model(backbone=backbone, head=head, feature_dim=feature_dim, **kw).eval()
+def initial_model(settings):
+    """The untrained network every training run starts from, in eval mode.
+
+    ``settings``: the study's :class:`TrainingSettings` (or a mapping of the same keys,
+    ``backbone_kwargs`` included when given): built by
+    :func:`vfnb.models.networks.network_for`, the factory training uses, seeded as
+    training seeds it.
+    """
+    return network_for(settings).eval()
 
 
 def training_curves(run, model: str, keys: Sequence[str], title: str,

@@ -80,7 +80,7 @@ from ..errors import CheckpointError, ParamsError
 from ..models.features import extract, fit_probe, probe_as_linear, probe_predict
 from ..io import atomic_write_yaml, release_lock
 from ..models.losses import ProjectionSimilarity, SupConLoss
-from ..models.networks import ModelInput, build_model, resolve_device
+from ..models.networks import ModelInput, network_for, resolve_device
 from ..models.checkpoints import load_checkpoint, load_checkpoint_dict, set_rng_state
 from .run_folder import Checkpointer, Selection, TrainResult, discard_unfinished, prepare_run_dir
 
@@ -442,19 +442,15 @@ def build_run(config: TrainConfig, data, processes: Processes, ckpt: dict | None
 
 
 def build_network(config: TrainConfig):
-    """A fresh network seeded with ``seed``, or the one of ``init_checkpoint`` (classifier reset for linear / finetune)."""
+    """A fresh network seeded with ``seed`` (:func:`vfnb.models.networks.network_for`), or the one of
+    ``init_checkpoint`` (classifier reset for linear / finetune)."""
     torch.manual_seed(config.seed)
     if config.init_checkpoint is not None:
         model = load_checkpoint(config.init_checkpoint)  # vfnb or the study's released format
         if OBJECTIVES[config.mode].from_checkpoint:
             model.classifier.reset_parameters()  # a fresh classifier, as in linear evaluation
         return model
-    try:
-        return build_model(config.backbone, in_channels=3, head=config.head, feature_dim=config.feature_dim,
-                           **config.backbone_kwargs)
-    except (TypeError, ValueError, RuntimeError, IndexError, AssertionError) as exc:
-        raise ParamsError(f"parameter 'backbone_kwargs' {config.backbone_kwargs!r} cannot build the "
-                          f"{config.backbone} encoder ({type(exc).__name__}: {exc})") from None
+    return network_for(config)
 
 
 def _maybe_sync_bn(model, config: TrainConfig, processes: Processes):
