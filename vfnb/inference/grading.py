@@ -176,7 +176,7 @@ def grade_scan(ct: str | os.PathLike, seg: str | os.PathLike, checkpoint: str | 
     spec = unwrap_model(model).input_spec
     if spec is None:
         raise VfnbError("the model carries no input size (model.input_spec is None); load it with "
-                        "vfnb.models.networks.load_checkpoint or set its ModelInput")
+                        "vfnb.models.checkpoints.load_checkpoint or set its ModelInput")
     image, affine, label_map, seg_affine = _read_scan(ct, seg)
     present = sorted(int(v) for v in np.unique(label_map) if v)
     labels = sorted((v for v in present if v in GRADABLE_LABELS), key=spine_order)

@@ -30,14 +30,14 @@ list (centred views; macro-F1 over the grades present, accuracy, fracture AUC of
 ``1 - P(grade 0)``) and keeps the best checkpoint by validation macro-F1. The ``test``
 list is never read.
 
-A run folder holds ``params.yaml``, ``last.pt`` and ``best.pt`` (atomic, via
-:func:`vfnb.models.networks.save_checkpoint`: model arguments, input block, params, epoch,
+A training folder holds ``params.yaml``, ``last.pt`` and ``best.pt`` (atomic, via
+:func:`vfnb.models.checkpoints.save_checkpoint`: model arguments, input block, params, epoch,
 optimizer, scheduler, RNG states, history, best metric and epoch), ``metrics.csv`` and
 ``history.json`` (one row per epoch: loss, lr, the validation numbers, the validation
 probe for supcon and ce, SupCon's no-structure loss and projection cosines, epoch
 seconds, data-wait fraction = time blocked waiting for the next batch / epoch time).
 
-Progress: one line per epoch (run, mode, epoch, loss, validation metric, seconds) is
+Progress: one line per epoch (training folder, mode, epoch, loss, validation metric, seconds) is
 logged at INFO on the ``vfnb.training.engine`` logger (:func:`show_progress` prints it; raise
 the logger's level to silence it); ``progress: true`` adds a progress bar per epoch.
 
@@ -213,56 +213,56 @@ def _run(config: TrainConfig, run_dir: Path, ckpt: dict | None, processes: Proce
 
     data = training_data(config, processes, start_first_epoch=ckpt is None,
                          with_probe=OBJECTIVES[config.mode].probe and config.probe != "none")
-    run = build_run(config, data, processes, ckpt)
+    state = build_training_state(config, data, processes, ckpt)
     checkpointer = Checkpointer(run_dir, config.as_dict(), selection_for(config), ckpt)
-    if processes.main and run.starts_from_probe:
-        checkpointer.start(run.model, validate_classifier(run, data), run.optimizer, run.scheduler)
+    if processes.main and state.starts_from_probe:
+        checkpointer.start(state.model, validate_classifier(state, data), state.optimizer, state.scheduler)
     last = config.epochs if stop_after_epochs is None else min(config.epochs, checkpointer.epochs_done
                                                                  + stop_after_epochs)
     for epoch in range(checkpointer.epochs_done, last):
-        stats = train_one_epoch(run, data.batches, epoch, run_dir)
+        stats = train_one_epoch(state, data.batches, epoch, run_dir)
         if config.workers > 0 and epoch + 1 < last:
             data.batches.start(epoch + 1)  # workers prepare the next epoch while this one is validated
-        lr = float(run.optimizer.param_groups[0]["lr"])
-        run.scheduler.step()
+        lr = float(state.optimizer.param_groups[0]["lr"])
+        state.scheduler.step()
         loss = processes.sum(stats.pop("loss_sum"))  # the epoch loss over every rank's batches
         if processes.main:
             row = {"epoch": epoch + 1, "steps": (epoch + 1) * len(data.batches),
-                   "loss": float(loss[0] / max(loss[1], 1.0)), "lr": lr, **validate(run, data)}
-            row.update(_timing_and_structure(run, stats))
-            checkpointer.end_of_epoch(run.model, row, run.optimizer, run.scheduler)
+                   "loss": float(loss[0] / max(loss[1], 1.0)), "lr": lr, **validate(state, data)}
+            row.update(_timing_and_structure(state, stats))
+            checkpointer.end_of_epoch(state.model, row, state.optimizer, state.scheduler)
             _log_epoch(run_dir, config, row)
         processes.barrier()  # other ranks wait for validation and the checkpoint
     return checkpointer.result()
 
 
-def train_one_epoch(run: "Run", batches, epoch: int, run_dir: Path) -> dict:
+def train_one_epoch(state: "TrainingState", batches, epoch: int, run_dir: Path) -> dict:
     """One pass over ``epoch``'s batches: forward every view, the objective's losses, one SGD step per batch."""
-    config, objective = run.config, run.objective
-    run.net.train()
+    config, objective = state.config, state.objective
+    state.net.train()
     if objective.frozen_encoder:
-        run.model.encoder.eval()  # frozen encoder: keep its batch-norm statistics
+        state.model.encoder.eval()  # frozen encoder: keep its batch-norm statistics
     loss_sum = torch.zeros(2, dtype=torch.float64)  # [sum of batch losses, batches]
     similarity, wait, started, steps = ProjectionSimilarity(), 0.0, time.perf_counter(), len(batches)
     stream = batches.epoch(epoch)
     bar = tqdm(total=steps, desc=f"{config.mode} epoch {epoch + 1}/{config.epochs}", leave=False, file=sys.stderr,
-               disable=not (run.processes.main and config.progress), dynamic_ncols=True)
+               disable=not (state.processes.main and config.progress), dynamic_ncols=True)
     for step in range(steps):
         waited = time.perf_counter()
         batch = next(stream)
         wait += time.perf_counter() - waited
-        x, grades, n, v = _step_input(run, batches.views(batch, epoch, step), batch["grade"])
-        with run.autocast():
-            logits, projected = run.net(x, detach_classifier=objective.detach_classifier)
-        loss = objective_loss(run, logits, projected, grades, n, v)
-        run.optimizer.zero_grad(set_to_none=True)
+        x, grades, n, v = _step_input(state, batches.views(batch, epoch, step), batch["grade"])
+        with state.autocast():
+            logits, projected = state.net(x, detach_classifier=objective.detach_classifier)
+        loss = objective_loss(state, logits, projected, grades, n, v)
+        state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        with warmup(run.optimizer, epoch * steps + step, config.warmup_epochs * steps):
-            run.optimizer.step()
+        with warmup(state.optimizer, epoch * steps + step, config.warmup_epochs * steps):
+            state.optimizer.step()
         if objective.supcon:
             similarity.add(projected.detach().float().reshape(n, v, -1), grades)
         loss_sum += torch.tensor([float(loss.detach()), 1.0], dtype=torch.float64)
-        _log_names(run, run_dir, epoch, step, batch)
+        _log_names(state, run_dir, epoch, step, batch)
         bar.set_postfix(loss=f"{loss_sum[0].item() / loss_sum[1].item():.4f}")
         bar.update(1)
     bar.close()
@@ -270,38 +270,38 @@ def train_one_epoch(run: "Run", batches, epoch: int, run_dir: Path) -> dict:
             "similarity": similarity, "views_per_batch": n * v}
 
 
-def _step_input(run: "Run", views: torch.Tensor, grades: torch.Tensor):
+def _step_input(state: "TrainingState", views: torch.Tensor, grades: torch.Tensor):
     """Views ``[B, V, 3, S, S, S]`` -> the network input ``[B * V, 3, S, S, S]`` on the device, grades, B, V."""
-    if run.objective.ce_views and run.config.ce_views == 1:
+    if state.objective.ce_views and state.config.ce_views == 1:
         views = views[:, :1]
     n, v = views.shape[:2]
-    x = views.reshape((n * v,) + tuple(views.shape[2:])).to(run.device, non_blocking=True)
-    if run.channels_last:
+    x = views.reshape((n * v,) + tuple(views.shape[2:])).to(state.device, non_blocking=True)
+    if state.channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
-    return x, grades.to(run.device), n, v
+    return x, grades.to(state.device), n, v
 
 
-def objective_loss(run: "Run", logits, projected, grades, n: int, v: int) -> torch.Tensor:
+def objective_loss(state: "TrainingState", logits, projected, grades, n: int, v: int) -> torch.Tensor:
     """The objective's loss of one batch: SupCon on the projections and/or CE on every view's logits."""
-    loss = torch.zeros((), device=run.device)
-    if run.objective.supcon:
-        loss = loss + run.supcon(projected.float().reshape(n, v, -1), grades)
-    if run.objective.cross_entropy:
+    loss = torch.zeros((), device=state.device)
+    if state.objective.supcon:
+        loss = loss + state.supcon(projected.float().reshape(n, v, -1), grades)
+    if state.objective.cross_entropy:
         loss = loss + F.cross_entropy(logits.float(), grades.repeat_interleave(v))
     return loss
 
 
-def validate(run: "Run", data) -> dict:
+def validate(state: "TrainingState", data) -> dict:
     """The validation columns of a history row (main process only; None where a mode has no such number)."""
-    config, objective = run.config, run.objective
+    config, objective = state.config, state.objective
     row = dict.fromkeys(("val_macro_f1", "val_accuracy", "val_fracture_auc", "val_probe_macro_f1",
                          "val_probe_fracture_auc"))
     if objective.graded_by_probe and config.probe == "none":
         return row
-    run.model.eval()
-    val = _extract(run, data.val_loader)
+    state.model.eval()
+    val = _extract(state, data.val_loader)
     if data.probe_loader is not None:
-        train_part = _extract(run, data.probe_loader)
+        train_part = _extract(state, data.probe_loader)
         pred, score = probe_predict(config.probe, train_part.features, train_part.grades, val.features, config.seed)
         row["val_probe_macro_f1"] = macro_f1_accuracy(val.grades, pred)[0]
         row["val_probe_fracture_auc"] = evaluate.fracture_auc(val.grades, score)
@@ -315,15 +315,15 @@ def validate(run: "Run", data) -> dict:
     return row
 
 
-def validate_classifier(run: "Run", data) -> float:
+def validate_classifier(state: "TrainingState", data) -> float:
     """Validation macro-F1 of the classifier as it is (the probe start of linear / finetune)."""
-    run.model.eval()
-    val = _extract(run, data.val_loader)
+    state.model.eval()
+    val = _extract(state, data.val_loader)
     return macro_f1_accuracy(val.grades, val.logits.argmax(1))[0]
 
 
-def _extract(run: "Run", loader):
-    return extract(run.model, loader, run.device, run.autocast, run.channels_last)
+def _extract(state: "TrainingState", loader):
+    return extract(state.model, loader, state.device, state.autocast, state.channels_last)
 
 
 def macro_f1_accuracy(y_true, y_pred) -> tuple[float, float]:
@@ -332,12 +332,12 @@ def macro_f1_accuracy(y_true, y_pred) -> tuple[float, float]:
             float(accuracy_score(y_true, y_pred)))
 
 
-def _timing_and_structure(run: "Run", stats: dict) -> dict:
+def _timing_and_structure(state: "TrainingState", stats: dict) -> dict:
     seconds = stats["seconds"]
     out = {"epoch_seconds": round(seconds, 4), "data_wait_fraction": round(stats["wait"] / seconds, 4)}
-    if run.objective.supcon and not run.objective.cross_entropy:  # the reference is for a loss of SupCon alone
-        out["loss_no_structure"] = run.supcon.uninformative_value(stats["views_per_batch"])
-    if run.objective.supcon:
+    if state.objective.supcon and not state.objective.cross_entropy:  # the reference is for a loss of SupCon alone
+        out["loss_no_structure"] = state.supcon.uninformative_value(stats["views_per_batch"])
+    if state.objective.supcon:
         out.update(stats["similarity"].means())
     return out
 
@@ -350,9 +350,9 @@ def _log_epoch(run_dir: Path, config: TrainConfig, row: dict) -> None:
              f"{what} {shown}, {row['epoch_seconds']:.1f} s, data wait {row['data_wait_fraction']:.0%}")
 
 
-def _log_names(run: "Run", run_dir: Path, epoch: int, step: int, batch) -> None:
-    if run.config.log_names:
-        with open(run_dir / f"names.rank{run.processes.rank}.jsonl", "a", encoding="utf-8") as fh:
+def _log_names(state: "TrainingState", run_dir: Path, epoch: int, step: int, batch) -> None:
+    if state.config.log_names:
+        with open(run_dir / f"names.rank{state.processes.rank}.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"epoch": epoch, "step": step, "names": list(batch["name"])}) + "\n")
 
 
@@ -378,7 +378,7 @@ def warmup(optimizer, step: int, warmup_steps: int):
 
 # ------------------------------------------------------------------ building the run
 @dataclass
-class Run:
+class TrainingState:
     """Everything one training step needs: the configuration, its objective, the model and the optimiser."""
 
     config: TrainConfig
@@ -403,7 +403,7 @@ class Run:
         return contextlib.nullcontext()
 
 
-def build_run(config: TrainConfig, data, processes: Processes, ckpt: dict | None) -> Run:
+def build_training_state(config: TrainConfig, data, processes: Processes, ckpt: dict | None) -> TrainingState:
     """The model (seeded, or from ``init_checkpoint``), its frozen parts, optimiser and schedule; resumed from ``ckpt``."""
     device, objective = processes.device, OBJECTIVES[config.mode]
     model = build_network(config)
@@ -435,7 +435,7 @@ def build_run(config: TrainConfig, data, processes: Processes, ckpt: dict | None
     net = model
     if processes.distributed:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    return Run(config, objective, processes, model, net, optimizer, scheduler,
+    return TrainingState(config, objective, processes, model, net, optimizer, scheduler,
                SupConLoss(temperature=config.temperature, base_temperature=config.base_temperature),
                use_amp=device.type == "cuda" and config.amp in ("auto", True), channels_last=channels_last,
                starts_from_probe=starts_from_probe)
