@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             result = train({**base, "seed": seed}, Path(tmp) / "supcon")
-            stages = {"init": initial_model(base["backbone"], base["head"], base["feature_dim"], seed),
+            stages = {"init": initial_model({**base, "seed": seed}),
                       "best": load_checkpoint(result.best_checkpoint),
                       "last": load_checkpoint(result.last_checkpoint)}
             table = probe_comparison(stages, train_records, val_records, base["cube_size"], device="cpu",
