@@ -70,3 +70,67 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     atomic_write_text(path, "new")
     assert path.read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def _bomb(path, data, affine, trailing_mb):
+    """A valid NIfTI whose gzip stream carries ``trailing_mb`` MB of zeros after the voxels."""
+    plain = save_nifti(path.with_name("plain.nii"), data, affine).read_bytes()
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(plain)
+        zeros = bytes(1 << 20)
+        for _ in range(trailing_mb):
+            f.write(zeros)
+    return path
+
+
+def test_decompression_bomb_is_refused_with_bounded_memory(tmp_path):
+    import tracemalloc
+
+    from vfnb.io import verify_nifti
+
+    data = np.zeros((64, 64, 64), dtype=np.int16)  # 0.5 MB of voxels
+    bomb = _bomb(tmp_path / "bomb.nii.gz", data, np.eye(4), trailing_mb=96)
+    assert bomb.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError, match=r"bomb.nii.gz: .*after the voxel array.*decompression bomb"):
+            load_nifti(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 * 2**20, f"reading the bomb peaked at {peak / 2**20:.0f} MB"
+    with pytest.raises(DatasetError, match="decompression bomb"):
+        verify_nifti(bomb)
+    # a little padding past the voxels (some writers add it) is still read
+    padded = _bomb(tmp_path / "padded.nii.gz", data, np.eye(4), trailing_mb=0)
+    with gzip.open(padded, "ab") as f:
+        f.write(bytes(4096))
+    assert load_nifti(padded)[0].shape == (64, 64, 64)
+    assert verify_nifti(padded)[0] == (64, 64, 64)
+
+
+def test_devices_fifos_and_folders_are_not_regular_files(tmp_path):
+    fifo = tmp_path / "pipe.nii.gz"
+    os.mkfifo(fifo)
+    for path, kind in (("/dev/zero", "character device"), ("/dev/urandom", "character device"),
+                       (fifo, "FIFO"), (tmp_path, "folder")):
+        with pytest.raises(DatasetError, match=f"not a regular file .*{kind}"):
+            load_nifti(path)
+    with pytest.raises(DatasetError, match="missing.nii.gz: file not found"):
+        load_nifti(tmp_path / "missing.nii.gz")
+
+
+def test_a_write_over_the_file_size_limit_names_the_file(tmp_path):
+    import subprocess
+    import sys
+
+    target = tmp_path / "big.txt"
+    code = ("import resource\nfrom vfnb.io import atomic_write_text\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))\n"
+            "try:\n"
+            f"    atomic_write_text({str(target)!r}, 'x' * 200000)\n"
+            "except OSError as exc:\n"
+            "    print(exc.filename, exc.strerror)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.stdout.strip() == f"{target} File too large", run.stdout + run.stderr
+    assert not list(tmp_path.iterdir())  # no partial output left behind

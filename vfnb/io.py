@@ -42,7 +42,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(path)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:
+            if exc.filename is None:  # a failed write() (full disk, `ulimit -f`) names no file: name ours
+                raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+            raise
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -386,12 +391,31 @@ def nifti_size_limit() -> int:
     return int(limit * 2**30)
 
 
+def not_a_regular_file(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a data file (missing, a folder, a device, a FIFO, a socket), or None."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "file not found"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "not a plain file")
+    return f"not a regular file ({kind}); expected a NIfTI file"
+
+
 def _open_header(path: Path):
     """nibabel image with the header read and no voxels; refuses an array larger than the limit."""
     import nibabel as nib
 
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
+    problem = not_a_regular_file(path)
+    if problem:
+        raise DatasetError(f"{path}: {problem}")
     try:
         img = nib.load(str(path))
         shape = tuple(int(s) for s in img.shape)
@@ -442,12 +466,38 @@ def _raw_header(img):
         return None
 
 
-def _gunzip_verified(path: Path) -> bytes:
-    # reading to the end makes gzip check the CRC and length stored in the trailer
-    if path.name.endswith(".gz"):
-        with gzip.open(path, "rb") as f:
-            return f.read()
-    return path.read_bytes()
+TRAILING_BYTES_ALLOWED = 1 << 20  # data past the voxel array a NIfTI may carry (writers' padding), read and ignored
+
+
+def _read_bounded(path: Path, expected: int) -> bytes:
+    """The file's (decompressed) bytes, refusing more than ``expected`` + :data:`TRAILING_BYTES_ALLOWED`.
+
+    A gzip stream is read in chunks and never beyond that bound, so a small file
+    whose stream inflates to gigabytes (a decompression bomb) costs no more memory
+    than the array its header declares. Reading to the end of an accepted stream
+    makes gzip check the CRC and length stored in its trailer.
+    """
+    bound = expected + TRAILING_BYTES_ALLOWED
+    opener = gzip.open if path.name.endswith(".gz") else open
+    chunks, size = [], 0
+    with opener(path, "rb") as f:
+        while chunk := f.read(min(1 << 24, bound + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > bound:
+                raise _extra_data(path, expected)
+    return b"".join(chunks)
+
+
+def _extra_data(path: Path, expected: int) -> DatasetError:
+    return DatasetError(f"{path}: the file holds more than {TRAILING_BYTES_ALLOWED} bytes of data after the voxel "
+                        f"array its header declares ({expected} bytes in all); expected a NIfTI file that ends "
+                        "with its voxels (is it corrupt, or a decompression bomb?)")
+
+
+def _declared_bytes(img) -> int:
+    """Header + extensions + voxel array: the bytes a NIfTI file needs, from its header."""
+    return int(img.header.get_data_offset()) + math.prod(img.shape) * img.header.get_data_dtype().itemsize
 
 
 def link_outside(root: str | os.PathLike, path: str | os.PathLike) -> str | None:
@@ -468,7 +518,8 @@ def load_nifti(path: str | os.PathLike, *, dtype: Any = None):
 
     Refuses, naming the file: a header whose voxel array exceeds the size limit
     (:func:`nifti_size_limit`; checked before anything is decompressed), a gzip
-    stream that is truncated or fails its CRC, too few voxel bytes, an untrustworthy
+    stream that is truncated or fails its CRC, too few voxel bytes, more data than
+    the header declares (read no further than that: :func:`_read_bounded`), an untrustworthy
     geometry (:func:`nifti_geometry_problem`) and NaN or infinite voxel values.
     """
     import nibabel as nib
@@ -479,7 +530,7 @@ def load_nifti(path: str | os.PathLike, *, dtype: Any = None):
     if problem:
         raise DatasetError(f"{path}: {problem}")
     try:
-        raw = _gunzip_verified(path)
+        raw = _read_bounded(path, _declared_bytes(header_img))
         try:
             img = nib.Nifti1Image.from_bytes(raw)
         except Exception:
@@ -488,6 +539,8 @@ def load_nifti(path: str | os.PathLike, *, dtype: Any = None):
         data = np.asanyarray(img.dataobj)
     except MemoryError:
         raise DatasetError(f"{path}: not enough memory to read this NIfTI") from None
+    except DatasetError:
+        raise
     except Exception as exc:  # gzip, zlib, nibabel and numpy each raise their own types
         raise DatasetError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc}); the file is corrupt "
                            "or truncated (expected a complete NIfTI file)") from None
@@ -518,16 +571,19 @@ def verify_nifti(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray, 
     problem = nifti_geometry_problem(img)
     if problem:
         raise DatasetError(f"{path}: {problem}")
-    expected = int(img.header.get_data_offset()) + math.prod(img.shape) * img.header.get_data_dtype().itemsize
+    expected = _declared_bytes(img)
+    bound = expected + TRAILING_BYTES_ALLOWED
     try:
         opener = gzip.open if path.name.endswith(".gz") else open
         size = 0
         with opener(path, "rb") as f:
-            while chunk := f.read(1 << 22):
+            while size <= bound and (chunk := f.read(1 << 22)):
                 size += len(chunk)
     except Exception as exc:
         raise DatasetError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc}); the file is corrupt "
                            "or truncated (expected a complete NIfTI file)") from None
+    if size > bound:
+        raise _extra_data(path, expected)
     if size < expected:
         raise DatasetError(f"{path}: cannot read NIfTI ({size} bytes of data, the header needs {expected}); "
                            "the file is truncated (expected a complete NIfTI file)")
