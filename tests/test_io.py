@@ -134,3 +134,19 @@ def test_a_write_over_the_file_size_limit_names_the_file(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.stdout.strip() == f"{target} File too large", run.stdout + run.stderr
     assert not list(tmp_path.iterdir())  # no partial output left behind
+
+
+def test_text_cells_never_become_spreadsheet_formulas(tmp_path):
+    import pandas as pd
+
+    from vfnb.io import spreadsheet_safe, spreadsheet_unescape
+
+    table = pd.DataFrame({"scan": ['=HYPERLINK("http://x","y")', "+1", "@SUM(A1)", "-2+3", "ok", "a=b"],
+                          "fracture_prob": [-0.5, 0.1, 0.2, 0.3, 0.4, 0.5]})
+    safe = spreadsheet_safe(table)
+    assert list(safe["scan"]) == ["'" + s if s[0] in "=+@-" else s for s in table["scan"]]
+    assert list(safe["fracture_prob"]) == list(table["fracture_prob"])  # numbers stay numbers
+    path = tmp_path / "t.csv"
+    safe.to_csv(path, index=False)
+    back = spreadsheet_unescape(pd.read_csv(path))
+    assert list(back["scan"]) == list(table["scan"])

@@ -90,6 +90,44 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+# ---------------------------------------------------------------- CSV tables for spreadsheets
+#: A text cell starting with one of these is a formula to a spreadsheet (``=HYPERLINK(...)``).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(value: Any) -> Any:
+    """``value`` as a spreadsheet shows text: a leading apostrophe when it would start a formula.
+
+    Only strings change; numbers stay numbers (a negative number is not text).
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def _text_columns(table) -> list:
+    from pandas.api.types import is_object_dtype, is_string_dtype
+
+    return [c for c in table.columns if is_object_dtype(table[c].dtype) or is_string_dtype(table[c].dtype)]
+
+
+def spreadsheet_safe(table):
+    """A copy of DataFrame ``table`` whose text cells cannot run as spreadsheet formulas."""
+    table = table.copy()
+    for column in _text_columns(table):
+        table[column] = table[column].map(spreadsheet_text)
+    return table
+
+
+def spreadsheet_unescape(table):
+    """The inverse of :func:`spreadsheet_safe`, for tables vfnb reads back."""
+    table = table.copy()
+    for column in _text_columns(table):
+        table[column] = table[column].map(
+                lambda v: v[1:] if isinstance(v, str) and v.startswith("'") and v[1:].startswith(FORMULA_START) else v)
+    return table
+
+
 OUTPUT_MARKER = ".vfnb-output"  # written into every output folder vfnb builds; --overwrite needs it
 # folders written before the marker existed: their manifests identify them as ours
 LEGACY_MANIFESTS = ("provenance.json", "preprocess.json", "synth.json", "verse_import.json")

@@ -70,7 +70,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import DatasetError, ParamsError
-from ..io import atomic_write_json, atomic_write_text, load_nifti, output_folder, save_nifti
+from ..io import atomic_write_json, atomic_write_text, load_nifti, output_folder, save_nifti, spreadsheet_text
 from ..levels import LEVEL_NAMES, MAX_LABEL, level_name, spine_order
 from .processed import patch_filename
 from .resample import patch_grid, sample_in_world, voxel_spacing, world_box
@@ -368,7 +368,7 @@ def _patches_csv(rows: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=PATCH_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: spreadsheet_text(v) for k, v in row.items()} for row in rows)
     return buffer.getvalue()
 
 

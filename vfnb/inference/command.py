@@ -27,7 +27,7 @@ from typing import Mapping
 import pandas as pd
 
 from ..errors import DatasetError, VfnbError
-from ..io import atomic_write_text, strip_nifti_suffix
+from ..io import atomic_write_text, spreadsheet_safe, strip_nifti_suffix
 from ..models.checkpoints import load_checkpoint
 from ..models.networks import resolve_device
 from .grading import ScanGrading, grade_scan
@@ -127,7 +127,7 @@ def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwri
             print(f"[{i}/{len(pairs)}] {name}: {len(table)} vertebrae graded", file=sys.stderr)
         tables.append(table)
     table = pd.concat(tables, ignore_index=True)
-    text = table.to_csv(index=False, float_format="%.6f")
+    text = spreadsheet_safe(table).to_csv(index=False, float_format="%.6f")
     if out is None:
         sys.stdout.write(text)
     else:

@@ -44,7 +44,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "ModelSpec": "registry", "NOTEBOOKS": "registry", "NOTEBOOK_TITLES": "registry", "PRETRAINED": "registry",
     "model_title": "registry", "needs_pretraining": "registry",
     "REPORT_CSS": "report", "dataset_sentence": "report", "headline_rows": "report", "html_table": "report",
-    "md_table": "report", "strip_tags": "report", "write_report": "report",
+    "md_table": "report", "markdown_text": "report", "strip_tags": "report", "write_report": "report",
     "StudyError": "run", "StudyRun": "run", "figure_index": "run", "read_json": "run",
     "execute_notebook": "runner", "project_kernel": "runner", "render_html": "runner", "run_study": "runner",
     "checkpoint_cube_size": "training", "initial_model": "training", "model_training_params": "training",

@@ -28,7 +28,7 @@ from ..levels import level_name
 from .params import SYNTHSPINE
 from .paths import resolve_path
 from .provenance import dataset_fingerprint
-from .report import dataset_sentence, strip_tags
+from .report import dataset_sentence
 from .run import read_json, say
 
 SPLITS = ("train", "val", "test")
@@ -170,7 +170,12 @@ def augmented_views(record: dict, cube_size: int, seed: int = 0) -> np.ndarray:
 
 
 def data_statement(data: StudyData):
-    """A Markdown paragraph saying what the data are (and loudly that they are synthetic when they are)."""
-    from IPython.display import Markdown  # only inside a notebook kernel
+    """A paragraph saying what the data are (and loudly that they are synthetic when they are).
 
-    return Markdown(strip_tags(dataset_sentence(data.describe())).replace("synthetic:", "**SYNTHETIC**:"))
+    Shown as the report's own HTML sentence, whose user strings (the dataset's
+    folder) are escaped there once, so a folder name cannot become page markup.
+    """
+    from IPython.display import HTML  # only inside a notebook kernel
+
+    sentence = dataset_sentence(data.describe()).replace("<strong>synthetic</strong>", "<strong>SYNTHETIC</strong>")
+    return HTML(f"<p>{sentence}</p>")

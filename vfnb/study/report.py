@@ -43,9 +43,27 @@ INTRO = ("This report reproduces the study of Wei et al., <em>Faint Features Tel
 
 
 # ===================================================================== small pieces
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]()!|#~])")
+
+
+def markdown_text(text: str) -> str:
+    """Plain text -> Markdown that shows exactly that text: no tag, link or emphasis can come of it.
+
+    HTML's ``& < >`` become entities (Markdown renderers pass raw HTML through, so a
+    folder named ``<svg onload=...>`` would otherwise become a live element) and
+    Markdown's own punctuation is backslash-escaped (``[x](javascript:...)`` stays text).
+    """
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
+
+
 def strip_tags(text: str) -> str:
-    """HTML -> plain text (for summary.md and notebook Markdown)."""
-    return html.unescape(re.sub(r"<[^>]+>", "", text))
+    """The report's HTML -> Markdown text (summary.md, notebook Markdown), its strings escaped once.
+
+    The HTML's text is already escaped (every user string goes through
+    ``html.escape``), so its entities are decoded once and the plain text re-escaped
+    for Markdown by :func:`markdown_text`.
+    """
+    return markdown_text(html.unescape(re.sub(r"<[^>]+>", "", text)))
 
 
 def html_table(head: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]], row_class: Sequence[str] = ()) -> str:
@@ -58,8 +76,10 @@ def html_table(head: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]], r
 
 
 def md_table(head: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
-    return (["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-            + [f"| {label} | " + " | ".join(map(str, cells)) + " |" for label, cells in rows])
+    """A Markdown table; every heading and cell is shown as text (:func:`markdown_text`)."""
+    m = markdown_text
+    return (["| " + " | ".join(m(h) for h in head) + " |", "|---" * len(head) + "|"]
+            + [f"| {m(label)} | " + " | ".join(m(c) for c in cells) + " |" for label, cells in rows])
 
 
 def dataset_sentence(data: Mapping) -> str:
@@ -247,7 +267,7 @@ def _summary_md(title: str, params: Mapping, provenance: Mapping, metrics: Mappi
     if metrics.get("models"):
         md += md_table(["Model", *(METRIC_LABELS[k] for k in HEADLINE_METRICS)], headline_rows(metrics))
         md += ["", "95 % CIs by bootstrap over patients. " + _decision_sentence(op, params)]
-        md += [""] + [f"- {note}" for note in headline_notes(metrics, training)]
+        md += [""] + [f"- {markdown_text(note)}" for note in headline_notes(metrics, training)]
         if metrics.get("paper"):
             md.append("The paper's row is its own report on its own data, not a result of this run.")
     md += ["", "## Recipe: where this run departs from the paper", ""]
@@ -259,7 +279,7 @@ def _summary_md(title: str, params: Mapping, provenance: Mapping, metrics: Mappi
     seconds = provenance.get("notebook_seconds") or {}
     md += ["", "## Notebooks", ""] + [f"- {NOTEBOOK_TITLES.get(n, n)}: [{n}.html]({n}.html), [{n}.ipynb]({n}.ipynb) "
                                       f"({seconds.get(n, 0):.0f} s)" for n in notebooks]
-    md += ["", "## Provenance", ""] + [f"- **{k}**: {v}" for k, v in provenance_rows(provenance)]
+    md += ["", "## Provenance", ""] + [f"- **{markdown_text(k)}**: {markdown_text(v)}" for k, v in provenance_rows(provenance)]
     md += ["", "Files: [metrics.json](metrics.json), [params.yaml](params.yaml), [provenance.json](provenance.json)", ""]
     return "\n".join(md)
 

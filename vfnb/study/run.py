@@ -20,7 +20,7 @@ import pandas as pd
 
 from ..errors import VfnbError
 from ..evaluate import jsonable
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, spreadsheet_safe, spreadsheet_unescape
 from ..plots import save_figure
 from ..evaluate.operating_points import read_operating_points
 from .paths import resolve_path
@@ -128,10 +128,10 @@ class StudyRun:
         return json.loads(self._require(name, produced_by).read_text(encoding="utf-8"))
 
     def write_csv(self, name: str, table: pd.DataFrame) -> Path:
-        return atomic_write_text(self.root / name, table.to_csv(index=False))
+        return atomic_write_text(self.root / name, spreadsheet_safe(table).to_csv(index=False))
 
     def read_csv(self, name: str, produced_by: str = "an earlier notebook") -> pd.DataFrame:
-        return pd.read_csv(self._require(name, produced_by))
+        return spreadsheet_unescape(pd.read_csv(self._require(name, produced_by)))
 
     def figure(self, fig, name: str, caption: str, key: bool = False, show: bool = True) -> None:
         """Save ``fig`` as ``figures/<name>.png``, record its caption, show it once in the notebook.
