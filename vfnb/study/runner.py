@@ -264,11 +264,11 @@ def run_study(params_files: Sequence[str | os.PathLike], overrides: Sequence[str
     with the partial run kept in ``<out>.failed/``. ``notebooks`` / ``notebook_dir``
     exist for tests.
     """
-    out = Path(out)
+    shown_out, out = Path(out), Path(out).absolute()  # absolute: the kernels and the log reader run elsewhere
     given, sources = merge_params_with_sources(params_files, overrides)
     study = validate_study_params(given, sources=sources).as_dict()  # in seconds, not after notebook 00 has run
     params = resolve_param_paths(study, Path.cwd())
-    shown = {**study, "run_dir": str(out)}
+    shown = {**study, "run_dir": str(shown_out)}
     if out.exists() and not overwrite:
         raise VfnbError(f"{out}: output folder already exists (choose another --out, or pass --overwrite)")
     notebook_dir = Path(notebook_dir) if notebook_dir is not None else notebooks_dir()

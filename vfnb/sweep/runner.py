@@ -53,7 +53,7 @@ def run_sweep(params_files: Sequence[str | os.PathLike], overrides: Sequence[str
     ``aggregate_only``: run nothing, write the report. A run that raises is recorded
     in ``failed`` and the sweep goes on.
     """
-    out = Path(out)
+    out = Path(out).absolute()  # the studies it runs change their working directory
     plan = load_sweep(params_files, overrides)
     result = SweepResult(out)
     if aggregate_only:
