@@ -83,4 +83,5 @@ def test_markdown_summaries_show_user_strings_as_text(hostile):
     found = _injected(rendered)
     assert not {"svg", "img", "script", "a"} & set(found.tags)
     assert not found.handlers and not found.links
-    assert markdown_text("a_b*c") == "a\\_b\\*c"  # Markdown punctuation escaped, shown as typed
+    assert markdown_text("0.85 [0.73, 0.97]") == "0.85 [0.73, 0.97]"  # no link: left as typed
+    assert markdown_text("a|b") == "a\\|b"

@@ -87,17 +87,24 @@ def test_params_file_must_be_a_mapping_and_plain_yaml(tmp_path):
 # one bad value of each kind of parameter: (override, the parameter named, what the message expects)
 BAD_VALUES = [
     ("projection=tsne", "projection", "one of umap, pca"),
-    ("morphometry=[morphometry_magic]", "morphometry", "a list of morphometry_rule, morphometry_logistic"),
-    ("models=[]", "models", "a non-empty list of supcon_linear"),
+    ("morphometry=[morphometry_magic]", "morphometry", "a list of distinct names among morphometry_rule, morphometry_logistic"),
+    ("models=[]", "models", "a non-empty list of distinct names among supcon_linear"),
+    ("models=[ce, ce]", "models", "a non-empty list of distinct names"),
     ("models=[supcon]", "models", "a non-empty list"),
     ("checkpoints={resnet: a.pt}", "checkpoints", "a mapping model"),
     ("checkpoints={ce: 3}", "checkpoints", "a mapping model"),
-    ("saliency_per_grade=0", "saliency_per_grade", "an integer >= 1"),
-    ("occlusion_checked=-1", "occlusion_checked", "an integer >= 0"),
-    ("umap_neighbors=1", "umap_neighbors", "an integer >= 2"),
-    ("umap_max_points=many", "umap_max_points", "an integer >= 2"),
-    ("n_boot=0", "n_boot", "an integer >= 1"),
-    ("synth_cases=2.5", "synth_cases", "an integer >= 1"),
+    ("saliency_per_grade=0", "saliency_per_grade", "an integer 1-100"),
+    ("occlusion_checked=-1", "occlusion_checked", "an integer 0-100"),
+    ("umap_neighbors=1", "umap_neighbors", "an integer 2-500"),
+    ("umap_neighbors=100000", "umap_neighbors", "an integer 2-500"),
+    ("umap_max_points=many", "umap_max_points", "an integer 2-200000"),
+    ("n_boot=0", "n_boot", "an integer 1-100000"),
+    ("n_boot=10000000000", "n_boot", "an integer 1-100000"),
+    ("synth_cases=2.5", "synth_cases", "an integer 1-10000"),
+    ("patch_size=100000", "patch_size", "an integer 8-512"),
+    ("workers=1000", "workers", "an integer 0-64"),
+    ("batch_per_grade=100000", "batch_per_grade", "an integer 1-256"),
+    ("batches_per_epoch=10000000000", "batches_per_epoch", "an integer 1-100000 or null"),
     ("val_fraction=1", "val_fraction", "a number > 0 and < 1"),
     ("target_specificity=0", "target_specificity", "a number > 0 and < 1"),
     ("operating_points_from=3", "operating_points_from", "a text"),
@@ -213,7 +220,8 @@ def test_failing_cell_names_notebook_and_cell_and_keeps_the_partial_run(tmp_path
               "p = StudyParams.from_json(study_params)\nPath(run_dir, 'ok.txt').write_text(str(p.seed))",
               "import logging\nfrom vfnb.study import StudyRun\nStudyRun(run_dir)\n"
               "logging.getLogger('vfnb.training.engine').info('supcon epoch 1/1: loss 0.5000, val macro-F1 0.250')")
-    _notebook(notebooks / "broken.ipynb", "x = 1", "raise ValueError('boom in the study')", "y = 2")
+    _notebook(notebooks / "broken.ipynb", "x = 1", "%matplotlib inline\ny = 0\nraise ValueError('boom in the study')",
+              "y = 2")
     monkeypatch.chdir(tmp_path)
     out = Path("results") / "run"  # relative, as `make study` gives it: the kernels run in another folder
     with pytest.raises(StudyError) as info:
@@ -221,6 +229,7 @@ def test_failing_cell_names_notebook_and_cell_and_keeps_the_partial_run(tmp_path
     message = str(info.value)
     # cell 0 markdown, 1 parameters, 2 papermill's injected parameters, 3 "x = 1", 4 the raise
     assert "broken.ipynb" in message and "cell 4" in message
+    assert "line 3: raise ValueError('boom in the study')" in message  # the failing step, not `%matplotlib inline`
     assert "ValueError: boom in the study" in message
     assert not out.exists()
     failed = out.with_name("run.failed")
@@ -416,3 +425,16 @@ def test_recipe_deviations_are_listed_in_the_report(tmp_path):
     assert "| `supcon_augmentation` | augmentation during SupCon pretraining | weak | paper |" in summary.read_text()
     index, _ = write_report(tmp_path, {**default, **paper}, {})
     assert "None: every setting that defines the method has the paper's value." in index.read_text()
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("dataset={tmp}/nowhere", r"-p dataset=.*: parameter 'dataset' = .*nowhere': no such folder"),
+    ("dataset={tmp}", r"-p tag=t1: parameter 'tag' = 't1': .* has no train_file_list.t1.yaml"),
+    ("operating_points_from={tmp}/op.json", r"parameter 'operating_points_from' = .*op.json': file not found"),
+    ("checkpoints={{ce: {tmp}/ce.pt}}", r"parameter 'checkpoints' names .*ce.pt' for model 'ce': file not found"),
+])
+def test_files_the_parameters_name_are_checked_before_notebook_00(tmp_path, override, expected):
+    out = tmp_path / "run"
+    with pytest.raises(ParamsError, match=expected):
+        run_study([SMOKE], [override.format(tmp=tmp_path), "tag=t1"], out, progress=False)
+    assert not out.exists() and not list(tmp_path.glob(".tmp-*"))

@@ -65,7 +65,7 @@ def fake_study(calls: list | None = None, fail_seeds=()):
 
 def sweep_file(tmp_path: Path, text: str = "grid: {seed: [0, 1, 2]}\n", name: str = "sweep.yaml") -> Path:
     path = tmp_path / name
-    path.write_text("study_params: []\noverrides: {supcon_epochs: 1}\n" + text)
+    path.write_text("study_params: []\noverrides: {supcon_epochs: 1, supcon_warmup_epochs: 0}\n" + text)
     return path
 
 
@@ -116,7 +116,8 @@ def test_aggregate_against_hand_computed_values_and_report(tmp_path):
     assert {d["key"] for d in doc["recipe_deviations"]} == {"supcon_augmentation", "cube_size"}
     assert "supcon_augmentation" in page and "| supcon_augmentation | augmentation during SupCon" in summary
     # every run got the sweep's overrides and its grid value
-    assert yaml.safe_load((out / "params" / "seed-2.yaml").read_text()) == {"supcon_epochs": 1, "seed": 2}
+    assert yaml.safe_load((out / "params" / "seed-2.yaml").read_text()) == {"supcon_epochs": 1, "supcon_warmup_epochs": 0,
+                                                                                 "seed": 2}
 
 
 def test_one_run_gives_na_intervals_not_nan(tmp_path):
@@ -189,6 +190,9 @@ def test_a_second_sweep_into_the_same_folder_refuses_and_stale_locks_are_taken_o
     ("grid: {tag: ['../../etc']}\n", r"sweep\.yaml: grid key 'tag': value '\.\./\.\./etc' does not make a safe folder"),
     ("grid: {tag: [a/b]}\n", r"safe folder name"),
     ("grid: {tag: ['..']}\n", r"safe folder name"),
+    ("grid: {seed: [1, 1.0]}\n", r"runs 'seed-1' and 'seed-1.0' are the same study"),
+    ("grid: {seed: [0, -1]}\n", r"sweep\.yaml: grid value seed=-1 \(run seed--1\): parameter 'seed'"),
+    ("grid: {n_boot: [10, 0]}\n", r"grid value n_boot=0 .*: parameter 'n_boot' = 0 is invalid"),
 ])
 def test_bad_sweep_files_are_refused_naming_file_and_key(tmp_path, text, message):
     with pytest.raises((SweepError, ParamsError), match=message):
@@ -198,7 +202,8 @@ def test_bad_sweep_files_are_refused_naming_file_and_key(tmp_path, text, message
 def test_a_grid_key_fixed_by_an_option_is_refused_naming_the_option(tmp_path):
     with pytest.raises(SweepError, match=r"grid key 'seed' is also in overrides \(-p seed=3\)"):
         load_sweep([sweep_file(tmp_path)], ["seed=3"])
-    assert load_sweep([sweep_file(tmp_path)], ["ce_epochs=2"]).overrides == {"supcon_epochs": 1, "ce_epochs": 2}
+    assert load_sweep([sweep_file(tmp_path)], ["ce_epochs=2"]).overrides == {"supcon_epochs": 1, "supcon_warmup_epochs": 0,
+                                                                        "ce_epochs": 2}
 
 
 def test_grid_product_and_run_names(tmp_path):
@@ -231,7 +236,7 @@ def test_resuming_with_another_plan_over_finished_runs_is_refused(tmp_path):
     out = tmp_path / "sw"
     assert run_sweep([sweep_file(tmp_path)], out=out, progress=False, run_one=fake_study(), only=["seed=0"]).ok
     changed = tmp_path / "changed.yaml"
-    changed.write_text("study_params: []\noverrides: {supcon_epochs: 2}\ngrid: {seed: [0, 1, 2]}\n")
+    changed.write_text("study_params: []\noverrides: {supcon_epochs: 2, supcon_warmup_epochs: 0}\ngrid: {seed: [0, 1, 2]}\n")
     calls: list = []
     with pytest.raises(SweepError, match=r"plan.json: the finished runs \(seed-0\) were made with overrides"):
         run_sweep([changed], out=out, progress=False, run_one=fake_study(calls))
@@ -245,7 +250,7 @@ def test_an_edited_study_file_under_finished_runs_is_refused(tmp_path):
     study_file = tmp_path / "my_study.yaml"
     study_file.write_text("temperature: 0.07\n")
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(f"study_params: [{study_file}]\noverrides: {{supcon_epochs: 1}}\ngrid: {{seed: [0, 1]}}\n")
+    sweep.write_text(f"study_params: [{study_file}]\noverrides: {{supcon_epochs: 1, supcon_warmup_epochs: 0}}\ngrid: {{seed: [0, 1]}}\n")
     out = tmp_path / "sw"
     assert run_sweep([sweep], out=out, progress=False, run_one=fake_study(), only=["seed=0"]).ok
     study_file.write_text("temperature: 0.1\n")

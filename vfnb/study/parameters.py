@@ -43,11 +43,11 @@ class Names(Check):
 
     @property
     def expected(self) -> str:
-        return ("a non-empty" if self.non_empty else "a") + " list of " + ", ".join(self.options)
+        return ("a non-empty" if self.non_empty else "a") + " list of distinct names among " + ", ".join(self.options)
 
     def __call__(self, value):
         if not isinstance(value, (list, tuple)) or (self.non_empty and not value) \
-                or any(not isinstance(v, str) or v not in self.options for v in value):
+                or any(not isinstance(v, str) or v not in self.options for v in value) or len(set(value)) < len(value):
             raise Invalid
         return list(value)
 
@@ -113,10 +113,10 @@ class StudyParams:
     # data
     dataset: str = param("synthspine", Name(), "synthspine (generate / reuse SynthSpine) or a processed dataset")
     data_dir: str = param("data", PathValue(nullable=False), "where SynthSpine lives")
-    synth_cases: int = param(64, Integer(1), "SynthSpine: number of CT scans")
+    synth_cases: int = param(64, Integer(1, 10_000), "SynthSpine: number of CT scans")
     synth_seed: int = param(0, Integer(0), "SynthSpine: generator seed")
-    synth_folds: int = param(5, Integer(2), "SynthSpine: patient-grouped folds (tags synth-f0 ..)")
-    patch_size: int = param(64, Integer(8), "SynthSpine: in-plane patch size (voxels) when pre-processing")
+    synth_folds: int = param(5, Integer(2, 20), "SynthSpine: patient-grouped folds (tags synth-f0 ..)")
+    patch_size: int = param(64, Integer(8, 512), "SynthSpine: in-plane patch size (voxels) when pre-processing")
     val_fraction: float = param(0.2, FRACTION, "SynthSpine: share of the training CTs kept for validation")
     tag: str = train_param("synth-f0", "tag", "the split lists read: <split>_file_list.<tag>.yaml")
     workers: int = train_param(2, "workers", "processes for generation / pre-processing, DataLoader workers")
@@ -162,17 +162,17 @@ class StudyParams:
     # evaluation
     target_specificity: float = param(0.99, FRACTION, "screening operating point: specificity on validation")
     operating_points_from: str = param("", Text(), "another run's operating_points.json, or \"\" (choose here)")
-    n_boot: int = param(1000, Integer(1), "bootstrap resamples for the 95 % confidence intervals")
-    saliency_per_grade: int = param(4, Integer(1), "test vertebrae per grade explained by Grad-CAM")
-    occlusion_checked: int = param(2, Integer(0), "of those, how many also by occlusion sensitivity")
+    n_boot: int = param(1000, Integer(1, 100_000), "bootstrap resamples for the 95 % confidence intervals")
+    saliency_per_grade: int = param(4, Integer(1, 100), "test vertebrae per grade explained by Grad-CAM")
+    occlusion_checked: int = param(2, Integer(0, 100), "of those, how many also by occlusion sensitivity")
     projection: str = param("umap", Choice(PROJECTIONS), "2-D view of the feature space")
-    umap_neighbors: int = param(15, Integer(2), "UMAP n_neighbors")
-    umap_max_points: int = param(1500, Integer(2), "at most this many vertebrae per 2-D view")
-    n_errors_shown: int = param(12, Integer(0), "vertebrae in the gallery of the most confident errors")
+    umap_neighbors: int = param(15, Integer(2, 500), "UMAP n_neighbors")
+    umap_max_points: int = param(1500, Integer(2, 200_000), "at most this many vertebrae per 2-D view")
+    n_errors_shown: int = param(12, Integer(0, 500), "vertebrae in the gallery of the most confident errors")
     # exploration (00)
-    scans_shown: int = param(2, Integer(0), "whole scans shown in sagittal and coronal views")
-    patches_per_grade: int = param(4, Integer(0), "patches per grade in the gallery of input channels")
-    height_patches_per_grade: int = param(60, Integer(0), "patches per grade measured for the height ratios")
+    scans_shown: int = param(2, Integer(0, 50), "whole scans shown in sagittal and coronal views")
+    patches_per_grade: int = param(4, Integer(0, 100), "patches per grade in the gallery of input channels")
+    height_patches_per_grade: int = param(60, Integer(0, 100_000), "patches per grade measured for the height ratios")
 
     # -------------------------------------------------------------- building and reading
     @classmethod

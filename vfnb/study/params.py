@@ -95,6 +95,41 @@ def resolve_param_paths(params: dict, base: str | os.PathLike) -> dict:
     return out
 
 
+# ===================================================================== files the parameters name
+def check_param_files(params: Mapping, sources: Mapping[str, str] | None = None, where: str = "vfnb study") -> None:
+    """Refuse, before notebook 00, files the parameters name that are missing.
+
+    ``params``: resolved (absolute paths, :func:`resolve_param_paths`). Checked: a
+    processed ``dataset`` exists with the ``tag``'s train, val and test lists; the
+    ``operating_points_from`` file; every ``checkpoints`` file. Their contents are
+    checked by the code that reads them; this only moves "not found" to the start.
+    """
+    from ..data.processed import list_path
+
+    def located(key: str) -> str:
+        return f"{where}: {sources[key]}" if sources and key in sources else where
+
+    dataset = str(params.get("dataset") or "")
+    if dataset and dataset.lower() != SYNTHSPINE:
+        root = Path(dataset)
+        if not root.is_dir():
+            raise ParamsError(f"{located('dataset')}: parameter 'dataset' = {dataset!r}: no such folder; expected "
+                              f"{SYNTHSPINE!r} or a processed dataset folder (vfnb preprocess writes one)")
+        lists = [list_path(root, split, str(params.get("tag"))) for split in ("train", "val", "test")]
+        missing = [p.name for p in lists if not p.is_file()]
+        if missing:
+            raise ParamsError(f"{located('tag')}: parameter 'tag' = {params.get('tag')!r}: {root} has no "
+                              f"{', '.join(missing)}; expected the split lists `vfnb split --tag` writes")
+    points = str(params.get("operating_points_from") or "")
+    if points and not Path(points).is_file():
+        raise ParamsError(f"{located('operating_points_from')}: parameter 'operating_points_from' = {points!r}: "
+                          "file not found; expected another run's operating_points.json")
+    for model, path in (params.get("checkpoints") or {}).items():
+        if path and not Path(path).is_file():
+            raise ParamsError(f"{located('checkpoints')}: parameter 'checkpoints' names {path!r} for model "
+                              f"{model!r}: file not found; expected a checkpoint file (best.pt)")
+
+
 # ===================================================================== validation
 def validate_study_params(params: Mapping, where: str = "vfnb study",
                           sources: Mapping[str, str] | None = None) -> StudyParams:

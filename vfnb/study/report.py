@@ -43,16 +43,25 @@ INTRO = ("This report reproduces the study of Wei et al., <em>Faint Features Tel
 
 
 # ===================================================================== small pieces
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]()!|#~])")
+# Markdown that could make a link or break a table: a backslash (it would escape what follows), a
+# table's cell separator, and a closing bracket that opens a link target, reference or definition.
+_MARKDOWN_SPECIAL = re.compile(r"(\\|\||\](?=[(\[:]))")
+
+
+class OwnMarkdown(str):
+    """Markdown vfnb wrote itself (a link to a run's page): :func:`markdown_text` keeps it as it is."""
 
 
 def markdown_text(text: str) -> str:
-    """Plain text -> Markdown that shows exactly that text: no tag, link or emphasis can come of it.
+    """Plain text -> Markdown that shows exactly that text: no tag or link can come of it.
 
     HTML's ``& < >`` become entities (Markdown renderers pass raw HTML through, so a
-    folder named ``<svg onload=...>`` would otherwise become a live element) and
-    Markdown's own punctuation is backslash-escaped (``[x](javascript:...)`` stays text).
+    folder named ``<svg onload=...>`` would otherwise become a live element; ``<`` also
+    starts autolinks), and what could form a link (``[x](javascript:...)``) or split a
+    table cell is backslash-escaped. Other Markdown punctuation is left as typed.
     """
+    if isinstance(text, OwnMarkdown):
+        return str(text)
     return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
 
 

@@ -29,6 +29,7 @@ import datetime as _dt
 import json
 import os
 import pprint
+import re
 import shutil
 import sys
 import tempfile
@@ -45,7 +46,8 @@ from tqdm import tqdm
 
 from ..errors import VfnbError
 from ..io import atomic_write_json, atomic_write_text, atomic_write_yaml, output_folder
-from .params import (merge_params_with_sources, notebook_parameters, resolve_param_paths, validate_study_params)
+from .params import (check_param_files, merge_params_with_sources, notebook_parameters, resolve_param_paths,
+                     validate_study_params)
 from .paths import notebooks_dir, project_root, shown_path
 from .provenance import build_provenance, git_state
 from .registry import NOTEBOOKS, NOTEBOOK_TITLES
@@ -188,9 +190,23 @@ def notebook_inputs(run_dir: str | os.PathLike, params: Mapping) -> dict:
 
 
 # ===================================================================== running
-def _cell_summary(source: str) -> str:
-    for line in source.splitlines():
-        if line.strip() and not line.strip().startswith("#"):
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_FAILING_LINE = re.compile(r"^-*> ?(\d+)\s(.*)$")
+
+
+def _cell_summary(source: str, traceback: Sequence[str] = ()) -> str:
+    """The step that failed: the cell's line the traceback points at, else its first line of code.
+
+    A setup cell starts with ``%matplotlib inline``; naming that would send the reader
+    to the wrong line when the data loading three lines below it failed.
+    """
+    cell = source.splitlines()
+    for line in _ANSI.sub("", "\n".join(traceback or ())).splitlines():
+        match = _FAILING_LINE.match(line.strip())
+        if match and 0 < int(match.group(1)) <= len(cell):
+            return f"line {match.group(1)}: {cell[int(match.group(1)) - 1].strip()[:100]}"
+    for line in cell:
+        if line.strip() and not line.strip().startswith(("#", "%")):
             return line.strip()[:100]
     return source.strip()[:100]
 
@@ -218,7 +234,7 @@ def execute_notebook(name: str, run_dir: Path, params: dict, kernel_name: str, p
         # cell_index counts papermill's injected-parameters cell; the executed
         # notebook on disk has the same cells, so the index points into it.
         raise StudyError(f"notebook {name}.ipynb failed in cell {exc.cell_index} "
-                         f"(`{_cell_summary(exc.source)}`): {exc.ename}: {exc.evalue}") from None
+                         f"(`{_cell_summary(exc.source, exc.traceback)}`): {exc.ename}: {exc.evalue}") from None
     except Exception as exc:  # kernel died, timeout, ...: still name the notebook
         raise StudyError(f"notebook {name}.ipynb did not complete: {type(exc).__name__}: {exc}") from None
     return time.monotonic() - start
@@ -268,6 +284,7 @@ def run_study(params_files: Sequence[str | os.PathLike], overrides: Sequence[str
     given, sources = merge_params_with_sources(params_files, overrides)
     study = validate_study_params(given, sources=sources).as_dict()  # in seconds, not after notebook 00 has run
     params = resolve_param_paths(study, Path.cwd())
+    check_param_files(params, sources)
     shown = {**study, "run_dir": str(shown_out)}
     if out.exists() and not overwrite:
         raise VfnbError(f"{out}: output folder already exists (choose another --out, or pass --overwrite)")

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import VfnbError
+from ..errors import ParamsError, VfnbError
 from ..io import load_yaml
 from ..study import default_params_file, merge_params, parse_override, unknown_key
+from ..study.parameters import StudyParams
 
 SWEEP_KEYS = ("study_params", "overrides", "grid")
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]*")
@@ -138,7 +139,30 @@ def load_sweep(params_files: Sequence[str | os.PathLike], overrides: Sequence[st
     known = merge_params(study_params)  # checks the files themselves, naming file and key
     fixed, fixed_from = _fixed_params(raw["overrides"], sources["overrides"], extra, known)
     grid = _check_grid(raw["grid"], sources["grid"], known, fixed_from)
-    return SweepPlan(study_params, fixed, grid, _grid_points(grid, sources["grid"]), sources)
+    points = _grid_points(grid, sources["grid"])
+    _check_points(points, {**known, **fixed}, sources["grid"], {k: sources["overrides"] for k in fixed})
+    return SweepPlan(study_params, fixed, grid, points, sources)
+
+
+def _check_points(points: list[tuple[str, dict]], base: dict, where: str, fixed_from: dict) -> None:
+    """Validate every run's study parameters now, not when its notebook starts; refuse runs that are the same study.
+
+    ``[1, 1.0]`` makes two folders but one study once each value is checked (the
+    integer 1), so it is refused like two equal values.
+    """
+    seen: dict[tuple, str] = {}
+    for name, point in points:
+        sources = {**fixed_from, **{k: f"grid value {k}={v!r} (run {name})" for k, v in point.items()}}
+        try:
+            checked = StudyParams.from_dict({**base, **point}, where, sources)
+        except ParamsError as exc:
+            raise SweepError(str(exc)) from None
+        key = tuple(repr(getattr(checked, k)) for k in point)
+        if key in seen:
+            raise SweepError(f"{where}: runs {seen[key]!r} and {name!r} are the same study (their grid values "
+                             f"{', '.join(f'{k}={getattr(checked, k)!r}' for k in point)} are equal once checked); "
+                             "make the values distinct")
+        seen[key] = name
 
 
 def select_points(plan: SweepPlan, only: Sequence[str]) -> list[tuple[str, dict]]:

@@ -15,7 +15,7 @@ from ..evaluate import HEADLINE_METRICS, METRIC_LABELS, MISSING, finite_values, 
 from ..io import atomic_write_json, atomic_write_text
 from ..plots import save_figure
 from ..study import (MODEL_TITLES, REPORT_CSS, dataset_sentence, html_table, md_table, model_title, read_json,
-                     recipe_deviations, strip_tags, markdown_text)
+                     recipe_deviations, strip_tags, markdown_text, OwnMarkdown)
 from .plan import SweepPlan
 
 CONFIDENCE = 0.95
@@ -235,7 +235,7 @@ def _sweep_markdown(t: _SweepTables) -> str:
     md += ["", "## Budget curves", "", f"![{t.caption}](figures/budget_curves.png)" if t.figure
            else "No training history.", ""]
     md += ["## Runs", ""] + md_table(["Run", "Grid values", "Model", *t.heads],
-                                     t.run_rows(lambda r: f"[{r['name']}]({r['folder']}/index.html)"))
+                                     t.run_rows(lambda r: OwnMarkdown(f"[{markdown_text(r['name'])}]({r['folder']}/index.html)")))
     if t.failed:
         md += ["", "## Failed runs", ""] + [f"- {markdown_text(n)}: {markdown_text(m)}" for n, m in t.failed.items()]
     return "\n".join(md) + "\n"

@@ -230,11 +230,11 @@ class TrainConfig:
     head: str = param("linear", Choice(HEADS), "projection head: linear (the paper's) or mlp")
     feature_dim: int = param(128, Integer(1, 65536), "projection size")
     cube_size: int = param(48, Integer(8, 512), "network input cube edge in voxels (the paper's: 128)")
-    batch_per_grade: int = param(3, Integer(1), "vertebrae of each grade per batch (the paper's: 3)")
+    batch_per_grade: int = param(3, Integer(1, 256), "vertebrae of each grade per batch (the paper's: 3)")
     epoch_mode: str = param("balanced", Choice(("balanced", "replacement")),
                             "balanced (an epoch = smallest grade / batch_per_grade batches, the paper's) or "
                             "replacement (batches_per_epoch balanced batches drawn with replacement)")
-    batches_per_epoch: int | None = param(None, Integer(1, nullable=True),
+    batches_per_epoch: int | None = param(None, Integer(1, 100_000, nullable=True),
                                           "replacement mode: batches per epoch (null: as many as balanced)")
     epochs: int = param(30, Integer(1), "training epochs (the paper's: up to 5000)")
     lr: float = param(0.005, Real(0.0, low_open=True), "SGD learning rate (the paper's: 0.005)")
@@ -268,7 +268,7 @@ class TrainConfig:
     amp: Any = param("auto", Flag(auto=True), "bf16 autocast: auto = on CUDA only")
     channels_last: Any = param("auto", Flag(auto=True), "channels-last-3d memory format: auto = on CUDA only")
     sync_bn: bool = param(False, Flag(), "SyncBatchNorm under DDP (CUDA only)")
-    workers: int = param(2, Integer(0), "DataLoader worker processes for training batches")
+    workers: int = param(2, Integer(0, 64), "DataLoader worker processes for training batches")
     threads: Any = param("auto", Threads(), "CPU torch threads per process: auto = cores / processes - workers")
     eval_batch_size: int = param(16, Integer(1), "validation batch size")
     log_names: bool = param(False, Flag(), "debug: each rank writes names.rank<r>.jsonl (vertebrae per step)")
