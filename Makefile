@@ -46,8 +46,9 @@ reference: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# JupyterLab refuses to run as root without --allow-root (containers often run as root).
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks$(if $(filter 0,$(shell id -u)), --allow-root)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -53,7 +53,7 @@ def test_choices_match_what_models_and_transforms_provide():
     ("threads", 0, "auto or an integer >= 1 ("),
     ("lr_milestones", [1, "x"], "a list of integers >= 0 ("),
     ("tag", "", "a non-empty text ("),
-    ("batches_per_epoch", 2.5, "an integer >= 1 or null ("),
+    ("batches_per_epoch", 2.5, "an integer 1-100000 or null ("),
 ])
 def test_a_bad_value_names_file_key_and_what_is_expected(key, value, expected):
     with pytest.raises(ParamsError) as err:
@@ -118,3 +118,23 @@ def test_every_cli_argument_has_help_and_version_is_shown(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli_main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"vfnb {__version__}"
+
+
+def test_every_command_help_ends_with_examples_and_shows_no_format_escapes(capsys):
+    import argparse
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for command in sub.choices:
+        with pytest.raises(SystemExit):
+            cli_main([command, "--help"])
+        shown = capsys.readouterr().out
+        assert "\nexamples:\n  vfnb " + command in shown, command
+        assert "%%" not in shown, command
+
+
+def test_an_unknown_training_parameter_gets_a_did_you_mean(tmp_path, capsys):
+    assert cli_main(["train", "-p", "tempreature=0.1", "--out", str(tmp_path / "run")]) == 2
+    assert "unknown parameter 'tempreature' (did you mean 'temperature'?)" in capsys.readouterr().err
+    with pytest.raises(ParamsError, match=r"'batch_per_grad' \(did you mean 'batch_per_grade'\?\)"):
+        config.TrainConfig.from_params({"batch_per_grad": 3})

@@ -182,6 +182,14 @@ def test_makefile_torch_routes():
     assert "-r requirements.in -c requirements.lock" in cpu
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_lab_runs_as_root():
+    """JupyterLab refuses root without --allow-root: `make lab` adds it exactly when run as root."""
+    lab = [line for line in _make_dry_run("lab").splitlines() if "jupyter lab" in line]
+    assert len(lab) == 1
+    assert ("--allow-root" in lab[0]) == (os.geteuid() == 0)
+
+
 # ------------------------------------------------------------------ checking costly commands
 
 def _commands(text: str, env: dict) -> list[list[str]]:

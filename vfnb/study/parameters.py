@@ -17,14 +17,13 @@ table of deviations) is the fields whose metadata carries a ``recipe`` label.
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ..training.config import FIELDS as TRAIN_FIELDS
-from ..training.config import Check, Choice, Flag, Integer, Invalid, Name, PathValue, Real
+from ..training.config import Check, Choice, Flag, Integer, Invalid, Name, PathValue, Real, did_you_mean
 from ..errors import ParamsError
 from ..plots import PROJECTIONS
 from .paths import default_params_file
@@ -265,6 +264,5 @@ def defaults() -> dict:
 
 def unknown_key(key: str, known: Iterable[str], where: str, reference: Path) -> ParamsError:
     """The error for a parameter nobody declares, with the closest known name as a hint."""
-    close = difflib.get_close_matches(key, list(known), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ParamsError(f"{where}: unknown parameter {key!r}{hint}; every parameter is listed and documented in {reference}")
+    return ParamsError(f"{where}: unknown parameter {key!r}{did_you_mean(key, known)}; every parameter is listed and "
+                       f"documented in {reference}")

@@ -320,11 +320,20 @@ def _default(f) -> Any:
     return f.default_factory() if f.default is MISSING else f.default
 
 
+def did_you_mean(key: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'temperature'?)`` for the closest known name, or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(key), list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _refuse_unknown(params: Mapping, prefix: str) -> None:
     unknown = [k for k in params if k not in PARAM_NAMES]
     if unknown:
         more = f" (and {unknown[1:]})" if unknown[1:] else ""
-        raise ParamsError(f"{prefix}unknown parameter {unknown[0]!r}{more}; known: {', '.join(PARAM_NAMES)}")
+        raise ParamsError(f"{prefix}unknown parameter {unknown[0]!r}{did_you_mean(unknown[0], PARAM_NAMES)}{more}; "
+                          f"known: {', '.join(PARAM_NAMES)}")
 
 
 def _invalid(key: str, value: Any, prefix: str) -> ParamsError:
@@ -403,7 +412,8 @@ def parse_overrides(kv_overrides: Iterable[str]) -> dict:
     for item in kv_overrides or []:
         key, value = parse_override(item)
         if key not in FIELDS:
-            raise ParamsError(f"-p {item!r}: unknown parameter {key!r}; known: {', '.join(PARAM_NAMES)}")
+            raise ParamsError(f"-p {item!r}: unknown parameter {key!r}{did_you_mean(key, PARAM_NAMES)}; "
+                              f"known: {', '.join(PARAM_NAMES)}")
         out[key] = value
     return out
 
