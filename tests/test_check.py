@@ -217,3 +217,13 @@ def test_a_list_without_fractured_vertebrae_is_warned(tiny_processed):
     found = [w for w in report.warnings if "no fractured vertebra" in w]
     assert len(found) == 1 and "val_file_list.t0.yaml" in found[0] and f"among its {len(normal)} vertebrae" in found[0]
     assert "warning: " + found[0] in report.summary_text()
+
+
+def test_an_original_layout_without_annotation_is_not_taken_for_a_processed_one(tmp_path, capsys):
+    for sub in ("img", "seg"):
+        save_nifti(tmp_path / sub / "scan1.nii.gz", np.zeros((8, 8, 8), np.int16), np.eye(4))
+    report = check_dataset(tmp_path)
+    assert report.kind == "original"
+    assert any("annotation.yaml: file not found" in e for e in report.errors)
+    assert main(["check", str(tmp_path)]) == 1
+    assert "error:" in capsys.readouterr().out

@@ -133,15 +133,32 @@ def _compare_geometry(image_path, image_geo, mask_path, mask_geo, errors) -> Non
 
 # ---------------------------------------------------------------- layouts
 def detect_layout(root) -> str:
-    """``"original"`` (has annotation.yaml), ``"processed"`` (img/+seg/ or list files) or ``"unknown"``."""
+    """``"original"``, ``"processed"`` or ``"unknown"``: which layout ``root`` is meant to be.
+
+    Original: it has ``annotation.yaml``, or ``img/`` + ``seg/`` holding scans whose
+    names are not patch names (then the missing annotation is reported as an error,
+    not taken for a processed dataset). Processed: split lists, ``patches.csv`` /
+    ``preprocess.json``, or ``img/`` + ``seg/`` of patch-named files.
+    """
     root = Path(root)
     if (root / ANNOTATION_FILE).is_file():
         return "original"
     if any(parse_list_filename(p.name) for p in root.glob(f"*{LIST_INFIX}*{LIST_SUFFIX}")):
         return "processed"
-    if (root / "img").is_dir() and (root / "seg").is_dir():
+    if (root / "patches.csv").is_file() or (root / "preprocess.json").is_file():
         return "processed"
+    if (root / "img").is_dir() and (root / "seg").is_dir():
+        names = _nifti_names(root / "img")
+        return "processed" if names and all(_is_patch_name(n) for n in names) else "original"
     return "unknown"
+
+
+def _is_patch_name(name: str) -> bool:
+    try:
+        parse_patch_name(name)
+    except DatasetError:
+        return False
+    return True
 
 
 def check_dataset(root) -> CheckReport:
