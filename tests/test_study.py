@@ -19,7 +19,7 @@ import pytest
 
 from vfnb import cli
 from vfnb.errors import ParamsError, VfnbError
-from vfnb.study import MODEL_TITLES, NOTEBOOKS, StudyError, merge_params, parse_override, run_study
+from vfnb.study import MODEL_TITLES, NOTEBOOK_TITLES, NOTEBOOKS, StudyError, merge_params, parse_override, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "params" / "smoke.yaml"
@@ -236,7 +236,7 @@ def test_failing_cell_names_notebook_and_cell_and_keeps_the_partial_run(tmp_path
     assert (failed / "ok.txt").read_text() == "3"  # parameters passed, earlier notebook ran
     executed = nbformat.read(str(failed / "broken.ipynb"), as_version=4)
     assert any(o.get("output_type") == "error" for c in executed.cells if c.cell_type == "code" for o in c.outputs)
-    assert (failed / "broken.html").is_file()
+    assert "<title>broken · vfnb study</title>" in (failed / "broken.html").read_text()
     # the console named the staging folder first, echoed the kernel's training line, and no kernel notice
     console = capfd.readouterr().err
     assert re.search(r"building the run in \S*\.tmp-run-\S+ \(moved to \S*results/run when complete", console)
@@ -296,6 +296,7 @@ def test_smoke_study_end_to_end(tmp_path):
         assert all(c.execution_count is not None for c in code), name
         assert not [o for c in code for o in c.outputs if o.get("output_type") == "error"], name
         assert (out / f"{name}.html").stat().st_size > 10_000
+        assert f"<title>{NOTEBOOK_TITLES[name]} · vfnb study</title>" in (out / f"{name}.html").read_text()
 
     # index.html: a headline row per model and the paper's, every link resolves
     index = (out / "index.html").read_text()

@@ -147,9 +147,15 @@ def page_header(notebooks: Sequence[str] = NOTEBOOKS, smoke: bool = False) -> st
 
 
 def render_html(ipynb: str | os.PathLike, html_path: str | os.PathLike, header: str = "") -> Path:
-    """Render an executed notebook to a standalone HTML page (images embedded), ``header`` after ``<body>``."""
+    """Render an executed notebook to a standalone HTML page (images embedded), ``header`` after ``<body>``.
+
+    The page's title (the browser tab's) is the notebook's title in words
+    (``NOTEBOOK_TITLES``), not nbconvert's default "Notebook".
+    """
     nb = nbformat.read(str(ipynb), as_version=4)
-    body, _ = HTMLExporter().from_notebook_node(nb)
+    stem = Path(ipynb).stem
+    title = f"{NOTEBOOK_TITLES[stem]} · vfnb study" if stem in NOTEBOOK_TITLES else f"{stem} · vfnb study"
+    body, _ = HTMLExporter().from_notebook_node(nb, resources={"metadata": {"name": title}})
     if header:
         at = body.find(">", body.find("<body")) + 1
         body = body[:at] + header + body[at:] if at > 0 else header + body
