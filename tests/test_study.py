@@ -439,3 +439,19 @@ def test_files_the_parameters_name_are_checked_before_notebook_00(tmp_path, over
     with pytest.raises(ParamsError, match=expected):
         run_study([SMOKE], [override.format(tmp=tmp_path), "tag=t1"], out, progress=False)
     assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_the_same_synthspine_generated_again_elsewhere_has_the_same_fingerprint(tmp_path):
+    from vfnb.data.preprocess import preprocess_dataset
+    from vfnb.data.split import split_dataset
+    from vfnb.data.synth import generate_dataset
+    from vfnb.study.provenance import dataset_fingerprint
+
+    prints = []
+    for where in ("a", "b/elsewhere"):
+        generate_dataset(tmp_path / where / "original", cases=1, seed=3)
+        processed = preprocess_dataset(tmp_path / where / "original", tmp_path / where / "processed", size=16)
+        prints.append(dataset_fingerprint(processed))
+    assert prints[0] == prints[1]
+    split_dataset(tmp_path / "a" / "processed", "t", folds=1, val_fraction=0.5, test_fraction=0.0)
+    assert dataset_fingerprint(tmp_path / "a" / "processed") != prints[0]  # a new split list is new data

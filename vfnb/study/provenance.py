@@ -77,15 +77,19 @@ def machine_info() -> dict:
 
 
 def dataset_fingerprint(root: str | os.PathLike) -> str:
-    """SHA-256 over every file's relative path and size, plus the bytes of the lists and manifests.
+    """SHA-256 of what the data are: every patch file's relative path and size, the bytes of the lists and tables.
 
     Cheap (no voxel data read) yet changes when a patch is added, removed or
-    re-written with another size, or when a split list changes.
+    re-written with another size, or when a split list or ``patches.csv`` changes.
+    It depends on the data only: the JSON manifests (where and when the data were
+    made, by which vfnb version) and hidden files are left out, so the same data
+    generated again, in another folder or on another machine, has the same fingerprint.
     """
     root = Path(root)
     digest = hashlib.sha256()
-    # hidden files (the .vfnb-output marker, temporaries of atomic writes) are not data
     for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        if path.suffix == ".json":
+            continue
         rel = path.relative_to(root).as_posix()
         digest.update(f"{rel}\t{path.stat().st_size}\n".encode())
         if path.suffix in (".yaml", ".csv"):
