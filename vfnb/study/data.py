@@ -20,13 +20,13 @@ import pandas as pd
 from ..data.check import require_valid
 from ..data.original import read_original
 from ..data.processed import ProcessedDataset
-from ..data.synth import TRUTH_FILE, ensure_default_dataset
+from ..data.synth import TRUTH_FILE, default_dataset_paths, ensure_default_dataset
 from ..data.transforms import TwoViews, eval_transform, train_transform
 from ..errors import DatasetError, ParamsError
 from ..io import load_nifti
 from ..levels import level_name
 from .params import SYNTHSPINE
-from .paths import resolve_path
+from .paths import resolve_path, shown_path
 from .provenance import dataset_fingerprint
 from .report import dataset_sentence
 from .run import read_json, say
@@ -103,6 +103,12 @@ def _prepare_synthspine(data_dir: str, synth_cases: int, synth_seed: int, patch_
     """SynthSpine generated / reused, with its progress bars and per-vertebra notes kept off the notebook."""
     captured = io.StringIO()  # the notes are kept in patches.csv; the notebook shows a count
     start = time.monotonic()
+    paths = default_dataset_paths(resolve_path(data_dir), synth_cases, synth_seed, patch_size)
+    if not paths["processed"].is_dir():
+        where = shown_path(paths["processed"].parent.parent)
+        say(f"SynthSpine (synthetic data) is not in {where} yet: generating {synth_cases} CTs and their patches "
+            "(a few minutes on 2 cores, once; later runs reuse them). To use your own data instead, set the "
+            "parameters dataset (a processed folder) and tag.")
     with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
         paths = ensure_default_dataset(resolve_path(data_dir), cases=synth_cases, seed=synth_seed, size=patch_size,
                                        workers=max(1, int(workers)), tag="synth", folds=synth_folds,
