@@ -146,16 +146,22 @@ def page_header(notebooks: Sequence[str] = NOTEBOOKS, smoke: bool = False) -> st
     return bar
 
 
+PAGE_TEMPLATES = Path(__file__).with_name("page_template")  # nbconvert template folder shipped with vfnb
+PAGE_TEMPLATE = "vfnb_page"  # JupyterLab's page without scripts fetched from the internet
+
+
 def render_html(ipynb: str | os.PathLike, html_path: str | os.PathLike, header: str = "") -> Path:
     """Render an executed notebook to a standalone HTML page (images embedded), ``header`` after ``<body>``.
 
     The page's title (the browser tab's) is the notebook's title in words
-    (``NOTEBOOK_TITLES``), not nbconvert's default "Notebook".
+    (``NOTEBOOK_TITLES``), not nbconvert's default "Notebook". The page fetches nothing
+    from the internet (template :data:`PAGE_TEMPLATE`).
     """
     nb = nbformat.read(str(ipynb), as_version=4)
     stem = Path(ipynb).stem
     title = f"{NOTEBOOK_TITLES[stem]} · vfnb study" if stem in NOTEBOOK_TITLES else f"{stem} · vfnb study"
-    body, _ = HTMLExporter().from_notebook_node(nb, resources={"metadata": {"name": title}})
+    exporter = HTMLExporter(extra_template_basedirs=[str(PAGE_TEMPLATES)], template_name=PAGE_TEMPLATE)
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
     if header:
         at = body.find(">", body.find("<body")) + 1
         body = body[:at] + header + body[at:] if at > 0 else header + body
