@@ -75,20 +75,26 @@ def test_plot_confusion_counts_and_row_normalised():
         plots.plot_confusion(np.ones((3, 4)))
 
 
+def legend_texts(fig) -> list[str]:
+    """The texts of a figure's one legend, below the axes (figure legend) or on them."""
+    legend = fig.legends[0] if fig.legends else plot_axes(fig)[0].get_legend()
+    return [t.get_text() for t in legend.get_texts()]
+
+
 def test_plot_roc_and_pr_several_models_with_auc_in_legend():
     a, b = predictions(1), predictions(2)
     one_class = a.assign(grade=0)
     fig = plots.plot_roc({"SupCon": a, "CE": (b["grade"], b["fracture_prob"]), "empty": one_class},
                          title="ROC, test split", thresholds={"SupCon": 0.5})
     assert_labelled(fig)
-    legend = [t.get_text() for t in plot_axes(fig)[0].get_legend().get_texts()]
+    legend = legend_texts(fig)
     auc = ev.screening_metrics(a["grade"], a["fracture_prob"], 0.5)["roc_auc"]
     assert f"SupCon (AUC {auc:.3f})" in legend
     assert any(t.startswith("CE (AUC") for t in legend)
     assert any("operating point" in t for t in legend)
     fig = plots.plot_pr({"SupCon": a, "CE": b}, title="PR, test split")
     assert_labelled(fig)
-    legend = [t.get_text() for t in plot_axes(fig)[0].get_legend().get_texts()]
+    legend = legend_texts(fig)
     assert any(t.startswith("SupCon (AP") for t in legend)
 
 
@@ -141,7 +147,7 @@ def test_identical_models_stay_visible_on_roc_and_reliability():
     a = predictions(1)
     fig = plots.plot_roc({"SupCon linear": a, "SupCon fine-tuned": a.copy(), "CE": predictions(2)}, title="ROC, test")
     ax = plot_axes(fig)[0]
-    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    legend = legend_texts(fig)
     assert any(t.startswith("SupCon fine-tuned (identical to SupCon linear)") for t in legend)
     curves = [line for line in ax.get_lines() if line.get_label().startswith("SupCon")]
     assert len({line.get_linestyle() for line in curves}) == 2  # the same curve drawn in two styles
@@ -262,3 +268,33 @@ def test_plot_recall_by_and_count_heatmap():
     fig = plots.plot_count_heatmap(pd.crosstab(df["grade"], df["level"]), title="grade x level, all data",
                                    xlabel="Vertebra level", ylabel="Genant grade")
     assert_labelled(fig)
+
+
+def test_figures_read_at_a_glance():
+    """Legends outside the data, counts beside row shares, saliency with one colour bar, notes and words."""
+    from vfnb.plots.saliency import map_note, panel_title, plot_saliency_gallery
+
+    rng = np.random.default_rng(0)
+    grades = rng.integers(0, 4, 80)
+    scores = np.clip(grades / 3 + rng.normal(0, 0.3, 80), 0, 1)
+    roc = plots.plot_roc({"a": (grades, scores), "b": (grades, scores ** 2)}, thresholds={"a": 0.5})
+    assert roc.axes[0].get_legend() is None and len(roc.legends) == 1  # below the axes, not over the curves
+    confusion = plots.plot_confusion(np.array([[9, 1, 0, 0], [2, 3, 0, 0], [0, 1, 4, 0], [0, 0, 1, 2]]))
+    cells = {t.get_text() for t in confusion.axes[1].texts}  # the row shares, each with its count
+    assert "0.90\n(9)" in cells and "0.60\n(3)" in cells
+
+    cube = rng.random((3, 16, 16, 16))
+    cube[2] = 0
+    cube[2][4:12, 4:12, 4:12] = 1
+    even = {"endplates": {"share": 0.2, "volume": 0.19}, "background": {"share": 0.8, "volume": 0.81}}
+    focused = {"endplates": {"share": 0.6, "volume": 0.19}, "background": {"share": 0.4, "volume": 0.81}}
+    items = [{"name": "synth-s0-0013_20_1.nii.gz", "grade": 1, "pred": 0, "input": cube, "gradcam": heat,
+              "shares": shares} for heat, shares in ((np.zeros((16,) * 3), {}), (rng.random((16,) * 3), even),
+                                                      (rng.random((16,) * 3), focused))]
+    assert map_note(items[0]).startswith("empty map") and map_note(items[1]).startswith("evenly spread")
+    assert map_note(items[2]) == ""
+    assert panel_title(items[0]) == "L1 of synth-s0-0013\ngrade 1, predicted 0 (wrong)"
+    gallery = plot_saliency_gallery(items, "Grad-CAM")
+    assert len(gallery.axes) == 4  # three panels and one colour bar for all
+    notes = [t.get_text() for ax in gallery.axes[:3] for t in ax.texts]
+    assert any(n.startswith("empty map") for n in notes) and any(n.startswith("evenly spread") for n in notes)

@@ -17,7 +17,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from ..errors import DatasetError
 from ..levels import GRADES
-from .common import LINE_STYLES, _figure, _grade_label, _legend_name, _same_as, _style
+from .common import LINE_STYLES, _figure, _grade_label, _legend_name, _same_as, _style, legend_below
 
 
 def plot_confusion(confusion: Any, title: str = "Confusion matrix", labels: Sequence[int] = GRADES) -> Figure:
@@ -36,14 +36,17 @@ def plot_confusion(confusion: Any, title: str = "Confusion matrix", labels: Sequ
     with np.errstate(invalid="ignore", divide="ignore"):
         normalised = np.where(row_sums > 0, counts / np.where(row_sums > 0, row_sums, 1), np.nan)
     names = [_grade_label(g) for g in labels]
-    fig = _figure(11, 4.6)
+    fig = _figure(12, 5.6)
     axes = fig.subplots(1, 2)
+    big = {"fontsize": 13}
     sns.heatmap(counts.astype(int), annot=True, fmt="d", cmap="Blues", ax=axes[0], xticklabels=names,
-                yticklabels=names, cbar_kws={"label": "vertebrae (count)"})
-    sns.heatmap(normalised, annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1, ax=axes[1], xticklabels=names,
-                yticklabels=names, cbar_kws={"label": "fraction of the true grade (0-1)"})
+                yticklabels=names, cbar_kws={"label": "vertebrae (count)"}, annot_kws=big)
+    shares = np.where(np.isnan(normalised), "-", np.char.mod("%.2f", np.nan_to_num(normalised)))
+    cells = np.char.add(np.char.add(shares, "\n"), np.char.mod("(%d)", counts.astype(int)))
+    sns.heatmap(normalised, annot=cells, fmt="", cmap="Blues", vmin=0, vmax=1, ax=axes[1], xticklabels=names,
+                yticklabels=names, cbar_kws={"label": "fraction of the true grade (0-1)"}, annot_kws=big)
     axes[0].set_title("Counts")
-    axes[1].set_title("Row-normalised (diagonal = recall)")
+    axes[1].set_title("Row-normalised, count in brackets (diagonal = recall)")
     for ax in axes:
         ax.set_xlabel("Predicted Genant grade")
         ax.set_ylabel("True Genant grade")
@@ -80,7 +83,7 @@ def plot_roc(curves: Mapping[str, Any], title: str = "ROC, fracture screening (g
     """
     inputs = {name: _curve_inputs(data, name) for name, data in curves.items()}
     same = _same_as(inputs, lambda pair: pair)
-    fig = _figure(5.6, 5.2)
+    fig = _figure(5.6, 5.2 + 0.16 * (1 + len(inputs) * (2 if thresholds else 1)))
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], ls="--", c="0.6", lw=1, label="chance")
     for i, (name, (positive, score)) in enumerate(inputs.items()):
@@ -101,7 +104,7 @@ def plot_roc(curves: Mapping[str, Any], title: str = "ROC, fracture screening (g
     ax.set_xlabel("1 - specificity (false-positive rate, fraction)")
     ax.set_ylabel("Sensitivity (true-positive rate, fraction)")
     ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=7)
+    legend_below(fig, ax)
     ax.grid(alpha=0.3)
     return fig
 
@@ -115,7 +118,7 @@ def plot_pr(curves: Mapping[str, Any], title: str = "Precision-recall, fracture 
     """
     inputs = {name: _curve_inputs(data, name) for name, data in curves.items()}
     same = _same_as(inputs, lambda pair: pair)
-    fig = _figure(5.6, 5.2)
+    fig = _figure(5.6, 5.2 + 0.16 * (1 + len(inputs)))
     ax = fig.subplots()
     for i, (name, (positive, score)) in enumerate(inputs.items()):
         style, shown = _style(i), _legend_name(name, same)
@@ -132,7 +135,7 @@ def plot_pr(curves: Mapping[str, Any], title: str = "Precision-recall, fracture 
     ax.set_xlabel("Recall = sensitivity (fraction of fractured vertebrae)")
     ax.set_ylabel("Precision = PPV (fraction)")
     ax.set_title(title)
-    ax.legend(loc="lower left", fontsize=7)
+    legend_below(fig, ax)
     ax.grid(alpha=0.3)
     return fig
 
@@ -157,7 +160,7 @@ def plot_reliability(calibrations: Mapping[str, Any], title: str = "Reliability 
         calibrations = {"model": calibrations}
     binary = {c.get("kind", "top-class") for c in calibrations.values()} == {"binary"}
     same = _same_as(calibrations, _calibration_arrays)
-    fig = _figure(5.6, 6.2)
+    fig = _figure(5.6, 6.2 + 0.16 * (1 + len(calibrations)))
     ax, ax_count = fig.subplots(2, 1, height_ratios=[3, 1])
     ax.plot([0, 1], [0, 1], ls="--", c="0.6", lw=1, label="perfect calibration")
     for i, (name, cal) in enumerate(calibrations.items()):
@@ -176,7 +179,7 @@ def plot_reliability(calibrations: Mapping[str, Any], title: str = "Reliability 
     ax.set_ylabel("Observed fraction fractured (grade >= 1)" if binary else "Observed accuracy (fraction correct)")
     ax_count.set_ylabel("vertebrae (count)")
     ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=7)
+    legend_below(fig, ax)
     ax.grid(alpha=0.3)
     return fig
 

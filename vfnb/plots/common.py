@@ -77,3 +77,10 @@ def _equal(a: Any, b: Any) -> bool:
 
 def _legend_name(name: str, same: Mapping[str, str]) -> str:
     return f"{name} (identical to {same[name]})" if name in same else name
+
+
+def legend_below(fig: Figure, ax) -> None:
+    """The axes' legend under the figure, outside the data (a legend inside covers the curves it names)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", fontsize=7, ncols=1, frameon=False)
