@@ -430,11 +430,12 @@ def test_recipe_deviations_are_listed_in_the_report(tmp_path):
 
 @pytest.mark.parametrize("override, expected", [
     ("dataset={tmp}/nowhere", r"-p dataset=.*: parameter 'dataset' = .*nowhere': no such folder"),
-    ("dataset={tmp}", r"-p tag=t1: parameter 'tag' = 't1': .* has no train_file_list.t1.yaml"),
+    ("dataset={tmp}/ds", r"-p tag=t1: parameter 'tag' = 't1': .* has no train_file_list.t1.yaml"),
     ("operating_points_from={tmp}/op.json", r"parameter 'operating_points_from' = .*op.json': file not found"),
     ("checkpoints={{ce: {tmp}/ce.pt}}", r"parameter 'checkpoints' names .*ce.pt' for model 'ce': file not found"),
 ])
 def test_files_the_parameters_name_are_checked_before_notebook_00(tmp_path, override, expected):
+    (tmp_path / "ds").mkdir()
     out = tmp_path / "run"
     with pytest.raises(ParamsError, match=expected):
         run_study([SMOKE], [override.format(tmp=tmp_path), "tag=t1"], out, progress=False)
@@ -455,3 +456,12 @@ def test_the_same_synthspine_generated_again_elsewhere_has_the_same_fingerprint(
     assert prints[0] == prints[1]
     split_dataset(tmp_path / "a" / "processed", "t", folds=1, val_fraction=0.5, test_fraction=0.0)
     assert dataset_fingerprint(tmp_path / "a" / "processed") != prints[0]  # a new split list is new data
+
+
+def test_a_run_folder_over_its_data_is_refused_even_with_overwrite(tmp_path):
+    data = tmp_path / "data"
+    (data / "keep").mkdir(parents=True)
+    for out in (data / "run", tmp_path):
+        with pytest.raises(ParamsError, match=r"--out is, contains or lies inside the input data_dir"):
+            run_study([SMOKE], [f"data_dir={data}"], out, overwrite=True, progress=False)
+    assert (data / "keep").is_dir()

@@ -197,6 +197,12 @@ def test_run_folder_rules(tiny_processed, tmp_path):
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
     with pytest.raises(CheckpointError, match="last.pt"):
         train(None, tmp_path / "nothing", resume=True)
+    # a run folder inside the dataset (or the dataset itself) is refused before anything is written
+    before = sorted(p.relative_to(tiny_processed) for p in tiny_processed.rglob("*"))
+    for inside in (tiny_processed / "runs" / "ce", tiny_processed):
+        with pytest.raises(VfnbError, match="lies inside the input dataset"):
+            train(_params(tiny_processed, mode="ce", epochs=1), inside)
+    assert sorted(p.relative_to(tiny_processed) for p in tiny_processed.rglob("*")) == before
 
 
 def test_params_validation_names_the_key(tmp_path):

@@ -128,6 +128,26 @@ def spreadsheet_unescape(table):
     return table
 
 
+# ---------------------------------------------------------------- outputs never over inputs
+def overlap(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether paths ``a`` and ``b`` are one, or one lies inside the other (after resolving symlinks)."""
+    ra, rb = Path(a).resolve(), Path(b).resolve()
+    return ra == rb or ra in rb.parents or rb in ra.parents
+
+
+def refuse_outputs_over_inputs(outputs: dict, inputs: dict, error: type[VfnbError] = VfnbError) -> None:
+    """Refuse an output that is, contains or lies inside an input (``--overwrite`` or not).
+
+    ``outputs`` / ``inputs``: what each path is called (``"--out"``, ``"dataset"``) ->
+    the path (None: not given). Writing there would replace or mix into the user's data.
+    """
+    for out_name, out in outputs.items():
+        for in_name, given in inputs.items():
+            if out is not None and given is not None and overlap(out, given):
+                raise error(f"{out}: {out_name} is, contains or lies inside the input {in_name} {given}; "
+                            "expected an output outside every input (nothing of the inputs is ever written over)")
+
+
 OUTPUT_MARKER = ".vfnb-output"  # written into every output folder vfnb builds; --overwrite needs it
 # folders written before the marker existed: their manifests identify them as ours
 LEGACY_MANIFESTS = ("provenance.json", "preprocess.json", "synth.json", "verse_import.json")

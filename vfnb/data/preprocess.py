@@ -70,7 +70,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import DatasetError, ParamsError
-from ..io import atomic_write_json, atomic_write_text, load_nifti, output_folder, save_nifti, spreadsheet_text
+from ..io import atomic_write_json, atomic_write_text, load_nifti, output_folder, overlap, save_nifti, spreadsheet_text
 from ..levels import LEVEL_NAMES, MAX_LABEL, level_name, spine_order
 from .processed import patch_filename
 from .resample import patch_grid, sample_in_world, voxel_spacing, world_box
@@ -373,8 +373,7 @@ def _patches_csv(rows: list[dict]) -> str:
 
 
 def _refuse_overlap(original: Path, processed: Path) -> None:
-    src, dst = original.resolve(), processed.resolve()
-    if dst == src or dst in src.parents or src in dst.parents:
+    if overlap(original, processed):
         raise ParamsError(f"{processed}: the output folder overlaps the input dataset {original} "
                           "(it is, contains or lies inside it); choose a folder outside the input")
 

@@ -21,7 +21,7 @@ import nbformat
 
 from ..training.config import parse_override  # noqa: F401 - one meaning of -p KEY=VALUE for training and the study
 from ..errors import DatasetError, ParamsError
-from ..io import load_yaml
+from ..io import load_yaml, refuse_outputs_over_inputs
 from .parameters import FIELDS, RECIPE_KEYS, StudyParams, unknown_key  # noqa: F401 - re-exported
 from .paths import default_params_file, paper_params_file, resolve_path
 
@@ -96,14 +96,24 @@ def resolve_param_paths(params: dict, base: str | os.PathLike) -> dict:
 
 
 # ===================================================================== files the parameters name
-def check_param_files(params: Mapping, sources: Mapping[str, str] | None = None, where: str = "vfnb study") -> None:
-    """Refuse, before notebook 00, files the parameters name that are missing.
+def check_param_files(params: Mapping, sources: Mapping[str, str] | None = None, where: str = "vfnb study",
+                      out: str | os.PathLike | None = None) -> None:
+    """Refuse, before notebook 00, files the parameters name that are missing, and a run folder over them.
 
     ``params``: resolved (absolute paths, :func:`resolve_param_paths`). Checked: a
     processed ``dataset`` exists with the ``tag``'s train, val and test lists; the
     ``operating_points_from`` file; every ``checkpoints`` file. Their contents are
     checked by the code that reads them; this only moves "not found" to the start.
+    ``out`` (the run folder) must not be, contain or lie inside any of them, nor the
+    SynthSpine folder ``data_dir``.
     """
+    if out is not None:
+        synthetic = str(params.get("dataset") or "").lower() == SYNTHSPINE
+        inputs = {"dataset": None if synthetic else params.get("dataset"),
+                  "data_dir": params.get("data_dir") if synthetic else None,
+                  "operating_points_from": params.get("operating_points_from") or None,
+                  **{f"checkpoints[{m}]": p for m, p in (params.get("checkpoints") or {}).items() if p}}
+        refuse_outputs_over_inputs({"--out": out}, inputs, ParamsError)
     from ..data.processed import list_path
 
     def located(key: str) -> str:

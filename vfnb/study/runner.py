@@ -296,7 +296,7 @@ def run_study(params_files: Sequence[str | os.PathLike], overrides: Sequence[str
     given, sources = merge_params_with_sources(params_files, overrides)
     study = validate_study_params(given, sources=sources).as_dict()  # in seconds, not after notebook 00 has run
     params = resolve_param_paths(study, Path.cwd())
-    check_param_files(params, sources)
+    check_param_files(params, sources, out=out)
     shown = {**study, "run_dir": str(shown_out)}
     if out.exists() and not overwrite:
         raise VfnbError(f"{out}: output folder already exists (choose another --out, or pass --overwrite)")

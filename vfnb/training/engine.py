@@ -78,7 +78,7 @@ from ..data.processed import ProcessedDataset
 from .distributed import Processes, is_main_process, training_processes
 from ..errors import CheckpointError, ParamsError
 from ..models.features import extract, fit_probe, probe_as_linear, probe_predict
-from ..io import atomic_write_yaml, release_lock
+from ..io import atomic_write_yaml, refuse_outputs_over_inputs, release_lock
 from ..models.losses import ProjectionSimilarity, SupConLoss
 from ..models.networks import ModelInput, network_for, resolve_device
 from ..models.checkpoints import load_checkpoint, load_checkpoint_dict, set_rng_state
@@ -144,6 +144,8 @@ def train(params: dict | TrainConfig | None, run_dir: str | os.PathLike, resume:
     else:
         config = TrainConfig.from_params(params)
     _check_training_data(config)  # everything the user can get wrong, before the run folder is created
+    refuse_outputs_over_inputs({"the run folder": run_dir},
+                               {"dataset": config.dataset, "init_checkpoint": config.init_checkpoint or None})
     lock = prepare_run_dir(run_dir, resume)
     try:
         with training_processes(config.device, config.threads, config.workers) as processes:
