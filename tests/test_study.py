@@ -247,14 +247,17 @@ def test_failing_cell_names_notebook_and_cell_and_keeps_the_partial_run(tmp_path
     assert "FAILED: notebook broken.ipynb failed in cell 4" in log
 
 
-def test_cli_bad_parameter_fails_in_the_first_notebook(tmp_path, capsys):
+def test_cli_missing_dataset_is_refused_before_any_notebook(tmp_path, capsys):
     out = tmp_path / "run"
     code = cli.main(["study", "--params", str(SMOKE), "-p", f"dataset={tmp_path / 'no-such-dataset'}",
                      "--out", str(out)])
     assert code == 2
     err = capsys.readouterr().err
-    assert "00_data_exploration.ipynb" in err and "cell" in err and "no-such-dataset" in err
-    assert not out.exists() and (tmp_path / "run.failed" / "00_data_exploration.ipynb").is_file()
+    assert "-p dataset=" in err and "no-such-dataset" in err and "no such folder" in err
+    assert "Traceback" not in err
+    # nothing was started: no run folder, no failed run, no staging folder
+    assert not out.exists() and not (tmp_path / "run.failed").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-run")]
 
 
 # ------------------------------------------------------------------ the smoke study

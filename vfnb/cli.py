@@ -89,10 +89,13 @@ def _cmd_import_verse(a):
 
 
 def _cmd_train(a):
-    from .training.engine import show_progress, train_from_cli
+    from .training.engine import LOG, show_progress, train_from_cli
 
-    show_progress()  # one line per epoch on stderr
-    train_from_cli(a.params, a.param, a.out, resume=a.resume)
+    handler = show_progress()  # one line per epoch on stderr, while this command runs
+    try:
+        train_from_cli(a.params, a.param, a.out, resume=a.resume)
+    finally:
+        LOG.removeHandler(handler)
 
 
 def _cmd_predict(a):
