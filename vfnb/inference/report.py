@@ -193,7 +193,7 @@ def _title(view: VertebraView) -> str:
     level, grade = html.escape(str(view.row["level"])), _grade(view.row)
     if grade is None:
         reasons = "; ".join(_not_assessable_reasons(view.row)) or "no grade"
-        return f"<h3 style='color:{NOT_ASSESSABLE_COLOR}'>{level}: not assessable: {html.escape(reasons)}</h3>"
+        return f"<h3 style='color:{NOT_ASSESSABLE_COLOR}'>{level}: not assessable: {html.escape(reasons, quote=False)}</h3>"
     return f"<h3 style='color:{GRADE_COLORS[grade]}'>{level}: grade {grade} ({GRADE_NAMES[grade]})</h3>"
 
 
