@@ -211,14 +211,16 @@ def _add_model_commands(sub) -> None:
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.set_defaults(func=_cmd_train)
 
-    s = sub.add_parser("predict", help="grade every vertebra of one CT with a checkpoint")
+    s = sub.add_parser("predict", help="grade every vertebra of one CT (with a checkpoint, or from measured heights)")
     s.add_argument("--ct", type=Path, required=True,
                    help="CT scan, NIfTI in HU; or a folder of them (then --seg is a folder of label maps, "
                         "paired by file name, and the table gets a scan column)")
     s.add_argument("--seg", type=Path, required=True,
                    help="its VerSe vertebra label map, NIfTI on the same grid; or a folder of them")
-    s.add_argument("--checkpoint", type=Path, required=True,
-                   help="vfnb checkpoint (best.pt of a run) or one of the study's released checkpoints")
+    s.add_argument("--checkpoint", type=Path,
+                   help="vfnb checkpoint (best.pt of a run) or one of the study's released checkpoints; without it "
+                        "the morphometry grader grades each vertebra from its measured heights (Genant's bands, no "
+                        "probabilities)")
     s.add_argument("--out", type=Path, help="CSV table, one row per vertebra (default: print CSV)")
     s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     s.add_argument("--saliency", type=Path, metavar="DIR",

@@ -1,5 +1,8 @@
 """``vfnb predict``: one scan or a folder of scans, the table, saliency maps and per-scan reports.
 
+- ``--checkpoint``: the network that grades; without one, the morphometry grader
+  (:mod:`vfnb.inference.heights_grading`: Genant's bands on the heights measured on
+  the scan's own grid, no probabilities). Every table has the heights, whatever grader.
 - ``--ct`` / ``--seg``: two files, or two folders whose NIfTI files pair by name (a
   CT ``img/x.nii.gz`` with the label map ``seg/x.nii.gz``, as in the original
   layout); a folder gives one table with a ``scan`` column, and a progress line per
@@ -31,7 +34,7 @@ from ..io import atomic_write_text, spreadsheet_safe, strip_nifti_suffix
 from ..models.checkpoints import load_checkpoint
 from ..models.networks import resolve_device
 from .grading import ScanGrading, grade_scan
-from .outputs import cube_saliency, read_operating_point, refuse_existing, saliency_paths, write_report, write_saliency
+from .outputs import cube_saliency, refuse_without_network, read_operating_point, refuse_existing, saliency_paths, write_report, write_saliency
 
 
 def scan_name(ct: str | Path) -> str:
@@ -66,7 +69,9 @@ def add_decision(table, point: Mapping | None):
         return table
     table = table.copy()
     table["screening_threshold"] = float(point["threshold"])
-    table["screened_fracture"] = table["fracture_prob"] >= float(point["threshold"])
+    # a vertebra without a fracture probability (not assessable) gets no decision, not "no fracture"
+    table["screened_fracture"] = pd.array([None if pd.isna(p) else bool(p >= float(point["threshold"]))
+                                           for p in table["fracture_prob"]], dtype="boolean")
     return table
 
 
@@ -87,7 +92,7 @@ def _scan_outputs(grading: ScanGrading, name: str, checkpoint, saliency_dir, rep
     """The saliency maps and the report of one graded scan, when asked for."""
     if saliency_dir is None and report_path is None:
         return
-    maps = cube_saliency(grading)
+    maps = None if grading.model is None else cube_saliency(grading)
     if saliency_dir is not None:
         paths = saliency_paths(grading, saliency_dir, name)
         refuse_existing(paths, overwrite)
@@ -107,13 +112,16 @@ def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwri
     pairs = scan_pairs(ct, seg)
     folder_mode = Path(ct).is_dir()
     _check_outputs(out, report, saliency_dir, folder_mode, overwrite)
+    if checkpoint is None:
+        refuse_without_network(saliency_dir, operating_points)
     point = None if operating_points is None else read_operating_point(operating_points, model_name)
     resolve_device(device)  # an unknown or absent device is refused before any file is read
-    model = load_checkpoint(checkpoint)
+    model = None if checkpoint is None else load_checkpoint(checkpoint)
     tables = []
     for i, (name, ct_path, seg_path) in enumerate(pairs, 1):
         try:
-            grading = grade_scan(ct_path, seg_path, model, device=device)
+            grading = grade_scan(ct_path, seg_path, model, device=device,
+                                 grader=None if checkpoint is None else str(checkpoint))
             report_path = None if report is None else (Path(report) / f"{name}.html" if folder_mode else report)
             _scan_outputs(grading, name, checkpoint, saliency_dir, report_path, point, overwrite)
         except (RuntimeError, ValueError) as exc:

@@ -36,6 +36,7 @@ from ..io import load_nifti, strip_nifti_suffix
 from ..levels import GRADABLE_LABELS, level_name, spine_order
 from ..models.networks import GradingModel, resolve_device, unwrap_model
 from ..models.checkpoints import load_checkpoint
+from .heights_grading import morphometry_grades, scan_heights, with_heights
 
 LOG = logging.getLogger("vfnb.inference.grading")
 AFFINE_TOLERANCE_MM = 1e-3  # CT and label map affines must agree to this (voxel -> world mm)
@@ -149,6 +150,23 @@ def _read_scan(ct: Path, seg: Path):
     return image, affine, as_label_map(label_map, str(seg)), seg_affine
 
 
+def _gradable_labels(label_map: np.ndarray, seg: Path) -> list[int]:
+    """The gradable VerSe labels of a (uint8) label map, in spine order; refused when there is none."""
+    present = [int(v) for v in np.nonzero(np.bincount(label_map.ravel(), minlength=1))[0] if v]
+    labels = sorted((v for v in present if v in GRADABLE_LABELS), key=spine_order)
+    if not labels:
+        raise DatasetError(f"{seg}: the label map holds no vertebra to grade (labels present: {present or 'none'}; "
+                           "expected VerSe labels 1-25 or 28)")
+    return labels
+
+
+def _grade_by_heights(ct: Path, seg: Path) -> "ScanGrading":
+    """Every gradable vertebra graded from its heights on the scan's grid, without a network."""
+    image, affine, label_map, seg_affine = _read_scan(ct, seg)
+    table = morphometry_grades(scan_heights(label_map, seg_affine, _gradable_labels(label_map, seg)))
+    return ScanGrading(table, [], [], None, image, label_map, affine)
+
+
 @dataclass
 class ScanGrading:
     """One graded scan: the table and what was graded, for reports and saliency maps.
@@ -157,32 +175,37 @@ class ScanGrading:
     :class:`vfnb.data.preprocess.Patch` of each row, in the same order;
     ``records``: the in-memory patch records given to the model; ``image``,
     ``label_map``, ``affine``: the CT, its label map and their voxel -> world affine.
+    Graded without a checkpoint (the morphometry grader), ``model`` is None and
+    ``patches`` / ``records`` are empty.
     """
 
     table: Any
     patches: list
     records: list
-    model: GradingModel
+    model: GradingModel | None
     image: np.ndarray
     label_map: np.ndarray
     affine: np.ndarray
 
 
-def grade_scan(ct: str | os.PathLike, seg: str | os.PathLike, checkpoint: str | os.PathLike | GradingModel,
-               device: str | torch.device = "auto", batch_size: int = 8) -> ScanGrading:
-    """Grade every vertebra of one scan and keep what was graded (see :func:`predict_scan`)."""
+def grade_scan(ct: str | os.PathLike, seg: str | os.PathLike,
+               checkpoint: str | os.PathLike | GradingModel | None = None,
+               device: str | torch.device = "auto", batch_size: int = 8, grader: str | None = None) -> ScanGrading:
+    """Grade every vertebra of one scan and keep what was graded (see :func:`predict_scan`).
+
+    ``grader``: the name in the table's ``grader`` column (default: the checkpoint's
+    path, ``network`` for a model object).
+    """
     ct, seg = Path(ct), Path(seg)
+    if checkpoint is None:
+        return _grade_by_heights(ct, seg)
     model = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_checkpoint(checkpoint)
     spec = unwrap_model(model).input_spec
     if spec is None:
         raise VfnbError("the model carries no input size (model.input_spec is None); load it with "
                         "vfnb.models.checkpoints.load_checkpoint or set its ModelInput")
     image, affine, label_map, seg_affine = _read_scan(ct, seg)
-    present = sorted(int(v) for v in np.unique(label_map) if v)
-    labels = sorted((v for v in present if v in GRADABLE_LABELS), key=spine_order)
-    if not labels:
-        raise DatasetError(f"{seg}: the label map holds no vertebra to grade (labels present: {present or 'none'}; "
-                           "expected VerSe labels 1-25 or 28)")
+    labels = _gradable_labels(label_map, seg)
     skipped: list = []
     patches = extract_patches_from_arrays(image, label_map, affine, size=spec.patch_size, labels=labels,
                                           seg_affine=seg_affine, where=str(seg), skipped=skipped)
@@ -197,10 +220,13 @@ def grade_scan(ct: str | os.PathLike, seg: str | os.PathLike, checkpoint: str | 
     table, _ = predict_patches(model, records, batch_size=batch_size, device=device)
     table = table.drop(columns=["name", "image_id", "grade"])
     table["warnings"] = ["; ".join(p.warnings) for p in patches]
+    name = grader or ("network" if isinstance(checkpoint, torch.nn.Module) else str(checkpoint))
+    table = with_heights(table, scan_heights(label_map, seg_affine, table["label"].tolist()), name)
     return ScanGrading(table, patches, records, unwrap_model(model), image, label_map, affine)
 
 
-def predict_scan(ct: str | os.PathLike, seg: str | os.PathLike, checkpoint: str | os.PathLike | GradingModel,
+def predict_scan(ct: str | os.PathLike, seg: str | os.PathLike,
+                 checkpoint: str | os.PathLike | GradingModel | None = None,
                  device: str | torch.device = "auto", batch_size: int = 8):
     """Grade every vertebra of one scan.
 
@@ -208,11 +234,19 @@ def predict_scan(ct: str | os.PathLike, seg: str | os.PathLike, checkpoint: str 
     (same shape and affine, any orientation). Every label 1-25 and 28 in the map is
     graded (26 sacrum and 27 coccyx never are). ``checkpoint``: a vfnb or released
     checkpoint file, or a loaded :class:`GradingModel` with its ``input_spec``; the
-    scan is pre-processed at its patch size and graded at its cube size.
+    scan is pre-processed at its patch size and graded at its cube size. Without
+    one (None), the morphometry grader grades each vertebra from its measured
+    heights with Genant's bands (:mod:`vfnb.inference.heights_grading`).
 
-    Returns a DataFrame in spine order, one row per vertebra: ``label, level, pred,
-    p0, p1, p2, p3, fracture_prob, warnings`` (``warnings``: pre-processing notes,
-    e.g. a vertebra cut off by the scan border). Raises :class:`DatasetError` naming
-    the files when they do not match or the map holds no gradable vertebra.
+    Returns a DataFrame in spine order, one row per vertebra: ``label, level,
+    grader, pred, p0, p1, p2, p3, fracture_prob``, the heights on the scan's own
+    grid (``anterior_height_mm``, ``middle_height_mm``, ``posterior_height_mm``,
+    ``anterior_ratio``, ``middle_ratio``, ``posterior_ratio``, ``height_loss``,
+    ``borderline``, ``assessable``) and ``warnings`` (pre-processing notes, e.g. a
+    vertebra cut off by the scan border, and why a vertebra is not assessable). A
+    vertebra that is not assessable has no grade and no probabilities (empty);
+    the morphometry grader gives no probabilities at all. Raises
+    :class:`DatasetError` naming the files when they do not match or the map holds
+    no gradable vertebra.
     """
     return grade_scan(ct, seg, checkpoint, device=device, batch_size=batch_size).table

@@ -4,8 +4,8 @@
   (:func:`vfnb.inference.saliency.grad_cam`), resampled into the CT's own voxel grid
   (same shape and affine as the CT, 0 away from the vertebra), one NIfTI each, to
   overlay in 3D Slicer or ITK-SNAP.
-- The per-scan report (:mod:`vfnb.inference.report`): measured heights
-  (:mod:`vfnb.morphometry.heights`), the saliency, the checkpoint's provenance and,
+- The per-scan report (:mod:`vfnb.inference.report`): the heights of the table
+  (measured on the scan's own grid, :mod:`vfnb.morphometry.scan_heights`), the saliency, the checkpoint's provenance and,
   given a study's ``operating_points.json``, the screening decision at its
   validated threshold.
 
@@ -20,20 +20,24 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from ..data.preprocess import extract_patches_from_arrays
 from ..data.transforms import eval_transform
-from ..data.resample import voxel_spacing
-from ..morphometry.heights import body_heights, with_ratios
+from ..morphometry.heights import HEIGHT_NAMES
+from ..morphometry.scan_heights import HEIGHT_COLUMNS, RATIO_COLUMNS
 from ..errors import VfnbError
 from ..evaluate.operating_points import read_operating_points
 from ..io import save_nifti
 from ..models.networks import unwrap_model
 from ..models.checkpoints import load_checkpoint_dict
 from .grading import ScanGrading
+from .heights_grading import HEIGHTS_GRADER
 from .saliency import grad_cam, heat_to_scan
 from .report import ScanReport, VertebraView, write_scan_report
 
 #: The fields of an operating point the per-scan report shows, each required as a number.
 REPORT_FIELDS = ("threshold", "val_specificity", "val_sensitivity")
+#: Patch edge (voxels) of the vertebra pictures of a report graded without a network (display only).
+DISPLAY_PATCH_SIZE = 96
 
 
 def cube_saliency(grading: ScanGrading) -> list[np.ndarray]:
@@ -93,22 +97,49 @@ def provenance(checkpoint: str | Path) -> dict:
                           + (" (SynthSpine, generated)" if synthetic else "")}
 
 
+def refuse_without_network(saliency_dir, operating_points) -> None:
+    """Refuse the outputs only a network gives when ``vfnb predict`` has no checkpoint."""
+    if saliency_dir is not None:
+        raise VfnbError(f"--saliency {saliency_dir}: saliency maps show where a network looks; without --checkpoint "
+                        "the morphometry grader grades from measured heights and has none (give a checkpoint)")
+    if operating_points is not None:
+        raise VfnbError(f"--operating-points {operating_points}: an operating point is a threshold on a network's "
+                        "fracture probability; without --checkpoint the morphometry grader gives no probabilities "
+                        "(its fracture decision is grade >= 1)")
+
+
 def vertebra_heights(grading: ScanGrading) -> list[dict]:
-    """Heights, ratios and height loss of each graded vertebra (neighbours from this scan)."""
-    return with_ratios([("scan", p.label, body_heights(p.mask, voxel_spacing(p.affine))) for p in grading.patches])
+    """Heights (mm on the scan's own grid), ratios, loss and flags of each row of the table, in order."""
+    keys = {**{column: name for column, name in zip(HEIGHT_COLUMNS, HEIGHT_NAMES)},
+            **{name: name for name in RATIO_COLUMNS}, "borderline": "borderline", "assessable": "assessable"}
+    return [{name: row[column] for column, name in keys.items()} for _, row in grading.table.iterrows()]
+
+
+def display_patches(grading: ScanGrading, size: int = DISPLAY_PATCH_SIZE) -> list:
+    """The patches the report shows: the network's own, or (no network) ones sampled for display only."""
+    if grading.patches:
+        return grading.patches
+    patches = extract_patches_from_arrays(grading.image, grading.label_map, grading.affine, size=size,
+                                          labels=[int(l) for l in grading.table["label"]], skipped=[])
+    by_label = {p.label: p for p in patches}
+    return [by_label.get(int(l)) for l in grading.table["label"]]
 
 
 def write_report(grading: ScanGrading, heats: Sequence[np.ndarray] | None, path: Path, checkpoint,
                  operating_point: Mapping | None, scan_name: str) -> None:
     """Assemble the :class:`ScanReport` of one graded scan and write it."""
     views = []
-    for (_, row), patch, heights, heat in zip(grading.table.iterrows(), grading.patches, vertebra_heights(grading),
-                                              heats or [None] * len(grading.patches)):
+    patches = display_patches(grading)
+    for (_, row), patch, heights, heat in zip(grading.table.iterrows(), patches, vertebra_heights(grading),
+                                              heats or [None] * len(patches)):
         on_patch = None if heat is None else heat_to_scan(heat, patch.affine, patch.image.shape, patch.affine,
                                                           patch.image.shape)
-        views.append(VertebraView(row=row, patch_hu=patch.image, patch_mask=patch.mask, heights=heights,
+        views.append(VertebraView(row=row, patch_hu=None if patch is None else patch.image,
+                                  patch_mask=None if patch is None else patch.mask, heights=heights,
                                   saliency=on_patch))
+    grader = None if grading.model is not None else HEIGHTS_GRADER
     report = ScanReport(scan_name=scan_name, ct_hu=grading.image, label_map=grading.label_map,
-                        affine=grading.affine, vertebrae=views, provenance=provenance(checkpoint),
-                        operating_point=operating_point)
+                        affine=grading.affine, vertebrae=views,
+                        provenance=provenance(checkpoint) if checkpoint is not None else {},
+                        operating_point=operating_point, grader=grader)
     write_scan_report(path, report)

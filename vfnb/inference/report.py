@@ -32,6 +32,7 @@ from ..data.channels import BONE_WINDOW, window
 from ..io import atomic_write_text
 from ..levels import GRADE_COLORS, GRADE_NAMES, NUM_GRADES
 
+NOT_ASSESSABLE_COLOR = "#777777"  # a vertebra without a grade
 NOT_A_DEVICE = ("Research software, not a medical device: these grades come from a model and must not be "
                 "used for diagnosis or treatment decisions.")
 
@@ -41,15 +42,17 @@ class VertebraView:
     """What the report shows of one graded vertebra.
 
     ``row``: its line of the prediction table (``label, level, pred, p0..p3,
-    fracture_prob, warnings``); ``patch_hu`` / ``patch_mask``: its pre-processed
-    patch ``[X, Y, Z]`` (patch axis convention); ``heights``: measured heights and
-    ratios (:mod:`vfnb.morphometry.heights`), or empty; ``saliency``: a map on
-    the patch grid ``[X, Y, Z]`` in [0, 1], or None.
+    fracture_prob, warnings``; ``pred`` empty when it is not assessable, the
+    probabilities empty then and for the morphometry grader); ``patch_hu`` /
+    ``patch_mask``: its pre-processed patch ``[X, Y, Z]`` (patch axis convention), or
+    None (no picture); ``heights``: measured heights (mm, on the scan's own grid),
+    ratios, ``height_loss``, ``borderline``, ``assessable``, or empty; ``saliency``: a
+    map on the patch grid ``[X, Y, Z]`` in [0, 1], or None.
     """
 
     row: Mapping
-    patch_hu: np.ndarray
-    patch_mask: np.ndarray
+    patch_hu: np.ndarray | None
+    patch_mask: np.ndarray | None
     heights: Mapping = field(default_factory=dict)
     saliency: np.ndarray | None = None
 
@@ -58,7 +61,8 @@ class VertebraView:
 class ScanReport:
     """Everything on the page. ``operating_point``: ``{"threshold", "val_specificity",
     "val_sensitivity", "model"}`` from a study's ``operating_points.json``, or None;
-    ``provenance``: ``{"checkpoint", "trained_on", "synthetic"}``."""
+    ``provenance``: ``{"checkpoint", "trained_on", "synthetic"}``; ``grader``: None for a
+    network, ``"morphometry"`` when graded from the measured heights alone."""
 
     scan_name: str
     ct_hu: np.ndarray
@@ -67,6 +71,7 @@ class ScanReport:
     vertebrae: Sequence[VertebraView]
     provenance: Mapping
     operating_point: Mapping | None = None
+    grader: str | None = None
 
 
 def _png(fig) -> str:
@@ -94,15 +99,35 @@ def overview_figure(report: ScanReport) -> str:
         voxels = np.nonzero(labels[x0] == int(view.row["label"]))
         if voxels[0].size == 0:
             continue
-        grade = int(view.row["pred"])
-        ax.contour((labels[x0] == int(view.row["label"])).T, levels=[0.5], colors=GRADE_COLORS[grade],
+        grade = _grade(view.row)
+        colour = NOT_ASSESSABLE_COLOR if grade is None else GRADE_COLORS[grade]
+        ax.contour((labels[x0] == int(view.row["label"])).T, levels=[0.5], colors=colour,
                    linewidths=1.2, origin="lower")
-        ax.text(voxels[0].max() + 3, np.mean(voxels[1]), f"{view.row['level']}: {grade}", color=GRADE_COLORS[grade],
-                fontsize=9, va="center", fontweight="bold")
+        ax.text(voxels[0].max() + 3, np.mean(voxels[1]), f"{view.row['level']}: {'n/a' if grade is None else grade}",
+                color=colour, fontsize=9, va="center", fontweight="bold")
     ax.set_xlabel("posterior -> anterior (voxels)")
     ax.set_ylabel("inferior -> superior (voxels)")
     ax.set_title(f"{report.scan_name}: predicted Genant grade per vertebra")
     return _png(fig)
+
+
+def _grade(row: Mapping) -> int | None:
+    """The row's grade, None when the vertebra was not graded (not assessable)."""
+    value = row.get("pred")
+    return None if value is None or _missing(value) else int(value)
+
+
+def _missing(value) -> bool:
+    try:
+        return bool(np.isnan(float(value)))
+    except (TypeError, ValueError):
+        return True
+
+
+def _not_assessable_reasons(row: Mapping) -> list[str]:
+    prefix = "not assessable: "
+    return [part.strip()[len(prefix):] for part in str(row.get("warnings") or "").split("; ")
+            if part.strip().startswith(prefix)]
 
 
 def vertebra_figure(view: VertebraView) -> str:
@@ -124,13 +149,27 @@ def vertebra_figure(view: VertebraView) -> str:
     return _png(fig)
 
 
-def _decision(view: VertebraView, point: Mapping | None) -> str:
+def _decision(view: VertebraView, point: Mapping | None, grader: str | None = None) -> str:
+    grade = _grade(view.row)
+    if grade is None:
+        return "none: the vertebra is not assessable"
+    if grader is not None:
+        return (f"{'<b>fracture</b>' if grade >= 1 else 'no fracture'} (grade {grade}; the morphometry grader's "
+                "decision is grade 1 or more)")
     if point is None:
         return "no operating point given (pass a study's operating_points.json)"
     fractured = float(view.row["fracture_prob"]) >= float(point["threshold"])
     return (f"{'<b>fracture</b>' if fractured else 'no fracture'} at threshold {float(point['threshold']):.3f} "
             f"(validated: specificity {float(point['val_specificity']):.2f}, "
             f"sensitivity {float(point['val_sensitivity']):.2f})")
+
+
+def _loss_text(heights: Mapping) -> str:
+    value = heights.get("height_loss")
+    if value is None or not np.isfinite(value):
+        return "-"
+    mark = " <b>(borderline: within 2 points of a Genant band edge, 20/25/40 %)</b>" if heights.get("borderline") else ""
+    return f"{100 * value:.0f} %{mark}"
 
 
 def _heights_rows(heights: Mapping) -> str:
@@ -140,29 +179,58 @@ def _heights_rows(heights: Mapping) -> str:
     rows = []
     for key, title in names:
         value = heights.get(key)
-        text = "-" if value is None or not np.isfinite(value) else (
-            f"{100 * value:.0f} %" if key == "height_loss" else f"{value:.2f}" if "ratio" in key else f"{value:.1f}")
+        if key == "height_loss":
+            text = _loss_text(heights)
+        else:
+            text = "-" if value is None or not np.isfinite(value) else (
+                f"{value:.2f}" if "ratio" in key else f"{value:.1f}")
         rows.append(f"<tr><td>{title}</td><td>{text}</td></tr>")
     return "".join(rows)
 
 
-def _vertebra_section(view: VertebraView, point: Mapping | None) -> str:
+def _title(view: VertebraView) -> str:
+    """The section's heading: the level and its grade, or why it is not assessable."""
+    level, grade = html.escape(str(view.row["level"])), _grade(view.row)
+    if grade is None:
+        reasons = "; ".join(_not_assessable_reasons(view.row)) or "no grade"
+        return f"<h3 style='color:{NOT_ASSESSABLE_COLOR}'>{level}: not assessable: {html.escape(reasons, quote=False)}</h3>"
+    return f"<h3 style='color:{GRADE_COLORS[grade]}'>{level}: grade {grade} ({GRADE_NAMES[grade]})</h3>"
+
+
+def _probabilities(row: Mapping) -> str:
+    values = [row.get(f"p{g}") for g in range(NUM_GRADES)]
+    if any(_missing(v) for v in values):
+        return ""
+    probs = "".join(f"<tr><td>grade {g} ({GRADE_NAMES[g]})</td><td>{float(v):.3f}</td></tr>"
+                    for g, v in enumerate(values))
+    return f"<table><tr><th colspan=2>grade probabilities</th></tr>{probs}</table>"
+
+
+def _vertebra_section(view: VertebraView, point: Mapping | None, grader: str | None = None) -> str:
     row = view.row
-    grade = int(row["pred"])
-    probs = "".join(f"<tr><td>grade {g} ({GRADE_NAMES[g]})</td><td>{float(row[f'p{g}']):.3f}</td></tr>"
-                    for g in range(NUM_GRADES))
     warn = f"<p class='warn'>{html.escape(str(row['warnings']))}</p>" if str(row.get("warnings") or "") else ""
-    return (f"<section><h3 style='color:{GRADE_COLORS[grade]}'>{html.escape(str(row['level']))}: grade {grade} "
-            f"({GRADE_NAMES[grade]})</h3><div class='row'><img src='{vertebra_figure(view)}' alt='{row['level']}'>"
-            f"<table><tr><th colspan=2>grade probabilities</th></tr>{probs}"
-            f"</table><table><tr><th colspan=2>measured heights (label map)</th></tr>{_heights_rows(view.heights)}"
-            f"</table></div><p>Screening: {_decision(view, point)}</p>{warn}</section>")
+    picture = "" if view.patch_hu is None else f"<img src='{vertebra_figure(view)}' alt='{row['level']}'>"
+    return (f"<section>{_title(view)}<div class='row'>{picture}{_probabilities(row)}"
+            f"<table><tr><th colspan=2>measured heights (mm, on the scan's own grid)</th></tr>"
+            f"{_heights_rows(view.heights)}</table></div><p>{'Decision' if grader else 'Screening'}: "
+            f"{_decision(view, point, grader)}</p>{warn}</section>")
 
 
 _CSS = ("body{font-family:sans-serif;max-width:70em;margin:1em auto;color:#222} .notice{background:#fff3e0;"
         "border:2px solid #ef6c00;padding:.6em} .row{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start} "
         "table{border-collapse:collapse} td,th{border-bottom:1px solid #ddd;padding:2px 8px;text-align:left;white-space:nowrap} "
         ".warn{color:#a15c00}")
+
+
+def _grader_line(report: ScanReport, trained: str) -> str:
+    """Who graded: the network's checkpoint and data, or the morphometry grader."""
+    if report.grader is not None:
+        return (f"<p><b>Grader: {html.escape(report.grader)}</b>: each vertebra is graded from its measured heights "
+                "with Genant's height-loss bands (loss against its own posterior wall and its neighbours' posterior "
+                "heights); no network, no probabilities; fracture = grade 1 or more.</p>")
+    point, prov = report.operating_point, report.provenance
+    return (f"<p>Model: checkpoint <code>{html.escape(str(prov.get('checkpoint', '-')))}</code>, trained on {trained}."
+            f"{'' if point is None else ' Operating point: ' + html.escape(str(point.get('model', '')))}</p>")
 
 
 def render(report: ScanReport) -> str:
@@ -172,15 +240,15 @@ def render(report: ScanReport) -> str:
     if prov.get("synthetic"):
         trained += " <b>(synthetic data: this model has never seen a real CT)</b>"
     point = report.operating_point
-    sections = "".join(_vertebra_section(view, point) for view in report.vertebrae)
+    sections = "".join(_vertebra_section(view, point, report.grader) for view in report.vertebrae)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>vfnb: {html.escape(report.scan_name)}</title>"
             f"<style>{_CSS}</style></head><body><h1>Vertebral fracture grades: {html.escape(report.scan_name)}</h1>"
             f"<p class='notice'>{NOT_A_DEVICE}</p>"
-            f"<p>Model: checkpoint <code>{html.escape(str(prov.get('checkpoint', '-')))}</code>, trained on {trained}."
-            f"{'' if point is None else ' Operating point: ' + html.escape(str(point.get('model', '')))}</p>"
+            f"{_grader_line(report, trained)}"
             f"<p>Genant grades: 0 normal, 1 mild (20-25 % height loss), 2 moderate (25-40 %), 3 severe (over 40 %). "
-            f"Heights are measured on the label map's mid-sagittal slice (15 %, 50 % and 85 % of the body's depth "
-            f"from the front); the saliency (Grad-CAM, when shown) marks where the network's evidence for its grade "
+            f"Heights are measured on the label map in the CT's own voxel grid, in the sagittal plane through the "
+            f"vertebral body's centroid (15 %, 50 % and 85 % of the body's depth from the front); a vertebra whose "
+            f"body touches the scan's edge is not assessable and not graded; the saliency (Grad-CAM, when shown) marks where the network's evidence for its grade "
             f"lies, brighter = more.</p>"
             f"<img src='{overview_figure(report)}' alt='sagittal overview'>{sections}</body></html>")
 

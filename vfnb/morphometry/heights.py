@@ -46,7 +46,7 @@ HEIGHT_POSITIONS = {"anterior": 0.15, "middle": 0.5, "posterior": 0.85}  # fract
 HEIGHT_NAMES = tuple(HEIGHT_POSITIONS)
 
 
-def _nan_heights() -> dict:
+def nan_heights() -> dict:
     return {**{name: float("nan") for name in HEIGHT_NAMES}, "depth": float("nan"), "tilt_deg": float("nan")}
 
 
@@ -131,23 +131,34 @@ def body_heights(mask: np.ndarray, spacing_mm: Sequence[float] | float = 1.0) ->
         raise ValueError(f"mask must be [X, Y, Z], got shape {mask.shape}")
     spacing = np.broadcast_to(np.asarray(spacing_mm, dtype=float), (3,))
     if not mask.any():
-        return _nan_heights()
-    body = vertebral_body(mid_sagittal_slice(mask))
-    points, pixel = _fine_outline_points(body, spacing[1], spacing[2])
+        return nan_heights()
+    return sagittal_heights(vertebral_body(mid_sagittal_slice(mask)), spacing[1], spacing[2])[0]
+
+
+def sagittal_heights(body: np.ndarray, sy: float, sz: float) -> tuple[dict, tuple[np.ndarray, float] | None]:
+    """Heights of a body outlined in one sagittal ``[Y, Z]`` slice with voxels of ``sy`` x ``sz`` mm.
+
+    Returns ``(heights, frame)``: the dict of :func:`body_heights`, and ``(ap, back)``,
+    the unit antero-posterior axis of the body's frame (in the slice's (y, z) mm) and
+    the position of its posterior wall along it (mm), so a caller can tell the body
+    from the posterior elements off the slice; ``frame`` is None (and the heights
+    NaN) when the slice holds fewer than three points of body.
+    """
+    points, pixel = _fine_outline_points(np.asarray(body, dtype=bool), sy, sz)
     if len(points) < 3:
-        return _nan_heights()
-    ap, si = body_frame(points, bin_mm=2 * max(spacing[1], spacing[2]))
+        return nan_heights(), None
+    ap, si = body_frame(points, bin_mm=2 * max(sy, sz))
     u, v = points @ ap, points @ si
     # fine pixel centres lie half a (fine) pixel inside the outline
     front, back = u.max() + pixel / 2, u.min() - pixel / 2
     depth = front - back
-    band = max(spacing[1], spacing[2]) / 2
+    band = max(sy, sz) / 2
     out = {"depth": float(depth), "tilt_deg": float(np.degrees(np.arctan2(si[0], si[1])))}
     for name, fraction in HEIGHT_POSITIONS.items():
         at = front - fraction * depth
         near = np.abs(u - at) <= band
         out[name] = float(v[near].max() - v[near].min() + pixel) if near.any() else float("nan")
-    return out
+    return out, (ap, float(back))
 
 
 def _fine_outline_points(body: np.ndarray, sy: float, sz: float, per_voxel: int = 4) -> tuple[np.ndarray, float]:
