@@ -7,6 +7,11 @@
 - ``--operating-points`` (a study's ``operating_points.json``; ``--model`` picks the
   model when it holds several): the table gains ``screening_threshold`` and
   ``screened_fracture`` (fracture probability at or above the validated threshold).
+  Only a point chosen for this checkpoint is used (its ``run_id``), unless
+  ``--accept-foreign-operating-points``, which every output then states.
+- The checks of :mod:`vfnb.inference.safety`: a SupCon pretraining checkpoint is
+  refused; what the checkpoint says of its training data (synthetic, unknown,
+  grades never seen) leads stderr, the ``model_notes`` column and the report.
 
 - ``--saliency DIR``: one NIfTI per graded vertebra, ``<scan>_<level>_gradcam.nii.gz``,
   the Grad-CAM map of the predicted grade (:func:`vfnb.inference.saliency.grad_cam`) resampled
@@ -32,6 +37,7 @@ from ..models.checkpoints import load_checkpoint
 from ..models.networks import resolve_device
 from .grading import ScanGrading, grade_scan
 from .outputs import cube_saliency, read_operating_point, refuse_existing, saliency_paths, write_report, write_saliency
+from .safety import check_gradable, checked_operating_point, model_notes
 
 
 def scan_name(ct: str | Path) -> str:
@@ -67,6 +73,9 @@ def add_decision(table, point: Mapping | None):
     table = table.copy()
     table["screening_threshold"] = float(point["threshold"])
     table["screened_fracture"] = table["fracture_prob"] >= float(point["threshold"])
+    if point.get("foreign") and "model_notes" in table:
+        table["model_notes"] = ["; ".join(n for n in (str(old or ""), point["foreign"]) if n)
+                                for old in table["model_notes"]]
     return table
 
 
@@ -98,7 +107,8 @@ def _scan_outputs(grading: ScanGrading, name: str, checkpoint, saliency_dir, rep
 
 
 def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwrite: bool = False,
-                    saliency_dir=None, report=None, operating_points=None, model_name=None) -> None:
+                    saliency_dir=None, report=None, operating_points=None, model_name=None,
+                    accept_foreign_operating_points: bool = False) -> None:
     """Grade one scan or a folder of scans; write the CSV (atomically) or print it, plus the asked-for outputs.
 
     Existing outputs are refused unless ``overwrite``; the inputs, outputs and
@@ -110,6 +120,12 @@ def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwri
     point = None if operating_points is None else read_operating_point(operating_points, model_name)
     resolve_device(device)  # an unknown or absent device is refused before any file is read
     model = load_checkpoint(checkpoint)
+    check_gradable(model, checkpoint)
+    if point is not None:
+        point = checked_operating_point(point, point["name"], operating_points, checkpoint,
+                                        accept_foreign_operating_points)
+    for note in model_notes(model) + ([point["foreign"]] if point and point["foreign"] else []):
+        print(f"warning: {checkpoint}: {note}", file=sys.stderr)
     tables = []
     for i, (name, ct_path, seg_path) in enumerate(pairs, 1):
         try:

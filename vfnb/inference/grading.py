@@ -36,6 +36,7 @@ from ..io import load_nifti, strip_nifti_suffix
 from ..levels import GRADABLE_LABELS, level_name, spine_order
 from ..models.networks import GradingModel, resolve_device, unwrap_model
 from ..models.checkpoints import load_checkpoint
+from .safety import annotate
 
 LOG = logging.getLogger("vfnb.inference.grading")
 AFFINE_TOLERANCE_MM = 1e-3  # CT and label map affines must agree to this (voxel -> world mm)
@@ -197,6 +198,7 @@ def grade_scan(ct: str | os.PathLike, seg: str | os.PathLike, checkpoint: str | 
     table, _ = predict_patches(model, records, batch_size=batch_size, device=device)
     table = table.drop(columns=["name", "image_id", "grade"])
     table["warnings"] = ["; ".join(p.warnings) for p in patches]
+    table = annotate(table, unwrap_model(model), patches)  # model_notes first; scan outside training in warnings
     return ScanGrading(table, patches, records, unwrap_model(model), image, label_map, affine)
 
 
@@ -210,9 +212,12 @@ def predict_scan(ct: str | os.PathLike, seg: str | os.PathLike, checkpoint: str 
     checkpoint file, or a loaded :class:`GradingModel` with its ``input_spec``; the
     scan is pre-processed at its patch size and graded at its cube size.
 
-    Returns a DataFrame in spine order, one row per vertebra: ``label, level, pred,
-    p0, p1, p2, p3, fracture_prob, warnings`` (``warnings``: pre-processing notes,
-    e.g. a vertebra cut off by the scan border). Raises :class:`DatasetError` naming
+    Returns a DataFrame in spine order, one row per vertebra: ``model_notes, label,
+    level, pred, p0, p1, p2, p3, fracture_prob, warnings`` (``model_notes``: what the
+    checkpoint says about the model's training data, the same on every row, e.g.
+    trained on synthetic data (:func:`vfnb.inference.safety.model_notes`);
+    ``warnings``: pre-processing notes, e.g. a vertebra cut off by the scan border,
+    and where the vertebra lies outside the training data). Raises :class:`DatasetError` naming
     the files when they do not match or the map holds no gradable vertebra.
     """
     return grade_scan(ct, seg, checkpoint, device=device, batch_size=batch_size).table

@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from ..data.channels import BONE_WINDOW, window
 from ..io import atomic_write_text
 from ..levels import GRADE_COLORS, GRADE_NAMES, NUM_GRADES
+from .safety import reading_sentence
 
 NOT_A_DEVICE = ("Research software, not a medical device: these grades come from a model and must not be "
                 "used for diagnosis or treatment decisions.")
@@ -58,7 +59,8 @@ class VertebraView:
 class ScanReport:
     """Everything on the page. ``operating_point``: ``{"threshold", "val_specificity",
     "val_sensitivity", "model"}`` from a study's ``operating_points.json``, or None;
-    ``provenance``: ``{"checkpoint", "trained_on", "synthetic"}``."""
+    ``provenance``: ``{"checkpoint", "trained_on", "synthetic"}``; ``notices``: what the
+    page says first (:func:`vfnb.inference.safety.model_notes`, a foreign operating point)."""
 
     scan_name: str
     ct_hu: np.ndarray
@@ -67,6 +69,7 @@ class ScanReport:
     vertebrae: Sequence[VertebraView]
     provenance: Mapping
     operating_point: Mapping | None = None
+    notices: Sequence[str] = ()
 
 
 def _png(fig) -> str:
@@ -128,9 +131,11 @@ def _decision(view: VertebraView, point: Mapping | None) -> str:
     if point is None:
         return "no operating point given (pass a study's operating_points.json)"
     fractured = float(view.row["fracture_prob"]) >= float(point["threshold"])
+    sentence = reading_sentence(view.row, point)
     return (f"{'<b>fracture</b>' if fractured else 'no fracture'} at threshold {float(point['threshold']):.3f} "
-            f"(validated: specificity {float(point['val_specificity']):.2f}, "
-            f"sensitivity {float(point['val_sensitivity']):.2f})")
+            f"({'NOT validated for this model' if point.get('foreign') else 'validated'}: specificity "
+            f"{float(point['val_specificity']):.2f}, sensitivity {float(point['val_sensitivity']):.2f})"
+            + ("" if sentence is None else f". {html.escape(sentence)}"))
 
 
 def _heights_rows(heights: Mapping) -> str:
@@ -165,6 +170,13 @@ _CSS = ("body{font-family:sans-serif;max-width:70em;margin:1em auto;color:#222} 
         ".warn{color:#a15c00}")
 
 
+def _notices(notices: Sequence[str]) -> str:
+    """The page's first lines: what the reader must know before any grade (nothing when there is none)."""
+    if not notices:
+        return ""
+    return "<div class='notice'>" + "".join(f"<p><b>{html.escape(n)}</b></p>" for n in notices) + "</div>"
+
+
 def render(report: ScanReport) -> str:
     """The whole page as an HTML string."""
     prov = report.provenance
@@ -174,7 +186,7 @@ def render(report: ScanReport) -> str:
     point = report.operating_point
     sections = "".join(_vertebra_section(view, point) for view in report.vertebrae)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>vfnb: {html.escape(report.scan_name)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>Vertebral fracture grades: {html.escape(report.scan_name)}</h1>"
+            f"<style>{_CSS}</style></head><body>{_notices(report.notices)}<h1>Vertebral fracture grades: {html.escape(report.scan_name)}</h1>"
             f"<p class='notice'>{NOT_A_DEVICE}</p>"
             f"<p>Model: checkpoint <code>{html.escape(str(prov.get('checkpoint', '-')))}</code>, trained on {trained}."
             f"{'' if point is None else ' Operating point: ' + html.escape(str(point.get('model', '')))}</p>"
