@@ -103,7 +103,7 @@ def _cmd_predict(a):
 
     predict_command(a.ct, a.seg, a.checkpoint, a.out, device=a.device, overwrite=a.overwrite,
                     saliency_dir=a.saliency, report=a.report, operating_points=a.operating_points,
-                    model_name=a.model)
+                    model_name=a.model, accept_foreign_operating_points=a.accept_foreign_operating_points)
 
 
 def _cmd_study(a):
@@ -232,6 +232,8 @@ def _add_model_commands(sub) -> None:
                    help="a study's operating_points.json: the table (screening_threshold, screened_fracture) and the "
                         "report give the screening decision at its validated threshold")
     s.add_argument("--model", help="which model's operating point, when the JSON holds several (e.g. ce)")
+    s.add_argument("--accept-foreign-operating-points", action="store_true",
+                   help="use an operating point not chosen for this checkpoint (another run's); every output says so")
     s.add_argument("--overwrite", action="store_true", help="replace existing output files")
     s.set_defaults(func=_cmd_predict)
 

@@ -26,7 +26,8 @@ For each vertebra label:
    (patch affine) -> source voxel (inverse source affine) and sampled directly from
    the source with :func:`scipy.ndimage.map_coordinates`: the CT with a cubic
    B-spline (order 3), the mask as ``label map == label`` with nearest neighbour
-   (order 0). This equals the study's "align to identity direction, crop, zoom"
+   (order 0; a tie between two source voxels goes to the one on the +RAS side in
+   the world, so the mask does not depend on how the scan is stored). This equals the study's "align to identity direction, crop, zoom"
    chain (image cubic, mask order 0) without the intermediate resampling, and is
    exact for any orientation. Points outside the scan's voxel cells get
    -1024 HU (air) in the image and 0 in the mask.
@@ -72,6 +73,7 @@ from scipy import ndimage
 from ..errors import DatasetError, ParamsError
 from ..io import atomic_write_json, atomic_write_text, load_nifti, output_folder, overlap, save_nifti, spreadsheet_text
 from ..levels import LEVEL_NAMES, MAX_LABEL, level_name, spine_order
+from .origin import source_origin
 from .processed import patch_filename
 from .resample import patch_grid, sample_in_world, voxel_spacing, world_box
 
@@ -452,12 +454,13 @@ def _manifest(original: Path, size: int, cases: int, patches: int, warnings: lis
     return {
         "vfnb_version": __version__,
         "source": str(original.resolve()),
+        "dataset": source_origin(original),  # name, and whether its scans are generated (SynthSpine)
         "size": int(size),
         "orientation": "RAS+ [X, Y, Z]: axis 0 right-ward, axis 1 posterior->anterior, axis 2 inferior->superior",
         "box": "tight RAS-aligned box of the label's voxel cells; shorter in-plane extent widened to a square",
         "spacing": "isotropic, in-plane box side / size (mm)",
         "image_interpolation": "cubic B-spline (scipy map_coordinates order 3), rounded to int16",
-        "mask_interpolation": "nearest neighbour (order 0) of label map == label, uint8 0/1",
+        "mask_interpolation": "nearest neighbour (order 0) of label map == label, ties to the +RAS side, uint8 0/1",
         "pad_hu": PAD_HU,
         "cases": cases,
         "patches": patches,

@@ -10,6 +10,20 @@ covering the patch plus :data:`SPLINE_MARGIN` voxels (the prefilter's boundary
 effect decays as 0.27**n, below 0.1 HU at that margin), so a 512 x 512 x 300 scan
 is never filtered as a whole. Axis-aligned sources (RAS, LPS, permuted axes) take a
 separable path of three 1-D maps; oblique ones the full 3D ``map_coordinates``.
+
+Nearest-neighbour sampling (``order=0``, the masks) breaks ties in world
+coordinates: a patch voxel centre that lies exactly on the face between two source
+voxel cells (common: patch and source grids share the box's faces, and an
+isotropic patch step is often half or a whole source step) is given to the source
+voxel on the right / anterior / superior side. Rounding the source *index* half up
+instead would pick the voxel on one side for a scan stored RAS and on the other for
+the same scan stored LPS (a flipped axis turns "half up" into "half down" in the
+world), moving the mask by one voxel with the storage order. The rule is applied
+by sampling at the voxel centre moved by :data:`TIE_NUDGE` patch voxels along
++X, +Y and +Z (the patch axes are the RAS world axes): far below any real
+distance (about 1e-6 of a voxel), far above floating-point noise in the mapped
+coordinates (about 1e-13), so it changes nothing but exact ties and decides each
+of those the same way whatever the source's orientation or axis order.
 """
 
 from __future__ import annotations
@@ -20,6 +34,7 @@ import numpy as np
 from scipy import ndimage
 
 SPLINE_MARGIN = 8  # source voxels kept around the patch for the cubic prefilter
+TIE_NUDGE = 1e-6  # patch voxels along +X, +Y, +Z: nearest-neighbour ties go to the +RAS side (module docstring)
 
 
 def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
@@ -63,6 +78,8 @@ def sample_in_world(volume, volume_affine: np.ndarray, patch_affine: np.ndarray,
     prefilter; 0: nearest; edge mode ``"nearest"``) on the source sub-box that
     covers the patch plus a margin. Points outside the source's voxel cells get
     ``fill``. ``volume`` may be any object with ``.shape`` and 3D slicing.
+    With ``order`` 0 a point exactly between two source voxels takes the one on
+    the +RAS side (the module docstring says why), whatever the source orientation.
     Returns ``(array [shape] of out_dtype, whether any point fell outside)``.
     """
     shape = tuple(int(s) for s in shape)
@@ -118,7 +135,9 @@ def _sample_separable(sub, lo, full_shape, rot, shift, source_axis, shape, order
     outside = outside_1d[0][:, None, None] | outside_1d[1][None, :, None] | outside_1d[2][None, None, :]
     block = np.transpose(sub, source_axis)  # source axes in patch-axis order
     if order == 0:
-        index = [np.clip(np.floor(c + 0.5).astype(np.intp), 0, n - 1) for c, n in zip(coords, block.shape)]
+        # ties to the +RAS side: each coordinate moved by TIE_NUDGE patch voxels (in source units, signed)
+        nudged = [c + rot[source_axis[p], p] * TIE_NUDGE for p, c in enumerate(coords)]
+        index = [np.clip(np.floor(c + 0.5).astype(np.intp), 0, n - 1) for c, n in zip(nudged, block.shape)]
         return block[np.ix_(*index)], outside
     out = block
     # shrink first: contract the axes in order of output/input length (cheapest chain)
@@ -144,6 +163,7 @@ def _interpolation_matrix(coords: np.ndarray, n: int, order: int) -> np.ndarray:
 def _sample_general(sub, lo, full_shape, rot, shift, shape, order):
     """Oblique source: full 3D ``map_coordinates`` (64 taps per output voxel for cubic)."""
     idx = [np.arange(n, dtype=np.float64) for n in shape]
+    nudge = TIE_NUDGE if order == 0 else 0.0  # nearest neighbour: ties to the +RAS side
     coords = np.empty((3,) + shape, dtype=np.float64)
     outside = np.zeros(shape, dtype=bool)
     for d in range(3):
@@ -151,7 +171,7 @@ def _sample_general(sub, lo, full_shape, rot, shift, shape, order):
         c = (rot[d, 0] * idx[0][:, None, None] + rot[d, 1] * idx[1][None, :, None]
              + rot[d, 2] * idx[2][None, None, :] + shift[d])
         outside |= (c < -0.5) | (c > full_shape[d] - 0.5)
-        coords[d] = c - lo[d]
+        coords[d] = c - lo[d] + nudge * rot[d].sum()
     out = ndimage.map_coordinates(sub, coords, order=order, mode="nearest", prefilter=order > 1,
                                   output=np.float64 if order > 1 else sub.dtype)
     return out, outside

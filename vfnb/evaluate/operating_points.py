@@ -6,12 +6,21 @@ and ``vfnb predict --operating-points`` (:mod:`vfnb.inference.command`). Both go
 :func:`read_operating_points`, so a malformed file is refused with the same message
 (file, model, field, what was expected) wherever it is read. It lives here, below both
 ``study`` and ``inference``, and needs neither torch nor pandas.
+
+Every number is checked where it is read: a threshold is a finite number (not a
+boolean) in [0, 1] (or the next float above 1, which a threshold chosen for
+specificity 1 can be: it calls every vertebra normal), specificities, sensitivity and
+the ROC AUC numbers in [0, 1]; the error names the file, the model and the field.
+``run_id`` is the identity of the training run whose checkpoint the point was chosen
+for (:mod:`vfnb.training.data_record`), so a user of the checkpoint can tell a point
+of this checkpoint from one of another run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +42,7 @@ class OperatingPoint:
     val_sensitivity: float | None = None
     val_roc_auc: float | None = None
     chosen_on: str = "validation"
+    run_id: str | None = None  # the training run of the checkpoint it was chosen for; None: not recorded
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -43,8 +53,26 @@ class OperatingPoint:
         missing = [k for k in required if not isinstance(data, Mapping) or not _is_number(data.get(k))]
         if missing:
             raise ParamsError(f"{where}: expected an operating point with numeric {', '.join(repr(k) for k in missing)}")
+        for key in PROBABILITY_FIELDS:
+            if data.get(key) is not None:
+                _check_probability(data[key], key, where)
+        if data.get("run_id") is not None and not isinstance(data["run_id"], str):
+            raise ParamsError(f"{where}: field 'run_id' is {data['run_id']!r}; expected a string (the training run's "
+                              "identity) or null")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+#: Fields that are probabilities or rates: finite numbers in [0, 1] (the threshold may be the next float above 1).
+PROBABILITY_FIELDS = ("threshold", "target_specificity", "val_specificity", "val_sensitivity", "val_roc_auc")
+_ABOVE_ONE = math.nextafter(1.0, 2.0)
+
+
+def _check_probability(value, key: str, where: str) -> None:
+    high = _ABOVE_ONE if key == "threshold" else 1.0
+    if not _is_number(value) or not math.isfinite(value) or not 0.0 <= value <= high:
+        raise ParamsError(f"{where}: field {key!r} is {value!r}; expected a finite number in [0, 1]"
+                          + (" (not true/false)" if isinstance(value, bool) else ""))
 
 
 def _is_number(value) -> bool:

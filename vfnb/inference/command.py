@@ -10,6 +10,11 @@
 - ``--operating-points`` (a study's ``operating_points.json``; ``--model`` picks the
   model when it holds several): the table gains ``screening_threshold`` and
   ``screened_fracture`` (fracture probability at or above the validated threshold).
+  Only a point chosen for this checkpoint is used (its ``run_id``), unless
+  ``--accept-foreign-operating-points``, which every output then states.
+- The checks of :mod:`vfnb.inference.safety`: a SupCon pretraining checkpoint is
+  refused; what the checkpoint says of its training data (synthetic, unknown,
+  grades never seen) leads stderr, the ``model_notes`` column and the report.
 
 - ``--saliency DIR``: one NIfTI per graded vertebra, ``<scan>_<level>_gradcam.nii.gz``,
   the Grad-CAM map of the predicted grade (:func:`vfnb.inference.saliency.grad_cam`) resampled
@@ -34,7 +39,9 @@ from ..io import atomic_write_text, spreadsheet_safe, strip_nifti_suffix
 from ..models.checkpoints import load_checkpoint
 from ..models.networks import resolve_device
 from .grading import ScanGrading, grade_scan
-from .outputs import cube_saliency, refuse_without_network, read_operating_point, refuse_existing, saliency_paths, write_report, write_saliency
+from .outputs import (cube_saliency, read_operating_point, refuse_existing, refuse_without_network, saliency_paths,
+                      write_report, write_saliency)
+from .safety import check_gradable, checked_operating_point, model_notes
 
 
 def scan_name(ct: str | Path) -> str:
@@ -72,6 +79,9 @@ def add_decision(table, point: Mapping | None):
     # a vertebra without a fracture probability (not assessable) gets no decision, not "no fracture"
     table["screened_fracture"] = pd.array([None if pd.isna(p) else bool(p >= float(point["threshold"]))
                                            for p in table["fracture_prob"]], dtype="boolean")
+    if point.get("foreign") and "model_notes" in table:
+        table["model_notes"] = ["; ".join(n for n in (str(old or ""), point["foreign"]) if n)
+                                for old in table["model_notes"]]
     return table
 
 
@@ -103,7 +113,8 @@ def _scan_outputs(grading: ScanGrading, name: str, checkpoint, saliency_dir, rep
 
 
 def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwrite: bool = False,
-                    saliency_dir=None, report=None, operating_points=None, model_name=None) -> None:
+                    saliency_dir=None, report=None, operating_points=None, model_name=None,
+                    accept_foreign_operating_points: bool = False) -> None:
     """Grade one scan or a folder of scans; write the CSV (atomically) or print it, plus the asked-for outputs.
 
     Existing outputs are refused unless ``overwrite``; the inputs, outputs and
@@ -117,6 +128,13 @@ def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwri
     point = None if operating_points is None else read_operating_point(operating_points, model_name)
     resolve_device(device)  # an unknown or absent device is refused before any file is read
     model = None if checkpoint is None else load_checkpoint(checkpoint)
+    if model is not None:
+        check_gradable(model, checkpoint)
+        if point is not None:
+            point = checked_operating_point(point, point["name"], operating_points, checkpoint,
+                                            accept_foreign_operating_points)
+        for note in model_notes(model) + ([point["foreign"]] if point and point["foreign"] else []):
+            print(f"warning: {checkpoint}: {note}", file=sys.stderr)
     tables = []
     for i, (name, ct_path, seg_path) in enumerate(pairs, 1):
         try:

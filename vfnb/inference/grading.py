@@ -37,6 +37,7 @@ from ..levels import GRADABLE_LABELS, level_name, spine_order
 from ..models.networks import GradingModel, resolve_device, unwrap_model
 from ..models.checkpoints import load_checkpoint
 from .heights_grading import morphometry_grades, scan_heights, with_heights
+from .safety import annotate
 
 LOG = logging.getLogger("vfnb.inference.grading")
 AFFINE_TOLERANCE_MM = 1e-3  # CT and label map affines must agree to this (voxel -> world mm)
@@ -164,6 +165,7 @@ def _grade_by_heights(ct: Path, seg: Path) -> "ScanGrading":
     """Every gradable vertebra graded from its heights on the scan's grid, without a network."""
     image, affine, label_map, seg_affine = _read_scan(ct, seg)
     table = morphometry_grades(scan_heights(label_map, seg_affine, _gradable_labels(label_map, seg)))
+    table.insert(0, "model_notes", "")  # no network: nothing learnt from any training data
     return ScanGrading(table, [], [], None, image, label_map, affine)
 
 
@@ -222,6 +224,7 @@ def grade_scan(ct: str | os.PathLike, seg: str | os.PathLike,
     table["warnings"] = ["; ".join(p.warnings) for p in patches]
     name = grader or ("network" if isinstance(checkpoint, torch.nn.Module) else str(checkpoint))
     table = with_heights(table, scan_heights(label_map, seg_affine, table["label"].tolist()), name)
+    table = annotate(table, unwrap_model(model), patches)  # model_notes first; scan outside training in warnings
     return ScanGrading(table, patches, records, unwrap_model(model), image, label_map, affine)
 
 
@@ -238,15 +241,18 @@ def predict_scan(ct: str | os.PathLike, seg: str | os.PathLike,
     one (None), the morphometry grader grades each vertebra from its measured
     heights with Genant's bands (:mod:`vfnb.inference.heights_grading`).
 
-    Returns a DataFrame in spine order, one row per vertebra: ``label, level,
-    grader, pred, p0, p1, p2, p3, fracture_prob``, the heights on the scan's own
-    grid (``anterior_height_mm``, ``middle_height_mm``, ``posterior_height_mm``,
-    ``anterior_ratio``, ``middle_ratio``, ``posterior_ratio``, ``height_loss``,
-    ``borderline``, ``assessable``) and ``warnings`` (pre-processing notes, e.g. a
-    vertebra cut off by the scan border, and why a vertebra is not assessable). A
-    vertebra that is not assessable has no grade and no probabilities (empty);
-    the morphometry grader gives no probabilities at all. Raises
-    :class:`DatasetError` naming the files when they do not match or the map holds
-    no gradable vertebra.
+    Returns a DataFrame in spine order, one row per vertebra: ``model_notes`` (what
+    the checkpoint says about the model's training data, the same on every row, e.g.
+    trained on synthetic data: :func:`vfnb.inference.safety.model_notes`; empty
+    without a checkpoint), ``label, level, grader, pred, p0, p1, p2, p3,
+    fracture_prob``, the heights on the scan's own grid (``anterior_height_mm``,
+    ``middle_height_mm``, ``posterior_height_mm``, ``anterior_ratio``,
+    ``middle_ratio``, ``posterior_ratio``, ``height_loss``, ``borderline``,
+    ``assessable``) and ``warnings`` (pre-processing notes, e.g. a vertebra cut off
+    by the scan border, why a vertebra is not assessable, where it lies outside the
+    training data). A vertebra that is not assessable has no grade and no
+    probabilities (empty); the morphometry grader gives no probabilities at all.
+    Raises :class:`DatasetError` naming the files when they do not match or the map
+    holds no gradable vertebra.
     """
     return grade_scan(ct, seg, checkpoint, device=device, batch_size=batch_size).table

@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from ..data.channels import BONE_WINDOW, window
 from ..io import atomic_write_text
 from ..levels import GRADE_COLORS, GRADE_NAMES, NUM_GRADES
+from .safety import reading_sentence
 
 NOT_ASSESSABLE_COLOR = "#777777"  # a vertebra without a grade
 NOT_A_DEVICE = ("Research software, not a medical device: these grades come from a model and must not be "
@@ -62,7 +63,9 @@ class ScanReport:
     """Everything on the page. ``operating_point``: ``{"threshold", "val_specificity",
     "val_sensitivity", "model"}`` from a study's ``operating_points.json``, or None;
     ``provenance``: ``{"checkpoint", "trained_on", "synthetic"}``; ``grader``: None for a
-    network, ``"morphometry"`` when graded from the measured heights alone."""
+    network, ``"morphometry"`` when graded from the measured heights alone; ``notices``:
+    what the page says first (:func:`vfnb.inference.safety.model_notes`, a foreign
+    operating point)."""
 
     scan_name: str
     ct_hu: np.ndarray
@@ -72,6 +75,7 @@ class ScanReport:
     provenance: Mapping
     operating_point: Mapping | None = None
     grader: str | None = None
+    notices: Sequence[str] = ()
 
 
 def _png(fig) -> str:
@@ -159,9 +163,11 @@ def _decision(view: VertebraView, point: Mapping | None, grader: str | None = No
     if point is None:
         return "no operating point given (pass a study's operating_points.json)"
     fractured = float(view.row["fracture_prob"]) >= float(point["threshold"])
+    sentence = reading_sentence(view.row, point)
     return (f"{'<b>fracture</b>' if fractured else 'no fracture'} at threshold {float(point['threshold']):.3f} "
-            f"(validated: specificity {float(point['val_specificity']):.2f}, "
-            f"sensitivity {float(point['val_sensitivity']):.2f})")
+            f"({'NOT validated for this model' if point.get('foreign') else 'validated'}: specificity "
+            f"{float(point['val_specificity']):.2f}, sensitivity {float(point['val_sensitivity']):.2f})"
+            + ("" if sentence is None else f". {html.escape(sentence)}"))
 
 
 def _loss_text(heights: Mapping) -> str:
@@ -231,6 +237,11 @@ def _grader_line(report: ScanReport, trained: str) -> str:
     point, prov = report.operating_point, report.provenance
     return (f"<p>Model: checkpoint <code>{html.escape(str(prov.get('checkpoint', '-')))}</code>, trained on {trained}."
             f"{'' if point is None else ' Operating point: ' + html.escape(str(point.get('model', '')))}</p>")
+def _notices(notices: Sequence[str]) -> str:
+    """The page's first lines: what the reader must know before any grade (nothing when there is none)."""
+    if not notices:
+        return ""
+    return "<div class='notice'>" + "".join(f"<p><b>{html.escape(n)}</b></p>" for n in notices) + "</div>"
 
 
 def render(report: ScanReport) -> str:
@@ -242,7 +253,7 @@ def render(report: ScanReport) -> str:
     point = report.operating_point
     sections = "".join(_vertebra_section(view, point, report.grader) for view in report.vertebrae)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>vfnb: {html.escape(report.scan_name)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>Vertebral fracture grades: {html.escape(report.scan_name)}</h1>"
+            f"<style>{_CSS}</style></head><body>{_notices(report.notices)}<h1>Vertebral fracture grades: {html.escape(report.scan_name)}</h1>"
             f"<p class='notice'>{NOT_A_DEVICE}</p>"
             f"{_grader_line(report, trained)}"
             f"<p>Genant grades: 0 normal, 1 mild (20-25 % height loss), 2 moderate (25-40 %), 3 severe (over 40 %). "

@@ -31,7 +31,9 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..io import atomic_torch_save
+from ..levels import NUM_GRADES
 from .networks import RELEASED_INPUT, GradingModel, ModelInput, _input_size, build_model, unwrap_model
+from .origin import CheckpointOrigin
 
 CHECKPOINT_FORMAT = "vfnb"
 CHECKPOINT_VERSION = 2
@@ -176,8 +178,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Gradi
 
 
 def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "<checkpoint>") -> GradingModel:
-    """Build the model a checkpoint dict describes and load its weights (eval mode, ``input_spec`` set)."""
+    """Build the model a checkpoint dict describes and load its weights (eval mode, ``input_spec`` and
+    ``origin`` set: :class:`vfnb.models.origin.CheckpointOrigin`).
+
+    A classifier with other than the four Genant grades is refused: every table,
+    threshold and report of vfnb reads grades 0-3.
+    """
     spec = checkpoint_input(ckpt, path)
+    origin = CheckpointOrigin.from_checkpoint(ckpt, path)
     if ckpt.get("format") == CHECKPOINT_FORMAT:
         for field in ("model_args", "model"):
             if not isinstance(ckpt.get(field), dict):
@@ -195,9 +203,35 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "<checkpoint>") 
                 "as in the study's released checkpoints; expected one of the two"
             )
         model, state = _released_model(state, path)
+    _check_grades(model, path)
     _load_state(model, state, path)
     model.input_spec = spec
+    model.origin = origin
     return model.eval()
+
+
+def checkpoint_identity(path: str | os.PathLike) -> str:
+    """The identity operating points are matched on: the checkpoint's training ``run_id`` when it records one,
+    else ``sha256:<hex>`` of the file (a released checkpoint, or one written before runs had identities)."""
+    ckpt = load_checkpoint_dict(path)
+    run_id = ckpt.get("run_id")
+    if isinstance(run_id, str) and run_id:
+        return run_id
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def _check_grades(model: GradingModel, path) -> None:
+    found = int(model.classifier.out_features)
+    if found != NUM_GRADES:
+        where = "field 'model_args.num_grades'" if "num_grades" in model.model_args else "its classifier"
+        raise CheckpointError(f"{path}: {where} gives {found} grades; expected {NUM_GRADES} (Genant grades 0-3): "
+                              "vfnb's tables, thresholds and reports read exactly those")
 
 
 def checkpoint_input(ckpt: dict | str | os.PathLike, path: str | os.PathLike = "<checkpoint>") -> ModelInput:

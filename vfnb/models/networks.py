@@ -136,6 +136,8 @@ class GradingModel(nn.Module):
 
     ``input_spec``: the :class:`ModelInput` the model was trained for; set by training
     and by the checkpoint loaders, None for a network fresh from :func:`build_model`.
+    ``origin``: the :class:`vfnb.models.origin.CheckpointOrigin` of a loaded model
+    (training mode, run identity, training data), None otherwise.
     """
 
     def __init__(self, encoder: nn.Module, num_features: int, num_grades: int, head: str, feature_dim: int,
@@ -153,6 +155,7 @@ class GradingModel(nn.Module):
         self.classifier = nn.Linear(num_features, num_grades)
         self.model_args = dict(model_args)
         self.input_spec: ModelInput | None = None
+        self.origin = None  # a CheckpointOrigin once loaded from a checkpoint
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled encoder feature ``[B, F]`` (F = :attr:`num_features`)."""

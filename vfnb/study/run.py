@@ -204,7 +204,18 @@ class StudyRun:
 
     # ------------------------------------------------------------ operating points
     def record_operating_points(self, points: dict[str, OperatingPoint]) -> None:
-        self.write_json(OPERATING_POINTS_FILE, {m: p.as_dict() for m, p in points.items()})
+        """Write ``operating_points.json``; each network's point carries the ``run_id`` of its checkpoint
+        (``vfnb predict`` uses a point only with that checkpoint); a point that has one keeps it."""
+        self.write_json(OPERATING_POINTS_FILE, {m: self._with_run_id(m, p).as_dict() for m, p in points.items()})
+
+    def _with_run_id(self, model: str, point: OperatingPoint) -> OperatingPoint:
+        if point.run_id is not None or not self.has_checkpoint(model):
+            return point  # already stamped, or not a network (the morphometry graders)
+        from dataclasses import replace
+
+        from ..models.checkpoints import checkpoint_identity
+
+        return replace(point, run_id=checkpoint_identity(self.checkpoint_of(model)))
 
     def operating_points(self) -> dict[str, OperatingPoint]:
         """Each model's screening threshold, chosen in 02 (``operating_points.json``)."""

@@ -32,7 +32,8 @@ list is never read.
 
 A training folder holds ``params.yaml``, ``last.pt`` and ``best.pt`` (atomic, via
 :func:`vfnb.models.checkpoints.save_checkpoint`: model arguments, input block, params, epoch,
-optimizer, scheduler, RNG states, history, best metric and epoch), ``metrics.csv`` and
+optimizer, scheduler, RNG states, history, best metric and epoch, the run's ``run_id`` and what it
+was trained on, ``training_data``: :mod:`vfnb.training.data_record`), ``metrics.csv`` and
 ``history.json`` (one row per epoch: loss, lr, the validation numbers, the validation
 probe for supcon and ce, SupCon's no-structure loss and projection cosines, epoch
 seconds, data-wait fraction = time blocked waiting for the next batch / epoch time).
@@ -82,6 +83,7 @@ from ..io import atomic_write_yaml, refuse_outputs_over_inputs, release_lock
 from ..models.losses import ProjectionSimilarity, SupConLoss
 from ..models.networks import ModelInput, network_for, resolve_device
 from ..models.checkpoints import load_checkpoint, load_checkpoint_dict, set_rng_state
+from .data_record import run_provenance
 from .run_folder import Checkpointer, Selection, TrainResult, discard_unfinished, prepare_run_dir
 
 LOG = logging.getLogger("vfnb.training.engine")
@@ -216,7 +218,8 @@ def _run(config: TrainConfig, run_dir: Path, ckpt: dict | None, processes: Proce
     data = training_data(config, processes, start_first_epoch=ckpt is None,
                          with_probe=OBJECTIVES[config.mode].probe and config.probe != "none")
     state = build_training_state(config, data, processes, ckpt)
-    checkpointer = Checkpointer(run_dir, config.as_dict(), selection_for(config), ckpt)
+    provenance = run_provenance(config, ckpt) if processes.main else {}  # run_id, training_data (data_record)
+    checkpointer = Checkpointer(run_dir, config.as_dict(), selection_for(config), ckpt, provenance)
     if processes.main and state.starts_from_probe:
         checkpointer.start(state.model, validate_classifier(state, data), state.optimizer, state.scheduler)
     last = config.epochs if stop_after_epochs is None else min(config.epochs, checkpointer.epochs_done

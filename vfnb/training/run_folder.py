@@ -52,8 +52,10 @@ class TrainResult:
 class Checkpointer:
     """``best.pt`` (kept by the :class:`Selection` rule), ``last.pt``, ``history.json`` and ``metrics.csv`` of a run."""
 
-    def __init__(self, run_dir: Path, params: dict, selection: Selection, ckpt: dict | None = None):
+    def __init__(self, run_dir: Path, params: dict, selection: Selection, ckpt: dict | None = None,
+                 provenance: dict | None = None):
         self.run_dir, self.params, self.selection = run_dir, params, selection
+        self.provenance = dict(provenance or {})  # run_id, training_data: written into every checkpoint
         self.history = list(ckpt.get("history", [])) if ckpt else []
         self.epochs_done = int(ckpt["epoch"]) if ckpt else 0
         self.best, self.best_epoch = _resumed_best(ckpt, self.history, self.selection)
@@ -61,7 +63,8 @@ class Checkpointer:
     def _state(self, epoch: int, optimizer, scheduler) -> dict:
         return dict(params=self.params, epoch=epoch, optimizer=optimizer.state_dict(),
                     scheduler=scheduler.state_dict(), rng=rng_state(), history=self.history,
-                    best_metric=self.best, best_epoch=self.best_epoch, selected_by=self.selection.name)
+                    best_metric=self.best, best_epoch=self.best_epoch, selected_by=self.selection.name,
+                    **self.provenance)
 
     def start(self, model, score: float, optimizer, scheduler) -> None:
         """The model before any step is a candidate too (epoch 0), scored ``score``."""

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ...errors import DatasetError, ParamsError
 from ...io import atomic_write_json, atomic_write_text, output_folder, save_nifti
+from ..origin import GENERATOR_RECORD
 from ..original import write_annotation
 from ..preprocess import preprocess_dataset
 from ..split import split_dataset
@@ -23,7 +24,7 @@ from .config import GENERATOR_VERSION, SynthConfig, _check_config
 from .scan import generate_case
 
 TRUTH_FILE = "synth_truth.csv"
-META_FILE = "synth.json"
+META_FILE = GENERATOR_RECORD  # synth.json: "synthetic": true travels into preprocess.json (vfnb.data.origin)
 TRUTH_COLUMNS = ["case", "label", "level", "grade", "morphology", "endplate",
                  "height_anterior_before_mm", "height_middle_before_mm", "height_posterior_before_mm",
                  "height_anterior_after_mm", "height_middle_after_mm", "height_posterior_after_mm",
