@@ -18,7 +18,7 @@ from vfnb.models.checkpoints import load_checkpoint, save_checkpoint
 from vfnb.inference.grading import predict_patches, predict_scan
 
 COLUMNS = ["name", "image_id", "label", "level", "grade", "pred", "p0", "p1", "p2", "p3", "fracture_prob"]
-SCAN_COLUMNS = ["label", "level", "grader", "pred", "p0", "p1", "p2", "p3", "fracture_prob",
+SCAN_COLUMNS = ["model_notes", "label", "level", "grader", "pred", "p0", "p1", "p2", "p3", "fracture_prob",
                 "anterior_height_mm", "middle_height_mm", "posterior_height_mm", "anterior_ratio", "middle_ratio",
                 "posterior_ratio", "height_loss", "borderline", "assessable", "warnings"]
 

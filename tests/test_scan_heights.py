@@ -187,7 +187,7 @@ def test_predict_without_checkpoint_grades_from_heights(tmp_path, capsys):
     out, report = tmp_path / "grades.csv", tmp_path / "report.html"
     assert main(["predict", "--ct", str(ct), "--seg", str(seg_path), "--out", str(out), "--report", str(report)]) == 0
     written = pd.read_csv(out, keep_default_na=False)
-    assert written.columns.tolist()[:4] == ["label", "level", "grader", "pred"]
+    assert written.columns.tolist()[:5] == ["model_notes", "label", "level", "grader", "pred"]
     for column in (*HEIGHT_COLS, "anterior_ratio", "middle_ratio", "posterior_ratio", "height_loss", "borderline",
                    "assessable"):
         assert column in written.columns

@@ -16,20 +16,27 @@ from vfnb.models.networks import ModelInput, build_model
 from vfnb.models.checkpoints import save_checkpoint
 
 
+RUN_ID = "0123456789abcdef0123456789abcdef"  # the training run the checkpoint and its points come from
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A small network at a 32 cube (Grad-CAM needs the last block wider than one voxel), 'trained on SynthSpine'."""
     torch.manual_seed(0)
     net = build_model("resnet10", block_inplanes=[4, 8, 8, 16])
     net.input_spec = ModelInput(cube_size=32, patch_size=32)
-    params = {"cube_size": 32, "dataset": "data/synthspine-s0-n64/processed-64", "tag": "synth-f0"}
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", copy.deepcopy(net), params=params)
+    params = {"cube_size": 32, "dataset": "data/synthspine-s0-n64/processed-64", "tag": "synth-f0", "mode": "ce"}
+    trained_on = {"dataset": "synthspine-s0-n64", "synthetic": True, "generator": "SynthSpine 2", "tag": "synth-f0",
+                  "vertebrae": 40, "grade_counts": {"0": 30, "1": 4, "2": 3, "3": 3}}
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", copy.deepcopy(net), params=params,
+                           run_id=RUN_ID, training_data=trained_on)
 
 
 @pytest.fixture(scope="module")
 def operating_points(tmp_path_factory):
     path = tmp_path_factory.mktemp("op") / "operating_points.json"
-    point = {"threshold": 0.5, "target_specificity": 0.99, "val_specificity": 0.99, "val_sensitivity": 0.8}
+    point = {"threshold": 0.5, "target_specificity": 0.99, "val_specificity": 0.99, "val_sensitivity": 0.8,
+             "run_id": RUN_ID}
     path.write_text(json.dumps({"ce": point, "supcon_linear": {**point, "threshold": 0.9}}))
     return path
 
