@@ -166,7 +166,7 @@ def test_lordotic_lumbar_vertebrae_are_normal_for_vfnb_but_not_for_the_min_max_r
     heights = rows[HEIGHT_COLS].to_numpy()
     min_max_loss = 1 - heights.min(axis=1) / heights.max(axis=1)
     assert (min_max_loss > 0.2).sum() >= 3 and (min_max_loss[2:] > 0.2).all(), min_max_loss
-    assert (rows["anterior_height_mm"] > rows["posterior_height_mm"]).all()
+    assert (rows["anterior_height_mm"] >= rows["posterior_height_mm"]).all()  # taller in front (1 mm voxels: ties)
 
 
 def _write(tmp_path, seg, affine, name="scan"):
@@ -210,8 +210,10 @@ def test_predict_without_checkpoint_grades_from_heights(tmp_path, capsys):
 
 
 def test_borderline_mark_in_table_and_report(tmp_path):
-    specs = {21: NORMAL, 20: {**NORMAL, "ha": 19.4, "tilt": 0.0}}  # about 19 % anterior loss: near the 20 % edge
-    seg, affine = _column(specs, (0.8, 0.8, 0.5))
+    # Ha / Hp = 0.8 at the measurement positions: 20 % anterior loss, on the mild band's edge; fine slices
+    # (0.25 mm) so that voxel rounding moves the loss by well under the 2-point margin
+    specs = {21: NORMAL, 20: {**NORMAL, "ha": 19.1, "tilt": 0.0}}
+    seg, affine = _column(specs, (0.8, 0.8, 0.25))
     ct, seg_path = _write(tmp_path, seg, affine)
     table = predict_scan(ct, seg_path).set_index("level")
     assert abs(table.loc["L1", "height_loss"] - 0.20) <= 0.02 and table.loc["L1", "borderline"]

@@ -155,10 +155,26 @@ def sagittal_heights(body: np.ndarray, sy: float, sz: float) -> tuple[dict, tupl
     band = max(sy, sz) / 2
     out = {"depth": float(depth), "tilt_deg": float(np.degrees(np.arctan2(si[0], si[1])))}
     for name, fraction in HEIGHT_POSITIONS.items():
-        at = front - fraction * depth
-        near = np.abs(u - at) <= band
-        out[name] = float(v[near].max() - v[near].min() + pixel) if near.any() else float("nan")
+        out[name] = _height_at(u, v, front - fraction * depth, band, pixel)
     return out, (ap, float(back))
+
+
+def _height_at(u: np.ndarray, v: np.ndarray, at: float, band: float, pixel: float) -> float:
+    """The body's extent along ``v`` at ``u = at``: the median over fine columns within ``band`` of it.
+
+    Each fine column (one ``pixel`` wide in ``u``) gives its own extent; the median
+    of those, rather than the extent of the whole band, keeps the staircase of a
+    tilted endplate on coarse slices (3 mm) from adding a step to every height.
+    """
+    near = np.abs(u - at) <= band
+    if not near.any():
+        return float("nan")
+    columns = np.floor((u[near] - at) / pixel).astype(np.int64)
+    order = np.argsort(columns, kind="stable")
+    columns, heights = columns[order], v[near][order]
+    starts = np.flatnonzero(np.r_[True, columns[1:] != columns[:-1]])
+    extents = np.maximum.reduceat(heights, starts) - np.minimum.reduceat(heights, starts) + pixel
+    return float(np.median(extents))
 
 
 def _fine_outline_points(body: np.ndarray, sy: float, sz: float, per_voxel: int = 4) -> tuple[np.ndarray, float]:
