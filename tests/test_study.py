@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
 from vfnb import cli
 from vfnb.errors import ParamsError, VfnbError
@@ -321,6 +322,9 @@ def test_smoke_study_end_to_end(tmp_path):
     # beyond the paper: the morphometry models' thresholds, Grad-CAM per network, region shares
     points = json.loads((out / "operating_points.json").read_text())
     assert {"morphometry_rule", "morphometry_logistic", "ce"} <= set(points)
+    # each network's point names the training run of its checkpoint (vfnb predict matches on it)
+    ce_run = torch.load(out / "runs" / "ce" / "best.pt", weights_only=True, map_location="cpu")["run_id"]
+    assert points["ce"]["run_id"] == ce_run and points["morphometry_rule"].get("run_id") is None
     saliency = json.loads((out / "saliency.json").read_text())
     assert set(saliency) == {"supcon_linear", "supcon_finetune", "ce"}
     for items in saliency.values():

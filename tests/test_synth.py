@@ -9,6 +9,7 @@ height, STUDY §3).
 
 from __future__ import annotations
 
+import json
 import csv
 import dataclasses
 import hashlib
@@ -320,6 +321,8 @@ def test_dataset_passes_check_and_preprocess(datasets, tmp_path):
     report = check_dataset(three)
     assert report.kind == "original" and not report.errors, report.summary_text()
     out = preprocess_dataset(three, tmp_path / "processed", size=32, workers=1)
+    origin = json.loads((Path(out) / "preprocess.json").read_text())["dataset"]
+    assert origin["synthetic"] is True and origin["generator"].startswith("vfnb.data.synth")  # travels to checkpoints
     report = check_dataset(out)
     assert not report.errors, report.summary_text()
     n_patches = len(list((Path(out) / "img").glob("*.nii.gz")))

@@ -180,6 +180,13 @@ def test_supcon_selection_without_probe_is_lowest_loss(tiny_processed, tmp_path,
     assert result.best_metric == min(losses)
     best = load_checkpoint_dict(result.best_checkpoint)
     assert best["epoch"] == 1 + losses.index(min(losses)) and best["best_metric"] == min(losses)
+    # what the run was trained on travels in every checkpoint, with the run's identity
+    data, last = best["training_data"], load_checkpoint_dict(result.last_checkpoint)
+    assert len(best["run_id"]) == 32 and last["run_id"] == best["run_id"] and last["training_data"] == data
+    assert data["vertebrae"] == 30 and sum(data["grade_counts"].values()) == 30 and min(data["grade_counts"].values()) > 0
+    assert data["synthetic"] is None  # the tiny dataset records nothing about its origin: never guessed
+    assert data["patch_spacing_mm"] == pytest.approx([0.9, 0.9]) and data["hu_percentiles"][0] < data["hu_percentiles"][1]
+    assert load_checkpoint(result.best_checkpoint).origin.mode == "supcon"
     # one line per epoch: run, mode, epoch, loss, validation metric, seconds
     lines = [r.getMessage() for r in caplog.records if r.name == "vfnb.training.engine"]
     assert len(lines) == 2 and lines[0].startswith(f"none (supcon) epoch 1/2: loss {losses[0]:.4f}, "
