@@ -141,3 +141,20 @@ def test_nearest_neighbour_ties_do_not_depend_on_storage_order(axis):
     a, _ = sample_in_world(mask, ras, patch, (10, 10, 10), order=0, fill=0, out_dtype=np.uint8)
     b, _ = sample_in_world(stored, flipped, patch, (10, 10, 10), order=0, fill=0, out_dtype=np.uint8)
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_mask_given_as_the_ct_is_refused(tmp_path, capsys):
+    ct, seg, affine = synthetic_scan()
+    mask = save_nifti(tmp_path / "mask.nii.gz", (seg > 0).astype(np.uint8), affine)
+    assert _predict((mask, save_nifti(tmp_path / "seg.nii.gz", seg, affine)), _save(tmp_path / "m.pt")) == 2
+    err = capsys.readouterr().err
+    assert "mask.nii.gz: not a CT in Hounsfield units" in err and "Traceback" not in err
+
+
+def test_a_label_over_half_the_scan_is_refused(tmp_path, capsys):
+    ct, seg, affine = synthetic_scan()
+    seg = np.where(seg == 0, 20, seg).astype(np.uint8)  # background stored as L1
+    labels = save_nifti(tmp_path / "seg.nii.gz", seg, affine)
+    assert _predict((save_nifti(tmp_path / "ct.nii.gz", ct, affine), labels), _save(tmp_path / "m.pt")) == 2
+    err = capsys.readouterr().err
+    assert "seg.nii.gz: not a vertebra label map" in err and "L1 covers" in err and "Traceback" not in err

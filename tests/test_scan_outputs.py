@@ -6,6 +6,7 @@ import re
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -131,3 +132,19 @@ def test_a_ct_without_its_label_map_is_named(tmp_path, checkpoint, capsys):
                  "--checkpoint", str(checkpoint)]) != 0
     err = capsys.readouterr().err
     assert "b.nii.gz" in err and "Traceback" not in err
+
+
+def test_a_vertebra_cut_by_the_scan_edge_gets_no_map_and_the_others_do(tmp_path, checkpoint):
+    ct, seg, affine = synthetic_scan()
+    ct, seg = ct[:, :, 6:].copy(), seg[:, :, 6:].copy()  # T12 now starts at the first slice: not assessable
+    affine = affine.copy()
+    affine[2, 3] += 6 * 1.5
+    ct_path, seg_path = save_nifti(tmp_path / "scan.nii.gz", ct, affine), save_nifti(tmp_path / "seg.nii.gz", seg, affine)
+    out, grades = tmp_path / "maps", tmp_path / "grades.csv"
+    assert main(["predict", "--ct", str(ct_path), "--seg", str(seg_path), "--checkpoint", str(checkpoint),
+                 "--out", str(grades), "--saliency", str(out), "--report", str(tmp_path / "r.html"),
+                 "--device", "cpu"]) == 0
+    table = pd.read_csv(grades).set_index("level")
+    assert pd.isna(table.loc["T12", "pred"]) and "not assessable" in table.loc["T12", "warnings"]
+    assert sorted(p.name for p in out.iterdir()) == ["scan_L1_gradcam.nii.gz", "scan_L2_gradcam.nii.gz"]
+    assert "T12" in (tmp_path / "r.html").read_text()

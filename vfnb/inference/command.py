@@ -105,7 +105,7 @@ def _scan_outputs(grading: ScanGrading, name: str, checkpoint, saliency_dir, rep
     maps = None if grading.model is None else cube_saliency(grading)
     if saliency_dir is not None:
         paths = saliency_paths(grading, saliency_dir, name)
-        refuse_existing(paths, overwrite)
+        refuse_existing([p for p in paths if p is not None], overwrite)
         write_saliency(grading, maps, paths)
     if report_path is not None:
         refuse_existing([report_path], overwrite)

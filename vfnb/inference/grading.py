@@ -148,7 +148,25 @@ def _read_scan(ct: Path, seg: Path):
         raise DatasetError(f"{seg}: label map affine does not match the CT {ct} affine (they differ by up to "
                            f"{np.abs(seg_affine - affine).max():.4g} mm); expected the label map of this CT, "
                            "on the same voxel grid and orientation")
-    return image, affine, as_label_map(label_map, str(seg)), seg_affine
+    label_map = as_label_map(label_map, str(seg))
+    _check_plausible(ct, image, seg, label_map, affine)
+    return image, affine, label_map, seg_affine
+
+
+def _check_plausible(ct: Path, image: np.ndarray, seg: Path, label_map: np.ndarray, affine: np.ndarray) -> None:
+    """Refuse a CT that is not one in HU, or a label map that is not a vertebra map; note what is odd but gradable."""
+    from ..data.plausibility import ct_notes, ct_problems, label_map_problems
+    from ..data.resample import voxel_spacing
+
+    problems = ct_problems(image)
+    if problems:
+        raise DatasetError(f"{ct}: not a CT in Hounsfield units: {'; '.join(problems)}")
+    names = {label: level_name(label) for label in range(1, int(label_map.max()) + 1)}
+    problems = label_map_problems(label_map, voxel_spacing(affine), names)
+    if problems:
+        raise DatasetError(f"{seg}: not a vertebra label map: {'; '.join(problems)}")
+    for note in ct_notes(image):
+        print(f"warning: {ct}: {note}", file=sys.stderr)
 
 
 def _gradable_labels(label_map: np.ndarray, seg: Path) -> list[int]:

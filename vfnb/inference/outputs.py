@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..data.preprocess import extract_patches_from_arrays
@@ -44,25 +45,35 @@ REPORT_FIELDS = ("threshold", "val_specificity", "val_sensitivity")
 DISPLAY_PATCH_SIZE = 96
 
 
-def cube_saliency(grading: ScanGrading) -> list[np.ndarray]:
-    """Grad-CAM of the predicted grade for every graded vertebra, on the network's cube ``[S, S, S]``."""
+def cube_saliency(grading: ScanGrading) -> list[np.ndarray | None]:
+    """Grad-CAM of the predicted grade for every graded vertebra, on the network's cube ``[S, S, S]``.
+
+    A vertebra without a grade (not assessable: cut by the scan's edge) has no
+    predicted grade to explain; its entry is ``None``.
+    """
     model = unwrap_model(grading.model).cpu()
     transform = eval_transform(model.input_spec.cube_size)
     heats = []
     for record, grade in zip(grading.records, grading.table["pred"]):
+        if pd.isna(grade):
+            heats.append(None)
+            continue
         x = torch.as_tensor(transform(dict(record))["image"])[None]
         heats.append(grad_cam(model, x, grade=int(grade))[0])
     return heats
 
 
-def saliency_paths(grading: ScanGrading, out_dir: Path, scan_name: str) -> list[Path]:
-    """``out_dir/<scan>_<level>_gradcam.nii.gz`` for each graded vertebra, in table order."""
-    return [Path(out_dir) / f"{scan_name}_{level}_gradcam.nii.gz" for level in grading.table["level"]]
+def saliency_paths(grading: ScanGrading, out_dir: Path, scan_name: str) -> list[Path | None]:
+    """``out_dir/<scan>_<level>_gradcam.nii.gz`` for each graded vertebra in table order; ``None`` where ungraded."""
+    return [None if pd.isna(pred) else Path(out_dir) / f"{scan_name}_{level}_gradcam.nii.gz"
+            for level, pred in zip(grading.table["level"], grading.table["pred"])]
 
 
-def write_saliency(grading: ScanGrading, heats: Sequence[np.ndarray], paths: Sequence[Path]) -> None:
-    """Each cube map resampled into the CT grid and written (float32, the CT's affine)."""
+def write_saliency(grading: ScanGrading, heats: Sequence[np.ndarray | None], paths: Sequence[Path | None]) -> None:
+    """Each cube map resampled into the CT grid and written (float32, the CT's affine); ungraded ones skipped."""
     for patch, heat, path in zip(grading.patches, heats, paths):
+        if heat is None or path is None:
+            continue
         volume = heat_to_scan(heat, patch.affine, patch.image.shape, grading.affine, grading.image.shape)
         save_nifti(path, volume, grading.affine)
 
