@@ -27,7 +27,7 @@ from pathlib import Path
 
 from . import harness
 
-SECTIONS = ("augmentation", "pipeline", "training", "inference", "data", "study")
+SECTIONS = ("augmentation", "pipeline", "training", "inference", "predict", "predict_dicom", "data", "study")
 
 
 @dataclass

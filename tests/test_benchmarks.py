@@ -118,6 +118,45 @@ def test_study_wall_time_from_provenance(tmp_path):
     assert figs["study.notebook_seconds_01_supcon_pretraining"]["value"] == 300.0
 
 
+def test_fitting_a_scan_to_the_benchmark_shape_keeps_every_voxel_at_its_world_point():
+    from benchmarks.scans import fit_to_shape
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(-1000, 1500, size=(9, 4, 7)).astype(np.int16)
+    seg = (image > 800).astype(np.uint8)
+    affine = np.array([[-0.8, 0, 0, 30.0], [0, -0.8, 0, 20.0], [0, 0, 1.25, -40.0], [0, 0, 0, 1]])
+    out, out_seg, out_affine = fit_to_shape(image, seg, affine, (5, 8, 7))  # crop axis 0, pad axis 1
+    assert out.shape == out_seg.shape == (5, 8, 7)
+    # voxel (i, j, k) of the input lies where the output's affine puts its counterpart
+    for i, j, k in [(2, 0, 0), (4, 3, 6), (6, 1, 3)]:
+        oi, oj = i - 2, j + 2
+        np.testing.assert_allclose(out_affine @ [oi, oj, k, 1], affine @ [i, j, k, 1])
+        assert out[oi, oj, k] == image[i, j, k] and out_seg[oi, oj, k] == seg[i, j, k]
+    assert (out_seg[:, :2] == 0).all() and (out[:, 0] == out[:, 2]).all()  # label map padded with 0, CT with its edge
+
+
+def test_dicom_series_holds_the_nifti_voxels_and_geometry(tmp_path):
+    import pydicom
+    import SimpleITK as sitk
+
+    from benchmarks.dicom_series import write_dicom_series
+    from vfnb.io import save_nifti
+
+    image = np.random.default_rng(1).integers(-1000, 1500, size=(6, 5, 4)).astype(np.int16)
+    affine = np.array([[-0.7, 0, 0, 12.5], [0, -0.9, 0, -3.0], [0, 0, 1.5, 80.0], [0, 0, 0, 1]])
+    ct = save_nifti(tmp_path / "ct.nii.gz", image, affine)
+    assert write_dicom_series(ct, tmp_path / "dicom") == 4
+    first = pydicom.dcmread(tmp_path / "dicom" / "slice_0001.dcm")
+    assert (first.Rows, first.Columns) == (5, 6) and first.Modality == "CT"
+    assert [float(v) for v in first.ImagePositionPatient] == [-12.5, 3.0, 80.0]  # LPS: x and y change sign
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "dicom")))
+    read = reader.Execute()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read).transpose(2, 1, 0), image)
+    np.testing.assert_allclose(read.GetSpacing(), [0.7, 0.9, 1.5], atol=1e-6)
+    np.testing.assert_allclose(read.GetOrigin(), [-12.5, 3.0, 80.0], atol=1e-6)
+
+
 # ------------------------------------------------------------------ smoke runs
 @pytest.mark.slow
 def test_quick_benchmark_writes_expected_keys(tmp_path, subprocess_env):

@@ -103,7 +103,8 @@ def _cmd_predict(a):
 
     predict_command(a.ct, a.seg, a.checkpoint, a.out, device=a.device, overwrite=a.overwrite,
                     saliency_dir=a.saliency, report=a.report, operating_points=a.operating_points,
-                    model_name=a.model, accept_foreign_operating_points=a.accept_foreign_operating_points)
+                    model_name=a.model, accept_foreign_operating_points=a.accept_foreign_operating_points,
+                    label_map=a.label_map)
 
 
 def _cmd_study(a):
@@ -228,6 +229,10 @@ def _add_model_commands(sub) -> None:
     s.add_argument("--report", type=Path, metavar="HTML",
                    help="also write a one-page report of the scan (grades, heights, saliency, provenance); "
                         "with folders of scans, a folder for one page per scan")
+    s.add_argument("--label-map", type=Path, metavar="NIFTI",
+                   help="also write the label map recoloured by predicted grade on the CT's grid (codes 1-4 grades "
+                        "0-3, 5 not assessable, 6 not graded), a levels map (x_levels.nii.gz) and their 3D Slicer "
+                        "(.ctbl) and ITK-SNAP (.label.txt) colour tables beside it; with folders of scans, a folder")
     s.add_argument("--operating-points", type=Path, metavar="JSON",
                    help="a study's operating_points.json: the table (screening_threshold, screened_fracture) and the "
                         "report give the screening decision at its validated threshold")

@@ -14,6 +14,11 @@ GRADE_NAMES = {0: "normal", 1: "mild", 2: "moderate", 3: "severe"}
 #: orange, vermillion, dark red (Okabe-Ito hues and a dark red), ordered light to dark with
 #: severity so a reader with red-green colour blindness still reads the order.
 GRADE_COLORS = {0: "#6b7b8c", 1: "#e69f00", 2: "#d55e00", 3: "#7f0000"}
+#: A vertebra vfnb tried to grade and could not (not assessable): reddish purple (Okabe-Ito), a hue
+#: off the grade ramp and unlike the grey-blue of normal, so "no grade" never reads as "normal".
+NOT_ASSESSABLE_COLOR = "#cc79a7"
+#: A labelled bone that is never graded (sacrum, coccyx): pale grey, context rather than a result.
+NOT_GRADED_COLOR = "#d9d9d9"
 NUM_GRADES = len(GRADES)
 MAX_LABEL = 28  # the position code in the mask channel is label / MAX_LABEL
 

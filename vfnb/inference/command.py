@@ -20,6 +20,9 @@
   the Grad-CAM map of the predicted grade (:func:`vfnb.inference.saliency.grad_cam`) resampled
   into the CT's own voxel grid (same shape and affine as the CT, 0 away from the
   vertebra), to overlay in 3D Slicer or ITK-SNAP.
+- ``--label-map FILE.nii.gz``: the vertebra label map recoloured by predicted grade on
+  the CT's own grid, a levels map beside it, and their 3D Slicer and ITK-SNAP colour
+  tables (:mod:`vfnb.inference.exports`); with folders of scans, a folder.
 - ``--report FILE``: the self-contained HTML page of :mod:`vfnb.inference.report`, with the
   measured heights (:mod:`vfnb.morphometry.heights`), the saliency, the
   provenance of the checkpoint and, given a study's ``operating_points.json``, the
@@ -38,6 +41,7 @@ from ..errors import DatasetError, VfnbError
 from ..io import atomic_write_text, spreadsheet_safe, strip_nifti_suffix
 from ..models.checkpoints import load_checkpoint
 from ..models.networks import resolve_device
+from .exports import plan_label_maps, write_label_maps
 from .grading import ScanGrading, grade_scan
 from .outputs import (cube_saliency, read_operating_point, refuse_existing, refuse_without_network, saliency_paths,
                       write_report, write_saliency)
@@ -114,7 +118,7 @@ def _scan_outputs(grading: ScanGrading, name: str, checkpoint, saliency_dir, rep
 
 def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwrite: bool = False,
                     saliency_dir=None, report=None, operating_points=None, model_name=None,
-                    accept_foreign_operating_points: bool = False) -> None:
+                    accept_foreign_operating_points: bool = False, label_map=None) -> None:
     """Grade one scan or a folder of scans; write the CSV (atomically) or print it, plus the asked-for outputs.
 
     Existing outputs are refused unless ``overwrite``; the inputs, outputs and
@@ -123,6 +127,9 @@ def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwri
     pairs = scan_pairs(ct, seg)
     folder_mode = Path(ct).is_dir()
     _check_outputs(out, report, saliency_dir, folder_mode, overwrite)
+    label_maps = plan_label_maps(label_map, [name for name, _, _ in pairs], folder_mode,
+                                 {"--ct": ct, "--seg": seg, "--checkpoint": checkpoint,
+                                  "--operating-points": operating_points}, overwrite)
     if checkpoint is None:
         refuse_without_network(saliency_dir, operating_points)
     point = None if operating_points is None else read_operating_point(operating_points, model_name)
@@ -142,6 +149,8 @@ def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwri
                                  grader=None if checkpoint is None else str(checkpoint))
             report_path = None if report is None else (Path(report) / f"{name}.html" if folder_mode else report)
             _scan_outputs(grading, name, checkpoint, saliency_dir, report_path, point, overwrite)
+            if name in label_maps:
+                write_label_maps(grading, label_maps[name], overwrite)
         except (RuntimeError, ValueError) as exc:
             if isinstance(exc, VfnbError):
                 raise
@@ -159,6 +168,6 @@ def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwri
     else:
         atomic_write_text(out, text)
         print(f"wrote {out} ({len(table)} vertebrae of {len(pairs)} scan(s))", file=sys.stderr)
-    for what, where in (("saliency maps", saliency_dir), ("report(s)", report)):
+    for what, where in (("saliency maps", saliency_dir), ("report(s)", report), ("label maps", label_map)):
         if where is not None:
             print(f"wrote {what} to {where}", file=sys.stderr)
