@@ -330,5 +330,6 @@ def test_readme_commands_work_as_written(tmp_path, monkeypatch):
     assert (work / "my_patches" / "patches.csv").is_file()
     assert (work / "runs" / "linear" / "best.pt").is_file()
     table = (work / "synth-s0-0000_grades.csv").read_text().splitlines()
-    assert table[0].startswith("label,level,pred,p0,p1,p2,p3,fracture_prob") and len(table) > 2
+    assert table[0].startswith("model_notes,label,level,") and "pred,p0,p1,p2,p3,fracture_prob" in table[0]
+    assert len(table) > 2
     assert (work / "verse_patches" / "test_file_list.verse.yaml").is_file()
