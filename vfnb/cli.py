@@ -38,7 +38,8 @@ EXAMPLES = {
     "train": ["vfnb train -p mode=ce -p dataset=data/mydata/processed -p tag=main -p epochs=20 --out runs/ce",
               "vfnb train --out runs/ce --resume"],
     "predict": ["vfnb predict --ct scan.nii.gz --seg scan_vertebrae.nii.gz --checkpoint runs/ce/best.pt "
-                "--out grades.csv --report scan.html"],
+                "--out grades.csv --report scan.html",
+                "vfnb predict --ct dicom/series_folder --seg totalseg/ct_vertebrae.nii.gz --out grades.csv"],
     "study": ["vfnb study --params params/smoke.yaml --out results/smoke",
               "vfnb study --params params/default.yaml -p seed=1 --out results/seed1"],
     "sweep": ["vfnb sweep --params params/sweep.yaml --out results/sweep-seeds",
@@ -104,7 +105,7 @@ def _cmd_predict(a):
     predict_command(a.ct, a.seg, a.checkpoint, a.out, device=a.device, overwrite=a.overwrite,
                     saliency_dir=a.saliency, report=a.report, operating_points=a.operating_points,
                     model_name=a.model, accept_foreign_operating_points=a.accept_foreign_operating_points,
-                    label_map=a.label_map)
+                    label_map=a.label_map, series=a.series)
 
 
 def _cmd_study(a):
@@ -214,8 +215,11 @@ def _add_model_commands(sub) -> None:
 
     s = sub.add_parser("predict", help="grade every vertebra of one CT (with a checkpoint, or from measured heights)")
     s.add_argument("--ct", type=Path, required=True,
-                   help="CT scan, NIfTI in HU; or a folder of them (then --seg is a folder of label maps, "
-                        "paired by file name, and the table gets a scan column)")
+                   help="CT scan: a NIfTI file in HU or a folder holding its DICOM series; or a folder of NIfTI "
+                        "CTs (then --seg is a folder of label maps, paired by file name, and the table gets a scan "
+                        "column)")
+    s.add_argument("--series", metavar="UID",
+                   help="the SeriesInstanceUID of the series to grade when the --ct DICOM folder holds several")
     s.add_argument("--seg", type=Path, required=True,
                    help="its VerSe vertebra label map, NIfTI on the same grid; or a folder of them")
     s.add_argument("--checkpoint", type=Path,

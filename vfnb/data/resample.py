@@ -175,3 +175,40 @@ def _sample_general(sub, lo, full_shape, rot, shift, shape, order):
     out = ndimage.map_coordinates(sub, coords, order=order, mode="nearest", prefilter=order > 1,
                                   output=np.float64 if order > 1 else sub.dtype)
     return out, outside
+
+
+def onto_grid(volume: np.ndarray, volume_affine: np.ndarray, shape: Sequence[int], affine: np.ndarray,
+              tolerance_mm: float = 1e-3) -> np.ndarray | None:
+    """``volume`` re-ordered onto the voxel grid ``(shape, affine)`` when both are one lattice, else None.
+
+    Two files of one scan often store the same voxels in different array orders
+    (one converter writes LPS, another RAS; one sorts slices up, another down).
+    When every voxel centre of one grid is a voxel centre of the other (the map
+    between them is a signed axis permutation with whole-voxel offsets), the
+    volume is brought onto ``affine``'s order by flips and transposes only: no
+    value is interpolated. ``tolerance_mm``: how far a mapped voxel centre may be
+    from a voxel centre of the target grid.
+    """
+    volume_affine, affine = np.asarray(volume_affine, float), np.asarray(affine, float)
+    to_volume = np.linalg.solve(volume_affine, affine)  # target voxel index -> volume voxel index
+    rot, shift = to_volume[:3, :3], to_volume[:3, 3]
+    spacing = np.asarray(voxel_spacing(affine))
+    if np.abs(np.abs(rot).round() - np.abs(rot)).max() * spacing.max() > tolerance_mm:
+        return None
+    rot_int = rot.round()
+    if not (np.abs(rot_int).sum(axis=0) == 1).all() or not (np.abs(rot_int).sum(axis=1) == 1).all():
+        return None
+    if np.abs(shift - shift.round()).max() * spacing.max() > tolerance_mm:
+        return None
+    source_axis = [int(np.argmax(np.abs(rot_int[:, p]))) for p in range(3)]
+    if tuple(volume.shape[s] for s in source_axis) != tuple(int(n) for n in shape):
+        return None
+    out = np.transpose(volume, source_axis)
+    for p, s in enumerate(source_axis):
+        start, step = int(shift[s].round()), int(rot_int[s, p])
+        if step < 0:
+            out = np.flip(out, axis=p)
+            start = start - (shape[p] - 1)  # the first target index maps to the last source index
+        if start != 0:
+            return None
+    return np.ascontiguousarray(out)

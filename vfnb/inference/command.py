@@ -38,6 +38,7 @@ from typing import Mapping
 import pandas as pd
 
 from ..errors import DatasetError, VfnbError
+from ..data.scan_input import is_ct_input
 from ..io import atomic_write_text, spreadsheet_safe, strip_nifti_suffix
 from ..models.checkpoints import load_checkpoint
 from ..models.networks import resolve_device
@@ -49,7 +50,7 @@ from .safety import check_gradable, checked_operating_point, model_notes
 
 
 def scan_name(ct: str | Path) -> str:
-    """The scan's name: its CT file name without the NIfTI suffix."""
+    """The scan's name: its CT file name without the NIfTI suffix (a DICOM series: its folder's name)."""
     return strip_nifti_suffix(Path(ct).name)
 
 
@@ -57,12 +58,19 @@ NIFTI_ENDINGS = (".nii.gz", ".nii")
 
 
 def scan_pairs(ct: str | Path, seg: str | Path) -> list[tuple[str, Path, Path]]:
-    """``[(scan name, CT, label map)]``: one pair of files, or the NIfTI pairs of two folders matched by name."""
+    """``[(scan name, CT, label map)]``: one scan, or the NIfTI pairs of two folders matched by name.
+
+    One scan is a CT file or DICOM series folder with its label map; two folders
+    of NIfTI files are paired by file name.
+    """
     ct, seg = Path(ct), Path(seg)
-    if ct.is_dir() != seg.is_dir():
-        raise DatasetError(f"--ct {ct} and --seg {seg}: give two files or two folders, not one of each")
-    if not ct.is_dir():
+    if is_ct_input(ct):
+        if seg.is_dir():
+            raise DatasetError(f"--seg {seg}: a folder, but --ct {ct} is one scan; expected its label map file")
         return [(scan_name(ct), ct, seg)]
+    if not seg.is_dir():
+        raise DatasetError(f"--ct {ct} is a folder of CT files and --seg {seg} is not a folder; give two files "
+                           "(or a DICOM folder and its label map) or two folders")
     cts = sorted(p for p in ct.iterdir() if p.name.endswith(NIFTI_ENDINGS) and not p.name.startswith("."))
     if not cts:
         raise DatasetError(f"{ct}: no NIfTI CT (.nii.gz or .nii) in this folder")
@@ -118,14 +126,16 @@ def _scan_outputs(grading: ScanGrading, name: str, checkpoint, saliency_dir, rep
 
 def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwrite: bool = False,
                     saliency_dir=None, report=None, operating_points=None, model_name=None,
-                    accept_foreign_operating_points: bool = False, label_map=None) -> None:
+                    accept_foreign_operating_points: bool = False, label_map=None, series=None) -> None:
     """Grade one scan or a folder of scans; write the CSV (atomically) or print it, plus the asked-for outputs.
 
     Existing outputs are refused unless ``overwrite``; the inputs, outputs and
     operating point are checked before any scan is graded.
     """
     pairs = scan_pairs(ct, seg)
-    folder_mode = Path(ct).is_dir()
+    folder_mode = not is_ct_input(ct)
+    if series is not None and (folder_mode or not Path(ct).is_dir()):
+        raise DatasetError(f"--series {series}: picks a series in a DICOM folder; --ct {ct} is not one")
     _check_outputs(out, report, saliency_dir, folder_mode, overwrite)
     label_maps = plan_label_maps(label_map, [name for name, _, _ in pairs], folder_mode,
                                  {"--ct": ct, "--seg": seg, "--checkpoint": checkpoint,
@@ -146,7 +156,7 @@ def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwri
     for i, (name, ct_path, seg_path) in enumerate(pairs, 1):
         try:
             grading = grade_scan(ct_path, seg_path, model, device=device,
-                                 grader=None if checkpoint is None else str(checkpoint))
+                                 grader=None if checkpoint is None else str(checkpoint), series=series)
             report_path = None if report is None else (Path(report) / f"{name}.html" if folder_mode else report)
             _scan_outputs(grading, name, checkpoint, saliency_dir, report_path, point, overwrite)
             if name in label_maps:

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 
 from ..data.preprocess import as_label_map, extract_patches_from_arrays, vertebra_name
+from ..data.resample import onto_grid
+from ..data.scan_input import read_ct
 from ..data.transforms import eval_transform
 from ..errors import DatasetError, VfnbError
 from ..models.features import extract
@@ -135,12 +137,24 @@ def _table(records: list, prob: np.ndarray):
     return table
 
 
-def _read_scan(ct: Path, seg: Path):
-    """``(image, affine, label map, its affine)`` of one scan, checked: a 3D CT, its label map on the same grid."""
-    image, affine, _ = load_nifti(ct)
+def _read_scan(ct: Path, seg: Path, series: str | None = None):
+    """``(image, affine, label map, its affine)`` of one scan, checked: a 3D CT, its label map on the same grid.
+
+    ``ct``: a NIfTI file or a DICOM series folder (``series``: its UID when the
+    folder holds several). A label map storing the CT's voxels in another array
+    order (flipped or permuted axes of the same lattice) is re-ordered onto the
+    CT's, without interpolation.
+    """
+    scan = read_ct(ct, series)
+    image, affine = scan.image, scan.affine
     label_map, seg_affine, _ = load_nifti(seg)
     if image.ndim != 3 or image.dtype.kind not in "iuf":
         raise DatasetError(f"{ct}: CT has shape {image.shape} and type {image.dtype}; expected a 3D volume of HU values")
+    if label_map.ndim == 3 and (label_map.shape != image.shape
+                                or not np.allclose(seg_affine, affine, rtol=0.0, atol=AFFINE_TOLERANCE_MM)):
+        reordered = onto_grid(label_map, seg_affine, image.shape, affine)
+        if reordered is not None:
+            label_map, seg_affine = reordered, affine
     if label_map.shape != image.shape:
         raise DatasetError(f"{seg}: label map shape {label_map.shape} does not match the CT {ct} shape {image.shape}; "
                            "expected the label map of this CT, on the same voxel grid")
@@ -179,9 +193,9 @@ def _gradable_labels(label_map: np.ndarray, seg: Path) -> list[int]:
     return labels
 
 
-def _grade_by_heights(ct: Path, seg: Path) -> "ScanGrading":
+def _grade_by_heights(ct: Path, seg: Path, series: str | None) -> "ScanGrading":
     """Every gradable vertebra graded from its heights on the scan's grid, without a network."""
-    image, affine, label_map, seg_affine = _read_scan(ct, seg)
+    image, affine, label_map, seg_affine = _read_scan(ct, seg, series)
     table = morphometry_grades(scan_heights(label_map, seg_affine, _gradable_labels(label_map, seg)))
     table.insert(0, "model_notes", "")  # no network: nothing learnt from any training data
     return ScanGrading(table, [], [], None, image, label_map, affine)
@@ -210,21 +224,23 @@ class ScanGrading:
 
 def grade_scan(ct: str | os.PathLike, seg: str | os.PathLike,
                checkpoint: str | os.PathLike | GradingModel | None = None,
-               device: str | torch.device = "auto", batch_size: int = 8, grader: str | None = None) -> ScanGrading:
+               device: str | torch.device = "auto", batch_size: int = 8, grader: str | None = None,
+               series: str | None = None) -> ScanGrading:
     """Grade every vertebra of one scan and keep what was graded (see :func:`predict_scan`).
 
     ``grader``: the name in the table's ``grader`` column (default: the checkpoint's
-    path, ``network`` for a model object).
+    path, ``network`` for a model object); ``series``: the UID of the DICOM series
+    to grade when ``ct`` is a folder holding several.
     """
     ct, seg = Path(ct), Path(seg)
     if checkpoint is None:
-        return _grade_by_heights(ct, seg)
+        return _grade_by_heights(ct, seg, series)
     model = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_checkpoint(checkpoint)
     spec = unwrap_model(model).input_spec
     if spec is None:
         raise VfnbError("the model carries no input size (model.input_spec is None); load it with "
                         "vfnb.models.checkpoints.load_checkpoint or set its ModelInput")
-    image, affine, label_map, seg_affine = _read_scan(ct, seg)
+    image, affine, label_map, seg_affine = _read_scan(ct, seg, series)
     labels = _gradable_labels(label_map, seg)
     skipped: list = []
     patches = extract_patches_from_arrays(image, label_map, affine, size=spec.patch_size, labels=labels,
@@ -248,11 +264,13 @@ def grade_scan(ct: str | os.PathLike, seg: str | os.PathLike,
 
 def predict_scan(ct: str | os.PathLike, seg: str | os.PathLike,
                  checkpoint: str | os.PathLike | GradingModel | None = None,
-                 device: str | torch.device = "auto", batch_size: int = 8):
+                 device: str | torch.device = "auto", batch_size: int = 8, series: str | None = None):
     """Grade every vertebra of one scan.
 
-    ``ct``: CT NIfTI in HU; ``seg``: VerSe label map NIfTI on the same voxel grid
-    (same shape and affine, any orientation). Every label 1-25 and 28 in the map is
+    ``ct``: CT in HU, a NIfTI file or a DICOM series folder (``series``: the UID of
+    the one to grade when the folder holds several; :func:`vfnb.data.scan_input.read_ct`);
+    ``seg``: VerSe label map NIfTI on the same voxel grid (the same lattice of
+    voxels: same shape and affine, or the same voxels in another array order). Every label 1-25 and 28 in the map is
     graded (26 sacrum and 27 coccyx never are). ``checkpoint``: a vfnb or released
     checkpoint file, or a loaded :class:`GradingModel` with its ``input_spec``; the
     scan is pre-processed at its patch size and graded at its cube size. Without
@@ -273,4 +291,4 @@ def predict_scan(ct: str | os.PathLike, seg: str | os.PathLike,
     Raises :class:`DatasetError` naming the files when they do not match or the map
     holds no gradable vertebra.
     """
-    return grade_scan(ct, seg, checkpoint, device=device, batch_size=batch_size).table
+    return grade_scan(ct, seg, checkpoint, device=device, batch_size=batch_size, series=series).table
