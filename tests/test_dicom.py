@@ -180,3 +180,51 @@ def test_predict_refuses_a_series_option_without_a_dicom_folder(tmp_path, capsys
     nifti, labels = save_nifti(tmp_path / "ct.nii.gz", ct, affine), save_nifti(tmp_path / "seg.nii.gz", seg, affine)
     assert main(["predict", "--ct", str(nifti), "--seg", str(labels), "--series", "1.2.3"]) == 2
     assert "--series 1.2.3: picks a series in a DICOM folder" in capsys.readouterr().err
+
+
+def test_an_original_layout_may_hold_dicom_series_checked_and_preprocessed_as_their_nifti(tmp_path, capsys):
+    ct, seg, affine = synthetic_scan(flip=True)
+    for name in ("nifti", "dicom"):
+        (tmp_path / name / "seg").mkdir(parents=True)
+        save_nifti(tmp_path / name / "seg" / "case1.nii.gz", seg, affine)
+        (tmp_path / name / "annotation.yaml").write_text("case1:\n  19: 0\n  20: 2\n  21: 0\n")
+    save_nifti((tmp_path / "nifti" / "img").mkdir() or tmp_path / "nifti" / "img" / "case1.nii.gz", ct, affine)
+    write_series(tmp_path / "dicom" / "img" / "case1", ct, affine, syntax="jpeg2000", intercept=-1024.0)
+    assert main(["check", str(tmp_path / "dicom")]) == 0
+    assert "ok" in capsys.readouterr().out
+    for name in ("nifti", "dicom"):
+        assert main(["preprocess", str(tmp_path / name), str(tmp_path / f"{name}-patches"), "--size", "24",
+                     "--workers", "1"]) == 0
+    patches = sorted(p.name for p in (tmp_path / "nifti-patches" / "img").iterdir())
+    assert patches == sorted(p.name for p in (tmp_path / "dicom-patches" / "img").iterdir()) and len(patches) == 3
+    for patch in patches:
+        a, b = (nib.load(tmp_path / f"{n}-patches" / "img" / patch) for n in ("nifti", "dicom"))
+        np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+        np.testing.assert_allclose(a.affine, b.affine, atol=1e-5)
+
+
+def _pydicom_examples() -> Path:
+    import pydicom
+
+    folder = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests"
+    if not folder.is_dir():
+        pytest.skip("pydicom's example files are not installed")
+    return folder
+
+
+def test_real_scanner_files_shipped_with_pydicom(tmp_path):
+    examples = _pydicom_examples()
+    axial = read_ct(examples / "98892001" / "CT5N")  # 5 real CT slices (reduced to 16 x 16), 2.5 mm apart
+    assert axial.image.shape == (16, 16, 5) and axial.image.min() < -800
+    np.testing.assert_allclose(np.linalg.norm(axial.affine[:3, :3], axis=0), [0.488281, 0.488281, 2.5], atol=1e-5)
+    # the study folder beside a two-image scout series: the one cross-sectional CT series is read
+    np.testing.assert_array_equal(read_ct(examples / "98892001").image, axial.image)
+    _refusal(examples / "98892001" / "CT2N", "a localizer \\(scout\\) image is mixed in")
+    _refusal(examples / "TINY_ALPHA", "has no ImagePositionPatient; expected the geometry of every slice")
+    _refusal(examples, "14 DICOM series in this folder: series 1 'Cervical LAT' \\(CR, 1 files")
+    if Path(DCM2NIIX).is_file():
+        subprocess.run([DCM2NIIX, "-z", "y", "-f", "conv", "-o", str(tmp_path), str(examples / "98892001" / "CT5N")],
+                       check=True, capture_output=True)
+        converted = nib.load(tmp_path / "conv.nii.gz")
+        np.testing.assert_array_equal(np.asarray(converted.dataobj), axial.image)
+        np.testing.assert_allclose(converted.affine, axial.affine, atol=1e-4)

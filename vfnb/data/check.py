@@ -34,6 +34,8 @@ from ..errors import DatasetError
 from ..io import NIFTI_SUFFIX, load_nifti, load_yaml, strip_nifti_suffix, verify_nifti
 from ..levels import GRADES, LEVEL_NAMES, MAX_LABEL, level_name, spine_order
 from .original import ANNOTATION_FILE, outside_links, scan_original
+from .resample import onto_grid
+from .scan_input import read_ct
 from .processed import (LIST_INFIX, LIST_SUFFIX, SPLITS, parse_list_filename, parse_patch_name,
                         validate_list_entries)
 
@@ -116,6 +118,15 @@ def _read_nifti(path: Path, want_data: bool):
         return tuple(int(s) for s in data.shape), affine, data
     shape, affine, _ = verify_nifti(path)
     return shape, affine, None
+
+
+def _read_ct_geometry(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+    """``(shape, affine)`` of a CT: a NIfTI checked as :func:`_read_nifti` does, or a DICOM series read through."""
+    if path.is_dir():
+        scan = read_ct(path)
+        return tuple(int(s) for s in scan.image.shape), scan.affine
+    shape, affine, _ = _read_nifti(path, want_data=False)
+    return shape, affine
 
 
 def _compare_geometry(image_path, image_geo, mask_path, mask_geo, errors) -> None:
@@ -212,11 +223,14 @@ def _check_original(root: Path, report: CheckReport) -> None:
             report.grade_counts[label][grade] += 1
             report.vertebrae += 1
         try:
-            ct_shape, ct_affine, _ = _read_nifti(case.image_path, want_data=False)
+            ct_shape, ct_affine = _read_ct_geometry(case.image_path)
             seg_shape, seg_affine, seg = _read_nifti(case.seg_path, want_data=True)
         except DatasetError as exc:
             report.errors.append(str(exc))
             continue
+        reordered = onto_grid(seg, seg_affine, ct_shape, ct_affine) if seg.ndim == 3 else None
+        if reordered is not None:  # the same voxels in another array order: pre-processing re-orders them
+            seg_shape, seg_affine, seg = ct_shape, ct_affine, reordered
         _compare_geometry(case.image_path, (ct_shape, ct_affine), case.seg_path, (seg_shape, seg_affine),
                           report.errors)
         values = np.unique(seg)

@@ -1,7 +1,7 @@
 """The original layout (STUDY §1.1): full CT scans, label maps and Genant grades.
 
     dataset_root/
-      img/<case>.nii.gz       CT volume, HU
+      img/<case>.nii.gz       CT volume, HU (or img/<case>/: a folder holding its DICOM series)
       seg/<case>.nii.gz       vertebra label map, VerSe labels 1-28 (0 = background)
       annotation.yaml         grades per scan and vertebra
 
@@ -107,10 +107,12 @@ def scan_original(root) -> tuple[list[Case], list[str]]:
         good, grade_problems = validate_grades(where, grades)
         problems.extend(grade_problems)
         image_path = root / "img" / (case_id + NIFTI_SUFFIX)
+        if not image_path.is_file() and (root / "img" / case_id).is_dir():
+            image_path = root / "img" / case_id  # a DICOM series (vfnb.data.scan_input reads either)
         seg_path = root / "seg" / (case_id + NIFTI_SUFFIX)
         missing = False
         for what, path in (("CT image", image_path), ("label map", seg_path)):
-            if not path.is_file():
+            if not (path.is_file() or (what == "CT image" and path.is_dir())):
                 problems.append(f"{annotation_path}: {key} is annotated but its {what} {path} does not exist")
                 missing = True
         if not grade_problems and not missing:

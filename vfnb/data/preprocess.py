@@ -75,7 +75,8 @@ from ..io import atomic_write_json, atomic_write_text, load_nifti, output_folder
 from ..levels import LEVEL_NAMES, MAX_LABEL, level_name, spine_order
 from .origin import source_origin
 from .processed import patch_filename
-from .resample import patch_grid, sample_in_world, voxel_spacing, world_box
+from .resample import onto_grid, patch_grid, sample_in_world, voxel_spacing, world_box
+from .scan_input import read_ct
 
 PAD_HU = -1024  # air: the value of patch voxels that fall outside the scan
 MIN_VOLUME_MM3 = 1000.0  # below ~1 cm^3 a "vertebra" is most likely a stray fragment
@@ -272,9 +273,19 @@ class _LabelView:
 
 
 def _load_scan(ct_path, seg_path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(image, affine, label map, label-map affine)`` of one scan, checked to belong together."""
-    image, affine, _ = load_nifti(ct_path)
+    """``(image, affine, label map, label-map affine)`` of one scan, checked to belong together.
+
+    The CT is a NIfTI file or a DICOM series folder (:func:`vfnb.data.scan_input.read_ct`);
+    a label map storing the same voxels in another array order is re-ordered onto the
+    CT's grid (:func:`vfnb.data.resample.onto_grid`), never interpolated.
+    """
+    scan = read_ct(ct_path)
+    image, affine = scan.image, scan.affine
     seg, seg_affine, _ = load_nifti(seg_path)
+    if seg.ndim == 3 and (seg.shape != image.shape or not np.allclose(seg_affine, affine, atol=1e-3)):
+        reordered = onto_grid(seg, seg_affine, image.shape, affine)
+        if reordered is not None:
+            seg, seg_affine = reordered, affine
     if seg.shape != image.shape:
         raise DatasetError(f"{seg_path}: label map shape {seg.shape} differs from the CT {ct_path} shape {image.shape}")
     if image.dtype.kind not in "iuf":
