@@ -102,10 +102,11 @@ def _cmd_train(a):
 def _cmd_predict(a):
     from .inference.command import predict_command
 
-    predict_command(a.ct, a.seg, a.checkpoint, a.out, device=a.device, overwrite=a.overwrite,
-                    saliency_dir=a.saliency, report=a.report, operating_points=a.operating_points,
-                    model_name=a.model, accept_foreign_operating_points=a.accept_foreign_operating_points,
-                    label_map=a.label_map, series=a.series)
+    failed = predict_command(a.ct, a.seg, a.checkpoint, a.out, device=a.device, overwrite=a.overwrite,
+                             saliency_dir=a.saliency, report=a.report, operating_points=a.operating_points,
+                             model_name=a.model, accept_foreign_operating_points=a.accept_foreign_operating_points,
+                             label_map=a.label_map, series=a.series, resume=a.resume)
+    return 1 if failed else 0
 
 
 def _cmd_study(a):
@@ -244,6 +245,9 @@ def _add_model_commands(sub) -> None:
     s.add_argument("--accept-foreign-operating-points", action="store_true",
                    help="use an operating point not chosen for this checkpoint (another run's); every output says so")
     s.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    s.add_argument("--resume", action="store_true",
+                   help="with folders of scans: grade only the scans an earlier run with the same inputs did not "
+                        "finish (failed or never reached), keep the rest")
     s.set_defaults(func=_cmd_predict)
 
 

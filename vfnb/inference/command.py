@@ -43,6 +43,7 @@ from ..io import atomic_write_text, spreadsheet_safe, strip_nifti_suffix
 from ..models.checkpoints import load_checkpoint
 from ..models.networks import resolve_device
 from .exports import plan_label_maps, write_label_maps
+from .folder_run import FolderProgress
 from .grading import ScanGrading, grade_scan
 from .outputs import (cube_saliency, read_operating_point, refuse_existing, refuse_without_network, saliency_paths,
                       write_report, write_saliency)
@@ -79,6 +80,14 @@ def scan_pairs(ct: str | Path, seg: str | Path) -> list[tuple[str, Path, Path]]:
         raise DatasetError(f"{seg}: no label map named like the CT for {len(missing)} scan(s) "
                            f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}); expected "
                            f"{seg}/<the CT's file name> for every CT in {ct}")
+    names: dict[str, list[str]] = {}
+    for p in cts:
+        names.setdefault(scan_name(p), []).append(p.name)
+    shared = {name: files for name, files in names.items() if len(files) > 1}
+    if shared:
+        name, files = next(iter(shared.items()))
+        raise DatasetError(f"{ct}: {' and '.join(files)} share the scan name {name!r} (their outputs would "
+                           "replace each other); expected one CT per name: rename or remove one")
     return [(scan_name(p), p, seg / p.name) for p in cts]
 
 
@@ -126,20 +135,26 @@ def _scan_outputs(grading: ScanGrading, name: str, checkpoint, saliency_dir, rep
 
 def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwrite: bool = False,
                     saliency_dir=None, report=None, operating_points=None, model_name=None,
-                    accept_foreign_operating_points: bool = False, label_map=None, series=None) -> None:
+                    accept_foreign_operating_points: bool = False, label_map=None, series=None,
+                    resume: bool = False) -> int:
     """Grade one scan or a folder of scans; write the CSV (atomically) or print it, plus the asked-for outputs.
 
     Existing outputs are refused unless ``overwrite``; the inputs, outputs and
-    operating point are checked before any scan is graded.
+    operating point are checked before any scan is graded. Over folders, a scan
+    that cannot be graded is one row saying why and the others are graded
+    (:mod:`vfnb.inference.folder_run`; ``resume`` grades only the scans an earlier
+    run did not finish). Returns the number of scans that could not be graded.
     """
     pairs = scan_pairs(ct, seg)
     folder_mode = not is_ct_input(ct)
     if series is not None and (folder_mode or not Path(ct).is_dir()):
         raise DatasetError(f"--series {series}: picks a series in a DICOM folder; --ct {ct} is not one")
-    _check_outputs(out, report, saliency_dir, folder_mode, overwrite)
+    if resume and not folder_mode:
+        raise VfnbError("--resume continues a run over folders of scans; --ct names one scan")
+    _check_outputs(out, report, saliency_dir, folder_mode, overwrite or resume)
     label_maps = plan_label_maps(label_map, [name for name, _, _ in pairs], folder_mode,
                                  {"--ct": ct, "--seg": seg, "--checkpoint": checkpoint,
-                                  "--operating-points": operating_points}, overwrite)
+                                  "--operating-points": operating_points}, overwrite or resume)
     if checkpoint is None:
         refuse_without_network(saliency_dir, operating_points)
     point = None if operating_points is None else read_operating_point(operating_points, model_name)
@@ -152,32 +167,78 @@ def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwri
                                             accept_foreign_operating_points)
         for note in model_notes(model) + ([point["foreign"]] if point and point["foreign"] else []):
             print(f"warning: {checkpoint}: {note}", file=sys.stderr)
-    tables = []
+    progress = None
+    if folder_mode:
+        progress = FolderProgress(None if out is None else Path(out),
+                                  {"ct": ct, "seg": seg, "checkpoint": checkpoint, "operating_points": operating_points,
+                                   "model": model_name, "saliency": saliency_dir is not None,
+                                   "report": report is not None, "label_map": label_map is not None},
+                                  resume, overwrite)
+    tables, failures = [], []
     for i, (name, ct_path, seg_path) in enumerate(pairs, 1):
+        kept = None if progress is None else progress.finished(name)
+        if kept is not None:
+            tables.append(kept)
+            print(f"[{i}/{len(pairs)}] {name}: finished in an earlier run, kept", file=sys.stderr)
+            continue
+        report_path = None if report is None else (Path(report) / f"{name}.html" if folder_mode else report)
         try:
-            grading = grade_scan(ct_path, seg_path, model, device=device,
-                                 grader=None if checkpoint is None else str(checkpoint), series=series)
-            report_path = None if report is None else (Path(report) / f"{name}.html" if folder_mode else report)
-            _scan_outputs(grading, name, checkpoint, saliency_dir, report_path, point, overwrite)
-            if name in label_maps:
-                write_label_maps(grading, label_maps[name], overwrite)
-        except (RuntimeError, ValueError) as exc:
-            if isinstance(exc, VfnbError):
+            table = _grade_one(name, ct_path, seg_path, model, checkpoint, device, series, saliency_dir,
+                               report_path, point, label_maps, overwrite or resume)
+        except VfnbError as exc:
+            if not folder_mode:
                 raise
-            # e.g. a cube too small for the network: say which files were involved, not a traceback
-            raise VfnbError(f"{ct_path}: grading with {checkpoint} failed ({type(exc).__name__}: {exc})") from None
-        table = add_decision(grading.table, point)
+            failures.append((name, str(exc)))
+            tables.append(pd.DataFrame({"scan": [name], "error": [str(exc)]}))
+            print(f"[{i}/{len(pairs)}] {name}: not graded: {exc}", file=sys.stderr)
+            continue
         if folder_mode:
             table.insert(0, "scan", name)
+            table["error"] = ""
+            progress.record(name, table.to_csv(index=False, float_format="%.6f"))
             print(f"[{i}/{len(pairs)}] {name}: {len(table)} vertebrae graded", file=sys.stderr)
         tables.append(table)
-    table = pd.concat(tables, ignore_index=True)
-    text = spreadsheet_safe(table).to_csv(index=False, float_format="%.6f")
-    if out is None:
-        sys.stdout.write(text)
-    else:
-        atomic_write_text(out, text)
-        print(f"wrote {out} ({len(table)} vertebrae of {len(pairs)} scan(s))", file=sys.stderr)
+    _write_table(tables, out, folder_mode, len(pairs) - len(failures))
+    if progress is not None:
+        progress.close(len(failures))
     for what, where in (("saliency maps", saliency_dir), ("report(s)", report), ("label maps", label_map)):
         if where is not None:
             print(f"wrote {what} to {where}", file=sys.stderr)
+    if failures:
+        listed = "; ".join(f"{name}: {why}" for name, why in failures[:5])
+        more = f" and {len(failures) - 5} more" if len(failures) > 5 else ""
+        hint = " and rerun with --resume to grade only those" if out is not None else ""
+        print(f"error: {len(failures)} of {len(pairs)} scan(s) could not be graded ({listed}{more}); each is a row "
+              f"of the table with its error: fix them{hint}", file=sys.stderr)
+    return len(failures)
+
+
+def _write_table(tables: list, out, folder_mode: bool, graded: int) -> None:
+    """The rows of every scan as one CSV (spreadsheet-safe), to ``out`` atomically or printed."""
+    table = pd.concat(tables, ignore_index=True)
+    if folder_mode:  # the error column last: failure rows carry only scan and error
+        table = table[[c for c in table.columns if c != "error"] + ["error"]]
+    text = spreadsheet_safe(table).to_csv(index=False, float_format="%.6f")
+    if out is None:
+        sys.stdout.write(text)
+        return
+    atomic_write_text(out, text)
+    vertebrae = int(table["level"].notna().sum()) if "level" in table else 0
+    print(f"wrote {out} ({vertebrae} vertebrae of {graded} scan(s))", file=sys.stderr)
+
+
+def _grade_one(name, ct_path, seg_path, model, checkpoint, device, series, saliency_dir, report_path, point,
+               label_maps, overwrite) -> pd.DataFrame:
+    """Grade one scan and write its asked-for outputs; its table with the screening decision."""
+    try:
+        grading = grade_scan(ct_path, seg_path, model, device=device,
+                             grader=None if checkpoint is None else str(checkpoint), series=series)
+        _scan_outputs(grading, name, checkpoint, saliency_dir, report_path, point, overwrite)
+        if name in label_maps:
+            write_label_maps(grading, label_maps[name], overwrite)
+    except (RuntimeError, ValueError) as exc:
+        if isinstance(exc, VfnbError):
+            raise
+        # e.g. a cube too small for the network: say which files were involved, not a traceback
+        raise VfnbError(f"{ct_path}: grading with {checkpoint} failed ({type(exc).__name__}: {exc})") from None
+    return add_decision(grading.table, point)
