@@ -228,3 +228,60 @@ def test_real_scanner_files_shipped_with_pydicom(tmp_path):
         converted = nib.load(tmp_path / "conv.nii.gz")
         np.testing.assert_array_equal(np.asarray(converted.dataobj), axial.image)
         np.testing.assert_allclose(converted.affine, axial.affine, atol=1e-4)
+
+
+def test_dicom_seg_refers_to_the_source_slices_and_reads_back_onto_them(tmp_path, capsys):
+    import highdicom as hd
+    import pydicom
+
+    ct, seg, affine = synthetic_scan(flip=True)
+    files = write_series(tmp_path / "dicom", ct, affine, intercept=-1024.0)
+    labels = save_nifti(tmp_path / "seg.nii.gz", seg, affine)
+    out = tmp_path / "vertebrae_seg.dcm"
+    assert main(["predict", "--ct", str(tmp_path / "dicom"), "--seg", str(labels), "--out", str(tmp_path / "g.csv"),
+                 "--dicom-seg", str(out)]) == 0
+    table = pd.read_csv(tmp_path / "g.csv")
+    segmentation = hd.seg.segread(out)
+    names = [segmentation.get_segment_description(n).SegmentLabel for n in segmentation.segment_numbers]
+    assert names == [f"{level} grade {grade} ({['normal', 'mild', 'moderate', 'severe'][grade]})"
+                     for level, grade in zip(table["level"], table["pred"])]
+    assert str(segmentation.ReferencedSeriesSequence[0].SeriesInstanceUID) == str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+    # each source slice: the segment of L1 is where the label map has L1 on that slice
+    by_uid = {str(pydicom.dcmread(f).SOPInstanceUID): f for f in files}
+    uids = list(by_uid)
+    masks = segmentation.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[2],
+                                                       ignore_spatial_locations=True, assert_missing_frames_are_empty=True)
+    expected = (write_series(tmp_path / "labels-as-dicom", (seg == 20) * 1000, affine, shuffle=False))
+    for uid, mask in zip(uids, masks[..., 0]):
+        source = pydicom.dcmread(by_uid[uid])
+        twin = next(p for p in expected if np.allclose([float(v) for v in pydicom.dcmread(p).ImagePositionPatient],
+                                                       [float(v) for v in source.ImagePositionPatient]))
+        np.testing.assert_array_equal(mask > 0, pydicom.dcmread(twin).pixel_array > 0)
+    assert (masks[..., 0] > 0).sum() == (seg == 20).sum()
+
+
+def test_dicom_seg_needs_a_dicom_series_and_stays_out_of_it(tmp_path, capsys):
+    ct, seg, affine = synthetic_scan()
+    nifti, labels = save_nifti(tmp_path / "ct.nii.gz", ct, affine), save_nifti(tmp_path / "seg.nii.gz", seg, affine)
+    assert main(["predict", "--ct", str(nifti), "--seg", str(labels), "--dicom-seg", str(tmp_path / "s.dcm")]) == 2
+    assert "is not a DICOM series folder" in capsys.readouterr().err
+    write_series(tmp_path / "dicom", ct, affine)
+    inside = tmp_path / "dicom" / "seg.dcm"
+    assert main(["predict", "--ct", str(tmp_path / "dicom"), "--seg", str(labels), "--dicom-seg", str(inside)]) == 2
+    assert "lies inside the input --ct" in capsys.readouterr().err and not inside.exists()
+
+
+def test_dicom_seg_of_a_series_without_patient_attributes_is_a_clear_error(tmp_path, capsys):
+    import pydicom
+
+    ct, seg, affine = synthetic_scan()
+    for path in write_series(tmp_path / "dicom", ct, affine):
+        ds = pydicom.dcmread(path)
+        del ds.PatientBirthDate
+        ds.save_as(path)
+    labels = save_nifti(tmp_path / "seg.nii.gz", seg, affine)
+    out = tmp_path / "s.dcm"
+    assert main(["predict", "--ct", str(tmp_path / "dicom"), "--seg", str(labels), "--dicom-seg", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write a DICOM segmentation" in err and "PatientBirthDate" in err and "Traceback" not in err
+    assert not out.exists()

@@ -105,7 +105,7 @@ def _cmd_predict(a):
     failed = predict_command(a.ct, a.seg, a.checkpoint, a.out, device=a.device, overwrite=a.overwrite,
                              saliency_dir=a.saliency, report=a.report, operating_points=a.operating_points,
                              model_name=a.model, accept_foreign_operating_points=a.accept_foreign_operating_points,
-                             label_map=a.label_map, series=a.series, resume=a.resume)
+                             label_map=a.label_map, series=a.series, resume=a.resume, dicom_seg=a.dicom_seg)
     return 1 if failed else 0
 
 
@@ -238,6 +238,9 @@ def _add_model_commands(sub) -> None:
                    help="also write the label map recoloured by predicted grade on the CT's grid (codes 1-4 grades "
                         "0-3, 5 not assessable, 6 not graded), a levels map (x_levels.nii.gz) and their 3D Slicer "
                         "(.ctbl) and ITK-SNAP (.label.txt) colour tables beside it; with folders of scans, a folder")
+    s.add_argument("--dicom-seg", type=Path, metavar="DCM",
+                   help="when --ct is a DICOM series: also write a DICOM Segmentation referring to it, one segment per "
+                        "graded vertebra named with its level and grade (for a PACS or a DICOM viewer)")
     s.add_argument("--operating-points", type=Path, metavar="JSON",
                    help="a study's operating_points.json: the table (screening_threshold, screened_fracture) and the "
                         "report give the screening decision at its validated threshold")

@@ -38,11 +38,13 @@ from typing import Mapping
 import pandas as pd
 
 from ..errors import DatasetError, VfnbError
+from ..data.dicom import find_series, is_dicom_folder
 from ..data.scan_input import is_ct_input
-from ..io import atomic_write_text, spreadsheet_safe, strip_nifti_suffix
+from ..io import atomic_write_text, refuse_outputs_over_inputs, spreadsheet_safe, strip_nifti_suffix
 from ..models.checkpoints import load_checkpoint
 from ..models.networks import resolve_device
 from .exports import plan_label_maps, write_label_maps
+from .dicom_seg import write_dicom_seg
 from .folder_run import FolderProgress
 from .grading import ScanGrading, grade_scan
 from .outputs import (cube_saliency, read_operating_point, refuse_existing, refuse_without_network, saliency_paths,
@@ -136,14 +138,16 @@ def _scan_outputs(grading: ScanGrading, name: str, checkpoint, saliency_dir, rep
 def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwrite: bool = False,
                     saliency_dir=None, report=None, operating_points=None, model_name=None,
                     accept_foreign_operating_points: bool = False, label_map=None, series=None,
-                    resume: bool = False) -> int:
+                    resume: bool = False, dicom_seg=None) -> int:
     """Grade one scan or a folder of scans; write the CSV (atomically) or print it, plus the asked-for outputs.
 
     Existing outputs are refused unless ``overwrite``; the inputs, outputs and
     operating point are checked before any scan is graded. Over folders, a scan
     that cannot be graded is one row saying why and the others are graded
     (:mod:`vfnb.inference.folder_run`; ``resume`` grades only the scans an earlier
-    run did not finish). Returns the number of scans that could not be graded.
+    run did not finish). ``dicom_seg``: a DICOM Segmentation of the graded vertebrae
+    to write, when ``ct`` is a DICOM series (:mod:`vfnb.inference.dicom_seg`).
+    Returns the number of scans that could not be graded.
     """
     pairs = scan_pairs(ct, seg)
     folder_mode = not is_ct_input(ct)
@@ -152,6 +156,7 @@ def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwri
     if resume and not folder_mode:
         raise VfnbError("--resume continues a run over folders of scans; --ct names one scan")
     _check_outputs(out, report, saliency_dir, folder_mode, overwrite or resume)
+    dicom_series = _planned_dicom_seg(dicom_seg, ct, seg, checkpoint, series, folder_mode, overwrite)
     label_maps = plan_label_maps(label_map, [name for name, _, _ in pairs], folder_mode,
                                  {"--ct": ct, "--seg": seg, "--checkpoint": checkpoint,
                                   "--operating-points": operating_points}, overwrite or resume)
@@ -184,7 +189,8 @@ def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwri
         report_path = None if report is None else (Path(report) / f"{name}.html" if folder_mode else report)
         try:
             table = _grade_one(name, ct_path, seg_path, model, checkpoint, device, series, saliency_dir,
-                               report_path, point, label_maps, overwrite or resume)
+                               report_path, point, label_maps, overwrite or resume,
+                               None if dicom_series is None else (dicom_series, dicom_seg))
         except VfnbError as exc:
             if not folder_mode:
                 raise
@@ -213,6 +219,18 @@ def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwri
     return len(failures)
 
 
+def _planned_dicom_seg(dicom_seg, ct, seg, checkpoint, series, folder_mode: bool, overwrite: bool):
+    """The DICOM series a ``--dicom-seg`` output will refer to, checked before any scan is graded (else None)."""
+    if dicom_seg is None:
+        return None
+    if folder_mode or not is_dicom_folder(ct):
+        raise VfnbError(f"--dicom-seg {dicom_seg}: a DICOM segmentation refers to the DICOM series it segments; "
+                        f"--ct {ct} is not a DICOM series folder (use --label-map for NIfTI outputs)")
+    refuse_outputs_over_inputs({"--dicom-seg": dicom_seg}, {"--ct": ct, "--seg": seg, "--checkpoint": checkpoint})
+    refuse_existing([dicom_seg], overwrite)
+    return find_series(ct, series)
+
+
 def _write_table(tables: list, out, folder_mode: bool, graded: int) -> None:
     """The rows of every scan as one CSV (spreadsheet-safe), to ``out`` atomically or printed."""
     table = pd.concat(tables, ignore_index=True)
@@ -228,14 +246,20 @@ def _write_table(tables: list, out, folder_mode: bool, graded: int) -> None:
 
 
 def _grade_one(name, ct_path, seg_path, model, checkpoint, device, series, saliency_dir, report_path, point,
-               label_maps, overwrite) -> pd.DataFrame:
-    """Grade one scan and write its asked-for outputs; its table with the screening decision."""
+               label_maps, overwrite, dicom_seg=None) -> pd.DataFrame:
+    """Grade one scan and write its asked-for outputs; its table with the screening decision.
+
+    ``dicom_seg``: ``(DICOM series, path)`` of a segmentation to write, or None.
+    """
     try:
         grading = grade_scan(ct_path, seg_path, model, device=device,
                              grader=None if checkpoint is None else str(checkpoint), series=series)
         _scan_outputs(grading, name, checkpoint, saliency_dir, report_path, point, overwrite)
         if name in label_maps:
             write_label_maps(grading, label_maps[name], overwrite)
+        if dicom_seg is not None:
+            write_dicom_seg(grading, dicom_seg[0], dicom_seg[1], overwrite)
+            print(f"wrote the DICOM segmentation {dicom_seg[1]}", file=sys.stderr)
     except (RuntimeError, ValueError) as exc:
         if isinstance(exc, VfnbError):
             raise
