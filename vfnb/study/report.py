@@ -156,8 +156,8 @@ def _decision_sentence(op: Mapping, params: Mapping) -> str:
     target = op.get("target_specificity", params.get("target_specificity", "?"))
     return ("Sensitivity and specificity are read at each model's operating point: a vertebra is called fractured "
             "(grade ≥ 1) when its fracture probability, 1 − P(grade 0), reaches the threshold chosen on the "
-            f"validation set for a specificity of {target}. ROC AUC uses every threshold. Macro-F1 and grade-1 "
-            "recall grade each vertebra by its most probable grade (argmax), with no threshold: the two kinds can "
+            f"validation set for a specificity of {target}. ROC AUC uses every threshold. Macro-F1, the "
+            "quadratic-weighted kappa and grade-1 recall grade each vertebra by its most probable grade (argmax), with no threshold: the two kinds can "
             "disagree (high specificity at the operating point while argmax grades call normal vertebrae "
             "fractured, or no fracture found at the operating point while argmax grades find them).")
 

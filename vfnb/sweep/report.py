@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..study.budget import budget_curves, plot_budget_curves
-from ..evaluate import HEADLINE_METRICS, METRIC_LABELS, MISSING, finite_values, mean_interval
+from ..evaluate import GRADE2_METRICS, HEADLINE_METRICS, METRIC_LABELS, METRIC_RANGE, MISSING, finite_values, mean_interval
 from ..io import atomic_write_json, atomic_write_text
 from ..plots import save_figure
 from ..study import (MODEL_TITLES, REPORT_CSS, dataset_sentence, html_table, md_table, model_title, read_json,
@@ -21,6 +21,19 @@ from .plan import SweepPlan
 CONFIDENCE = 0.95
 # (SupCon model, baseline): the paired differences the report shows
 PAIRS = (("supcon_linear", "ce"), ("supcon_finetune", "ce"))
+#: The test-set metrics a sweep collects from each run and aggregates: the study's headline
+#: (quadratic-weighted kappa among them) and the grade >= 2 cut of moderate/severe fractures.
+SWEEP_METRICS = (*HEADLINE_METRICS, *GRADE2_METRICS)
+
+
+def _range(metric: str) -> tuple[float, float]:
+    """The values ``metric`` can take ([0, 1] unless :data:`METRIC_RANGE` says otherwise)."""
+    return METRIC_RANGE.get(metric, (0.0, 1.0))
+
+
+def _difference_range(metric: str) -> tuple[float, float]:
+    low, high = _range(metric)
+    return low - high, high - low
 
 
 def _metric_value(metrics_doc: dict, model: str, metric: str):
@@ -38,17 +51,17 @@ def aggregate(runs: Sequence[dict], confidence: float = CONFIDENCE) -> tuple[dic
     """
     present = [m for m in MODEL_TITLES if any(m in r["metrics"] for r in runs)]
     present += sorted({m for r in runs for m in r["metrics"]} - set(present))
-    models = {m: {k: mean_interval([r["metrics"].get(m, {}).get(k) for r in runs], confidence, bounds=(0.0, 1.0))
-                  for k in HEADLINE_METRICS} for m in present}
+    models = {m: {k: mean_interval([r["metrics"].get(m, {}).get(k) for r in runs], confidence, bounds=_range(k))
+                  for k in SWEEP_METRICS} for m in present}
     paired = {}
     for a, b in PAIRS:
         if a not in present or b not in present:
             continue
         table = {}
-        for k in HEADLINE_METRICS:
+        for k in SWEEP_METRICS:
             diffs = [r["metrics"][a][k] - r["metrics"][b][k] for r in runs
                      if finite_values([r["metrics"].get(a, {}).get(k)]) and finite_values([r["metrics"].get(b, {}).get(k)])]
-            table[k] = {**mean_interval(diffs, confidence, bounds=(-1.0, 1.0)), "wins": sum(d > 0 for d in diffs),
+            table[k] = {**mean_interval(diffs, confidence, bounds=_difference_range(k)), "wins": sum(d > 0 for d in diffs),
                         "ties": sum(d == 0 for d in diffs)}
         paired[f"{a} - {b}"] = {"model": a, "baseline": b, "metrics": table}
     return models, paired
@@ -80,7 +93,7 @@ def collect_runs(out: Path, plan: SweepPlan) -> list[dict]:
         doc = read_json(out / "runs" / name / "metrics.json")
         if not isinstance(doc, dict):
             continue
-        metrics = {m: {k: _metric_value(doc, m, k) for k in HEADLINE_METRICS} for m in (doc.get("models") or {})}
+        metrics = {m: {k: _metric_value(doc, m, k) for k in SWEEP_METRICS} for m in (doc.get("models") or {})}
         params = read_json(out / "runs" / name / "provenance.json") or {}
         runs.append({"name": name, "folder": f"runs/{name}", "grid": point, "metrics": metrics,
                      "dataset": doc.get("dataset") or {}, "params": params.get("params") or {}})
@@ -88,7 +101,8 @@ def collect_runs(out: Path, plan: SweepPlan) -> list[dict]:
 
 
 # the question the study asks, in the numbers that answer it: (metrics.json key, words)
-ANSWER_METRICS = (("roc_auc", "fracture AUC"), ("macro_f1", "macro-F1"), ("recall_grade1", "grade-1 recall"))
+ANSWER_METRICS = (("roc_auc", "fracture AUC"), ("macro_f1", "macro-F1"), ("quadratic_kappa", "quadratic-weighted kappa"),
+                  ("recall_grade1", "grade-1 recall"))
 
 
 def _verdict(d: dict) -> str:
@@ -147,13 +161,13 @@ class _SweepTables:
     figure: Path | None
     caption: str
 
-    heads = property(lambda self: [METRIC_LABELS[k] for k in HEADLINE_METRICS])
+    heads = property(lambda self: [METRIC_LABELS[k] for k in SWEEP_METRICS])
     answer_head = ["Test metric", MODEL_TITLES["supcon_linear"], MODEL_TITLES["ce"], "Paired difference", "Verdict"]
     deviation_head = ["Parameter", "What it sets", "These runs", "Paper"]
 
     def run_rows(self, link) -> list:
         return [(link(r), [", ".join(f"{k}={v}" for k, v in r["grid"].items()), model_title(m),
-                           *[_fmt(r["metrics"][m].get(k)) for k in HEADLINE_METRICS]])
+                           *[_fmt(r["metrics"][m].get(k)) for k in SWEEP_METRICS]])
                 for r in self.runs for m in r["metrics"]]
 
 
@@ -272,9 +286,9 @@ def write_sweep_report(out: str | os.PathLike, plan: SweepPlan, failed: dict | N
         answer_rows=[(row["metric"], [_cell(row["supcon_linear"]), _cell(row["ce"]), _cell(row["difference"]),
                                       row["verdict"]]) for row in verdict["table"]],
         deviation_rows=[(d["key"], [d["meaning"], str(d["value"]), str(d["paper"])]) for d in deviations],
-        metric_rows=[(model_title(m), [_cell(models[m][k]) for k in HEADLINE_METRICS]) for m in models],
+        metric_rows=[(model_title(m), [_cell(models[m][k]) for k in SWEEP_METRICS]) for m in models],
         paired_rows=[(f"{model_title(p['model'])} − {model_title(p['baseline'])}",
-                      [_paired_cell(p["metrics"][k]) for k in HEADLINE_METRICS]) for p in paired.values()],
+                      [_paired_cell(p["metrics"][k]) for k in SWEEP_METRICS]) for p in paired.values()],
         runs=runs, failed=failed, figure=figure, caption=BUDGET_CAPTION.format(x=budget["x"]))
     index = atomic_write_text(out / "index.html", _sweep_html(tables))
     atomic_write_text(out / "summary.md", _sweep_markdown(tables))
