@@ -259,3 +259,39 @@ def test_sweep_aggregates_the_new_metrics_within_their_range():
     diff = paired["supcon_linear - ce"]["metrics"]["quadratic_kappa"]
     assert diff["mean"] == pytest.approx(np.mean(np.subtract(kappas["supcon_linear"], kappas["ce"])))
     assert diff["ci_low"] >= -2.0 and diff["wins"] == 0
+
+
+def test_sweep_report_shows_kappa_grade2_and_regions(tmp_path):
+    from vfnb.sweep import run_sweep
+
+    kappa = {0: 0.6, 1: 0.7, 2: 0.8}
+
+    def run_one(params_files, overrides, out, progress=True):
+        import yaml
+        seed = yaml.safe_load(open(params_files[-1]).read())["seed"]
+        entry = lambda v: {"value": v, "ci_low": 0.0, "ci_high": 1.0, "n_valid": 100}  # noqa: E731
+        metrics = {k: entry(0.5) for k in SWEEP_METRICS} | {"quadratic_kappa": entry(kappa[seed])}
+        regions = {"lumbar": {"metrics": {"quadratic_kappa": entry(kappa[seed] - 0.3), "macro_f1": entry(0.4)}}}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps({"dataset": {"name": "SynthSpine", "synthetic": True}, "models": {
+            m: {"title": m, "metrics": metrics, "by_region": regions} for m in ("supcon_linear", "ce")}}))
+        (out / "index.html").write_text("<html></html>")
+        return out
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("study_params: []\noverrides: {supcon_epochs: 1, supcon_warmup_epochs: 0}\n"
+                     "grid: {seed: [0, 1, 2]}\n")
+    out = tmp_path / "sw"
+    assert run_sweep([sweep], out=out, progress=False, run_one=run_one).ok
+    doc = json.loads((out / "sweep.json").read_text())
+    assert doc["models"]["ce"]["metrics"]["quadratic_kappa"]["mean"] == pytest.approx(0.7)
+    assert doc["models"]["ce"]["metrics"]["roc_auc_g2"]["mean"] == pytest.approx(0.5)
+    lumbar = doc["by_region"]["lumbar"]["supcon_linear"]
+    assert lumbar["quadratic_kappa"]["mean"] == pytest.approx(0.4) and lumbar["quadratic_kappa"]["n"] == 3
+    assert lumbar["roc_auc"]["n"] == 0  # not in these runs' regions: n/a, not 0
+    assert "thoracic" not in doc["by_region"]
+    assert {row["metric"] for row in doc["answer"]["table"]} >= {"quadratic-weighted kappa"}
+    for page in ((out / "index.html").read_text(), (out / "summary.md").read_text()):
+        assert ev.METRIC_LABELS["quadratic_kappa"] in page and ev.METRIC_LABELS["sensitivity_g2"] in page
+        assert "Lumbar (L1-L6)" in page and "Thoracic and lumbar vertebrae across runs" in page
+        assert "0.40 [" in page  # the lumbar kappa's mean across runs
