@@ -295,3 +295,22 @@ def test_sweep_report_shows_kappa_grade2_and_regions(tmp_path):
         assert ev.METRIC_LABELS["quadratic_kappa"] in page and ev.METRIC_LABELS["sensitivity_g2"] in page
         assert "Lumbar (L1-L6)" in page and "Thoracic and lumbar vertebrae across runs" in page
         assert "0.40 [" in page  # the lumbar kappa's mean across runs
+
+
+def test_study_report_shows_kappa_grade2_and_regions(tmp_path):
+    from vfnb.study import merge_params, write_report
+
+    with_levels = ev.evaluate_predictions(random_table(seed=7), 0.5, n_boot=30)
+    no_levels = ev.evaluate_predictions(random_table(seed=7).drop(columns=["label", "level"]), 0.5, n_boot=30)
+    for result, has_regions in ((with_levels, True), (no_levels, False)):
+        (tmp_path / "metrics.json").write_text(json.dumps({"models": {"ce": {"title": "CE baseline", **result}}}))
+        index, summary = write_report(tmp_path, merge_params([]), {})
+        for page in (index.read_text(), summary.read_text()):
+            assert "Quadratic-weighted kappa" in page and ev.METRIC_LABELS["roc_auc_g2"] in page
+            assert ev.format_ci(result["metrics"]["quadratic_kappa"]) in page  # a headline column
+            assert ev.format_ci(result["metrics"]["sensitivity_g2"]) in page
+            assert ("Lumbar (L1-L6)" in page) == has_regions
+        if has_regions:
+            lumbar = result["by_region"]["lumbar"]
+            assert ev.format_ci(lumbar["metrics"]["quadratic_kappa"]) in summary.read_text()
+            assert f"| CE baseline | Lumbar (L1-L6) | {lumbar['n_vertebrae']} |" in summary.read_text()
