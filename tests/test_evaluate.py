@@ -109,14 +109,16 @@ def test_fast_reported_metrics_equal_sklearn_metrics(seed):
         screening = ev.screening_metrics(frame["grade"], frame["fracture_prob"], 0.5)
         cal = ev.calibration(frame[["p0", "p1", "p2", "p3"]].to_numpy(), frame["grade"])
         bcal = ev.binary_calibration(frame["grade"], frame["fracture_prob"])
-        expected = {k: grading[k] for k in ("accuracy", "macro_f1", "weighted_f1")}
+        moderate = ev.grade2_metrics(frame["grade"], frame["pred"], frame[["p0", "p1", "p2", "p3"]].to_numpy())
+        expected = {k: grading[k] for k in ("accuracy", "macro_f1", "weighted_f1", "quadratic_kappa")}
         for g in range(4):
             for kind in ("recall", "precision", "f1"):
                 expected[f"{kind}_grade{g}"] = grading[kind][g]
         expected.update({k: screening[k] for k in ("sensitivity", "specificity", "ppv", "npv", "roc_auc", "pr_auc")})
+        expected.update({k: moderate[k] for k in ev.GRADE2_METRICS})
         expected["ece"] = cal["ece"]
         expected["binary_ece"] = bcal["ece"]
-        assert set(fast) == set(ev.REPORTED_METRICS)
+        assert set(fast) == set(ev.REPORTED_METRICS) == set(expected)
         for name, value in expected.items():
             assert fast[name] == pytest.approx(value, nan_ok=True), name
 
@@ -266,7 +268,8 @@ def test_evaluate_predictions_is_strict_json_and_consistent():
     assert out["metrics"]["macro_f1"]["value"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
     assert out["metrics"]["roc_auc"]["value"] == pytest.approx(skm.roc_auc_score(y >= 1, df["fracture_prob"]))
     assert out["metrics"]["recall_grade3"]["value"] is None
-    for name in ("sensitivity", "specificity", "roc_auc", "macro_f1", "recall_grade1", "ece"):
+    for name in ("sensitivity", "specificity", "roc_auc", "macro_f1", "quadratic_kappa", "recall_grade1", "ece",
+                 "sensitivity_g2", "specificity_g2", "roc_auc_g2"):
         entry = out["metrics"][name]
         assert entry["ci_low"] <= entry["value"] <= entry["ci_high"], name
     assert out["n_patients"] == 20 and out["n_vertebrae"] == 200

@@ -284,12 +284,16 @@ def test_smoke_study_end_to_end(tmp_path):
     assert set(metrics["models"]) == {"supcon_linear", "supcon_finetune", "ce", "morphometry_rule",
                                       "morphometry_logistic"}
     for model, entry in metrics["models"].items():
-        for key in ("sensitivity", "specificity", "roc_auc", "macro_f1", "accuracy", "weighted_f1"):
+        for key in ("sensitivity", "specificity", "roc_auc", "macro_f1", "quadratic_kappa", "accuracy", "weighted_f1"):
             value = entry["metrics"][key]
             assert value["value"] is not None and math.isfinite(value["value"]), (model, key)
             if value["ci_low"] is not None:
                 assert value["ci_low"] - 1e-9 <= value["value"] <= value["ci_high"] + 1e-9, (model, key)
         assert entry["n_vertebrae"] == metrics["test"]["vertebrae"] > 0
+        # SynthSpine runs T4-L5: every test vertebra lies in exactly one region, thoracic or lumbar
+        regions = entry["by_region"]
+        assert regions and set(regions) <= {"thoracic", "lumbar"}, model
+        assert sum(r["n_vertebrae"] for r in regions.values()) == entry["n_vertebrae"]
     assert metrics["dataset"]["synthetic"] is True
     assert metrics["paper"]["metrics"]["specificity"]["value"] == 0.99
 

@@ -13,7 +13,12 @@ Conventions
 -----------
 - Screening (binary): label = grade >= 1 ("fractured"); a vertebra is called
   fractured when ``fracture_prob >= threshold`` (ties at the threshold count as
-  positive).
+  positive). Beside it, the clinical cut grade >= 2 (moderate or severe): called
+  when the argmax grade is 2 or 3, scored threshold-free by ``p2 + p3``.
+- Grading agreement: macro-F1 and the field's quadratic-weighted kappa over the
+  four grades (disagreements weigh by the squared grade distance).
+- Regions: with a ``label`` or ``level`` column, the thoracic (T1-T13) and lumbar
+  (L1-L6) vertebrae are also evaluated as sets of their own (:mod:`.regions`).
 - Undefined values (recall of a grade with no vertebrae, AUC with one class only,
   ...) are ``NaN`` in the functions below, never an exception; the JSON produced
   by :func:`evaluate_predictions` writes them as ``null``.
@@ -36,21 +41,27 @@ Typical use (notebook 02 picks the threshold, notebook 03 reports)::
 
 Modules: :mod:`.metrics` (names, labels, checks; grading, screening, operating point),
 :mod:`.calibration`, :mod:`.fast` (the numpy path the bootstrap uses),
-:mod:`.intervals` (patient bootstrap; t-interval across runs) and :mod:`.tables`
+:mod:`.intervals` (patient bootstrap; t-interval across runs), :mod:`.regions` (thoracic / lumbar) and :mod:`.tables`
 (``evaluate_predictions`` and the tables built from it). This file only re-exports.
 """
 
 from .calibration import binary_calibration, calibration
 from .fast import fracture_auc, reported_metrics
 from .intervals import Interval, bootstrap_ci, bootstrap_indices, finite_values, mean_interval
-from .metrics import (HEADLINE_METRICS, METRIC_DECISION, METRIC_LABELS, MISSING, PAPER_REPORTED, PROB_COLUMNS,
-                      REPORTED_METRICS, REQUIRED_COLUMNS, chance_macro_f1, check_predictions, grade_metrics, jsonable,
-                      permutation_p_value, screening_metrics, threshold_for_specificity)
-from .tables import (comparison_table, evaluate_predictions, format_ci, format_p, most_confident_errors, recall_by)
+from .metrics import (GRADE2_METRICS, HEADLINE_METRICS, METRIC_DECISION, METRIC_LABELS, METRIC_RANGE, MISSING,
+                      PAPER_REPORTED, PROB_COLUMNS, REGION_METRICS, REPORTED_METRICS, REQUIRED_COLUMNS,
+                      chance_macro_f1, check_predictions, grade2_metrics, grade_metrics, jsonable, permutation_p_value,
+                      quadratic_kappa, row_normalised, screening_metrics, threshold_for_specificity)
+from .regions import REGION_TITLES, SPINE_REGIONS, region_masks, vertebra_labels
+from .tables import (comparison_table, confusion_table, evaluate_by_region, evaluate_predictions, format_ci, format_p,
+                     most_confident_errors, recall_by, region_table)
 
-__all__ = ["HEADLINE_METRICS", "Interval", "METRIC_DECISION", "METRIC_LABELS", "MISSING", "PAPER_REPORTED",
-           "PROB_COLUMNS", "REPORTED_METRICS", "REQUIRED_COLUMNS", "binary_calibration", "bootstrap_ci",
-           "bootstrap_indices", "calibration", "chance_macro_f1", "check_predictions", "comparison_table",
-           "evaluate_predictions", "finite_values", "format_ci", "format_p", "fracture_auc", "grade_metrics",
-           "jsonable", "mean_interval", "most_confident_errors", "permutation_p_value", "recall_by",
-           "reported_metrics", "screening_metrics", "threshold_for_specificity"]
+__all__ = ["GRADE2_METRICS", "HEADLINE_METRICS", "Interval", "METRIC_DECISION", "METRIC_LABELS", "METRIC_RANGE",
+           "MISSING", "PAPER_REPORTED", "PROB_COLUMNS", "REGION_METRICS", "REGION_TITLES", "REPORTED_METRICS",
+           "REQUIRED_COLUMNS", "SPINE_REGIONS", "binary_calibration", "bootstrap_ci", "bootstrap_indices",
+           "calibration", "chance_macro_f1", "check_predictions", "comparison_table", "confusion_table",
+           "evaluate_by_region", "evaluate_predictions", "finite_values", "format_ci", "format_p", "fracture_auc",
+           "grade2_metrics", "grade_metrics", "jsonable", "mean_interval", "most_confident_errors",
+           "permutation_p_value", "quadratic_kappa", "recall_by", "region_masks", "region_table",
+           "reported_metrics", "row_normalised", "screening_metrics", "threshold_for_specificity",
+           "vertebra_labels"]

@@ -56,6 +56,21 @@ def _average_precision(positive: np.ndarray, score: np.ndarray) -> float:
     return float(np.sum(np.diff(recall, prepend=0.0) * tps / (tps + fps)))
 
 
+_GRADE_DISTANCE2 = (np.arange(NUM_GRADES)[:, None] - np.arange(NUM_GRADES)[None, :]) ** 2.0
+
+
+def _quadratic_kappa(cm: np.ndarray) -> float:
+    """Quadratic-weighted kappa from a 4x4 confusion matrix: 1 - observed / chance-expected weighted disagreement.
+
+    The weights are squared grade distances over all four grades, as in
+    :func:`vfnb.evaluate.metrics.quadratic_kappa` (the normalisation by (K - 1)^2
+    cancels in the ratio). NaN when chance already agrees perfectly.
+    """
+    rows, cols = cm.sum(axis=1), cm.sum(axis=0)
+    expected = float(rows @ _GRADE_DISTANCE2 @ cols) / cm.sum()
+    return 1.0 - float(np.sum(_GRADE_DISTANCE2 * cm)) / expected if expected > 0 else math.nan
+
+
 def _metrics_from_arrays(grade: np.ndarray, pred: np.ndarray, probs: np.ndarray,
                           score: np.ndarray, threshold: float, n_bins: int) -> dict[str, float]:
     cm = np.bincount(grade * NUM_GRADES + pred, minlength=NUM_GRADES**2).reshape(NUM_GRADES, NUM_GRADES)
@@ -70,6 +85,7 @@ def _metrics_from_arrays(grade: np.ndarray, pred: np.ndarray, probs: np.ndarray,
         "accuracy": float(tp.sum() / grade.size),
         "macro_f1": float(np.mean(f1[present])),
         "weighted_f1": float(np.sum(np.nan_to_num(f1) * support) / support.sum()),
+        "quadratic_kappa": _quadratic_kappa(cm),
     }
     for g in GRADES:
         out[f"recall_grade{g}"] = float(recall[g])
@@ -88,6 +104,12 @@ def _metrics_from_arrays(grade: np.ndarray, pred: np.ndarray, probs: np.ndarray,
     out["npv"] = ratio(s_tn, s_tn + s_fn)
     out["roc_auc"] = _roc_auc(positive, score)
     out["pr_auc"] = _average_precision(positive, score)
+    # grade >= 2 (moderate or severe): argmax decision from the confusion matrix, AUC on p2 + p3
+    g2_tp, g2_fn = float(cm[2:, 2:].sum()), float(cm[2:, :2].sum())
+    g2_tn, g2_fp = float(cm[:2, :2].sum()), float(cm[:2, 2:].sum())
+    out["sensitivity_g2"] = ratio(g2_tp, g2_tp + g2_fn)
+    out["specificity_g2"] = ratio(g2_tn, g2_tn + g2_fp)
+    out["roc_auc_g2"] = _roc_auc(grade >= 2, probs[:, 2] + probs[:, 3])
     out["ece"] = _reliability(probs.max(axis=1), probs.argmax(axis=1) == grade, n_bins, "top-class")["ece"]
     out["binary_ece"] = _reliability(score, positive, n_bins, "binary")["ece"]
     return out
@@ -96,13 +118,14 @@ def _metrics_from_arrays(grade: np.ndarray, pred: np.ndarray, probs: np.ndarray,
 def reported_metrics(df: pd.DataFrame, threshold: float, n_bins: int = 10) -> dict[str, float]:
     """Every metric in :data:`REPORTED_METRICS` for one predictions table (fast numpy path).
 
-    Same numbers as :func:`grade_metrics`, :func:`screening_metrics` and
-    :func:`calibration` (tested against scikit-learn), computed in well under a
+    Same numbers as :func:`grade_metrics`, :func:`screening_metrics`,
+    :func:`grade2_metrics` and :func:`calibration` (tested against scikit-learn), computed in well under a
     millisecond so that :func:`bootstrap_ci` can call it 1000 times. Names:
     ``accuracy``, ``macro_f1``, ``weighted_f1``, ``recall_grade{g}``,
-    ``precision_grade{g}``, ``f1_grade{g}`` (g = 0-3), ``sensitivity``,
+    ``precision_grade{g}``, ``f1_grade{g}`` (g = 0-3), ``quadratic_kappa``, ``sensitivity``,
     ``specificity``, ``ppv``, ``npv`` (at ``fracture_prob >= threshold``),
-    ``roc_auc``, ``pr_auc``, ``ece`` (top-class), ``binary_ece`` (fracture_prob).
+    ``roc_auc``, ``pr_auc``, ``sensitivity_g2``, ``specificity_g2`` (grade >= 2, argmax),
+    ``roc_auc_g2`` (p2 + p3), ``ece`` (top-class), ``binary_ece`` (fracture_prob).
     Undefined values are NaN. Input is not validated here (see :func:`check_predictions`).
     """
     return _metrics_from_arrays(

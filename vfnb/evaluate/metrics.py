@@ -5,11 +5,13 @@ Also what they share: the metric names and labels, input checks, and JSON-safe v
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
+from sklearn.exceptions import UndefinedMetricWarning
 
 from ..errors import DatasetError, ParamsError
 from ..levels import GRADES, NUM_GRADES
@@ -31,14 +33,30 @@ PAPER_REPORTED: dict[str, Any] = {
 #: Metric names bootstrapped by :func:`evaluate_predictions`, in report order.
 REPORTED_METRICS: tuple[str, ...] = (
     "sensitivity", "specificity", "ppv", "npv", "roc_auc", "pr_auc",
-    "accuracy", "macro_f1", "weighted_f1",
+    "sensitivity_g2", "specificity_g2", "roc_auc_g2",
+    "accuracy", "macro_f1", "weighted_f1", "quadratic_kappa",
     *(f"{kind}_grade{g}" for g in GRADES for kind in ("recall", "precision", "f1")),
     "ece", "binary_ece",
 )
 
 #: The study's headline numbers, in table order: the screening pair at the operating
-#: point, the threshold-free AUC, then two numbers of 4-class grading.
-HEADLINE_METRICS: tuple[str, ...] = ("sensitivity", "specificity", "roc_auc", "macro_f1", "recall_grade1")
+#: point, the threshold-free AUC, then three numbers of 4-class grading (the
+#: quadratic-weighted kappa being the field's own measure of agreement on grades).
+HEADLINE_METRICS: tuple[str, ...] = ("sensitivity", "specificity", "roc_auc", "macro_f1", "quadratic_kappa",
+                                     "recall_grade1")
+
+#: The usual clinical cut beside grade >= 1: moderate or severe fractures (grade >= 2).
+#: Sensitivity and specificity call a vertebra "grade >= 2" when its argmax grade is 2 or
+#: 3 (the study chooses no operating point for this cut); the AUC scores it by p2 + p3.
+GRADE2_METRICS: tuple[str, ...] = ("sensitivity_g2", "specificity_g2", "roc_auc_g2")
+
+#: What the per-region tables show (thoracic, lumbar), beside the number of vertebrae.
+REGION_METRICS: tuple[str, ...] = ("macro_f1", "quadratic_kappa", "sensitivity", "specificity", "roc_auc",
+                                   *GRADE2_METRICS)
+
+#: The values a metric can take, for intervals that must not claim impossible ones
+#: (a t-interval across few runs); every metric not listed lies in [0, 1].
+METRIC_RANGE: dict[str, tuple[float, float]] = {"quadratic_kappa": (-1.0, 1.0)}
 
 #: How a metric turns the predicted probabilities into a decision. "operating point":
 #: fractured when 1 - P(grade 0) reaches the threshold chosen on validation;
@@ -47,8 +65,9 @@ HEADLINE_METRICS: tuple[str, ...] = ("sensitivity", "specificity", "roc_auc", "m
 #: its operating point while its argmax grades call many normal vertebrae fractured.
 METRIC_DECISION: dict[str, str] = {
     **{k: "operating point" for k in ("sensitivity", "specificity", "ppv", "npv")},
-    **{k: "threshold-free" for k in ("roc_auc", "pr_auc")},
-    **{k: "argmax" for k in ("accuracy", "macro_f1", "weighted_f1")},
+    **{k: "threshold-free" for k in ("roc_auc", "pr_auc", "roc_auc_g2")},
+    **{k: "argmax" for k in ("accuracy", "macro_f1", "weighted_f1", "quadratic_kappa", "sensitivity_g2",
+                             "specificity_g2")},
     **{f"{kind}_grade{g}": "argmax" for g in GRADES for kind in ("recall", "precision", "f1")},
     **{k: "calibration" for k in ("ece", "binary_ece")},
 }
@@ -61,9 +80,13 @@ METRIC_LABELS: dict[str, str] = {
     "npv": "NPV (grade ≥ 1, at the operating point)",
     "roc_auc": "ROC AUC (grade ≥ 1, threshold-free)",
     "pr_auc": "PR AUC / average precision (grade ≥ 1, threshold-free)",
+    "sensitivity_g2": "Sensitivity (grade ≥ 2, argmax)",
+    "specificity_g2": "Specificity (grade ≥ 2, argmax)",
+    "roc_auc_g2": "ROC AUC (grade ≥ 2 scored by p2 + p3, threshold-free)",
     "accuracy": "Accuracy (4 grades, argmax)",
     "macro_f1": "Macro-F1 (4 grades, argmax)",
     "weighted_f1": "Weighted F1 (4 grades, argmax)",
+    "quadratic_kappa": "Quadratic-weighted kappa (4 grades, argmax)",
     "ece": "ECE, top-class confidence (4 grades)",
     "binary_ece": "ECE, fracture probability",
     **{f"{kind}_grade{g}": f"{kind.capitalize()} grade {g} (argmax)" for g in GRADES
@@ -159,7 +182,9 @@ def grade_metrics(y: Sequence[int], pred: Sequence[int]) -> dict:
         ``precision``, ``recall``, ``f1``, ``support`` (dicts grade -> value, all
         four grades present); ``confusion_matrix`` (4x4 nested list, rows = true
         grade 0-3, columns = predicted grade 0-3, counts of vertebrae);
-        ``labels`` [0, 1, 2, 3]; ``n``.
+        ``confusion_matrix_row_normalised`` (the same matrix as shares of each true
+        grade, rows summing to 1; a row of NaN for a grade without vertebrae);
+        ``quadratic_kappa`` (:func:`quadratic_kappa`); ``labels`` [0, 1, 2, 3]; ``n``.
 
     Per-grade precision is NaN when nothing was predicted as that grade, recall
     NaN when the grade has no vertebrae, F1 NaN when both. Macro-F1 averages the
@@ -175,6 +200,7 @@ def grade_metrics(y: Sequence[int], pred: Sequence[int]) -> dict:
     labels = list(GRADES)
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         y, pred, labels=labels, zero_division=np.nan)
+    confusion = skm.confusion_matrix(y, pred, labels=labels)
     return {
         "n": int(y.size),
         "accuracy": float(skm.accuracy_score(y, pred)),
@@ -185,8 +211,45 @@ def grade_metrics(y: Sequence[int], pred: Sequence[int]) -> dict:
         "f1": {g: float(v) for g, v in zip(labels, f1)},
         "support": {g: int(v) for g, v in zip(labels, support)},
         "labels": labels,
-        "confusion_matrix": skm.confusion_matrix(y, pred, labels=labels).tolist(),
+        "confusion_matrix": confusion.tolist(),
+        "confusion_matrix_row_normalised": row_normalised(confusion).tolist(),
+        "quadratic_kappa": quadratic_kappa(y, pred),
     }
+
+
+def row_normalised(confusion: Any) -> np.ndarray:
+    """A confusion matrix (rows = true grade) as shares of each row: the diagonal is the recall of each grade.
+
+    A row without vertebrae (a grade absent from the data) is NaN, not 0: nothing
+    was there to be graded right or wrong.
+    """
+    counts = np.asarray(confusion, dtype=float)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
+        raise DatasetError(f"row_normalised: expected a square confusion matrix, got shape {counts.shape}")
+    return np.asarray(_div(counts, counts.sum(axis=1, keepdims=True)), dtype=float).reshape(counts.shape)
+
+
+def quadratic_kappa(y: Sequence[int], pred: Sequence[int]) -> float:
+    """Cohen's kappa with quadratic weights over the four Genant grades (scikit-learn).
+
+    Disagreements weigh by the squared distance in grades, so calling a severe
+    fracture normal costs nine times calling it moderate. The weights are taken over
+    all four grades (``labels=[0, 1, 2, 3]``), not only the grades that occur: without
+    that, scikit-learn would put a grade absent from a small set at distance 1 from
+    its neighbours' neighbours. 1 is perfect agreement, 0 what chance gives.
+
+    Returns NaN where kappa is undefined (the agreement expected by chance is already
+    perfect, e.g. every vertebra of ``y`` and ``pred`` the same grade).
+    """
+    y = _as_grades(y, "quadratic_kappa: y")
+    pred = _as_grades(pred, "quadratic_kappa: pred")
+    if y.shape != pred.shape or y.size == 0:
+        raise DatasetError(f"quadratic_kappa: y has {y.size} grades and pred {pred.size}; expected the same, > 0")
+    with warnings.catch_warnings():  # undefined kappa: NaN by replace_undefined_by, the warning is noise
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        value = skm.cohen_kappa_score(y, pred, labels=list(GRADES), weights="quadratic",
+                                      replace_undefined_by=np.nan)
+    return float(value) if math.isfinite(value) else math.nan
 
 
 def chance_macro_f1(y: Sequence[int], n_draws: int = 2000, seed: int = 0) -> dict:
@@ -256,6 +319,39 @@ def screening_metrics(grade: Sequence[int], fracture_prob: Sequence[float], thre
         "npv": _div(tn, tn + fn),
         "roc_auc": float(skm.roc_auc_score(positive, score)) if both_classes else math.nan,
         "pr_auc": float(skm.average_precision_score(positive, score)) if both_classes else math.nan,
+    }
+
+
+def grade2_metrics(grade: Sequence[int], pred: Sequence[int], probs: Any) -> dict:
+    """Moderate or severe fractures (grade >= 2), the usual clinical cut, beside screening's grade >= 1.
+
+    Args:
+        grade: true Genant grades 0-3, length N.
+        pred: predicted grades 0-3 (argmax), length N: a vertebra is called
+            "grade >= 2" when ``pred >= 2`` (no operating point is chosen for this cut).
+        probs: ``[N, 4]`` grade probabilities; the threshold-free score is p2 + p3.
+
+    Returns:
+        dict with ``sensitivity_g2``, ``specificity_g2`` (argmax decision),
+        ``roc_auc_g2`` (p2 + p3, every threshold; scikit-learn) and the counts
+        ``tp``, ``fp``, ``tn``, ``fn``, ``n_positive`` (grade >= 2), ``n_negative``.
+        NaN where undefined (no vertebra of grade >= 2, or none below).
+    """
+    grade = _as_grades(grade, "grade2_metrics: grade")
+    pred = _as_grades(pred, "grade2_metrics: pred")
+    if pred.shape != grade.shape:
+        raise DatasetError(f"grade2_metrics: grade has {grade.size} values but pred has {pred.size}")
+    probs = _as_probs(probs, grade.size, "grade2_metrics: probs")
+    positive = grade >= 2
+    called = pred >= 2
+    tn, fp, fn, tp = skm.confusion_matrix(positive, called, labels=[False, True]).ravel()
+    score = probs[:, 2] + probs[:, 3]
+    return {
+        "n_positive": int(positive.sum()), "n_negative": int((~positive).sum()),
+        "tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn),
+        "sensitivity_g2": _div(tp, tp + fn),
+        "specificity_g2": _div(tn, tn + fp),
+        "roc_auc_g2": float(skm.roc_auc_score(positive, score)) if 0 < positive.sum() < positive.size else math.nan,
     }
 
 

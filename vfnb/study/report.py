@@ -18,7 +18,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from ..evaluate import HEADLINE_METRICS, METRIC_DECISION, METRIC_LABELS, MISSING, format_ci
+from ..evaluate import (GRADE2_METRICS, HEADLINE_METRICS, METRIC_DECISION, METRIC_LABELS, MISSING, REGION_METRICS,
+                        REGION_TITLES, SPINE_REGIONS, format_ci)
 from ..io import atomic_write_text
 from .params import recipe_deviations
 from .paths import shown_path
@@ -156,8 +157,8 @@ def _decision_sentence(op: Mapping, params: Mapping) -> str:
     target = op.get("target_specificity", params.get("target_specificity", "?"))
     return ("Sensitivity and specificity are read at each model's operating point: a vertebra is called fractured "
             "(grade ≥ 1) when its fracture probability, 1 − P(grade 0), reaches the threshold chosen on the "
-            f"validation set for a specificity of {target}. ROC AUC uses every threshold. Macro-F1 and grade-1 "
-            "recall grade each vertebra by its most probable grade (argmax), with no threshold: the two kinds can "
+            f"validation set for a specificity of {target}. ROC AUC uses every threshold. Macro-F1, the "
+            "quadratic-weighted kappa and grade-1 recall grade each vertebra by its most probable grade (argmax), with no threshold: the two kinds can "
             "disagree (high specificity at the operating point while argmax grades call normal vertebrae "
             "fractured, or no fracture found at the operating point while argmax grades find them).")
 
@@ -190,6 +191,59 @@ def headline_section(metrics: Mapping, params: Mapping, training: TrainingSummar
                      f"({e(metrics['paper'].get('data', 'its clinical CTs'))}); it is not a result of this run "
                      "and is not directly comparable.</p>")
     return "".join(parts)
+
+
+# ===================================================================== grade >= 2 and the spine regions
+GRADE2_NOTE = ("Moderate or severe fractures (grade ≥ 2), the usual clinical cut: sensitivity and specificity when "
+               "the most probable grade is 2 or 3 (no threshold is chosen for this cut), ROC AUC of P(grade 2) + "
+               "P(grade 3) over every threshold.")
+REGION_NOTE = ("Every region is evaluated as a test set of its own, at each model's operating point, with the "
+               "bootstrap over the patients that have vertebrae in it; cervical vertebrae count in the whole set only.")
+
+
+def grade2_rows(metrics: Mapping) -> list[tuple[str, list[str]]]:
+    """Rows ``(model, [cell per GRADE2_METRICS])`` of this study's models."""
+    return [(entry.get("title") or model_title(model), [format_ci(entry.get("metrics", {}).get(k)) for k in GRADE2_METRICS])
+            for model, entry in (metrics.get("models") or {}).items()]
+
+
+def region_rows(metrics: Mapping) -> list[tuple[str, list[str]]]:
+    """Rows ``(model, [region, vertebrae, cell per REGION_METRICS])`` for the regions each model was evaluated on."""
+    rows = []
+    for model, entry in (metrics.get("models") or {}).items():
+        regions = entry.get("by_region") or {}
+        rows += [(entry.get("title") or model_title(model),
+                  [REGION_TITLES[r], str(regions[r].get("n_vertebrae", MISSING)),
+                   *[format_ci((regions[r].get("metrics") or {}).get(k)) for k in REGION_METRICS]])
+                 for r in SPINE_REGIONS if r in regions]
+    return rows
+
+
+REGION_HEAD = ["Model", "Vertebrae of", "Vertebrae", *(METRIC_LABELS[k] for k in REGION_METRICS)]
+
+
+def field_section(metrics: Mapping) -> str:
+    """Grade >= 2 and the thoracic / lumbar numbers (HTML; empty without metrics)."""
+    if not metrics.get("models"):
+        return ""
+    parts = ["<h2>Moderate and severe fractures; thoracic and lumbar vertebrae (test set)</h2>",
+             f"<p class='note'>{e(GRADE2_NOTE)}</p>",
+             html_table(["Model", *(METRIC_LABELS[k] for k in GRADE2_METRICS)], grade2_rows(metrics))]
+    rows = region_rows(metrics)
+    parts += ([f"<p class='note'>{e(REGION_NOTE)}</p>", html_table(REGION_HEAD, rows)] if rows
+              else ["<p>No region: the predictions carried no vertebra level.</p>"])
+    return "".join(parts)
+
+
+def field_markdown(metrics: Mapping) -> list[str]:
+    """:func:`field_section` as Markdown lines."""
+    if not metrics.get("models"):
+        return []
+    md = ["", "## Moderate and severe fractures; thoracic and lumbar vertebrae (test set)", "", GRADE2_NOTE, ""]
+    md += md_table(["Model", *(METRIC_LABELS[k] for k in GRADE2_METRICS)], grade2_rows(metrics))
+    rows = region_rows(metrics)
+    md += ["", REGION_NOTE, ""] + md_table(REGION_HEAD, rows) if rows else ["", "No region: no vertebra level."]
+    return md
 
 
 # ===================================================================== other sections
@@ -261,7 +315,8 @@ def _index_html(title: str, params: Mapping, provenance: Mapping, metrics: Mappi
         "<h1>Vertebral fracture grading with supervised contrastive learning</h1>",
         smoke_banner(params), f"<p>{INTRO}</p>",
         f"<p class='{'synthetic' if data.get('synthetic') else 'note'}'>{dataset_sentence(data)}</p>",
-        headline_section(metrics, params, training), recipe_section(params), figures_section(figures),
+        headline_section(metrics, params, training), field_section(metrics), recipe_section(params),
+        figures_section(figures),
         notebooks_section(notebooks, provenance.get("notebook_seconds") or {}, figures),
         provenance_section(provenance, params), "</body></html>", ""])
 
@@ -279,6 +334,7 @@ def _summary_md(title: str, params: Mapping, provenance: Mapping, metrics: Mappi
         md += [""] + [f"- {markdown_text(note)}" for note in headline_notes(metrics, training)]
         if metrics.get("paper"):
             md.append("The paper's row is its own report on its own data, not a result of this run.")
+    md += field_markdown(metrics)
     md += ["", "## Recipe: where this run departs from the paper", ""]
     deviations = recipe_deviations(params)
     md += (md_table(["Parameter", "What it sets", "This run", "Paper"],

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..study.budget import budget_curves, plot_budget_curves
-from ..evaluate import HEADLINE_METRICS, METRIC_LABELS, MISSING, finite_values, mean_interval
+from ..evaluate import (GRADE2_METRICS, HEADLINE_METRICS, METRIC_LABELS, METRIC_RANGE, MISSING, REGION_TITLES,
+                        SPINE_REGIONS, finite_values, mean_interval)
 from ..io import atomic_write_json, atomic_write_text
 from ..plots import save_figure
 from ..study import (MODEL_TITLES, REPORT_CSS, dataset_sentence, html_table, md_table, model_title, read_json,
@@ -21,12 +22,53 @@ from .plan import SweepPlan
 CONFIDENCE = 0.95
 # (SupCon model, baseline): the paired differences the report shows
 PAIRS = (("supcon_linear", "ce"), ("supcon_finetune", "ce"))
+#: The test-set metrics a sweep collects from each run and aggregates: the study's headline
+#: (quadratic-weighted kappa among them) and the grade >= 2 cut of moderate/severe fractures.
+SWEEP_METRICS = (*HEADLINE_METRICS, *GRADE2_METRICS)
+#: What the sweep aggregates per spine region (thoracic, lumbar), from each run's ``by_region``.
+REGION_SWEEP_METRICS = ("macro_f1", "quadratic_kappa", "sensitivity", "specificity", "roc_auc")
 
 
-def _metric_value(metrics_doc: dict, model: str, metric: str):
-    entry = ((metrics_doc.get("models") or {}).get(model) or {}).get("metrics", {}).get(metric)
+def _range(metric: str) -> tuple[float, float]:
+    """The values ``metric`` can take ([0, 1] unless :data:`METRIC_RANGE` says otherwise)."""
+    return METRIC_RANGE.get(metric, (0.0, 1.0))
+
+
+def _difference_range(metric: str) -> tuple[float, float]:
+    low, high = _range(metric)
+    return low - high, high - low
+
+
+def _metric_value(metrics_doc: dict, model: str, metric: str, region: str | None = None):
+    """One model's value of ``metric`` in a run's metrics.json (the whole set, or one region); None if absent."""
+    entry = (metrics_doc.get("models") or {}).get(model) or {}
+    if region is not None:
+        entry = (entry.get("by_region") or {}).get(region) or {}
+    entry = (entry.get("metrics") or {}).get(metric)
     value = entry.get("value") if isinstance(entry, dict) else entry
     return value if finite_values([value]) else None
+
+
+def _region_metrics(metrics_doc: dict) -> dict:
+    """``{region: {model: {metric: value}}}`` of :data:`REGION_SWEEP_METRICS`, for the regions the run evaluated."""
+    models = metrics_doc.get("models") or {}
+    return {region: {m: {k: _metric_value(metrics_doc, m, k, region) for k in REGION_SWEEP_METRICS}
+                     for m in models if region in ((models[m] or {}).get("by_region") or {})}
+            for region in SPINE_REGIONS
+            if any(region in ((entry or {}).get("by_region") or {}) for entry in models.values())}
+
+
+def aggregate_regions(runs: Sequence[dict], confidence: float = CONFIDENCE) -> dict:
+    """``{region: {model: {metric: mean_interval}}}`` across the runs that evaluated that region."""
+    out = {}
+    for region in SPINE_REGIONS:
+        held = [r.get("regions", {}).get(region) for r in runs if region in r.get("regions", {})]
+        models = [m for m in MODEL_TITLES if any(m in h for h in held)]
+        models += sorted({m for h in held for m in h} - set(models))
+        if models:
+            out[region] = {m: {k: mean_interval([h.get(m, {}).get(k) for h in held], confidence, bounds=_range(k))
+                               for k in REGION_SWEEP_METRICS} for m in models}
+    return out
 
 
 def aggregate(runs: Sequence[dict], confidence: float = CONFIDENCE) -> tuple[dict, dict]:
@@ -38,17 +80,17 @@ def aggregate(runs: Sequence[dict], confidence: float = CONFIDENCE) -> tuple[dic
     """
     present = [m for m in MODEL_TITLES if any(m in r["metrics"] for r in runs)]
     present += sorted({m for r in runs for m in r["metrics"]} - set(present))
-    models = {m: {k: mean_interval([r["metrics"].get(m, {}).get(k) for r in runs], confidence, bounds=(0.0, 1.0))
-                  for k in HEADLINE_METRICS} for m in present}
+    models = {m: {k: mean_interval([r["metrics"].get(m, {}).get(k) for r in runs], confidence, bounds=_range(k))
+                  for k in SWEEP_METRICS} for m in present}
     paired = {}
     for a, b in PAIRS:
         if a not in present or b not in present:
             continue
         table = {}
-        for k in HEADLINE_METRICS:
+        for k in SWEEP_METRICS:
             diffs = [r["metrics"][a][k] - r["metrics"][b][k] for r in runs
                      if finite_values([r["metrics"].get(a, {}).get(k)]) and finite_values([r["metrics"].get(b, {}).get(k)])]
-            table[k] = {**mean_interval(diffs, confidence, bounds=(-1.0, 1.0)), "wins": sum(d > 0 for d in diffs),
+            table[k] = {**mean_interval(diffs, confidence, bounds=_difference_range(k)), "wins": sum(d > 0 for d in diffs),
                         "ties": sum(d == 0 for d in diffs)}
         paired[f"{a} - {b}"] = {"model": a, "baseline": b, "metrics": table}
     return models, paired
@@ -80,15 +122,17 @@ def collect_runs(out: Path, plan: SweepPlan) -> list[dict]:
         doc = read_json(out / "runs" / name / "metrics.json")
         if not isinstance(doc, dict):
             continue
-        metrics = {m: {k: _metric_value(doc, m, k) for k in HEADLINE_METRICS} for m in (doc.get("models") or {})}
+        metrics = {m: {k: _metric_value(doc, m, k) for k in SWEEP_METRICS} for m in (doc.get("models") or {})}
         params = read_json(out / "runs" / name / "provenance.json") or {}
         runs.append({"name": name, "folder": f"runs/{name}", "grid": point, "metrics": metrics,
-                     "dataset": doc.get("dataset") or {}, "params": params.get("params") or {}})
+                     "regions": _region_metrics(doc), "dataset": doc.get("dataset") or {},
+                     "params": params.get("params") or {}})
     return runs
 
 
 # the question the study asks, in the numbers that answer it: (metrics.json key, words)
-ANSWER_METRICS = (("roc_auc", "fracture AUC"), ("macro_f1", "macro-F1"), ("recall_grade1", "grade-1 recall"))
+ANSWER_METRICS = (("roc_auc", "fracture AUC"), ("macro_f1", "macro-F1"), ("quadratic_kappa", "quadratic-weighted kappa"),
+                  ("recall_grade1", "grade-1 recall"))
 
 
 def _verdict(d: dict) -> str:
@@ -141,23 +185,25 @@ class _SweepTables:
     answer_rows: list
     deviation_rows: list
     metric_rows: list
+    region_rows: list
     paired_rows: list
     runs: list
     failed: dict
     figure: Path | None
     caption: str
 
-    heads = property(lambda self: [METRIC_LABELS[k] for k in HEADLINE_METRICS])
+    heads = property(lambda self: [METRIC_LABELS[k] for k in SWEEP_METRICS])
+    region_heads = property(lambda self: ["Model", "Vertebrae of", *[METRIC_LABELS[k] for k in REGION_SWEEP_METRICS]])
     answer_head = ["Test metric", MODEL_TITLES["supcon_linear"], MODEL_TITLES["ce"], "Paired difference", "Verdict"]
     deviation_head = ["Parameter", "What it sets", "These runs", "Paper"]
 
     def run_rows(self, link) -> list:
         return [(link(r), [", ".join(f"{k}={v}" for k, v in r["grid"].items()), model_title(m),
-                           *[_fmt(r["metrics"][m].get(k)) for k in HEADLINE_METRICS]])
+                           *[_fmt(r["metrics"][m].get(k)) for k in SWEEP_METRICS]])
                 for r in self.runs for m in r["metrics"]]
 
 
-def _sweep_document(out: Path, plan: SweepPlan, runs: list, models: dict, paired: dict, verdict: dict,
+def _sweep_document(out: Path, plan: SweepPlan, runs: list, models: dict, paired: dict, regions: dict, verdict: dict,
                     deviations: list, budget: dict, figure: Path | None, failed: dict) -> dict:
     return {
         "schema": 1,
@@ -169,8 +215,9 @@ def _sweep_document(out: Path, plan: SweepPlan, runs: list, models: dict, paired
         "runs_finished": len(runs),
         "runs_missing": [n for n, _ in plan.points if n not in {r["name"] for r in runs}],
         "runs_failed": failed,
-        "runs": [{k: r[k] for k in ("name", "folder", "grid", "metrics")} for r in runs],
+        "runs": [{k: r[k] for k in ("name", "folder", "grid", "metrics", "regions")} for r in runs],
         "models": {m: {"title": model_title(m), "metrics": v} for m, v in models.items()},
+        "by_region": regions,
         "paired": paired,
         "answer": verdict,
         "recipe_deviations": deviations,
@@ -192,8 +239,10 @@ def _sweep_html(t: _SweepTables) -> str:
     if t.deviation_rows:
         parts += ["<h3>The recipe: where these runs depart from the paper</h3>",
                   html_table(t.deviation_head, t.deviation_rows)]
-    parts += ["<h2>Test-set metrics across runs</h2>", html_table(["Model", *t.heads], t.metric_rows),
-              "<h2>Paired difference, SupCon minus cross-entropy</h2>",
+    parts += ["<h2>Test-set metrics across runs</h2>", html_table(["Model", *t.heads], t.metric_rows)]
+    if t.region_rows:
+        parts += ["<h3>Thoracic and lumbar vertebrae across runs</h3>", html_table(t.region_heads, t.region_rows)]
+    parts += ["<h2>Paired difference, SupCon minus cross-entropy</h2>",
               "<p class='note'>Per run, the SupCon model's value minus the cross-entropy baseline's on the same "
               "seed/fold; mean [interval] of those differences, and in how many runs SupCon was higher.</p>",
               html_table(["Difference", *t.heads], t.paired_rows) if t.paired_rows else "<p>No run holds both models.</p>",
@@ -230,6 +279,8 @@ def _sweep_markdown(t: _SweepTables) -> str:
         md += ["### The recipe: where these runs depart from the paper", ""]
         md += md_table(t.deviation_head, t.deviation_rows) + [""]
     md += ["## Test-set metrics across runs", ""] + md_table(["Model", *t.heads], t.metric_rows)
+    if t.region_rows:
+        md += ["", "### Thoracic and lumbar vertebrae across runs", ""] + md_table(t.region_heads, t.region_rows)
     md += ["", "## Paired difference, SupCon minus cross-entropy", ""] + md_table(["Difference", *t.heads],
                                                                                    t.paired_rows)
     md += ["", "## Budget curves", "", f"![{t.caption}](figures/budget_curves.png)" if t.figure
@@ -247,6 +298,7 @@ def write_sweep_report(out: str | os.PathLike, plan: SweepPlan, failed: dict | N
     failed = dict(failed or {})
     runs = collect_runs(out, plan)
     models, paired = aggregate(runs)
+    regions = aggregate_regions(runs)
     datasets = [r["dataset"] for r in runs]
     synthetic = any(d.get("synthetic") for d in datasets)
     budget = budget_curves([out / "runs" / r["name"] for r in runs])
@@ -257,7 +309,7 @@ def write_sweep_report(out: str | os.PathLike, plan: SweepPlan, failed: dict | N
                              out / "figures" / "budget_curves.png")
     verdict = answer(models, paired, len(runs))
     deviations = recipe_deviations(runs[0]["params"]) if runs and runs[0]["params"] else []
-    document = _sweep_document(out, plan, runs, models, paired, verdict, deviations, budget, figure, failed)
+    document = _sweep_document(out, plan, runs, models, paired, regions, verdict, deviations, budget, figure, failed)
     atomic_write_json(out / "sweep.json", document)
     missing = document["runs_missing"]
     tables = _SweepTables(
@@ -272,9 +324,11 @@ def write_sweep_report(out: str | os.PathLike, plan: SweepPlan, failed: dict | N
         answer_rows=[(row["metric"], [_cell(row["supcon_linear"]), _cell(row["ce"]), _cell(row["difference"]),
                                       row["verdict"]]) for row in verdict["table"]],
         deviation_rows=[(d["key"], [d["meaning"], str(d["value"]), str(d["paper"])]) for d in deviations],
-        metric_rows=[(model_title(m), [_cell(models[m][k]) for k in HEADLINE_METRICS]) for m in models],
+        metric_rows=[(model_title(m), [_cell(models[m][k]) for k in SWEEP_METRICS]) for m in models],
+        region_rows=[(model_title(m), [REGION_TITLES[region], *[_cell(stats[k]) for k in REGION_SWEEP_METRICS]])
+                     for region, by_model in regions.items() for m, stats in by_model.items()],
         paired_rows=[(f"{model_title(p['model'])} − {model_title(p['baseline'])}",
-                      [_paired_cell(p["metrics"][k]) for k in HEADLINE_METRICS]) for p in paired.values()],
+                      [_paired_cell(p["metrics"][k]) for k in SWEEP_METRICS]) for p in paired.values()],
         runs=runs, failed=failed, figure=figure, caption=BUDGET_CAPTION.format(x=budget["x"]))
     index = atomic_write_text(out / "index.html", _sweep_html(tables))
     atomic_write_text(out / "summary.md", _sweep_markdown(tables))
