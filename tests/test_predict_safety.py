@@ -158,3 +158,25 @@ def test_a_label_over_half_the_scan_is_refused(tmp_path, capsys):
     assert _predict((save_nifti(tmp_path / "ct.nii.gz", ct, affine), labels), _save(tmp_path / "m.pt")) == 2
     err = capsys.readouterr().err
     assert "seg.nii.gz: not a vertebra label map" in err and "L1 covers" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("edit,message", [
+    ({"layers": [2000] * 4}, "more than 256 residual blocks"),
+    ({"block_inplanes": [512, 1024, 2048, 4096]}, "describes a network of"),
+])
+def test_edited_model_args_are_refused_before_the_network_is_built(tmp_path, edit, message):
+    path = _save(tmp_path / "m.pt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model_args"].update(edit)
+    torch.save(ckpt, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path / "edited.pt")
+
+
+def test_an_input_cube_size_that_disagrees_with_training_is_refused(tmp_path):
+    path = _save(tmp_path / "m.pt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["input"]["cube_size"] = 24  # trained at 16 (params.cube_size)
+    torch.save(ckpt, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match="'input.cube_size' is 24 but the model was trained at params.cube_size 16"):
+        load_checkpoint(tmp_path / "edited.pt")

@@ -190,11 +190,12 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "<checkpoint>") 
         for field in ("model_args", "model"):
             if not isinstance(ckpt.get(field), dict):
                 raise CheckpointError(f"{path}: field {field!r} missing or not a dict")
+        state = ckpt["model"]
+        _check_size(ckpt["model_args"], state, path)
         try:
             model = build_model(**ckpt["model_args"])
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: field 'model_args' cannot rebuild the model ({exc})") from None
-        state = ckpt["model"]
     else:
         state = ckpt.get("state_dict", ckpt)
         if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -208,6 +209,34 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "<checkpoint>") 
     model.input_spec = spec
     model.origin = origin
     return model.eval()
+
+
+#: Most residual blocks a checkpoint's ``model_args.layers`` may ask for (ResNet-200 has 66).
+MAX_BLOCKS = 256
+#: Parameters a rebuilt network may have beyond twice its weights before it is refused unbuilt.
+SIZE_SLACK = 1_000_000
+
+
+def _check_size(model_args: dict, state: dict, path) -> None:
+    """Refuse ``model_args`` describing a far bigger network than the weights hold, before any memory is given to it.
+
+    The network is first built on PyTorch's ``meta`` device (shapes only, no
+    storage), so an edited ``layers`` or width cannot allocate gigabytes before
+    the weights are compared.
+    """
+    layers = model_args.get("layers")
+    if isinstance(layers, (list, tuple)) and sum(v for v in layers if isinstance(v, int)) > MAX_BLOCKS:
+        raise CheckpointError(f"{path}: field 'model_args.layers' is {list(layers)[:8]}: more than {MAX_BLOCKS} "
+                              "residual blocks (the deepest ResNet has 66); expected the network the weights hold")
+    try:
+        with torch.device("meta"):
+            needed = sum(p.numel() for p in build_model(**model_args).parameters())
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: field 'model_args' cannot rebuild the model ({exc})") from None
+    held = sum(v.numel() for v in state.values() if isinstance(v, torch.Tensor))
+    if needed > 2 * held + SIZE_SLACK:  # near misses get the precise message of the weight check
+        raise CheckpointError(f"{path}: field 'model_args' describes a network of {needed:,} parameters while its "
+                              f"weights hold {held:,} values; expected the architecture the weights were saved from")
 
 
 def checkpoint_identity(path: str | os.PathLike) -> str:
@@ -251,7 +280,13 @@ def checkpoint_input(ckpt: dict | str | os.PathLike, path: str | os.PathLike = "
         raise CheckpointError(f"{path}: field 'version' is {version!r}; this vfnb reads versions "
                               f"{', '.join(map(str, READABLE_VERSIONS))}")
     if version >= 2:
-        return ModelInput.from_dict(ckpt.get("input"), str(path))
+        spec = ModelInput.from_dict(ckpt.get("input"), str(path))
+        params = ckpt.get("params") if isinstance(ckpt.get("params"), dict) else {}
+        trained = params.get("cube_size")
+        if isinstance(trained, int) and not isinstance(trained, bool) and trained != spec.cube_size:
+            raise CheckpointError(f"{path}: field 'input.cube_size' is {spec.cube_size} but the model was trained "
+                                  f"at params.cube_size {trained}; expected the two to agree (an edited checkpoint?)")
+        return spec
     params = ckpt.get("params") if isinstance(ckpt.get("params"), dict) else {}
     cube = params.get("cube_size", RELEASED_INPUT.cube_size)
     cube = _input_size(cube, f"{path}: field 'params.cube_size' (a version 1 checkpoint)", 8)
