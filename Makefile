@@ -20,7 +20,7 @@ RUN    ?= run-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 TORCH_INDEX ?=
 
-.PHONY: install study test lab bench reference clean-venv
+.PHONY: install study test lab bench reference screenshots clean-venv
 
 install: $(STAMP)
 
@@ -38,6 +38,19 @@ $(STAMP): requirements.in requirements.lock pyproject.toml
 # Each run writes a new folder results/$(RUN); pass RUN=name to choose it.
 study: $(STAMP)
 	$(VENV)/bin/vfnb study --params params/default.yaml --out results/$(RUN)
+
+# Screenshots of each page kind (the reference run's index and evaluation pages, the sweep
+# report, a per-scan report of a SynthSpine scan graded from its heights) into docs/screenshots/,
+# read in headless Chromium (Debian's chromium package).
+SHOTS := $(VENV)/screenshot-work
+screenshots: $(STAMP)
+	rm -rf $(SHOTS) && mkdir -p $(SHOTS)
+	$(VENV)/bin/vfnb synth $(SHOTS)/data --cases 1 --seed 3
+	$(VENV)/bin/vfnb predict --ct $(SHOTS)/data/img/synth-s3-0000.nii.gz --seg $(SHOTS)/data/seg/synth-s3-0000.nii.gz \
+	    --out $(SHOTS)/grades.csv --report $(SHOTS)/scan-report.html
+	$(PY) tests/browser_pages.py docs/screenshots index=results/default/index.html \
+	    evaluation=results/default/03_evaluation.html sweep=results/sweep-default/index.html \
+	    scan-report=$(SHOTS)/scan-report.html
 
 # Regenerate the committed reference report results/default (replaces it).
 reference: $(STAMP)

@@ -91,27 +91,44 @@ def canonical(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def overview_figure(report: ScanReport) -> str:
-    """Mid-sagittal slice through the labelled spine, each graded vertebra named and coloured by grade."""
+    """Mid-sagittal slice through the labelled spine, each graded vertebra named and coloured by grade.
+
+    Axes are world millimetres (the scan's RAS coordinates) with the anatomical
+    direction of each; the grade palette is the legend, outside the image.
+    """
+    from matplotlib import patheffects
+    from matplotlib.patches import Patch
+
     ct, ras_affine = canonical(report.ct_hu, report.affine)
     labels, _ = canonical(report.label_map, report.affine)
     x0 = int(round(np.nonzero(labels)[0].mean()))
     spacing = np.linalg.norm(ras_affine[:3, :3], axis=0)
-    fig = Figure(figsize=(5, 7))
+    origin = ras_affine[:3, 3]
+    extent = (origin[1] - spacing[1] / 2, origin[1] + (ct.shape[1] - 0.5) * spacing[1],
+              origin[2] - spacing[2] / 2, origin[2] + (ct.shape[2] - 0.5) * spacing[2])
+    fig = Figure(figsize=(6.5, 8))
     ax = fig.subplots()
-    ax.imshow(window(ct[x0].T, *BONE_WINDOW), cmap="gray", origin="lower", aspect=spacing[2] / spacing[1])
+    ax.imshow(window(ct[x0].T, *BONE_WINDOW), cmap="gray", origin="lower", extent=extent)
+    ys = origin[1] + np.arange(ct.shape[1]) * spacing[1]
+    zs = origin[2] + np.arange(ct.shape[2]) * spacing[2]
+    outline = [patheffects.withStroke(linewidth=2.5, foreground="black")]
     for view in report.vertebrae:
-        voxels = np.nonzero(labels[x0] == int(view.row["label"]))
+        mask = labels[x0] == int(view.row["label"])
+        voxels = np.nonzero(mask)
         if voxels[0].size == 0:
             continue
         grade = _grade(view.row)
         colour = NOT_ASSESSABLE_COLOR if grade is None else GRADE_COLORS[grade]
-        ax.contour((labels[x0] == int(view.row["label"])).T, levels=[0.5], colors=colour,
-                   linewidths=1.2, origin="lower")
-        ax.text(voxels[0].max() + 3, np.mean(voxels[1]), f"{view.row['level']}: {'n/a' if grade is None else grade}",
-                color=colour, fontsize=9, va="center", fontweight="bold")
-    ax.set_xlabel("posterior -> anterior (voxels)")
-    ax.set_ylabel("inferior -> superior (voxels)")
-    ax.set_title(f"{report.scan_name}: predicted Genant grade per vertebra")
+        ax.contour(ys, zs, mask.T, levels=[0.5], colors=colour, linewidths=1.4)
+        ax.text(ys[voxels[0].max()] + 4, zs[int(round(np.mean(voxels[1])))],
+                f"{view.row['level']}: {'n/a' if grade is None else grade}",
+                color=colour, fontsize=10, va="center", fontweight="bold", path_effects=outline)
+    ax.set_xlabel("posterior <- -> anterior (mm)")
+    ax.set_ylabel("inferior <- -> superior (mm)")
+    ax.set_title(f"{report.scan_name}: predicted Genant grade per vertebra", fontsize=11)
+    handles = [Patch(color=GRADE_COLORS[g], label=f"grade {g}") for g in sorted(GRADE_COLORS)]
+    handles.append(Patch(color=NOT_ASSESSABLE_COLOR, label="not assessable"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=9)
     return _png(fig)
 
 
@@ -134,6 +151,10 @@ def _not_assessable_reasons(row: Mapping) -> list[str]:
             if part.strip().startswith(prefix)]
 
 
+#: A saliency map whose values span less than this (of its 0-1 scale) shows no evidence worth reading.
+FLAT_SALIENCY = 0.05
+
+
 def vertebra_figure(view: VertebraView) -> str:
     """The vertebra's mid-sagittal patch slice with its outline, and beside it the saliency when given."""
     x0 = int(round(np.nonzero(view.patch_mask)[0].mean())) if view.patch_mask.any() else view.patch_hu.shape[0] // 2
@@ -147,9 +168,14 @@ def vertebra_figure(view: VertebraView) -> str:
         ax.set_axis_off()
     axes[0][0].set_title(f"{view.row['level']}, mid-sagittal (anterior right)", fontsize=8)
     if view.saliency is not None:
-        axes[0][1].imshow(view.saliency[x0].T, cmap="inferno", alpha=0.5, origin="lower", vmin=0, vmax=1,
-                          interpolation="bilinear")
-        axes[0][1].set_title("Grad-CAM of the predicted grade", fontsize=8)
+        heat = axes[0][1].imshow(view.saliency[x0].T, cmap="inferno", alpha=0.5, origin="lower", vmin=0, vmax=1,
+                                 interpolation="bilinear")
+        flat = float(np.ptp(view.saliency)) < FLAT_SALIENCY
+        axes[0][1].set_title("Grad-CAM of the predicted grade" + ("\n(empty or flat: no evidence shown)" if flat
+                                                                 else ""), fontsize=8)
+        bar = fig.colorbar(heat, ax=axes[0][1], fraction=0.046, pad=0.04)
+        bar.set_label("share of the map's peak (0-1)", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
     return _png(fig)
 
 
