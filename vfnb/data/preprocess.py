@@ -271,10 +271,20 @@ class _LabelView:
         return (self.label_map[region] == self.label).astype(np.uint8)
 
 
-def _load_scan(ct_path, seg_path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(image, affine, label map, label-map affine)`` of one scan, checked to belong together."""
+def _load_scan(ct_path, seg_path, label_scheme: str = "auto"
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(image, affine, label map, label-map affine)`` of one scan, checked to belong together.
+
+    The label map comes back in VerSe labels, read in ``label_scheme``
+    (:func:`vfnb.data.label_schemes.read_vertebra_labels`: refused when it cannot be told).
+    """
+    from .label_schemes import read_vertebra_labels
+
     image, affine, _ = load_nifti(ct_path)
-    seg, seg_affine, _ = load_nifti(seg_path)
+    labels = read_vertebra_labels(seg_path, label_scheme)
+    for note in labels.notes:
+        print(f"warning: {seg_path}: {note}", file=sys.stderr)
+    seg, seg_affine = labels.array, labels.affine
     if seg.shape != image.shape:
         raise DatasetError(f"{seg_path}: label map shape {seg.shape} differs from the CT {ct_path} shape {image.shape}")
     if image.dtype.kind not in "iuf":
@@ -283,13 +293,14 @@ def _load_scan(ct_path, seg_path) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
 
 
 def extract_patches(ct_path: str | os.PathLike, seg_path: str | os.PathLike, size: int = 128,
-                    labels: Iterable[int] | None = None) -> list[Patch]:
-    """Per-vertebra patches of one scan on disk (CT NIfTI + VerSe label map NIfTI).
+                    labels: Iterable[int] | None = None, label_scheme: str = "auto") -> list[Patch]:
+    """Per-vertebra patches of one scan on disk (CT NIfTI + vertebra label map).
 
-    See the module docstring for the geometry. ``labels`` defaults to every label
-    in the map. Returns a list of :class:`Patch` (image int16 ``[size, size, N]``).
+    See the module docstring for the geometry. The label map is read into VerSe labels
+    (``label_scheme``: :mod:`vfnb.data.label_schemes`); ``labels`` (VerSe) defaults to
+    every label in the map. Returns a list of :class:`Patch` (image int16 ``[size, size, N]``).
     """
-    image, affine, seg, seg_affine = _load_scan(ct_path, seg_path)
+    image, affine, seg, seg_affine = _load_scan(ct_path, seg_path, label_scheme)
     return extract_patches_from_arrays(image, seg, affine, size=size, labels=labels,
                                        seg_affine=seg_affine, where=str(seg_path))
 
@@ -300,13 +311,13 @@ def _fmt_floats(values: Iterable[float]) -> str:
 
 
 def _process_case(case_id: str, ct_path: str, seg_path: str, grades: dict[int, int],
-                  staging: str, size: int) -> dict:
+                  staging: str, size: int, label_scheme: str = "auto") -> dict:
     """Worker: all graded vertebrae of one scan -> patch files in ``staging``.
 
     Returns ``{"rows": [patches.csv rows], "warnings": [{case, label, level, message}]}``
     (metadata only: the arrays never travel between processes).
     """
-    image, affine, seg, seg_affine = _load_scan(ct_path, seg_path)
+    image, affine, seg, seg_affine = _load_scan(ct_path, seg_path, label_scheme)
     seg = as_label_map(seg, seg_path)
     present = set(label_boxes(seg))
     graded = {int(label): int(grade) for label, grade in grades.items()}
@@ -411,8 +422,8 @@ def preprocess_dataset(original: str | os.PathLike, processed: str | os.PathLike
     with output_folder(processed, overwrite) as staging:
         (staging / "img").mkdir()
         (staging / "seg").mkdir()
-        tasks = [(c.case_id, str(c.image_path), str(c.seg_path), dict(c.grades), str(staging), int(size))
-                 for c in cases]
+        tasks = [(c.case_id, str(c.image_path), str(c.seg_path), dict(c.grades), str(staging), int(size),
+                  c.label_scheme) for c in cases]
         with tqdm(total=len(tasks), desc="preprocess", unit="scan", file=sys.stderr) as bar:
             def done(index: int, result: dict) -> None:
                 results[index] = result

@@ -6,7 +6,10 @@
 - ``--ct`` / ``--seg``: two files, or two folders whose NIfTI files pair by name (a
   CT ``img/x.nii.gz`` with the label map ``seg/x.nii.gz``, as in the original
   layout); a folder gives one table with a ``scan`` column, and a progress line per
-  scan on stderr.
+  scan on stderr. A label map is a NIfTI in VerSe labels or TotalSegmentator ``total``
+  IDs, or a folder of TotalSegmentator's per-structure masks (``--seg seg/x/``, or
+  ``seg/x/`` beside the CTs' names in folder mode); ``--labels`` says which numbering
+  (default ``auto``: :mod:`vfnb.data.label_schemes` decides or refuses).
 - ``--operating-points`` (a study's ``operating_points.json``; ``--model`` picks the
   model when it holds several): the table gains ``screening_threshold`` and
   ``screened_fracture`` (fracture probability at or above the validated threshold).
@@ -59,19 +62,29 @@ NIFTI_ENDINGS = (".nii.gz", ".nii")
 def scan_pairs(ct: str | Path, seg: str | Path) -> list[tuple[str, Path, Path]]:
     """``[(scan name, CT, label map)]``: one pair of files, or the NIfTI pairs of two folders matched by name."""
     ct, seg = Path(ct), Path(seg)
-    if ct.is_dir() != seg.is_dir():
-        raise DatasetError(f"--ct {ct} and --seg {seg}: give two files or two folders, not one of each")
-    if not ct.is_dir():
+    if ct.is_dir() and not seg.is_dir():
+        raise DatasetError(f"--ct {ct} is a folder and --seg {seg} is not: give two files (or a CT file and a "
+                           "folder of its per-structure masks), or two folders")
+    if not ct.is_dir():  # --seg: a label map file, or a folder of per-structure masks (TotalSegmentator)
         return [(scan_name(ct), ct, seg)]
     cts = sorted(p for p in ct.iterdir() if p.name.endswith(NIFTI_ENDINGS) and not p.name.startswith("."))
     if not cts:
         raise DatasetError(f"{ct}: no NIfTI CT (.nii.gz or .nii) in this folder")
-    missing = [p.name for p in cts if not (seg / p.name).is_file()]
+    missing = [p.name for p in cts if _label_map_of(p, seg) is None]
     if missing:
         raise DatasetError(f"{seg}: no label map named like the CT for {len(missing)} scan(s) "
                            f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}); expected "
-                           f"{seg}/<the CT's file name> for every CT in {ct}")
-    return [(scan_name(p), p, seg / p.name) for p in cts]
+                           f"{seg}/<the CT's file name> (or a folder {seg}/<scan name>/ of per-structure masks) "
+                           f"for every CT in {ct}")
+    return [(scan_name(p), p, _label_map_of(p, seg)) for p in cts]
+
+
+def _label_map_of(ct: Path, seg_folder: Path) -> Path | None:
+    """The label map of ``ct`` in ``seg_folder``: the file of the same name, or a folder named after the scan."""
+    file, folder = seg_folder / ct.name, seg_folder / scan_name(ct)
+    if file.is_file():
+        return file
+    return folder if folder.is_dir() else None
 
 
 def add_decision(table, point: Mapping | None):
@@ -118,8 +131,12 @@ def _scan_outputs(grading: ScanGrading, name: str, checkpoint, saliency_dir, rep
 
 def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwrite: bool = False,
                     saliency_dir=None, report=None, operating_points=None, model_name=None,
-                    accept_foreign_operating_points: bool = False, label_map=None) -> None:
+                    accept_foreign_operating_points: bool = False, label_map=None,
+                    label_scheme: str = "auto") -> None:
     """Grade one scan or a folder of scans; write the CSV (atomically) or print it, plus the asked-for outputs.
+
+    ``label_scheme``: the numbering of the label maps (``auto``, ``verse``,
+    ``totalsegmentator``: :mod:`vfnb.data.label_schemes`).
 
     Existing outputs are refused unless ``overwrite``; the inputs, outputs and
     operating point are checked before any scan is graded.
@@ -146,7 +163,7 @@ def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwri
     for i, (name, ct_path, seg_path) in enumerate(pairs, 1):
         try:
             grading = grade_scan(ct_path, seg_path, model, device=device,
-                                 grader=None if checkpoint is None else str(checkpoint))
+                                 grader=None if checkpoint is None else str(checkpoint), label_scheme=label_scheme)
             report_path = None if report is None else (Path(report) / f"{name}.html" if folder_mode else report)
             _scan_outputs(grading, name, checkpoint, saliency_dir, report_path, point, overwrite)
             if name in label_maps:

@@ -135,10 +135,14 @@ def _table(records: list, prob: np.ndarray):
     return table
 
 
-def _read_scan(ct: Path, seg: Path):
-    """``(image, affine, label map, its affine)`` of one scan, checked: a 3D CT, its label map on the same grid."""
+def _read_scan(ct: Path, seg: Path, label_scheme: str = "auto"):
+    """``(image, affine, label map, its affine)`` of one scan, checked: a 3D CT, its label map on the same grid.
+
+    ``label_scheme``: the label map's numbering (``auto``, ``verse``, ``totalsegmentator``); the map
+    comes back in VerSe labels (:func:`vfnb.data.label_schemes.read_vertebra_labels`).
+    """
     image, affine, _ = load_nifti(ct)
-    label_map, seg_affine, _ = load_nifti(seg)
+    label_map, seg_affine = _read_labels(seg, label_scheme)
     if image.ndim != 3 or image.dtype.kind not in "iuf":
         raise DatasetError(f"{ct}: CT has shape {image.shape} and type {image.dtype}; expected a 3D volume of HU values")
     if label_map.shape != image.shape:
@@ -151,6 +155,18 @@ def _read_scan(ct: Path, seg: Path):
     label_map = as_label_map(label_map, str(seg))
     _check_plausible(ct, image, seg, label_map, affine)
     return image, affine, label_map, seg_affine
+
+
+def _read_labels(seg: Path, label_scheme: str):
+    """The label map in VerSe labels and its affine; what the reader noted goes to stderr."""
+    from ..data.label_schemes import read_vertebra_labels
+
+    read = read_vertebra_labels(seg, label_scheme)
+    if read.scheme != "verse" or read.layout != "multilabel":
+        print(f"note: {seg}: label map read as {read.describe()}", file=sys.stderr)
+    for note in read.notes:
+        print(f"warning: {seg}: {note}", file=sys.stderr)
+    return read.array, read.affine
 
 
 def _check_plausible(ct: Path, image: np.ndarray, seg: Path, label_map: np.ndarray, affine: np.ndarray) -> None:
@@ -179,9 +195,9 @@ def _gradable_labels(label_map: np.ndarray, seg: Path) -> list[int]:
     return labels
 
 
-def _grade_by_heights(ct: Path, seg: Path) -> "ScanGrading":
+def _grade_by_heights(ct: Path, seg: Path, label_scheme: str = "auto") -> "ScanGrading":
     """Every gradable vertebra graded from its heights on the scan's grid, without a network."""
-    image, affine, label_map, seg_affine = _read_scan(ct, seg)
+    image, affine, label_map, seg_affine = _read_scan(ct, seg, label_scheme)
     table = morphometry_grades(scan_heights(label_map, seg_affine, _gradable_labels(label_map, seg)))
     table.insert(0, "model_notes", "")  # no network: nothing learnt from any training data
     return ScanGrading(table, [], [], None, image, label_map, affine)
@@ -210,7 +226,8 @@ class ScanGrading:
 
 def grade_scan(ct: str | os.PathLike, seg: str | os.PathLike,
                checkpoint: str | os.PathLike | GradingModel | None = None,
-               device: str | torch.device = "auto", batch_size: int = 8, grader: str | None = None) -> ScanGrading:
+               device: str | torch.device = "auto", batch_size: int = 8, grader: str | None = None,
+               label_scheme: str = "auto") -> ScanGrading:
     """Grade every vertebra of one scan and keep what was graded (see :func:`predict_scan`).
 
     ``grader``: the name in the table's ``grader`` column (default: the checkpoint's
@@ -218,13 +235,13 @@ def grade_scan(ct: str | os.PathLike, seg: str | os.PathLike,
     """
     ct, seg = Path(ct), Path(seg)
     if checkpoint is None:
-        return _grade_by_heights(ct, seg)
+        return _grade_by_heights(ct, seg, label_scheme)
     model = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_checkpoint(checkpoint)
     spec = unwrap_model(model).input_spec
     if spec is None:
         raise VfnbError("the model carries no input size (model.input_spec is None); load it with "
                         "vfnb.models.checkpoints.load_checkpoint or set its ModelInput")
-    image, affine, label_map, seg_affine = _read_scan(ct, seg)
+    image, affine, label_map, seg_affine = _read_scan(ct, seg, label_scheme)
     labels = _gradable_labels(label_map, seg)
     skipped: list = []
     patches = extract_patches_from_arrays(image, label_map, affine, size=spec.patch_size, labels=labels,
@@ -248,12 +265,15 @@ def grade_scan(ct: str | os.PathLike, seg: str | os.PathLike,
 
 def predict_scan(ct: str | os.PathLike, seg: str | os.PathLike,
                  checkpoint: str | os.PathLike | GradingModel | None = None,
-                 device: str | torch.device = "auto", batch_size: int = 8):
+                 device: str | torch.device = "auto", batch_size: int = 8, label_scheme: str = "auto"):
     """Grade every vertebra of one scan.
 
-    ``ct``: CT NIfTI in HU; ``seg``: VerSe label map NIfTI on the same voxel grid
-    (same shape and affine, any orientation). Every label 1-25 and 28 in the map is
-    graded (26 sacrum and 27 coccyx never are). ``checkpoint``: a vfnb or released
+    ``ct``: CT NIfTI in HU; ``seg``: its vertebra label map on the same voxel grid
+    (same shape and affine, any orientation): a NIfTI in VerSe labels or TotalSegmentator
+    ``total`` IDs, or a folder of TotalSegmentator's per-structure masks; ``label_scheme``
+    says which (``auto``: found from the file, refused when it cannot be decided:
+    :mod:`vfnb.data.label_schemes`). Every vertebra C1-L6 and T13 in the map is
+    graded (the sacrum and the coccyx never are). ``checkpoint``: a vfnb or released
     checkpoint file, or a loaded :class:`GradingModel` with its ``input_spec``; the
     scan is pre-processed at its patch size and graded at its cube size. Without
     one (None), the morphometry grader grades each vertebra from its measured
@@ -273,4 +293,4 @@ def predict_scan(ct: str | os.PathLike, seg: str | os.PathLike,
     Raises :class:`DatasetError` naming the files when they do not match or the map
     holds no gradable vertebra.
     """
-    return grade_scan(ct, seg, checkpoint, device=device, batch_size=batch_size).table
+    return grade_scan(ct, seg, checkpoint, device=device, batch_size=batch_size, label_scheme=label_scheme).table
