@@ -337,3 +337,138 @@ def test_a_totalsegmentator_folder_of_masks(tmp_path):
         read_vertebra_labels(empty)
     with pytest.raises(DatasetError, match=r"segmentations: a folder of per-structure masks, but --labels verse"):
         read_vertebra_labels(folder, scheme="verse")
+
+
+# ---------------------------------------------------------------- vfnb predict, check, preprocess
+def spine_ct(seg):
+    """A CT for ``seg``: bone (300-360 HU) in the vertebrae, soft tissue elsewhere."""
+    rng = np.random.default_rng(5)
+    ct = np.full(seg.shape, -80, np.int16)
+    bone = (seg > 0) & (seg < 30)
+    ct[bone] = 300 + rng.integers(0, 60, size=int(bone.sum()))
+    return ct
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A small network as training saves it (patches pre-processed at 24, graded at 16^3), as test_predict makes it."""
+    import torch
+
+    from vfnb.models.checkpoints import save_checkpoint
+    from vfnb.models.networks import ModelInput, build_model
+
+    torch.manual_seed(0)
+    net = build_model("resnet10", block_inplanes=[4, 8, 8, 16])
+    with torch.no_grad():
+        net.classifier.weight.mul_(50.0)  # grades that differ between vertebrae
+    net.input_spec = ModelInput(cube_size=16, patch_size=24)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", net.eval(), params={"cube_size": 16})
+
+
+PROBS = ["p0", "p1", "p2", "p3"]
+
+
+def test_predict_grades_a_totalsegmentator_map_as_its_verse_twin(tmp_path, checkpoint, capsys):
+    import pandas as pd
+
+    from vfnb.cli import main
+    from vfnb.inference.grading import predict_scan
+
+    seg, affine, _ = spine(["T12", "L1", "L2", "L3", "L4", "L5", "S1"], width_mm=80, depth_mm=64)
+    ct = save_nifti(tmp_path / "scan.nii.gz", spine_ct(seg), affine)
+    verse_path = save_nifti(tmp_path / "verse.nii.gz", seg, affine)
+    total = verse_to_totalseg(seg)
+    total[0:8, 0:8, 0:40] = 5  # a piece of "liver" (ID 5), away from the spine
+    total_path = save_nifti(tmp_path / "total.nii.gz", total, affine)
+    verse = predict_scan(ct, verse_path, checkpoint, device="cpu")
+    assert verse["level"].tolist() == ["T12", "L1", "L2", "L3", "L4", "L5"]  # S1 never graded
+    ts = predict_scan(ct, total_path, checkpoint, device="cpu")
+    assert "read as totalsegmentator" in capsys.readouterr().err
+    assert ts["level"].tolist() == verse["level"].tolist() and ts["label"].tolist() == verse["label"].tolist()
+    np.testing.assert_array_equal(ts[PROBS].to_numpy(), verse[PROBS].to_numpy())
+    assert not np.allclose(verse[PROBS].to_numpy()[0], verse[PROBS].to_numpy()[-1])  # the probabilities say something
+    # through the command line, said explicitly, from a folder of per-structure masks, and refused as VerSe
+    folder = tmp_path / "segmentations"
+    for label in (19, 20, 21, 22, 23, 24, 26):
+        name = "vertebrae_S1" if label == 26 else f"vertebrae_{LEVEL_NAMES[label]}"
+        save_nifti(folder / f"{name}.nii.gz", (seg == label).astype(np.uint8), affine)
+    save_nifti(folder / "liver.nii.gz", (total == 5).astype(np.uint8), affine)
+    argv = ["predict", "--ct", str(ct), "--checkpoint", str(checkpoint), "--device", "cpu"]
+    for seg_arg, extra, name in ((total_path, ["--labels", "totalsegmentator"], "given.csv"),
+                                 (folder, [], "folder.csv")):
+        assert main(argv + ["--seg", str(seg_arg), "--out", str(tmp_path / name)] + extra) == 0
+        table = pd.read_csv(tmp_path / name)
+        assert table["level"].tolist() == verse["level"].tolist()
+        np.testing.assert_allclose(table[PROBS].to_numpy(), verse[PROBS].to_numpy(), atol=1e-6)
+    capsys.readouterr()
+    assert main(argv + ["--seg", str(total_path), "--labels", "verse"]) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "total.nii.gz" in line and "above 28" in line and "Traceback" not in err
+
+
+def test_predict_on_the_regression_cases(tmp_path, checkpoint, capsys):
+    """The hand-zeroed `total` map grades L4 and L5 only; ``vertebrae_L1.nii.gz`` grades L1, never C1."""
+    from vfnb.inference.grading import predict_scan
+
+    seg, affine, _ = spine(LUMBAR)
+    ct = save_nifti(tmp_path / "scan.nii.gz", spine_ct(seg), affine)
+    total = verse_to_totalseg(seg)
+    for value, mm in ORGANS:
+        box = [int(round(v / SPACING)) for v in mm]
+        region = total[box[0]:box[1], box[2]:box[3], box[4]:box[5]]
+        region[region == 0] = value
+    total[total > 28] = 0
+    table = predict_scan(ct, save_nifti(tmp_path / "zeroed.nii.gz", total, affine), device="cpu")
+    assert table["level"].tolist() == ["L4", "L5"]
+    mask = save_nifti(tmp_path / "vertebrae_L1.nii.gz", (seg == 20).astype(np.uint8), affine)
+    assert predict_scan(ct, mask, checkpoint, device="cpu")["level"].tolist() == ["L1"]
+    unnamed = save_nifti(tmp_path / "mask.nii.gz", (seg == 20).astype(np.uint8), affine)
+    with pytest.raises(DatasetError, match="does not say which vertebra"):
+        predict_scan(ct, unnamed, checkpoint, device="cpu")
+
+
+def test_check_and_preprocess_read_the_scheme_per_case(tmp_path):
+    import yaml
+
+    from vfnb.data.check import check_dataset
+    from vfnb.data.preprocess import preprocess_dataset
+
+    root = tmp_path / "original"
+    seg, affine, _ = spine(["L1", "L2", "L3"], width_mm=80, depth_mm=64)
+    ct = spine_ct(seg)
+    low, low_affine, _ = spine(["L4", "L5"], width_mm=80, depth_mm=64)
+    for case, labels, ct_data, grid in (("verse", seg, ct, affine), ("total", verse_to_totalseg(seg), ct, affine),
+                                        ("low", verse_to_totalseg(low), spine_ct(low), low_affine),
+                                        ("pair", np.where(low == 24, 27, 0), spine_ct(low), low_affine)):
+        save_nifti(root / "img" / f"{case}.nii.gz", ct_data, grid)
+        save_nifti(root / "seg" / f"{case}.nii.gz", labels.astype(np.uint8), grid)
+    for label in (20, 21, 22):
+        mask = (seg == label).astype(np.uint8)
+        save_nifti(root / "seg" / "folder" / f"vertebrae_{LEVEL_NAMES[label]}.nii.gz", mask, affine)
+    save_nifti(root / "img" / "folder.nii.gz", ct, affine)
+    grades = {20: 0, 21: 2, 22: 0}
+    annotation = {"verse.nii.gz": dict(grades), "total.nii.gz": dict(grades), "folder.nii.gz": dict(grades),
+                  "low.nii.gz": {23: 0, 24: 1}, "pair.nii.gz": {24: 1}}
+    (root / "annotation.yaml").write_text(yaml.safe_dump(annotation))
+    report = check_dataset(root)
+    # a lone ID 27 (coccyx or L5?) is refused; everything else is read and named
+    assert len(report.errors) == 1 and "pair.nii.gz" in report.errors[0] and "[27]" in report.errors[0], report.errors
+    assert report.label_schemes["verse"].startswith("verse (multilabel")
+    assert report.label_schemes["total"].startswith("totalsegmentator (multilabel")
+    assert report.label_schemes["low"].startswith("totalsegmentator") and "distances" in report.label_schemes["low"]
+    assert report.label_schemes["folder"].startswith("totalsegmentator (structure folder")
+    text = report.summary_text()
+    assert "label maps: 3 totalsegmentator, 1 verse" in text and "  folder: totalsegmentator" in text
+    assert not any("absent" in w or "no grade" in w for w in report.warnings), report.warnings
+    # label_scheme.yaml says what the numbers cannot: then pre-processing reads it
+    (root / "label_scheme.yaml").write_text("pair.nii.gz: totalsegmentator\n")
+    assert check_dataset(root).ok
+    out = preprocess_dataset(root, tmp_path / "processed", size=16)
+    names = sorted(p.name for p in (out / "img").iterdir())
+    assert names == sorted([f"{c}_{l}_{g}.nii.gz" for c in ("verse", "total", "folder") for l, g in grades.items()]
+                           + ["low_23_0.nii.gz", "low_24_1.nii.gz", "pair_24_1.nii.gz"])
+    (root / "label_scheme.yaml").write_text("pair.nii.gz: nnunet\nghost.nii.gz: verse\n")
+    errors = check_dataset(root).errors
+    assert any("label_scheme.yaml: pair.nii.gz: scheme 'nnunet' is not known" in e for e in errors), errors
+    assert any("label_scheme.yaml: 'ghost.nii.gz' is not a CT of annotation.yaml" in e for e in errors), errors

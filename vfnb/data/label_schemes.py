@@ -474,7 +474,9 @@ def _header_reading(names: dict[int, str], ids, scheme: str, where: str) -> _Rea
                            f"of the NIfTI header extension (it names {len(names)} IDs); expected every ID named")
     lut = {i: label for i in ids if (label := structure_label(names[i])) is not None}
     totalseg = {i: structure_label(n) for i, n in TOTALSEG_TOTAL_VERTEBRAE.items()}
-    if all(i == label for i, label in lut.items()):
+    if not lut:  # organs only: the table is TotalSegmentator's
+        found = "totalsegmentator" if scheme == "auto" else scheme
+    elif all(i == label for i, label in lut.items()):
         found = "verse"
     elif all(totalseg.get(i) == label for i, label in lut.items()) or any(
             names[i].lower().startswith("vertebra") for i in lut):
