@@ -67,8 +67,8 @@ Plausibility of a reading (each vertebra after conversion to VerSe labels):
   in spine order (T13 between T12 and L1). A stack running the wrong way (C1
   inferior: a header whose superior axis is reversed) is read, with a note, except
   where the direction is what decides the numbering;
-- *sizes per level*: no label over half the scan or over 150 mm along an axis
-  (:func:`vfnb.data.plausibility.label_map_problems`); a vertebra at most
+- *sizes per level*: no label over half the scan or over 150 mm along an axis (the
+  bounds of :mod:`vfnb.data.plausibility`); a vertebra at most
   :data:`MAX_HEIGHT_MM` tall along the body axis and :data:`MAX_VOLUME_ML` in volume
   (the sacrum and the coccyx have their own bounds). Only upper bounds: a vertebra
   cut by the scan's edge is small, and is left to pre-processing to skip;
@@ -219,28 +219,34 @@ class _Blob:
         return self.count * self.voxel_mm3 / 1000.0
 
 
-def _blobs(data: np.ndarray, affine: np.ndarray, ids) -> dict[int, _Blob]:
-    """The geometry of every ID in ``ids`` present in ``data`` (world mm through ``affine``)."""
-    from scipy import ndimage
+class _Map:
+    """A label map's IDs and the geometry of each (computed once, on demand), for every reading tried."""
 
-    boxes = ndimage.find_objects(data)
-    voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
-    out = {}
-    for value in ids:
-        box = boxes[value - 1] if value - 1 < len(boxes) else None
-        if box is None:
-            continue
-        inside = data[box] == value
-        count = int(inside.sum())
-        index = [box[axis].start + float((np.arange(inside.shape[axis]) *
-                                          inside.sum(axis=tuple(a for a in range(3) if a != axis))).sum()) / count
-                 for axis in range(3)]
-        corners = np.array([[b.start - 0.5 if c == 0 else b.stop - 0.5 for b, c in zip(box, bits)]
-                            for bits in np.ndindex(2, 2, 2)])
-        world = corners @ affine[:3, :3].T + affine[:3, 3]
-        out[value] = _Blob(count, affine[:3, :3] @ np.array(index) + affine[:3, 3], world.min(0), world.max(0),
-                           voxel_mm3)
-    return out
+    def __init__(self, data: np.ndarray, affine: np.ndarray):
+        from scipy import ndimage
+
+        self.data, self.affine = data, affine
+        self.boxes = ndimage.find_objects(data)  # one pass over the voxels: the box of every ID
+        self.ids = [value for value, box in enumerate(self.boxes, start=1) if box is not None]
+        self.voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
+        self._cache: dict[int, _Blob] = {}
+
+    def blob(self, value: int) -> _Blob | None:
+        """Count, centroid and box (world mm) of ID ``value``; None when absent."""
+        if value not in self._cache:
+            box = self.boxes[value - 1] if 0 < value <= len(self.boxes) else None
+            if box is None:
+                return None
+            inside = self.data[box] == value
+            count = int(inside.sum())
+            index = [box[axis].start + float((np.arange(inside.shape[axis]) * inside.sum(
+                axis=tuple(a for a in range(3) if a != axis))).sum()) / count for axis in range(3)]
+            corners = np.array([[b.start - 0.5 if c == 0 else b.stop - 0.5 for b, c in zip(box, bits)]
+                                for bits in np.ndindex(2, 2, 2)])
+            world = corners @ self.affine[:3, :3].T + self.affine[:3, 3]
+            centroid = self.affine[:3, :3] @ np.array(index) + self.affine[:3, 3]
+            self._cache[value] = _Blob(count, centroid, world.min(0), world.max(0), self.voxel_mm3)
+        return self._cache[value]
 
 
 # ---------------------------------------------------------------- readings
@@ -280,11 +286,13 @@ def _named(ids, what: str, reading: _Reading) -> str:
     return f"{what}: {', '.join(levels) or 'no vertebra'}"
 
 
-def _level_blobs(reading: _Reading, blobs: dict[int, _Blob]) -> dict[int, _Blob]:
+def _level_blobs(reading: _Reading, voxels: _Map) -> dict[int, _Blob]:
+    """The geometry of each VerSe level of ``reading`` (IDs of one level merged, e.g. sacrum and S1)."""
     out: dict[int, _Blob] = {}
-    for value, blob in blobs.items():
+    for value in voxels.ids:
         label = reading.lut.get(value)
         if label:
+            blob = voxels.blob(value)
             out[label] = blob if label not in out else out[label].merged(blob)
     return out
 
@@ -310,21 +318,26 @@ def _spacing_ok(reading: _Reading, ordered: list[int], heights: list[float]) -> 
     return True
 
 
-def _assess(reading: _Reading, data: np.ndarray, affine: np.ndarray, blobs: dict[int, _Blob]) -> _Reading:
+def _assess(reading: _Reading, voxels: _Map) -> _Reading:
     """Fill ``reading.problems``, ``order`` and ``spacing_ok`` (see the module docstring)."""
-    from .plausibility import label_map_problems
-    from .resample import voxel_spacing
+    from .plausibility import MAX_LABEL_SHARE, MAX_VERTEBRA_MM
 
-    levels = _level_blobs(reading, blobs)
+    levels = _level_blobs(reading, voxels)
     if not levels:
         reading.problems.append("no vertebra")
         reading.order = "none"
         return reading
     names = {label: level_name(label) for label in levels}
-    reading.problems += label_map_problems(_convert(data, reading.lut), voxel_spacing(affine), names)
     for label, blob in sorted(levels.items(), key=lambda item: spine_order(item[0])):
         kind = label if label in (SACRUM, COCCYX) else "vertebra"
-        if blob.height_mm > MAX_HEIGHT_MM[kind] or blob.volume_ml > MAX_VOLUME_ML[kind]:
+        extent = blob.hi - blob.lo
+        if blob.count > MAX_LABEL_SHARE * voxels.data.size:
+            reading.problems.append(f"{names[label]} covers {100 * blob.count / voxels.data.size:.0f} % of the "
+                                    "scan: a background or body outline, not a vertebra")
+        elif max(extent) > MAX_VERTEBRA_MM:
+            reading.problems.append(f"{names[label]} spans {' x '.join(f'{e:.0f}' for e in extent)} mm (one "
+                                    f"vertebra spans at most about {MAX_VERTEBRA_MM:.0f} mm along any axis)")
+        elif blob.height_mm > MAX_HEIGHT_MM[kind] or blob.volume_ml > MAX_VOLUME_ML[kind]:
             reading.problems.append(f"{names[label]} is {blob.height_mm:.0f} mm tall and {blob.volume_ml:.0f} cm3 "
                                     f"(a {'vertebra' if kind == 'vertebra' else names[label]} is at most "
                                     f"{MAX_HEIGHT_MM[kind]:.0f} mm and {MAX_VOLUME_ML[kind]:.0f} cm3: an organ?)")
@@ -354,11 +367,6 @@ def _convert(data: np.ndarray, lut: Mapping[int, int]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- decisions
-def _present_ids(data: np.ndarray, where: str) -> list[int]:
-    counts = np.bincount(data.reshape(-1))
-    return [int(v) for v in np.nonzero(counts)[0] if v]
-
-
 def _as_ids(data: np.ndarray, where: str) -> np.ndarray:
     """The voxels as non-negative integer IDs (uint8 or uint16), refused when they cannot be label IDs."""
     data = np.asarray(data)
@@ -394,30 +402,29 @@ def _id_list(ids) -> str:
     return str(ids) if len(ids) <= 40 else f"{ids[:40]} ... ({len(ids)} IDs)"
 
 
-def _decide(data, affine, ids, scheme: str, where: str) -> _Reading:
+def _decide(voxels: _Map, scheme: str, where: str) -> _Reading:
     """The reading of a multilabel map without a label table: given, or found (module docstring, rules 3-4)."""
-    blobs = _blobs(data, affine, [i for i in ids if i <= max(TOTALSEG_TOTAL_VERTEBRAE)])
+    ids = voxels.ids
     verse, total = _verse_reading(ids), _totalseg_reading(ids)
     above = [i for i in ids if i > MAX_LABEL]
     if scheme == "verse":
         if above:
             raise _refusal(where, ids, f"values {_id_list(above)} are above 28 and no VerSe label "
                                        "(--labels verse was given)")
-        return _accepted(_assess(verse, data, affine, blobs), ids, where)
+        return _accepted(_assess(verse, voxels), ids, where)
     too_high = [i for i in ids if i > TOTALSEG_TOTAL_MAX_ID]
     if scheme == "totalsegmentator" or above:
         if too_high:
             raise _refusal(where, ids, f"values {_id_list(too_high)} are no VerSe label (1-28) nor "
                                        f"TotalSegmentator `total` ID (1-{TOTALSEG_TOTAL_MAX_ID})")
         if scheme == "auto":
-            evidence = _blobs(data, affine, above)
-            if all(b.count * b.voxel_mm3 < MIN_EVIDENCE_MM3 for b in evidence.values()):
+            if all(voxels.blob(i).count * voxels.voxel_mm3 < MIN_EVIDENCE_MM3 for i in above):
                 raise _refusal(where, ids, f"the label map holds values {_id_list(above)} above 28 (no VerSe "
                                            f"label) on fewer than {MIN_EVIDENCE_MM3:.0f} mm3 each: stray values, "
                                            "not TotalSegmentator structures")
             total.how += " (IDs above 28 exist only there)"
-        return _accepted(_assess(total, data, affine, blobs), ids, where)
-    verse, total = _assess(verse, data, affine, blobs), _assess(total, data, affine, blobs)
+        return _accepted(_assess(total, voxels), ids, where)
+    verse, total = _assess(verse, voxels), _assess(total, voxels)
     if _convert_same(verse, total, ids):
         return _accepted(verse, ids, where)
     if any(i <= 24 for i in ids):
@@ -527,19 +534,19 @@ def read_vertebra_labels(path, scheme: str = "auto", shape=None, affine=None) ->
     _check_grid(str(path), raw.shape, data_affine, shape, affine)
     data = _as_ids(raw, str(path))
     del raw
-    ids = _present_ids(data, str(path))
+    voxels = _Map(data, data_affine)
+    ids = voxels.ids
     names = header_label_names(header, str(path))
     if not ids:
         return VertebraLabels(np.zeros(data.shape, np.uint8), data_affine, "verse" if scheme == "auto" else scheme,
                               str(path), how="empty map")
     if names is not None:
         reading = _header_reading(names, ids, scheme, str(path))
-        reading = _accepted(_assess(reading, data, data_affine, _blobs(data, data_affine, list(reading.lut))),
-                            ids, str(path))
+        reading = _accepted(_assess(reading, voxels), ids, str(path))
     elif ids == [1]:
         return _single_mask(path, data, data_affine, scheme)
     else:
-        reading = _decide(data, data_affine, ids, scheme, str(path))
+        reading = _decide(voxels, scheme, str(path))
     how = reading.how if scheme == "auto" else f"{reading.how}, as given"
     return VertebraLabels(_convert(data, reading.lut), data_affine, reading.scheme, str(path), "multilabel", how,
                           _notes(reading))
@@ -599,10 +606,11 @@ def _read_structure_folder(folder: Path, scheme: str, shape, affine) -> Vertebra
             raise DatasetError(f"{mask_path}: {int(clash.sum())} voxel(s) are also in the mask of {other}; "
                                "expected masks that do not overlap")
         array[inside] = level
-    ids = _present_ids(array, str(folder))
+    voxels = _Map(array, grid[1])
+    ids = voxels.ids
     if ids:
         reading = _Reading("totalsegmentator", {i: i for i in ids}, "per-structure masks named by level")
-        _accepted(_assess(reading, array, grid[1], _blobs(array, grid[1], ids)), ids, str(folder))
+        _accepted(_assess(reading, voxels), ids, str(folder))
         notes = _notes(reading)
     else:
         notes = ["every vertebra mask in the folder is empty"]
