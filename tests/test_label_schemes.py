@@ -472,3 +472,21 @@ def test_check_and_preprocess_read_the_scheme_per_case(tmp_path):
     errors = check_dataset(root).errors
     assert any("label_scheme.yaml: pair.nii.gz: scheme 'nnunet' is not known" in e for e in errors), errors
     assert any("label_scheme.yaml: 'ghost.nii.gz' is not a CT of annotation.yaml" in e for e in errors), errors
+
+
+def test_scan_pairs_take_a_folder_of_masks_per_scan(tmp_path):
+    from vfnb.inference.command import scan_pairs
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "seg" / "b").mkdir(parents=True)
+    for name in ("a.nii.gz", "b.nii.gz"):
+        (tmp_path / "img" / name).write_bytes(b"")
+    (tmp_path / "seg" / "a.nii.gz").write_bytes(b"")
+    assert scan_pairs(tmp_path / "img", tmp_path / "seg") == [
+        ("a", tmp_path / "img" / "a.nii.gz", tmp_path / "seg" / "a.nii.gz"),
+        ("b", tmp_path / "img" / "b.nii.gz", tmp_path / "seg" / "b")]
+    # one CT file and the folder of its masks
+    assert scan_pairs(tmp_path / "img" / "b.nii.gz", tmp_path / "seg" / "b") == [
+        ("b", tmp_path / "img" / "b.nii.gz", tmp_path / "seg" / "b")]
+    with pytest.raises(DatasetError, match=r"--ct .*img is a folder and --seg .*a\.nii\.gz is not"):
+        scan_pairs(tmp_path / "img", tmp_path / "seg" / "a.nii.gz")
