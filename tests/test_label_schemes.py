@@ -7,7 +7,7 @@ files in RAS or LPS storage; organs are boxes of organ size beside and around it
 
 from __future__ import annotations
 
-import copy
+import json
 
 import nibabel as nib
 import numpy as np
@@ -465,6 +465,9 @@ def test_check_and_preprocess_read_the_scheme_per_case(tmp_path):
     (root / "label_scheme.yaml").write_text("pair.nii.gz: totalsegmentator\n")
     assert check_dataset(root).ok
     out = preprocess_dataset(root, tmp_path / "processed", size=16)
+    label_maps = json.loads((out / "preprocess.json").read_text())["label_maps"]
+    assert label_maps["pair"] == "totalsegmentator (multilabel; TotalSegmentator v2 `total` IDs, as given)"
+    assert label_maps["verse"].startswith("verse") and label_maps["folder"].startswith("totalsegmentator (structure")
     names = sorted(p.name for p in (out / "img").iterdir())
     assert names == sorted([f"{c}_{l}_{g}.nii.gz" for c in ("verse", "total", "folder") for l, g in grades.items()]
                            + ["low_23_0.nii.gz", "low_24_1.nii.gz", "pair_24_1.nii.gz"])

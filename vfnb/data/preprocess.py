@@ -49,7 +49,7 @@ layout (STUDY §1.1)::
       img/<case id>_<label>_<grade>.nii.gz   int16 HU patch, patch affine
       seg/<case id>_<label>_<grade>.nii.gz   uint8 0/1 mask of that vertebra
       patches.csv                            one row per patch (see PATCH_COLUMNS)
-      preprocess.json                        settings, counts and every warning
+      preprocess.json                        settings, counts, every warning, how each label map was read
 
 No split lists are written here (``vfnb split`` does that).
 """
@@ -271,9 +271,8 @@ class _LabelView:
         return (self.label_map[region] == self.label).astype(np.uint8)
 
 
-def _load_scan(ct_path, seg_path, label_scheme: str = "auto"
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(image, affine, label map, label-map affine)`` of one scan, checked to belong together.
+def _load_scan(ct_path, seg_path, label_scheme: str = "auto"):
+    """``(image, affine, label map, label-map affine, how it was read)`` of one scan, checked to belong together.
 
     The label map comes back in VerSe labels, read in ``label_scheme``
     (:func:`vfnb.data.label_schemes.read_vertebra_labels`: refused when it cannot be told).
@@ -289,7 +288,7 @@ def _load_scan(ct_path, seg_path, label_scheme: str = "auto"
         raise DatasetError(f"{seg_path}: label map shape {seg.shape} differs from the CT {ct_path} shape {image.shape}")
     if image.dtype.kind not in "iuf":
         raise DatasetError(f"{ct_path}: CT has data type {image.dtype}; expected numeric HU values")
-    return image, affine, seg, seg_affine
+    return image, affine, seg, seg_affine, labels.describe()
 
 
 def extract_patches(ct_path: str | os.PathLike, seg_path: str | os.PathLike, size: int = 128,
@@ -300,7 +299,7 @@ def extract_patches(ct_path: str | os.PathLike, seg_path: str | os.PathLike, siz
     (``label_scheme``: :mod:`vfnb.data.label_schemes`); ``labels`` (VerSe) defaults to
     every label in the map. Returns a list of :class:`Patch` (image int16 ``[size, size, N]``).
     """
-    image, affine, seg, seg_affine = _load_scan(ct_path, seg_path, label_scheme)
+    image, affine, seg, seg_affine, _ = _load_scan(ct_path, seg_path, label_scheme)
     return extract_patches_from_arrays(image, seg, affine, size=size, labels=labels,
                                        seg_affine=seg_affine, where=str(seg_path))
 
@@ -314,10 +313,11 @@ def _process_case(case_id: str, ct_path: str, seg_path: str, grades: dict[int, i
                   staging: str, size: int, label_scheme: str = "auto") -> dict:
     """Worker: all graded vertebrae of one scan -> patch files in ``staging``.
 
-    Returns ``{"rows": [patches.csv rows], "warnings": [{case, label, level, message}]}``
+    Returns ``{"rows": [patches.csv rows], "warnings": [{case, label, level, message}],
+    "label_map": how its label map was read}``
     (metadata only: the arrays never travel between processes).
     """
-    image, affine, seg, seg_affine = _load_scan(ct_path, seg_path, label_scheme)
+    image, affine, seg, seg_affine, label_map_read = _load_scan(ct_path, seg_path, label_scheme)
     seg = as_label_map(seg, seg_path)
     present = set(label_boxes(seg))
     graded = {int(label): int(grade) for label, grade in grades.items()}
@@ -356,7 +356,7 @@ def _process_case(case_id: str, ct_path: str, seg_path: str, grades: dict[int, i
             "patch_spacing_mm": round(patch.patch_spacing_mm, 6),
             "warnings": "; ".join(patch.warnings),
         })
-    return {"rows": rows, "warnings": warnings}
+    return {"rows": rows, "warnings": warnings, "label_map": label_map_read}
 
 
 def exit_with_parent(parent_pid: int, every_s: float = 0.5) -> None:
@@ -435,7 +435,9 @@ def preprocess_dataset(original: str | os.PathLike, processed: str | os.PathLike
         rows = [row for index in range(len(tasks)) for row in results[index]["rows"]]
         warnings = [w for index in range(len(tasks)) for w in results[index]["warnings"]]
         atomic_write_text(staging / "patches.csv", _patches_csv(rows))
-        atomic_write_json(staging / "preprocess.json", _manifest(original, size, len(tasks), len(rows), warnings))
+        label_maps = {tasks[index][0]: results[index]["label_map"] for index in range(len(tasks))}
+        atomic_write_json(staging / "preprocess.json",
+                          _manifest(original, size, len(tasks), len(rows), warnings, label_maps))
     return processed
 
 
@@ -458,8 +460,9 @@ def _run_cases(tasks: list, workers: int, done) -> None:
             raise
 
 
-def _manifest(original: Path, size: int, cases: int, patches: int, warnings: list) -> dict:
-    """What ``preprocess.json`` records: the settings, the counts and every warning."""
+def _manifest(original: Path, size: int, cases: int, patches: int, warnings: list,
+              label_maps: dict | None = None) -> dict:
+    """What ``preprocess.json`` records: the settings, the counts, every warning, how each label map was read."""
     from .. import __version__
 
     return {
@@ -477,6 +480,7 @@ def _manifest(original: Path, size: int, cases: int, patches: int, warnings: lis
         "patches": patches,
         "warning_counts": count_warnings(warnings),
         "warnings": warnings,
+        "label_maps": label_maps or {},  # case -> numbering and layout (vfnb.data.label_schemes)
     }
 
 
