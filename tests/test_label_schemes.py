@@ -493,3 +493,14 @@ def test_scan_pairs_take_a_folder_of_masks_per_scan(tmp_path):
         ("b", tmp_path / "img" / "b.nii.gz", tmp_path / "seg" / "b")]
     with pytest.raises(DatasetError, match=r"--ct .*img is a folder and --seg .*a\.nii\.gz is not"):
         scan_pairs(tmp_path / "img", tmp_path / "seg" / "a.nii.gz")
+
+
+def test_specks_do_not_make_a_vertebra_tall(tmp_path):
+    seg, affine, _ = spine(LUMBAR)
+    seg[2, 2, 2] = 20  # one stray L1 voxel at the far corner of the scan, as segmentations leave them
+    read = read_vertebra_labels(save_nifti(tmp_path / "speck.nii.gz", verse_to_totalseg(seg), affine))
+    assert read.scheme == "totalsegmentator" and levels_of(read) == LUMBAR
+    # but a second, real structure under the label is not a speck
+    seg[2:20, 2:20, 2:20] = 20
+    with pytest.raises(DatasetError, match=r"L1 (spans|is \d+ mm tall)"):
+        read_vertebra_labels(save_nifti(tmp_path / "two.nii.gz", seg, affine))

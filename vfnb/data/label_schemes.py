@@ -67,8 +67,9 @@ Plausibility of a reading (each vertebra after conversion to VerSe labels):
   in spine order (T13 between T12 and L1). A stack running the wrong way (C1
   inferior: a header whose superior axis is reversed) is read, with a note, except
   where the direction is what decides the numbering;
-- *sizes per level*: no label over half the scan or over 150 mm along an axis (the
-  bounds of :mod:`vfnb.data.plausibility`); a vertebra at most
+- *sizes per level*, on the box of a structure's voxels less :data:`SPECK_SHARE` at
+  either end of each axis (so stray specks do not count): no label over half the scan
+  or over 150 mm along an axis (the bounds of :mod:`vfnb.data.plausibility`); a vertebra at most
   :data:`MAX_HEIGHT_MM` tall along the body axis and :data:`MAX_VOLUME_ML` in volume
   (the sacrum and the coccyx have their own bounds). Only upper bounds: a vertebra
   cut by the scan's edge is small, and is left to pre-processing to skip;
@@ -117,6 +118,7 @@ NIFTI_ENDINGS = (".nii.gz", ".nii")
 SACRUM, COCCYX = 26, 27
 MAX_HEIGHT_MM = {"vertebra": 80.0, SACRUM: 160.0, COCCYX: 80.0}  # along the body axis
 MAX_VOLUME_ML = {"vertebra": 300.0, SACRUM: 800.0, COCCYX: 60.0}
+SPECK_SHARE = 0.005  # sizes are measured on the box of all but this share of voxels at each end of an axis
 MIN_EVIDENCE_MM3 = 50.0  # IDs above 28 smaller than this are specks, not TotalSegmentator structures
 #: Centroid distance along the body axis from one level to the next, by the lower level's
 #: region (mm, adult anatomy with wide margins: a collapsed vertebra shortens a step).
@@ -197,7 +199,7 @@ def header_label_names(header, where: str) -> dict[int, str] | None:
 # ---------------------------------------------------------------- geometry of each structure
 @dataclass
 class _Blob:
-    """Where one structure lies: voxel count, centroid and box in world mm, voxel volume."""
+    """Where one structure lies: voxel count, centroid and box (specks left out) in world mm, voxel volume."""
 
     count: int
     centroid: np.ndarray
@@ -239,9 +241,14 @@ class _Map:
                 return None
             inside = self.data[box] == value
             count = int(inside.sum())
-            index = [box[axis].start + float((np.arange(inside.shape[axis]) * inside.sum(
-                axis=tuple(a for a in range(3) if a != axis))).sum()) / count for axis in range(3)]
-            corners = np.array([[b.start - 0.5 if c == 0 else b.stop - 0.5 for b, c in zip(box, bits)]
+            profiles = [inside.sum(axis=tuple(a for a in range(3) if a != axis)) for axis in range(3)]
+            index = [box[axis].start + float((np.arange(len(p)) * p).sum()) / count for axis, p in enumerate(profiles)]
+            # the box holding all but SPECK_SHARE of the voxels at either end of each axis: a few stray
+            # voxels far away (a segmentation's specks) do not make a vertebra tall
+            cut = [np.cumsum(p) / count for p in profiles]
+            span = [(b.start + int(np.searchsorted(c, SPECK_SHARE, side="right")),
+                     b.start + int(np.searchsorted(c, 1.0 - SPECK_SHARE, side="left")) + 1) for b, c in zip(box, cut)]
+            corners = np.array([[lo - 0.5 if bit == 0 else hi - 0.5 for (lo, hi), bit in zip(span, bits)]
                                 for bits in np.ndindex(2, 2, 2)])
             world = corners @ self.affine[:3, :3].T + self.affine[:3, 3]
             centroid = self.affine[:3, :3] @ np.array(index) + self.affine[:3, 3]
