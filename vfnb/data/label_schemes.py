@@ -44,14 +44,16 @@ order; every refusal names the file, the IDs found and what was expected:
    C1 (VerSe) or of the spleen (TotalSegmentator): its file name must say the level,
    else it is refused. Only ``verse`` given says it is a VerSe map holding C1 alone.
 3. **IDs above 28.** No VerSe map holds them: only TotalSegmentator explains them
-   (IDs above 117, nor any in its numbering, are refused). IDs above 28 that cover
+   (IDs above 117 fit neither numbering and are refused). IDs above 28 that cover
    only a few voxels (less than :data:`MIN_EVIDENCE_MM3` each) are stray values in a
    VerSe map, not evidence, and are refused.
 4. **IDs 1-28 only.** Both numberings are possible; each is tried and must be
    *plausible* (below). Organs of a ``total`` map (1-24) never form a stack of
    vertebra-sized structures in label order, so when IDs 1-24 are present a
    plausible VerSe reading wins; otherwise a plausible TotalSegmentator reading with
-   a vertebra to grade (the map with IDs above 28 removed by hand). When only IDs
+   a vertebra to grade (a ``total`` map with IDs above 28 removed by hand); a VerSe
+   stack running the wrong way is read (with a note) only when no TotalSegmentator
+   reading fits; both or neither fitting is refused. When only IDs
    25-28 are present (VerSe L6, sacrum, coccyx, T13; TotalSegmentator sacrum, S1, L5,
    L4) the spatial order decides: C1 is superior; the VerSe number rises caudally,
    the TotalSegmentator one falls. When both orders fit (a single level, or two
