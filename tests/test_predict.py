@@ -177,7 +177,8 @@ def test_a_model_is_run_at_its_own_cube_size(tmp_path, checkpoint, model, caplog
 
 
 def test_scan_without_vertebrae_is_refused(tmp_path, checkpoint):
-    ct, seg = write_scan(tmp_path, labels=(26, 27))
+    # coccyx lowest, sacrum above it: VerSe order (26 above 27 the other way up reads as TotalSegmentator L5, S1)
+    ct, seg = write_scan(tmp_path, labels=(27, 26))
     with pytest.raises(DatasetError, match=r"scan_seg\.nii\.gz: the label map holds no vertebra"):
         predict_scan(ct, seg, checkpoint, device="cpu")
 

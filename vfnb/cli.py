@@ -105,7 +105,8 @@ def _cmd_predict(a):
     failed = predict_command(a.ct, a.seg, a.checkpoint, a.out, device=a.device, overwrite=a.overwrite,
                              saliency_dir=a.saliency, report=a.report, operating_points=a.operating_points,
                              model_name=a.model, accept_foreign_operating_points=a.accept_foreign_operating_points,
-                             label_map=a.label_map, series=a.series, resume=a.resume, dicom_seg=a.dicom_seg)
+                             label_map=a.label_map, series=a.series, resume=a.resume, dicom_seg=a.dicom_seg,
+                             label_scheme=a.labels)
     return 1 if failed else 0
 
 
@@ -222,7 +223,11 @@ def _add_model_commands(sub) -> None:
     s.add_argument("--series", metavar="UID",
                    help="the SeriesInstanceUID of the series to grade when the --ct DICOM folder holds several")
     s.add_argument("--seg", type=Path, required=True,
-                   help="its VerSe vertebra label map, NIfTI on the same grid; or a folder of them")
+                   help="its vertebra label map, NIfTI on the same grid (VerSe labels or TotalSegmentator `total` "
+                        "IDs), or a folder of TotalSegmentator's per-structure masks; or a folder of them")
+    s.add_argument("--labels", choices=("auto", "verse", "totalsegmentator"), default="auto",
+                   help="numbering of the label map: auto (default: found from the file, refused when it cannot be "
+                        "told without guessing), verse or totalsegmentator")
     s.add_argument("--checkpoint", type=Path,
                    help="vfnb checkpoint (best.pt of a run) or one of the study's released checkpoints; without it "
                         "the morphometry grader grades each vertebra from its measured heights (Genant's bands, no "

@@ -10,7 +10,9 @@ errors
     0-3; corrupt or truncated NIfTI (every file is decompressed in full, once);
     image/mask shape or affine mismatch (affine tolerance 1e-3 mm); list entries
     with no file; a CT in two lists of one tag (patient leakage); annotated
-    cases whose image or label map is missing; label-map values outside 0-28.
+    cases whose image or label map is missing; a label map whose numbering (VerSe or
+    TotalSegmentator, ``label_scheme.yaml``) cannot be told without guessing, or whose
+    IDs fit neither (:func:`vfnb.data.label_schemes.read_vertebra_labels`).
 warnings
     (original) graded labels absent from the label map, labels in the map but not
     graded, CTs in ``img/`` that are not annotated; (processed) empty or non-binary
@@ -23,7 +25,6 @@ command that reads a dataset calls it first.
 
 from __future__ import annotations
 
-import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,8 @@ import numpy as np
 
 from ..errors import DatasetError
 from ..io import NIFTI_SUFFIX, load_nifti, load_yaml, strip_nifti_suffix, verify_nifti
-from ..levels import GRADES, LEVEL_NAMES, MAX_LABEL, level_name, spine_order
+from ..levels import GRADES, LEVEL_NAMES, level_name, spine_order
+from .label_schemes import read_vertebra_labels
 from .original import ANNOTATION_FILE, outside_links, scan_original
 from .resample import onto_grid
 from .scan_input import read_ct
@@ -60,6 +62,7 @@ class CheckReport:
     grade_counts: dict = field(default_factory=lambda: defaultdict(Counter))
     list_counts: dict = field(default_factory=dict)
     list_cts: dict = field(default_factory=dict)
+    label_schemes: dict = field(default_factory=dict)  # original: case id -> how its label map was read
 
     @property
     def ok(self) -> bool:
@@ -70,6 +73,8 @@ class CheckReport:
                  f"cases (CTs): {self.cases}    vertebrae: {self.vertebrae}"]
         if self.grade_counts:
             lines += ["", "vertebrae per level and Genant grade:", _grade_table(self.grade_counts)]
+        if self.label_schemes:
+            lines += ["", _scheme_summary(self.label_schemes)]
         for tag in sorted(self.list_counts):
             lines += ["", f"lists of tag {tag!r} (vertebrae per grade):"]
             header = f"  {'list':<6}{'CTs':>6}" + "".join(f"{'g' + str(g):>7}" for g in GRADES) + f"{'total':>8}"
@@ -87,6 +92,14 @@ class CheckReport:
         else:
             lines.append(f"ok: no errors, {len(self.warnings)} warning(s)")
         return "\n".join(lines)
+
+
+def _scheme_summary(schemes: dict) -> str:
+    """How the label maps were numbered: counts per scheme, then each case not read as a VerSe map."""
+    counts = Counter(how.split(" ", 1)[0] for how in schemes.values())
+    lines = ["label maps: " + ", ".join(f"{n} {scheme}" for scheme, n in sorted(counts.items()))]
+    lines += [f"  {case}: {how}" for case, how in schemes.items() if not how.startswith("verse (multilabel")]
+    return "\n".join(lines)
 
 
 def _one_line(text: str) -> str:
@@ -224,22 +237,19 @@ def _check_original(root: Path, report: CheckReport) -> None:
             report.vertebrae += 1
         try:
             ct_shape, ct_affine = _read_ct_geometry(case.image_path)
-            seg_shape, seg_affine, seg = _read_nifti(case.seg_path, want_data=True)
+            labels = read_vertebra_labels(case.seg_path, case.label_scheme)  # into VerSe labels, or refused
         except DatasetError as exc:
             report.errors.append(str(exc))
             continue
+        report.label_schemes[case.case_id] = labels.describe()
+        report.warnings.extend(f"{case.seg_path}: {note}" for note in labels.notes)
+        seg, seg_affine = labels.array, labels.affine
         reordered = onto_grid(seg, seg_affine, ct_shape, ct_affine) if seg.ndim == 3 else None
         if reordered is not None:  # the same voxels in another array order: pre-processing re-orders them
-            seg_shape, seg_affine, seg = ct_shape, ct_affine, reordered
-        _compare_geometry(case.image_path, (ct_shape, ct_affine), case.seg_path, (seg_shape, seg_affine),
+            seg, seg_affine = reordered, ct_affine
+        _compare_geometry(case.image_path, (ct_shape, ct_affine), case.seg_path, (seg.shape, seg_affine),
                           report.errors)
-        values = np.unique(seg)
-        bad = [v for v in values.tolist() if not (math.isfinite(v) and v == int(v) and 0 <= v <= MAX_LABEL)]
-        if bad:
-            report.errors.append(f"{case.seg_path}: label map holds values {bad[:5]} "
-                                 f"(expected integers 0-{MAX_LABEL}: 0 background, VerSe labels 1-28)")
-            continue
-        present = {int(v) for v in values.tolist() if v != 0}
+        present = {int(v) for v in np.unique(seg).tolist() if v != 0}
         where = f"{annotation}: {case.case_id}"
         missing = sorted(set(case.grades) - present, key=spine_order)
         if missing:

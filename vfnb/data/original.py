@@ -12,6 +12,19 @@ mapping ``{<vertebra label 1-28>: <Genant grade 0-3>}``:
       19: 0
       20: 2
 
+The grades' keys are always VerSe labels, whatever numbering the label map uses.
+A label map is read into VerSe labels by :func:`vfnb.data.label_schemes.read_vertebra_labels`:
+``seg/<case>.nii.gz`` in VerSe labels or TotalSegmentator ``total`` IDs, or a folder
+``seg/<case>/`` of TotalSegmentator's per-structure masks (``vertebrae_L1.nii.gz``, ...).
+Its numbering is found per case (``auto``; a map whose numbering cannot be told
+without guessing is refused) unless the optional ``label_scheme.yaml`` says it,
+either for every case or per CT file name (cases it does not list stay ``auto``)::
+
+    totalsegmentator          # every case
+
+    verse004.nii.gz: verse    # or per case: auto | verse | totalsegmentator
+    ts017.nii.gz: totalsegmentator
+
 A case appears in the dataset only if it is annotated; its image and label map
 must both exist. Nothing here reads voxels (see :mod:`vfnb.data.check` for that).
 """
@@ -27,19 +40,22 @@ from typing import Any, Mapping
 from ..errors import DatasetError
 from ..io import NIFTI_SUFFIX, atomic_write_yaml, link_outside, load_yaml, safe_member, strip_nifti_suffix
 from ..levels import GRADES, LEVEL_NAMES
+from .label_schemes import SCHEME_CHOICES as LABEL_SCHEMES
 from .processed import join_problems
 
 ANNOTATION_FILE = "annotation.yaml"
+LABEL_SCHEME_FILE = "label_scheme.yaml"
 
 
 @dataclass
 class Case:
-    """One annotated scan: ``grades[label] = genant_grade``."""
+    """One annotated scan: ``grades[label] = genant_grade``; ``label_scheme``: its label map's numbering."""
 
     case_id: str
     image_path: Path
     seg_path: Path
     grades: dict = field(default_factory=dict)
+    label_scheme: str = "auto"
 
 
 def _is_int(value: Any) -> bool:
@@ -91,6 +107,8 @@ def scan_original(root) -> tuple[list[Case], list[str]]:
         kind = "empty" if annotation is None else f"a {type(annotation).__name__}"
         return [], problems + [f"{annotation_path}: top level is {kind} "
                                "(expected a mapping {CT file name: {vertebra label: grade}})"]
+    schemes, scheme_problems = read_label_schemes(root, annotation)
+    problems.extend(scheme_problems)
     cases, seen = [], {}
     for key, grades in annotation.items():
         try:
@@ -110,14 +128,45 @@ def scan_original(root) -> tuple[list[Case], list[str]]:
         if not image_path.is_file() and (root / "img" / case_id).is_dir():
             image_path = root / "img" / case_id  # a DICOM series (vfnb.data.scan_input reads either)
         seg_path = root / "seg" / (case_id + NIFTI_SUFFIX)
+        if not seg_path.is_file() and (root / "seg" / case_id).is_dir():
+            seg_path = root / "seg" / case_id  # a folder of per-structure masks
         missing = False
         for what, path in (("CT image", image_path), ("label map", seg_path)):
-            if not (path.is_file() or (what == "CT image" and path.is_dir())):
+            if not (path.is_file() or path.is_dir()):  # a DICOM series; a folder of per-structure masks
                 problems.append(f"{annotation_path}: {key} is annotated but its {what} {path} does not exist")
                 missing = True
         if not grade_problems and not missing:
-            cases.append(Case(case_id, image_path, seg_path, good))
+            cases.append(Case(case_id, image_path, seg_path, good, schemes.get(case_id, schemes.get(None, "auto"))))
     return cases, problems
+
+
+def read_label_schemes(root: Path, annotation: Mapping) -> tuple[dict, list[str]]:
+    """``label_scheme.yaml``: ``({case id or None (every case): scheme}, problems)``; empty without the file."""
+    path = root / LABEL_SCHEME_FILE
+    if not path.is_file():
+        return {}, []
+    try:
+        data = load_yaml(path)
+    except DatasetError as exc:
+        return {}, [str(exc)]
+    expected = f"expected one of {', '.join(LABEL_SCHEMES)}, for every case or per CT file name"
+    if isinstance(data, str):
+        if data in LABEL_SCHEMES:
+            return {None: data}, []
+        return {}, [f"{path}: scheme {data!r} is not known; {expected}"]
+    if not isinstance(data, Mapping):
+        return {}, [f"{path}: top level is {'empty' if data is None else f'a {type(data).__name__}'}; {expected}"]
+    annotated = {strip_nifti_suffix(str(k)) for k in annotation}
+    schemes, problems = {}, []
+    for key, scheme in data.items():
+        case_id = strip_nifti_suffix(str(key))
+        if case_id not in annotated:
+            problems.append(f"{path}: {key!r} is not a CT of {ANNOTATION_FILE}; expected the CT file names it grades")
+        elif scheme not in LABEL_SCHEMES:
+            problems.append(f"{path}: {key}: scheme {scheme!r} is not known; {expected}")
+        else:
+            schemes[case_id] = scheme
+    return schemes, problems
 
 
 def read_original(root) -> list[Case]:

@@ -49,7 +49,7 @@ layout (STUDY §1.1)::
       img/<case id>_<label>_<grade>.nii.gz   int16 HU patch, patch affine
       seg/<case id>_<label>_<grade>.nii.gz   uint8 0/1 mask of that vertebra
       patches.csv                            one row per patch (see PATCH_COLUMNS)
-      preprocess.json                        settings, counts and every warning
+      preprocess.json                        settings, counts, every warning, how each label map was read
 
 No split lists are written here (``vfnb split`` does that).
 """
@@ -71,7 +71,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import DatasetError, ParamsError
-from ..io import atomic_write_json, atomic_write_text, load_nifti, output_folder, overlap, save_nifti, spreadsheet_text
+from ..io import atomic_write_json, atomic_write_text, output_folder, overlap, save_nifti, spreadsheet_text
 from ..levels import LEVEL_NAMES, MAX_LABEL, level_name, spine_order
 from .origin import source_origin
 from .processed import patch_filename
@@ -272,16 +272,23 @@ class _LabelView:
         return (self.label_map[region] == self.label).astype(np.uint8)
 
 
-def _load_scan(ct_path, seg_path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(image, affine, label map, label-map affine)`` of one scan, checked to belong together.
+def _load_scan(ct_path, seg_path, label_scheme: str = "auto"):
+    """``(image, affine, label map, label-map affine, how it was read)`` of one scan, checked to belong together.
 
-    The CT is a NIfTI file or a DICOM series folder (:func:`vfnb.data.scan_input.read_ct`);
-    a label map storing the same voxels in another array order is re-ordered onto the
-    CT's grid (:func:`vfnb.data.resample.onto_grid`), never interpolated.
+    The CT is a NIfTI file or a DICOM series folder (:func:`vfnb.data.scan_input.read_ct`).
+    The label map comes back in VerSe labels, read in ``label_scheme``
+    (:func:`vfnb.data.label_schemes.read_vertebra_labels`: refused when it cannot be told);
+    one storing the CT's voxels in another array order is re-ordered onto the CT's
+    grid (:func:`vfnb.data.resample.onto_grid`), never interpolated.
     """
+    from .label_schemes import read_vertebra_labels
+
     scan = read_ct(ct_path)
     image, affine = scan.image, scan.affine
-    seg, seg_affine, _ = load_nifti(seg_path)
+    labels = read_vertebra_labels(seg_path, label_scheme)
+    for note in labels.notes:
+        print(f"warning: {seg_path}: {note}", file=sys.stderr)
+    seg, seg_affine = labels.array, labels.affine
     if seg.ndim == 3 and (seg.shape != image.shape or not np.allclose(seg_affine, affine, atol=1e-3)):
         reordered = onto_grid(seg, seg_affine, image.shape, affine)
         if reordered is not None:
@@ -290,17 +297,18 @@ def _load_scan(ct_path, seg_path) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
         raise DatasetError(f"{seg_path}: label map shape {seg.shape} differs from the CT {ct_path} shape {image.shape}")
     if image.dtype.kind not in "iuf":
         raise DatasetError(f"{ct_path}: CT has data type {image.dtype}; expected numeric HU values")
-    return image, affine, seg, seg_affine
+    return image, affine, seg, seg_affine, labels.describe()
 
 
 def extract_patches(ct_path: str | os.PathLike, seg_path: str | os.PathLike, size: int = 128,
-                    labels: Iterable[int] | None = None) -> list[Patch]:
-    """Per-vertebra patches of one scan on disk (CT NIfTI + VerSe label map NIfTI).
+                    labels: Iterable[int] | None = None, label_scheme: str = "auto") -> list[Patch]:
+    """Per-vertebra patches of one scan on disk (CT NIfTI + vertebra label map).
 
-    See the module docstring for the geometry. ``labels`` defaults to every label
-    in the map. Returns a list of :class:`Patch` (image int16 ``[size, size, N]``).
+    See the module docstring for the geometry. The label map is read into VerSe labels
+    (``label_scheme``: :mod:`vfnb.data.label_schemes`); ``labels`` (VerSe) defaults to
+    every label in the map. Returns a list of :class:`Patch` (image int16 ``[size, size, N]``).
     """
-    image, affine, seg, seg_affine = _load_scan(ct_path, seg_path)
+    image, affine, seg, seg_affine, _ = _load_scan(ct_path, seg_path, label_scheme)
     return extract_patches_from_arrays(image, seg, affine, size=size, labels=labels,
                                        seg_affine=seg_affine, where=str(seg_path))
 
@@ -311,13 +319,14 @@ def _fmt_floats(values: Iterable[float]) -> str:
 
 
 def _process_case(case_id: str, ct_path: str, seg_path: str, grades: dict[int, int],
-                  staging: str, size: int) -> dict:
+                  staging: str, size: int, label_scheme: str = "auto") -> dict:
     """Worker: all graded vertebrae of one scan -> patch files in ``staging``.
 
-    Returns ``{"rows": [patches.csv rows], "warnings": [{case, label, level, message}]}``
+    Returns ``{"rows": [patches.csv rows], "warnings": [{case, label, level, message}],
+    "label_map": how its label map was read}``
     (metadata only: the arrays never travel between processes).
     """
-    image, affine, seg, seg_affine = _load_scan(ct_path, seg_path)
+    image, affine, seg, seg_affine, label_map_read = _load_scan(ct_path, seg_path, label_scheme)
     seg = as_label_map(seg, seg_path)
     present = set(label_boxes(seg))
     graded = {int(label): int(grade) for label, grade in grades.items()}
@@ -356,7 +365,7 @@ def _process_case(case_id: str, ct_path: str, seg_path: str, grades: dict[int, i
             "patch_spacing_mm": round(patch.patch_spacing_mm, 6),
             "warnings": "; ".join(patch.warnings),
         })
-    return {"rows": rows, "warnings": warnings}
+    return {"rows": rows, "warnings": warnings, "label_map": label_map_read}
 
 
 def exit_with_parent(parent_pid: int, every_s: float = 0.5) -> None:
@@ -422,8 +431,8 @@ def preprocess_dataset(original: str | os.PathLike, processed: str | os.PathLike
     with output_folder(processed, overwrite) as staging:
         (staging / "img").mkdir()
         (staging / "seg").mkdir()
-        tasks = [(c.case_id, str(c.image_path), str(c.seg_path), dict(c.grades), str(staging), int(size))
-                 for c in cases]
+        tasks = [(c.case_id, str(c.image_path), str(c.seg_path), dict(c.grades), str(staging), int(size),
+                  c.label_scheme) for c in cases]
         with tqdm(total=len(tasks), desc="preprocess", unit="scan", file=sys.stderr) as bar:
             def done(index: int, result: dict) -> None:
                 results[index] = result
@@ -435,7 +444,9 @@ def preprocess_dataset(original: str | os.PathLike, processed: str | os.PathLike
         rows = [row for index in range(len(tasks)) for row in results[index]["rows"]]
         warnings = [w for index in range(len(tasks)) for w in results[index]["warnings"]]
         atomic_write_text(staging / "patches.csv", _patches_csv(rows))
-        atomic_write_json(staging / "preprocess.json", _manifest(original, size, len(tasks), len(rows), warnings))
+        label_maps = {tasks[index][0]: results[index]["label_map"] for index in range(len(tasks))}
+        atomic_write_json(staging / "preprocess.json",
+                          _manifest(original, size, len(tasks), len(rows), warnings, label_maps))
     return processed
 
 
@@ -458,8 +469,9 @@ def _run_cases(tasks: list, workers: int, done) -> None:
             raise
 
 
-def _manifest(original: Path, size: int, cases: int, patches: int, warnings: list) -> dict:
-    """What ``preprocess.json`` records: the settings, the counts and every warning."""
+def _manifest(original: Path, size: int, cases: int, patches: int, warnings: list,
+              label_maps: dict | None = None) -> dict:
+    """What ``preprocess.json`` records: the settings, the counts, every warning, how each label map was read."""
     from .. import __version__
 
     return {
@@ -477,6 +489,7 @@ def _manifest(original: Path, size: int, cases: int, patches: int, warnings: lis
         "patches": patches,
         "warning_counts": count_warnings(warnings),
         "warnings": warnings,
+        "label_maps": label_maps or {},  # case -> numbering and layout (vfnb.data.label_schemes)
     }
 
 

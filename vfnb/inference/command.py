@@ -6,7 +6,10 @@
 - ``--ct`` / ``--seg``: two files, or two folders whose NIfTI files pair by name (a
   CT ``img/x.nii.gz`` with the label map ``seg/x.nii.gz``, as in the original
   layout); a folder gives one table with a ``scan`` column, and a progress line per
-  scan on stderr.
+  scan on stderr. A label map is a NIfTI in VerSe labels or TotalSegmentator ``total``
+  IDs, or a folder of TotalSegmentator's per-structure masks (``--seg seg/x/``, or
+  ``seg/x/`` beside the CTs' names in folder mode); ``--labels`` says which numbering
+  (default ``auto``: :mod:`vfnb.data.label_schemes` decides or refuses).
 - ``--operating-points`` (a study's ``operating_points.json``; ``--model`` picks the
   model when it holds several): the table gains ``screening_threshold`` and
   ``screened_fracture`` (fracture probability at or above the validated threshold).
@@ -67,9 +70,7 @@ def scan_pairs(ct: str | Path, seg: str | Path) -> list[tuple[str, Path, Path]]:
     of NIfTI files are paired by file name.
     """
     ct, seg = Path(ct), Path(seg)
-    if is_ct_input(ct):
-        if seg.is_dir():
-            raise DatasetError(f"--seg {seg}: a folder, but --ct {ct} is one scan; expected its label map file")
+    if is_ct_input(ct):  # --seg: a label map file, or a folder of per-structure masks (TotalSegmentator)
         return [(scan_name(ct), ct, seg)]
     if not seg.is_dir():
         raise DatasetError(f"--ct {ct} is a folder of CT files and --seg {seg} is not a folder; give two files "
@@ -77,11 +78,12 @@ def scan_pairs(ct: str | Path, seg: str | Path) -> list[tuple[str, Path, Path]]:
     cts = sorted(p for p in ct.iterdir() if p.name.endswith(NIFTI_ENDINGS) and not p.name.startswith("."))
     if not cts:
         raise DatasetError(f"{ct}: no NIfTI CT (.nii.gz or .nii) in this folder")
-    missing = [p.name for p in cts if not (seg / p.name).is_file()]
+    missing = [p.name for p in cts if _label_map_of(p, seg) is None]
     if missing:
         raise DatasetError(f"{seg}: no label map named like the CT for {len(missing)} scan(s) "
                            f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}); expected "
-                           f"{seg}/<the CT's file name> for every CT in {ct}")
+                           f"{seg}/<the CT's file name> (or a folder {seg}/<scan name>/ of per-structure masks) "
+                           f"for every CT in {ct}")
     names: dict[str, list[str]] = {}
     for p in cts:
         names.setdefault(scan_name(p), []).append(p.name)
@@ -90,7 +92,15 @@ def scan_pairs(ct: str | Path, seg: str | Path) -> list[tuple[str, Path, Path]]:
         name, files = next(iter(shared.items()))
         raise DatasetError(f"{ct}: {' and '.join(files)} share the scan name {name!r} (their outputs would "
                            "replace each other); expected one CT per name: rename or remove one")
-    return [(scan_name(p), p, seg / p.name) for p in cts]
+    return [(scan_name(p), p, _label_map_of(p, seg)) for p in cts]
+
+
+def _label_map_of(ct: Path, seg_folder: Path) -> Path | None:
+    """The label map of ``ct`` in ``seg_folder``: the file of the same name, or a folder named after the scan."""
+    file, folder = seg_folder / ct.name, seg_folder / scan_name(ct)
+    if file.is_file():
+        return file
+    return folder if folder.is_dir() else None
 
 
 def add_decision(table, point: Mapping | None):
@@ -138,8 +148,11 @@ def _scan_outputs(grading: ScanGrading, name: str, checkpoint, saliency_dir, rep
 def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwrite: bool = False,
                     saliency_dir=None, report=None, operating_points=None, model_name=None,
                     accept_foreign_operating_points: bool = False, label_map=None, series=None,
-                    resume: bool = False, dicom_seg=None) -> int:
+                    resume: bool = False, dicom_seg=None, label_scheme: str = "auto") -> int:
     """Grade one scan or a folder of scans; write the CSV (atomically) or print it, plus the asked-for outputs.
+
+    ``label_scheme``: the numbering of the label maps (``auto``, ``verse``,
+    ``totalsegmentator``: :mod:`vfnb.data.label_schemes`).
 
     Existing outputs are refused unless ``overwrite``; the inputs, outputs and
     operating point are checked before any scan is graded. Over folders, a scan
@@ -177,7 +190,8 @@ def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwri
         progress = FolderProgress(None if out is None else Path(out),
                                   {"ct": ct, "seg": seg, "checkpoint": checkpoint, "operating_points": operating_points,
                                    "model": model_name, "saliency": saliency_dir is not None,
-                                   "report": report is not None, "label_map": label_map is not None},
+                                   "report": report is not None, "label_map": label_map is not None,
+                                   "labels": label_scheme},
                                   resume, overwrite)
     tables, failures = [], []
     for i, (name, ct_path, seg_path) in enumerate(pairs, 1):
@@ -190,7 +204,7 @@ def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwri
         try:
             table = _grade_one(name, ct_path, seg_path, model, checkpoint, device, series, saliency_dir,
                                report_path, point, label_maps, overwrite or resume,
-                               None if dicom_series is None else (dicom_series, dicom_seg))
+                               None if dicom_series is None else (dicom_series, dicom_seg), label_scheme)
         except VfnbError as exc:
             if not folder_mode:
                 raise
@@ -246,14 +260,15 @@ def _write_table(tables: list, out, folder_mode: bool, graded: int) -> None:
 
 
 def _grade_one(name, ct_path, seg_path, model, checkpoint, device, series, saliency_dir, report_path, point,
-               label_maps, overwrite, dicom_seg=None) -> pd.DataFrame:
+               label_maps, overwrite, dicom_seg=None, label_scheme: str = "auto") -> pd.DataFrame:
     """Grade one scan and write its asked-for outputs; its table with the screening decision.
 
     ``dicom_seg``: ``(DICOM series, path)`` of a segmentation to write, or None.
     """
     try:
         grading = grade_scan(ct_path, seg_path, model, device=device,
-                             grader=None if checkpoint is None else str(checkpoint), series=series)
+                             grader=None if checkpoint is None else str(checkpoint), series=series,
+                             label_scheme=label_scheme)
         _scan_outputs(grading, name, checkpoint, saliency_dir, report_path, point, overwrite)
         if name in label_maps:
             write_label_maps(grading, label_maps[name], overwrite)

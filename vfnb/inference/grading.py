@@ -34,7 +34,7 @@ from ..data.scan_input import read_ct
 from ..data.transforms import eval_transform
 from ..errors import DatasetError, VfnbError
 from ..models.features import extract
-from ..io import load_nifti, strip_nifti_suffix
+from ..io import strip_nifti_suffix
 from ..levels import GRADABLE_LABELS, level_name, spine_order
 from ..models.networks import GradingModel, resolve_device, unwrap_model
 from ..models.checkpoints import load_checkpoint
@@ -137,17 +137,19 @@ def _table(records: list, prob: np.ndarray):
     return table
 
 
-def _read_scan(ct: Path, seg: Path, series: str | None = None):
+def _read_scan(ct: Path, seg: Path, series: str | None = None, label_scheme: str = "auto"):
     """``(image, affine, label map, its affine)`` of one scan, checked: a 3D CT, its label map on the same grid.
 
     ``ct``: a NIfTI file or a DICOM series folder (``series``: its UID when the
-    folder holds several). A label map storing the CT's voxels in another array
-    order (flipped or permuted axes of the same lattice) is re-ordered onto the
-    CT's, without interpolation.
+    folder holds several). ``label_scheme``: the label map's numbering (``auto``,
+    ``verse``, ``totalsegmentator``); the map comes back in VerSe labels
+    (:func:`vfnb.data.label_schemes.read_vertebra_labels`). A label map storing the
+    CT's voxels in another array order (flipped or permuted axes of the same
+    lattice) is re-ordered onto the CT's, without interpolation.
     """
     scan = read_ct(ct, series)
     image, affine = scan.image, scan.affine
-    label_map, seg_affine, _ = load_nifti(seg)
+    label_map, seg_affine = _read_labels(seg, label_scheme)
     if image.ndim != 3 or image.dtype.kind not in "iuf":
         raise DatasetError(f"{ct}: CT has shape {image.shape} and type {image.dtype}; expected a 3D volume of HU values")
     if label_map.ndim == 3 and (label_map.shape != image.shape
@@ -165,6 +167,18 @@ def _read_scan(ct: Path, seg: Path, series: str | None = None):
     label_map = as_label_map(label_map, str(seg))
     _check_plausible(ct, image, seg, label_map, affine)
     return image, affine, label_map, seg_affine
+
+
+def _read_labels(seg: Path, label_scheme: str):
+    """The label map in VerSe labels and its affine; what the reader noted goes to stderr."""
+    from ..data.label_schemes import read_vertebra_labels
+
+    read = read_vertebra_labels(seg, label_scheme)
+    if read.scheme != "verse" or read.layout != "multilabel":
+        print(f"note: {seg}: label map read as {read.describe()}", file=sys.stderr)
+    for note in read.notes:
+        print(f"warning: {seg}: {note}", file=sys.stderr)
+    return read.array, read.affine
 
 
 def _check_plausible(ct: Path, image: np.ndarray, seg: Path, label_map: np.ndarray, affine: np.ndarray) -> None:
@@ -193,9 +207,9 @@ def _gradable_labels(label_map: np.ndarray, seg: Path) -> list[int]:
     return labels
 
 
-def _grade_by_heights(ct: Path, seg: Path, series: str | None) -> "ScanGrading":
+def _grade_by_heights(ct: Path, seg: Path, series: str | None, label_scheme: str = "auto") -> "ScanGrading":
     """Every gradable vertebra graded from its heights on the scan's grid, without a network."""
-    image, affine, label_map, seg_affine = _read_scan(ct, seg, series)
+    image, affine, label_map, seg_affine = _read_scan(ct, seg, series, label_scheme)
     table = morphometry_grades(scan_heights(label_map, seg_affine, _gradable_labels(label_map, seg)))
     table.insert(0, "model_notes", "")  # no network: nothing learnt from any training data
     return ScanGrading(table, [], [], None, image, label_map, affine)
@@ -225,7 +239,7 @@ class ScanGrading:
 def grade_scan(ct: str | os.PathLike, seg: str | os.PathLike,
                checkpoint: str | os.PathLike | GradingModel | None = None,
                device: str | torch.device = "auto", batch_size: int = 8, grader: str | None = None,
-               series: str | None = None) -> ScanGrading:
+               series: str | None = None, label_scheme: str = "auto") -> ScanGrading:
     """Grade every vertebra of one scan and keep what was graded (see :func:`predict_scan`).
 
     ``grader``: the name in the table's ``grader`` column (default: the checkpoint's
@@ -234,13 +248,13 @@ def grade_scan(ct: str | os.PathLike, seg: str | os.PathLike,
     """
     ct, seg = Path(ct), Path(seg)
     if checkpoint is None:
-        return _grade_by_heights(ct, seg, series)
+        return _grade_by_heights(ct, seg, series, label_scheme)
     model = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_checkpoint(checkpoint)
     spec = unwrap_model(model).input_spec
     if spec is None:
         raise VfnbError("the model carries no input size (model.input_spec is None); load it with "
                         "vfnb.models.checkpoints.load_checkpoint or set its ModelInput")
-    image, affine, label_map, seg_affine = _read_scan(ct, seg, series)
+    image, affine, label_map, seg_affine = _read_scan(ct, seg, series, label_scheme)
     labels = _gradable_labels(label_map, seg)
     skipped: list = []
     patches = extract_patches_from_arrays(image, label_map, affine, size=spec.patch_size, labels=labels,
@@ -264,14 +278,19 @@ def grade_scan(ct: str | os.PathLike, seg: str | os.PathLike,
 
 def predict_scan(ct: str | os.PathLike, seg: str | os.PathLike,
                  checkpoint: str | os.PathLike | GradingModel | None = None,
-                 device: str | torch.device = "auto", batch_size: int = 8, series: str | None = None):
+                 device: str | torch.device = "auto", batch_size: int = 8, series: str | None = None,
+                 label_scheme: str = "auto"):
     """Grade every vertebra of one scan.
 
     ``ct``: CT in HU, a NIfTI file or a DICOM series folder (``series``: the UID of
     the one to grade when the folder holds several; :func:`vfnb.data.scan_input.read_ct`);
-    ``seg``: VerSe label map NIfTI on the same voxel grid (the same lattice of
-    voxels: same shape and affine, or the same voxels in another array order). Every label 1-25 and 28 in the map is
-    graded (26 sacrum and 27 coccyx never are). ``checkpoint``: a vfnb or released
+    ``seg``: its vertebra label map on the same voxel grid (the same lattice of
+    voxels: same shape and affine, or the same voxels in another array order): a
+    NIfTI in VerSe labels or TotalSegmentator ``total`` IDs, or a folder of
+    TotalSegmentator's per-structure masks; ``label_scheme`` says which (``auto``:
+    found from the file, refused when it cannot be decided:
+    :mod:`vfnb.data.label_schemes`). Every vertebra C1-L6 and T13 in the map is
+    graded (the sacrum and the coccyx never are). ``checkpoint``: a vfnb or released
     checkpoint file, or a loaded :class:`GradingModel` with its ``input_spec``; the
     scan is pre-processed at its patch size and graded at its cube size. Without
     one (None), the morphometry grader grades each vertebra from its measured
@@ -291,4 +310,5 @@ def predict_scan(ct: str | os.PathLike, seg: str | os.PathLike,
     Raises :class:`DatasetError` naming the files when they do not match or the map
     holds no gradable vertebra.
     """
-    return grade_scan(ct, seg, checkpoint, device=device, batch_size=batch_size, series=series).table
+    return grade_scan(ct, seg, checkpoint, device=device, batch_size=batch_size, series=series,
+                      label_scheme=label_scheme).table
