@@ -285,3 +285,29 @@ def test_dicom_seg_of_a_series_without_patient_attributes_is_a_clear_error(tmp_p
     err = capsys.readouterr().err
     assert "cannot write a DICOM segmentation" in err and "PatientBirthDate" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_a_dicom_series_with_its_totalsegmentator_map_grades_as_the_verse_nifti_twin(tmp_path, checkpoint):
+    """The route of a user's own CT: the scanner's series, TotalSegmentator's `total` map on dcm2niix's grid."""
+    ct, seg, affine = synthetic_scan(labels=(26, 21, 20, 19))  # sacrum, L2, L1, T12 from the bottom up
+    nifti, verse_map = save_nifti(tmp_path / "ct.nii.gz", ct, affine), save_nifti(tmp_path / "seg.nii.gz", seg, affine)
+    write_series(tmp_path / "dicom", ct, affine, intercept=-1024.0)
+    grid = read_ct(tmp_path / "dicom")
+    total = np.zeros(grid.image.shape, np.uint8)
+    on_grid = onto_grid(seg, affine, grid.image.shape, grid.affine)
+    for verse, totalseg in ((19, 32), (20, 31), (21, 30), (26, 26)):  # T12, L1, L2, S1 in TotalSegmentator v2
+        total[on_grid == verse] = totalseg
+    total[:4, :4, :20] = 5  # an organ (the liver's ID) at the edge of the field of view
+    total_map = save_nifti(tmp_path / "ct_total.nii.gz", total, grid.affine)
+    common = ["--checkpoint", str(checkpoint), "--device", "cpu"]
+    assert main(["predict", "--ct", str(nifti), "--seg", str(verse_map), "--out", str(tmp_path / "a.csv"), *common]) == 0
+    assert main(["predict", "--ct", str(tmp_path / "dicom"), "--seg", str(total_map), "--out", str(tmp_path / "b.csv"),
+                 "--dicom-seg", str(tmp_path / "seg.dcm"), "--label-map", str(tmp_path / "grades.nii.gz"),
+                 "--report", str(tmp_path / "r.html"), *common]) == 0
+    a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
+    assert list(a["level"]) == list(b["level"]) == ["T12", "L1", "L2"]
+    numbers = [c for c in a.select_dtypes("number").columns if c != "label"]
+    pd.testing.assert_frame_equal(a[numbers], b[numbers], atol=1e-6)
+    grades = nib.load(tmp_path / "grades.nii.gz")
+    np.testing.assert_allclose(grades.affine, grid.affine, atol=1e-6)  # the output lies on the series' grid
+    assert (tmp_path / "seg.dcm").is_file() and "T12" in (tmp_path / "r.html").read_text()
