@@ -9,6 +9,9 @@ lines allowed) by a marker comment saying what this test does with it:
     <!-- readme-test: run verse | ... -->
         the same, after writing a tiny fake VerSe release: ``verse/`` (rawdata and
         derivatives of a few subjects) and its grade table ``verse_grades.csv``;
+    <!-- readme-test: run dicom | ... -->
+        the same, after writing a SynthSpine CT as a DICOM series (``my_ct_dicom/``) and the
+        TotalSegmentator ``total`` map of it (``my_ct_total.nii.gz``);
     <!-- readme-test: file NAME -->
         write the block to NAME in the work folder (a file later commands read);
     <!-- readme-test: check | ... -->
@@ -78,7 +81,7 @@ def _parse_marker(body: str, where: str) -> tuple[str, str, list[tuple[str, str]
     assert kind in ("run", "file", "check", "skip"), f"{where}: unknown readme-test marker {head!r}"
     assert kind != "skip" or arg, f"{where}: a skip marker must give its reason (skip: REASON)"
     assert kind != "file" or arg, f"{where}: a file marker must name the file (file NAME)"
-    assert kind != "run" or arg in ("", "verse"), f"{where}: 'run' takes nothing or 'verse', not {arg!r}"
+    assert kind != "run" or arg in ("", "verse", "dicom"), f"{where}: 'run' takes nothing, 'verse' or 'dicom', not {arg!r}"
     pairs = []
     for sub in subs:
         old, sep, new = sub.partition(" -> ")
@@ -285,9 +288,35 @@ def _write_verse_release(work: Path) -> None:
     (work / "verse_grades.csv").write_text("\n".join(rows) + "\n")
 
 
+def _write_dicom_ct(work: Path) -> None:
+    """A SynthSpine CT written as the scanner's DICOM series (``my_ct_dicom/``), and the map TotalSegmentator's
+    ``total`` task would write for it (``my_ct_total.nii.gz``: its vertebra IDs, on dcm2niix's grid)."""
+    from dicom_series import write_series
+    from vfnb.data.label_schemes import TOTALSEG_TOTAL_VERTEBRAE
+    from vfnb.data.resample import onto_grid
+    from vfnb.data.scan_input import read_ct
+    from vfnb.data.synth.dataset import generate_dataset
+    from vfnb.io import load_nifti, save_nifti
+    from vfnb.levels import label_from_level
+
+    synth = generate_dataset(work / ".synth-ct", cases=1, seed=5, progress=False)
+    ct, affine, _ = load_nifti(synth / "img" / "synth-s5-0000.nii.gz")
+    seg, _, _ = load_nifti(synth / "seg" / "synth-s5-0000.nii.gz")
+    write_series(work / "my_ct_dicom", ct, affine)
+    grid = read_ct(work / "my_ct_dicom")
+    verse = onto_grid(seg, affine, grid.image.shape, grid.affine)
+    total = np.zeros(verse.shape, np.uint8)
+    for ts_id, name in TOTALSEG_TOTAL_VERTEBRAE.items():
+        if name.startswith("vertebrae_"):
+            total[verse == label_from_level(name.split("_", 1)[1])] = ts_id
+    save_nifti(work / "my_ct_total.nii.gz", total, grid.affine)
+
+
 def _run_block(block: Block, work: Path, env: dict) -> None:
     if block.arg == "verse":
         _write_verse_release(work)
+    if block.arg == "dicom":
+        _write_dicom_ct(work)
     script = "set -euo pipefail\n" + block.substituted()
     done = subprocess.run(["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (f"{block.where()} failed (exit {done.returncode}):\n{script}\n"
