@@ -465,3 +465,18 @@ def test_cli_import_verse(verse20, tmp_path, capsys):
     assert main(["import-verse", split, str(table), str(tmp_path / "out"), "--allow-missing"]) == 0
     captured = capsys.readouterr()
     assert "wrote" in captured.out and "Traceback" not in captured.err
+
+
+def test_integer_check_runs_over_every_slab():
+    from vfnb.data.verse import SLAB, integer_labels
+
+    data = np.zeros((6, 5, 2 * SLAB + 6), np.float64)
+    data[..., 3] = 20.0
+    assert integer_labels(data, "m.nii.gz").dtype == np.uint8
+    data[2, 1, 2 * SLAB + 4] = 20.25  # in the last slab
+    with pytest.raises(DatasetError, match=rf"m\.nii\.gz: label map holds the non-integer value 20\.25 at voxel "
+                                           rf"\(2, 1, {2 * SLAB + 4}\)"):
+        integer_labels(data, "m.nii.gz")
+    data[2, 1, 2 * SLAB + 4] = -1.0
+    with pytest.raises(DatasetError, match="holds the value -1"):
+        integer_labels(data, "m.nii.gz")

@@ -241,6 +241,9 @@ def describe_layout(root: Path, forms: dict[str, set[str]]) -> str:
     if bids == ["."]:
         kind = "split folder" if SPLIT_NAME.search(root.resolve().name) else "release folder"
         parts.append(f"one {kind} ({root.resolve().name}: rawdata/, derivatives/)")
+    elif len(bids) == 1:
+        kind = "split folder" if SPLIT_NAME.search(Path(bids[0]).name) else "release folder"
+        parts.append(f"one {kind} below it ({bids[0]}: rawdata/, derivatives/)")
     elif bids:
         splits = all(SPLIT_NAME.search(Path(r).name) for r in bids if r != ".")
         parts.append(f"{len(bids)} {'split' if splits else 'release'} folders with rawdata/ and derivatives/ "
