@@ -289,10 +289,12 @@ def test_mask_off_the_ct_grid_is_refused(tmp_path):
 # ---------------------------------------------------------------- grades against the label map
 def test_grade_for_a_level_absent_from_the_mask(verse19, tmp_path, capsys):
     table = tmp_path / "g.csv"
-    table.write_text("verse_ID,T10_fx-g,L1_fx-g,T12_fx-g\nverse004,2,1,\nverse012,,,0\n")
+    table.write_text("verse_ID,T10_fx-g,L1_fx-g,T12_fx-g,L3_fx-g\nverse004,2,1,,\nverse012,,,0,1\n")
     with pytest.raises(DatasetError, match=r"row 2, column T10_fx-g: sub-verse004 T10 \(17\) is graded 2 but "
-                                           r"absent from the label map sub-verse004_seg-vert_msk\.nii\.gz"):
+                                           r"absent from the label map sub-verse004_seg-vert_msk\.nii\.gz") as info:
         import_verse(verse19, table, tmp_path / "out")
+    assert str(info.value).startswith("2 problems:")  # every scan's problems at once
+    assert "row 3, column L3_fx-g: sub-verse012 L3 (22) is graded 1 but absent" in str(info.value)
     assert not (tmp_path / "out").exists()
     out = import_verse(verse19, table, tmp_path / "out", allow_missing=True)
     assert _annotation(out) == {"sub-verse004.nii.gz": {20: 1}, "sub-verse012.nii.gz": {19: 0}}

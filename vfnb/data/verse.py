@@ -179,7 +179,7 @@ def plan_verse_import(verse_root, grades_table, allow_missing: bool = False) -> 
             problems.append(line + " (expected its CT and label map there; to import part of a release, "
                             "pass --allow-missing)")
     if problems:
-        raise DatasetError(join_problems(problems))
+        raise DatasetError(join_problems(list(dict.fromkeys(problems))))  # one line per row, not per cell
     graded = [s for s in tree.scans if grades.get(s.stem)]
     for scan in tree.scans:
         if not grades.get(scan.stem):
@@ -229,11 +229,12 @@ def _levels(labels) -> str:
     return ", ".join(f"{level_name(l)} ({l})" for l in sorted(labels, key=spine_order))
 
 
-def check_scan(scan: VerseScan, grades: dict, allow_missing: bool, warnings: list) -> tuple[np.ndarray, np.ndarray,
-                                                                                            dict[int, int]]:
-    """Read one scan and check it against its grades: ``(labels uint8, mask affine, {label: grade})``.
+def check_scan(scan: VerseScan, grades: dict, allow_missing: bool,
+               warnings: list) -> tuple[np.ndarray, np.ndarray, dict[int, int], list[str]]:
+    """Read one scan and check it against its grades: ``(labels uint8, mask affine, {label: grade}, problems)``.
 
-    Raises :class:`DatasetError` listing this scan's problems.
+    Raises :class:`DatasetError` for a file that cannot be used at all (unreadable,
+    not integer labels, off the CT's grid); returns the problems of single grades.
     """
     ct_shape, ct_affine, _ = verify_nifti(scan.ct_path)
     data, mask_affine, _ = load_nifti(scan.mask_path)
@@ -264,9 +265,7 @@ def check_scan(scan: VerseScan, grades: dict, allow_missing: bool, warnings: lis
                             "(expected an integer 0-3, or an empty cell if it was not graded)")
             continue
         kept[label] = grade
-    if problems:
-        raise DatasetError(join_problems(problems))
-    return labels, mask_affine, kept
+    return labels, mask_affine, kept, problems
 
 
 def _cross_check_centroids(scan: VerseScan, present: set[int], warnings: list) -> None:
@@ -314,10 +313,11 @@ def _write_scans(plan: ImportPlan, staging: Path, allow_missing: bool, warnings:
     problems, written = [], {}
     for scan in plan.scans:
         try:
-            labels, affine, grades = check_scan(scan, plan.grades[scan.stem], allow_missing, warnings)
+            labels, affine, grades, grade_problems = check_scan(scan, plan.grades[scan.stem], allow_missing, warnings)
         except DatasetError as exc:
             problems.append(str(exc))
             continue
+        problems.extend(grade_problems)
         if not grades:
             warnings.append(f"{scan.ct_path}: none of {scan.stem}'s grades is left (scan not imported)")
             continue
