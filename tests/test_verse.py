@@ -444,6 +444,8 @@ def test_missing_inputs_outputs_inside_inputs_and_existing_output(verse19, tmp_p
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no VerSe scan found"):
         import_verse(tmp_path / "empty", table, tmp_path / "out")
+    with pytest.raises(DatasetError, match="no VerSe scan found"):  # rawdata/ alone: no label maps
+        import_verse(verse19 / "dataset-verse19training" / "rawdata", table, tmp_path / "out")
     with pytest.raises(DatasetError, match="lies inside the input VERSE_ROOT"):
         import_verse(verse19, table, verse19 / "imported")
     none = tmp_path / "none.csv"

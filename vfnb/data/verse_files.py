@@ -122,8 +122,9 @@ def _classify(root: Path, path: Path) -> tuple[str, str, str, str] | None:
     """``(form, kind, release, stem)`` of a VerSe file, None for anything else (raises nothing)."""
     for kind, (folder, pattern) in BIDS_FILES.items():
         match = pattern.match(path.name)
-        if match and path.parent.parent.name == folder:
-            return "bids", kind, _relative(root, path.parent.parent.parent), match.group(1)
+        release = path.parent.parent.parent
+        if match and path.parent.parent.name == folder and (release == root or root in release.parents):
+            return "bids", kind, _relative(root, release), match.group(1)
     if path.parent.parent.name not in ("rawdata", "derivatives"):
         for kind, pattern in FLAT_FILES.items():
             match = pattern.match(path.name)
