@@ -267,14 +267,17 @@ def _check_block(block: Block, env: dict) -> None:
 # ------------------------------------------------------------------ running cheap commands
 
 def _write_verse_release(work: Path) -> None:
-    """A tiny fake VerSe release (``verse/dataset-verse19training``) and its wide grade table."""
+    """A tiny fake VerSe release laid out as published (``verse/dataset-verse19training``: BIDS names,
+    float32 label maps, centroid files) and its wide grade table (``<level>_fx-g`` and ``_fx-s`` columns)."""
+    import json
+
     from vfnb.io import save_nifti
 
-    rows = ["verse_ID,T11_fx-g,T12_fx-g,L1_fx-g"]
+    rows = ["verse_ID,sex,T11_fx-g,T11_fx-s,T12_fx-g,T12_fx-s,L1_fx-g,L1_fx-s"]
     for i in range(6):
         subject = f"sub-verse{i:03d}"
         ct = np.full((24, 24, 40), -50, np.int16)
-        seg = np.zeros(ct.shape, np.uint8)
+        seg = np.zeros(ct.shape, np.float32)  # VerSe stores many label maps as floating point
         for k, label in enumerate((18, 19, 20)):  # T11, T12, L1 stacked up the z axis, L1 lowest
             z0 = 4 + 12 * (2 - k)
             ct[6:18, 6:18, z0:z0 + 9] = 600
@@ -283,8 +286,11 @@ def _write_verse_release(work: Path) -> None:
         release = work / "verse" / "dataset-verse19training"
         save_nifti(release / "rawdata" / subject / f"{subject}_ct.nii.gz", ct, affine)
         save_nifti(release / "derivatives" / subject / f"{subject}_seg-vert_msk.nii.gz", seg, affine)
+        centroids = [{"direction": ["R", "A", "S"]}] + [
+            {"label": label, "X": 12.0, "Y": 12.0, "Z": 8.0 + 12 * (2 - k)} for k, label in enumerate((18, 19, 20))]
+        (release / "derivatives" / subject / f"{subject}_seg-subreg_ctd.json").write_text(json.dumps(centroids))
         grades = (0, i % 4, 0) if i % 2 else (0, 0, 0)
-        rows.append(f"verse{i:03d}," + ",".join(str(g) for g in grades))
+        rows.append(f"{i}," + "FM"[i % 2] + "".join(f",{g}," for g in grades))
     (work / "verse_grades.csv").write_text("\n".join(rows) + "\n")
 
 

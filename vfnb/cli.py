@@ -85,7 +85,7 @@ def _cmd_check(a):
 def _cmd_import_verse(a):
     from .data.verse import import_verse
 
-    out = import_verse(a.verse_root, a.grades, a.out, overwrite=a.overwrite)
+    out = import_verse(a.verse_root, a.grades, a.out, overwrite=a.overwrite, allow_missing=a.allow_missing)
     print(f"wrote {out}")
 
 
@@ -188,10 +188,13 @@ def _add_data_commands(sub) -> None:
     s.set_defaults(func=_cmd_check)
 
     s = sub.add_parser("import-verse", help="VerSe release + grade table -> original layout")
-    s.add_argument("verse_root", type=Path, help="VerSe release folder (rawdata/, derivatives/)")
+    s.add_argument("verse_root", type=Path, help="VerSe release or split folder (rawdata/, derivatives/), or a folder above several")
     s.add_argument("grades", type=Path, help="wide spreadsheet (CSV/XLSX, <Level>_fx-g columns) or long CSV subject,level,grade")
     s.add_argument("out", type=Path, help="folder to create (original layout)")
     s.add_argument("--overwrite", action="store_true", help="replace OUT if vfnb wrote it before")
+    s.add_argument("--allow-missing", action="store_true",
+                   help="grades for scans not below VERSE_ROOT (e.g. one split folder of a release) or for "
+                        "levels absent from a label map are warnings and skipped, not errors")
     s.set_defaults(func=_cmd_import_verse)
 
 

@@ -1,34 +1,55 @@
-"""Import a VerSe release plus a Genant grade table into the original layout.
+"""Import a VerSe release plus its fracture-grade table into the original layout.
 
-VerSe files (STUDY §2), searched anywhere below ``verse_root`` (so a folder
-holding several releases works):
+``import_verse(verse_root, grades_table, out)`` reads a VerSe release as its
+organisers publish it (:mod:`vfnb.data.verse_files`: BIDS names under
+``rawdata/`` and ``derivatives/``, the VerSe 2020 split folders ``01_training`` /
+``02_validation`` / ``03_test``, or the flat VerSe 2019 names) and the grade table
+(:mod:`vfnb.data.verse_grades`: the organisers' spreadsheet with ``<level>_fx-g``
+columns, or a long CSV ``subject,level,grade``), and writes::
 
-    rawdata/sub-<id>/sub-<id>[_<infix>]_ct.nii.gz                 CT
-    derivatives/sub-<id>/sub-<id>[_<infix>]_seg-vert_msk.nii.gz   vertebra label map
+    out/img/<case>.nii.gz      the CT, copied byte for byte
+    out/seg/<case>.nii.gz      the label map, integer labels (uint8), in its own orientation
+    out/annotation.yaml        {<case>.nii.gz: {label: grade}}
 
-A CT and a mask pair up by their common stem ``sub-<id>[_<infix>]`` (e.g.
-``sub-verse004``, ``sub-gl003_dir-ax``), which becomes the case id.
+where ``<case>`` is the scan's BIDS stem (``sub-verse004``, ``sub-gl003_dir-ax``).
 
-The grade table comes in one of two forms:
+**Which scan a row grades.** A row's id names one scan: its full stem
+(``sub-gl003_dir-ax``), its subject when that subject has one scan (``sub-verse004``,
+``verse004``, ``verse4``, the bare number ``4`` when one subject carries it), or the
+scan id that VerSe 2020 keeps in the ``split-`` entity (``verse290`` for
+``sub-verse506_split-verse290``). An id that fits several scans (a subject with
+``dir-`` or ``split-`` scans, a number shared by ``gl004`` and ``verse004``) is
+refused with the candidates listed, never guessed.
 
-- wide (the published spreadsheet; CSV or XLSX): one row per scan, an id column
-  ``verse_ID`` or ``subject_ID`` and one column per level named ``<Level>_fx-g``
-  (``T12_fx-g``), values 0-3, empty where not graded;
-- long CSV: columns ``subject,level,grade``; level as ``T12`` or a label number.
+**What is refused, and what is a warning.** Errors name the table row or file,
+the subject and the level; every problem found is listed at once and nothing is
+written:
 
-Ids match robustly: ``sub-verse004``, ``verse004`` and ``4`` all name the same
-subject; a full stem (``sub-gl003_dir-ax``) names one scan. A subject-level row
-grades every scan of that subject.
+- a table id with no scan below ``verse_root`` (*missing*): the grades would be
+  lost. Importing one split folder of a release whose table covers all splits is
+  the common, legitimate case: ``allow_missing=True`` (``--allow-missing``) turns
+  these into warnings;
+- a grade for a level absent from the scan's label map (also a warning under
+  ``allow_missing``: the grade is dropped);
+- text in a grade cell (``x``, ``-``) for a level present in the label map: a grade
+  may be hidden there (for an absent level it reads as "not graded");
+- a label map that is not integer-valued (checked after ``scl_slope`` /
+  ``scl_inter``), holds values outside 0-28, or is not on the CT's voxel grid;
+- a table that cannot be read or has neither form's columns.
 
-Output: ``out/img/<stem>.nii.gz``, ``out/seg/<stem>.nii.gz`` (copies, byte for
-byte) and ``out/annotation.yaml``. Scans without grades are not imported; every
-such scan and every graded subject without a scan is reported as a warning
-(printed to stderr as ``warning: ...`` and returned by :func:`plan_verse_import`).
+A scan with no row (*extra*: VerSe holds scans nobody graded) is a warning and is
+not imported: leaving out an ungraded scan loses nothing, and the warning names
+it. Centroid files (``*_seg-subreg_ctd.json``) are a cross-check: a vertebra with a
+centroid but no voxels in the label map is a warning.
+
+Nothing below ``verse_root`` is modified (``out`` may not lie inside it); ``out``
+is built in a staging folder and appears only when complete
+(:func:`vfnb.io.output_folder`). CTs and label maps go through vfnb's NIfTI
+checks (size limit on the header, truncated or corrupt streams).
 """
 
 from __future__ import annotations
 
-import math
 import re
 import shutil
 import sys
@@ -36,239 +57,278 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import DatasetError, VfnbError
-from ..io import NIFTI_SUFFIX, output_folder
-from ..levels import label_from_level
+import numpy as np
+
+from ..errors import DatasetError
+from ..io import NIFTI_SUFFIX, load_nifti, output_folder, refuse_outputs_over_inputs, safe_member, save_nifti, \
+    verify_nifti
+from ..levels import MAX_LABEL, level_name, spine_order
 from .original import ANNOTATION_FILE, write_annotation
+from .processed import join_problems
+from .resample import onto_grid
+from .verse_files import VerseScan, find_verse_scans, read_centroids
+from .verse_grades import GradeEntry, read_grade_table
 
-CT_PATTERN = re.compile(r"^(sub-[^_/]+(?:_.+)?)_ct\.nii\.gz$")
-MASK_PATTERN = re.compile(r"^(sub-[^_/]+(?:_.+)?)_seg-vert_msk\.nii\.gz$")
-WIDE_SUFFIX = "_fx-g"
-WIDE_ID_COLUMNS = ("verse_id", "subject_id")
 NEVER_GRADED = (26, 27)  # sacrum and coccyx
+AFFINE_TOLERANCE_MM = 1e-3
+SLAB = 32  # label-map slices converted at a time (bounds the memory of the integer check)
 
-
-@dataclass
-class VerseScan:
-    stem: str  # "sub-verse004" or "sub-gl003_dir-ax"
-    ct_path: Path
-    mask_path: Path
-
-    @property
-    def subject(self) -> str:
-        return self.stem.split("_", 1)[0]
+__all__ = ["ImportPlan", "VerseScan", "find_verse_scans", "import_verse", "plan_verse_import", "read_grade_table"]
 
 
 @dataclass
 class ImportPlan:
-    scans: list  # VerseScan with grades
-    grades: dict  # stem -> {label: grade}
+    """Scans with grades, their grades (``None``: a cell that is not a grade), warnings, the layout found."""
+
+    scans: list  # VerseScan with at least one table entry
+    grades: dict  # stem -> {label: (grade or None, GradeEntry)}
     warnings: list = field(default_factory=list)
+    layout: str = ""
 
 
-# ---------------------------------------------------------------- files
-def find_verse_scans(verse_root) -> tuple[list[VerseScan], list[str]]:
-    """Pair CTs and masks below ``verse_root``; returns ``(scans, warnings)``."""
-    root = Path(verse_root)
-    if not root.is_dir():
-        raise DatasetError(f"{root}: VerSe folder not found")
-    found = {"rawdata": {}, "derivatives": {}}
-    warnings = []
-    for kind, pattern, glob in (("rawdata", CT_PATTERN, "*_ct.nii.gz"),
-                                ("derivatives", MASK_PATTERN, "*_seg-vert_msk.nii.gz")):
-        for path in sorted(root.rglob(glob)):
-            match = pattern.match(path.name)
-            if not match or path.parent.parent.name != kind or not path.parent.name.startswith("sub-"):
-                continue
-            stem = match.group(1)
-            if stem in found[kind]:
-                warnings.append(f"{path}: {stem} also at {found[kind][stem]} (using the first)")
-                continue
-            found[kind][stem] = path
-    cts, masks = found["rawdata"], found["derivatives"]
-    if not cts:
-        raise DatasetError(f"{root}: no CT found (expected rawdata/sub-*/sub-*_ct.nii.gz below it)")
-    for stem in sorted(set(cts) - set(masks)):
-        warnings.append(f"{cts[stem]}: no label map derivatives/.../{stem}_seg-vert_msk.nii.gz (scan skipped)")
-    for stem in sorted(set(masks) - set(cts)):
-        warnings.append(f"{masks[stem]}: no CT rawdata/.../{stem}_ct.nii.gz (label map skipped)")
-    scans = [VerseScan(stem, cts[stem], masks[stem]) for stem in sorted(set(cts) & set(masks))]
-    return scans, warnings
-
-
-# ---------------------------------------------------------------- grade table
-def _subject_key(text: str) -> tuple[str, str]:
-    """``"sub-verse004"`` / ``"verse004"`` -> ``("verse", "4")``; ``"4"`` / ``4.0`` -> ``("", "4")``."""
-    text = str(text).strip().lower()
-    if text.startswith("sub-"):
-        text = text[4:]
-    if re.fullmatch(r"\d+\.0*", text):  # a number read as float from a spreadsheet
-        text = text.split(".")[0]
-    match = re.fullmatch(r"([a-z]*?)(\d+)", text)
-    if match:
-        return match.group(1), str(int(match.group(2)))
-    return text, ""
-
-
-def _normalise_stem(text: str) -> str:
+# ---------------------------------------------------------------- ids
+def _bare(text: str) -> str:
+    """``"sub-verse004_ct.nii.gz"`` -> ``"verse004"``: the id in lower case, without ``sub-`` and suffixes."""
     text = str(text).strip().lower()
     for suffix in (NIFTI_SUFFIX, "_ct"):
         if text.endswith(suffix):
             text = text[: -len(suffix)]
-    return text if text.startswith("sub-") else "sub-" + text
+    if re.fullmatch(r"\d+\.0*", text):  # 4.0: how a spreadsheet may store the number 4
+        text = text.split(".")[0]
+    return text[4:] if text.startswith("sub-") else text
 
 
-def _is_blank(value) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    return isinstance(value, str) and not value.strip()
+def _number_key(text: str) -> tuple[str, int] | None:
+    """``"verse004"`` -> ``("verse", 4)``; ``"4"`` -> ``("", 4)``; None when not letters then digits."""
+    match = re.fullmatch(r"([a-z]*?)0*(\d+)", text)
+    return (match.group(1), int(match.group(2))) if match else None
 
 
-def _parse_grade(value, where: str) -> int:
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number) or number != int(number) or int(number) not in (0, 1, 2, 3):
-        raise DatasetError(f"{where}: grade {value!r} is not an integer 0-3 (Genant grade; leave empty if not graded)")
-    return int(number)
+class ScanIndex:
+    """The names a table row may use for a scan (see the module docstring), each to its scans."""
+
+    def __init__(self, scans: list[VerseScan]):
+        self.by_stem = {_bare(s.stem): s for s in scans}
+        self.by_name: dict[str, list[VerseScan]] = defaultdict(list)
+        self.by_number: dict[tuple[str, int], list[VerseScan]] = defaultdict(list)
+        for scan in scans:
+            names = {_bare(scan.subject)}
+            if "split" in scan.entities:
+                names.add(scan.entities["split"].lower())
+            for name in names:
+                self.by_name[name].append(scan)
+                key = _number_key(name)
+                if key:
+                    self.by_number[key].append(scan)
+
+    def resolve(self, written: str, where: str) -> VerseScan | None:
+        """The one scan ``written`` names, None for none; refuses an id that fits several."""
+        bare = _bare(written)
+        if bare in self.by_stem:
+            return self.by_stem[bare]
+        found = list(self.by_name.get(bare, []))
+        key = _number_key(bare)
+        if not found and key:
+            if key[0]:
+                found = list(self.by_number.get(key, []))
+            else:  # a bare number: any prefix
+                found = [s for (prefix, number), scans in self.by_number.items() if number == key[1] for s in scans]
+        unique = {s.stem: s for s in found}
+        if len(unique) > 1:
+            raise DatasetError(f"{where}: id {written!r} fits {len(unique)} scans ({', '.join(sorted(unique))}); "
+                               "expected an id naming one scan: write its full id, e.g. "
+                               f"{sorted(unique)[0]}")
+        return next(iter(unique.values()), None)
 
 
-def _read_table(path: Path):
-    import pandas as pd
-
-    if not path.is_file():
-        raise DatasetError(f"{path}: grade table not found")
-    try:
-        if path.suffix.lower() in (".xlsx", ".xlsm", ".xls"):
-            table = pd.read_excel(path, dtype=object)
-        else:
-            table = pd.read_csv(path, dtype=str, keep_default_na=True)
-    except Exception as exc:
-        raise DatasetError(f"{path}: cannot read the grade table ({type(exc).__name__}: {exc}); "
-                           "expected CSV or XLSX") from None
-    table.columns = [str(c).strip() for c in table.columns]
-    return table
-
-
-def read_grade_table(path) -> list[tuple[str, int, int, str]]:
-    """Rows ``(subject or scan id as written, label, grade, where)`` from a wide or long table."""
-    path = Path(path)
-    table = _read_table(path)
-    lower = {c.lower(): c for c in table.columns}
-    entries = []
-    if {"subject", "level", "grade"} <= set(lower):
-        for i, row in enumerate(table.to_dict("records")):
-            where = f"{path}: row {i + 2}"  # 1-based, after the header line
-            subject, level, grade = row[lower["subject"]], row[lower["level"]], row[lower["grade"]]
-            if _is_blank(subject) or _is_blank(level):
-                raise DatasetError(f"{where}: empty subject or level (expected e.g. sub-verse004,T12,1)")
-            if _is_blank(grade):
-                continue
-            try:
-                text = str(level).strip()
-                # "20.0" is how a spreadsheet may write the label number 20
-                label = label_from_level(text.split(".")[0] if re.fullmatch(r"\d+\.0*", text) else text)
-            except VfnbError as exc:
-                raise DatasetError(f"{where}: {exc}") from None
-            entries.append((str(subject).strip(), label, _parse_grade(grade, f"{where}, column grade"), where))
-        return entries
-    id_columns = [lower[c] for c in WIDE_ID_COLUMNS if c in lower]
-    grade_columns = [c for c in table.columns if c.lower().endswith(WIDE_SUFFIX.lower())]
-    if not id_columns or not grade_columns:
-        raise DatasetError(f"{path}: columns {list(table.columns)[:8]}... are neither the wide form "
-                           f"(an id column verse_ID or subject_ID and <Level>{WIDE_SUFFIX} columns) nor the "
-                           "long form (subject, level, grade)")
-    labels = {}
-    for column in grade_columns:
-        try:
-            labels[column] = label_from_level(column[: -len(WIDE_SUFFIX)])
-        except VfnbError as exc:
-            raise DatasetError(f"{path}: column {column!r}: {exc}") from None
-    for i, row in enumerate(table.to_dict("records")):
-        where = f"{path}: row {i + 2}"
-        ids = [row[c] for c in id_columns if not _is_blank(row[c])]
-        if not ids:
-            if all(_is_blank(row[c]) for c in grade_columns):
-                continue  # a blank line
-            raise DatasetError(f"{where}: no id in {' or '.join(id_columns)} but grades are given")
-        for column in grade_columns:
-            if not _is_blank(row[column]):
-                entries.append((str(ids[0]).strip(), labels[column],
-                                _parse_grade(row[column], f"{where}, column {column}"), where))
-    return entries
-
-
-# ---------------------------------------------------------------- matching
-def plan_verse_import(verse_root, grades_table) -> ImportPlan:
-    """Match scans to grades without writing anything; returns an :class:`ImportPlan`."""
-    scans, warnings = find_verse_scans(verse_root)
+# ---------------------------------------------------------------- planning (no voxels read)
+def plan_verse_import(verse_root, grades_table, allow_missing: bool = False) -> ImportPlan:
+    """Match the table's rows to the scans below ``verse_root`` without reading voxels or writing anything."""
+    tree = find_verse_scans(verse_root)
     entries = read_grade_table(grades_table)
-    by_stem = {s.stem.lower(): s for s in scans}
-    by_key = defaultdict(list)
-    by_number = defaultdict(list)
-    for scan in scans:
-        key = _subject_key(scan.subject)
-        by_key[key].append(scan)
-        by_number[key[1]].append(scan)
-    grades: dict[str, dict[int, int]] = defaultdict(dict)
-    unmatched = {}
-    for written, label, grade, where in entries:
-        stem = _normalise_stem(written)
-        if stem in by_stem:
-            targets = [by_stem[stem]]
+    index = ScanIndex(tree.scans)
+    warnings = list(tree.warnings)
+    grades: dict[str, dict] = defaultdict(dict)
+    missing: dict[str, list[GradeEntry]] = {}
+    problems = []
+    for entry in entries:
+        try:
+            scan = index.resolve(entry.key, entry.row)
+        except DatasetError as exc:
+            problems.append(str(exc))
+            continue
+        if scan is None:
+            missing.setdefault(entry.key, []).append(entry)
+            continue
+        if entry.label in NEVER_GRADED:
+            warnings.append(f"{entry.where}: {entry.key} grades {level_name(entry.label)} ({entry.label}); "
+                            "the sacrum and coccyx are never graded (skipped)")
+            continue
+        previous = grades[scan.stem].get(entry.label)
+        if previous is not None and previous[0] != entry.grade:
+            problems.append(f"{entry.where}: {scan.stem} {level_name(entry.label)} graded {entry.text!r} here and "
+                            f"{previous[1].text!r} at {previous[1].where} (expected one grade per vertebra)")
+            continue
+        grades[scan.stem][entry.label] = (entry.grade, entry)
+    for key, rows in missing.items():
+        levels = ", ".join(level_name(e.label) for e in sorted(rows, key=lambda e: spine_order(e.label)))
+        line = f"{rows[0].row}: {key!r} has grades ({levels}) but no scan below {verse_root}"
+        if allow_missing:
+            warnings.append(line + " (skipped: --allow-missing)")
         else:
-            key = _subject_key(written)
-            targets = by_key.get(key, [])
-            if not targets and key[0] == "" and key[1]:
-                # a bare number: match when exactly one subject carries it
-                subjects = {s.subject for s in by_number.get(key[1], [])}
-                if len(subjects) == 1:
-                    targets = by_number[key[1]]
-                elif len(subjects) > 1:
-                    raise DatasetError(f"{where}: id {written!r} matches several subjects "
-                                       f"({', '.join(sorted(subjects))}); write the full id")
-        if not targets:
-            unmatched.setdefault(written, where)
-            continue
-        if label in NEVER_GRADED:
-            warnings.append(f"{where}: {written} grades label {label} (sacrum/coccyx are never graded; skipped)")
-            continue
-        for scan in targets:
-            previous = grades[scan.stem].get(label)
-            if previous is not None and previous != grade:
-                raise DatasetError(f"{where}: {written} label {label} graded {grade} here and {previous} earlier "
-                                   "(expected one grade per vertebra)")
-            grades[scan.stem][label] = grade
-    for written, where in unmatched.items():
-        warnings.append(f"{where}: grades for {written!r} but no matching scan (skipped)")
-    graded_scans = [s for s in scans if grades.get(s.stem)]
-    for scan in scans:
+            problems.append(line + " (expected its CT and label map there; to import part of a release, "
+                            "pass --allow-missing)")
+    if problems:
+        raise DatasetError(join_problems(list(dict.fromkeys(problems))))  # one line per row, not per cell
+    graded = [s for s in tree.scans if grades.get(s.stem)]
+    for scan in tree.scans:
         if not grades.get(scan.stem):
             warnings.append(f"{scan.ct_path}: no grades for {scan.stem} in {grades_table} (scan not imported)")
-    return ImportPlan(graded_scans, {s.stem: dict(sorted(grades[s.stem].items())) for s in graded_scans}, warnings)
+    return ImportPlan(graded, {s.stem: dict(grades[s.stem]) for s in graded}, warnings, tree.layout)
 
 
-def import_verse(verse_root, grades_table, out, overwrite: bool = False) -> Path:
-    """Copy graded VerSe scans into the original layout at ``out``; returns ``out``.
+# ---------------------------------------------------------------- one scan
+def integer_labels(data: np.ndarray, path: Path) -> np.ndarray:
+    """A label map as ``uint8``; refuses values that are not integers 0-28, naming ``path``.
 
-    Refuses an existing ``out`` unless ``overwrite``; the folder appears only when
-    complete. Warnings (ungraded scans, grades without scans) go to stderr.
+    Floating-point maps (VerSe stores some as float32 / float64) are checked a slab
+    of slices at a time, so the check costs little memory beyond the result.
     """
-    plan = plan_verse_import(verse_root, grades_table)
-    for warning in plan.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    if not plan.scans:
-        raise DatasetError(f"{grades_table}: no grade matches a scan in {verse_root} (nothing to import)")
-    out = Path(out)
-    with output_folder(out, overwrite=overwrite) as staging:
-        (staging / "img").mkdir()
-        (staging / "seg").mkdir()
-        for scan in plan.scans:
-            shutil.copyfile(scan.ct_path, staging / "img" / (scan.stem + NIFTI_SUFFIX))
-            shutil.copyfile(scan.mask_path, staging / "seg" / (scan.stem + NIFTI_SUFFIX))
-        write_annotation(staging / ANNOTATION_FILE,
-                         {scan.stem + NIFTI_SUFFIX: plan.grades[scan.stem] for scan in plan.scans})
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DatasetError(f"{path}: label map has shape {data.shape} (expected a 3D volume)")
+    out = np.empty(data.shape, np.uint8)
+    for start in range(0, data.shape[2], SLAB):
+        slab = data[:, :, start:start + SLAB]
+        rounded = np.rint(slab) if slab.dtype.kind == "f" else slab
+        off = rounded != slab
+        if off.any():
+            where = tuple(int(i) for i in np.argwhere(off)[0])
+            voxel = (where[0], where[1], where[2] + start)
+            raise DatasetError(f"{path}: label map holds the non-integer value {float(slab[where]):g} at voxel "
+                               f"{voxel} ({int(off.sum())} such voxels in slices {start}-{start + slab.shape[2] - 1} "
+                               "alone); expected integer VerSe labels 0-28")
+        low, high = (rounded.min(), rounded.max()) if rounded.size else (0, 0)
+        if low < 0 or high > MAX_LABEL:
+            raise DatasetError(f"{path}: label map holds the value {int(low if low < 0 else high)} (expected VerSe "
+                               f"labels 0-{MAX_LABEL}: 0 background, 1-28 vertebrae)")
+        out[:, :, start:start + SLAB] = rounded
     return out
+
+
+def _same_grid(ct_shape, ct_affine, labels: np.ndarray, mask_affine) -> bool:
+    if tuple(ct_shape[:3]) == labels.shape and np.allclose(ct_affine, mask_affine, rtol=0.0,
+                                                           atol=AFFINE_TOLERANCE_MM):
+        return True
+    # the same voxels stored in another array order: pre-processing re-orders them (no interpolation)
+    return onto_grid(labels, mask_affine, ct_shape[:3], ct_affine) is not None
+
+
+def _levels(labels) -> str:
+    return ", ".join(f"{level_name(l)} ({l})" for l in sorted(labels, key=spine_order))
+
+
+def check_scan(scan: VerseScan, grades: dict, allow_missing: bool,
+               warnings: list) -> tuple[np.ndarray, np.ndarray, dict[int, int], list[str]]:
+    """Read one scan and check it against its grades: ``(labels uint8, mask affine, {label: grade}, problems)``.
+
+    Raises :class:`DatasetError` for a file that cannot be used at all (unreadable,
+    not integer labels, off the CT's grid); returns the problems of single grades.
+    """
+    ct_shape, ct_affine, _ = verify_nifti(scan.ct_path)
+    data, mask_affine, _ = load_nifti(scan.mask_path)
+    labels = integer_labels(data, scan.mask_path)
+    del data
+    if not _same_grid(ct_shape, ct_affine, labels, mask_affine):
+        raise DatasetError(f"{scan.mask_path}: label map of shape {labels.shape} is not on the voxel grid of its "
+                           f"CT {scan.ct_path.name} (shape {tuple(ct_shape)}); expected the same grid (shape and "
+                           f"affine within {AFFINE_TOLERANCE_MM} mm)")
+    present = {int(v) for v in np.flatnonzero(np.bincount(labels.ravel(), minlength=MAX_LABEL + 1)) if v}
+    _cross_check_centroids(scan, present, warnings)
+    kept, problems = {}, []
+    for label, (grade, entry) in sorted(grades.items(), key=lambda item: spine_order(item[0])):
+        level = f"{scan.stem} {level_name(label)} ({label})"
+        if label not in present:
+            if grade is None:
+                continue  # a mark such as "x" where the scan has no such vertebra: not graded
+            line = (f"{entry.where}: {level} is graded {grade} but absent from the label map "
+                    f"{scan.mask_path.name} (levels present: {_levels(present) or 'none'})")
+            if allow_missing:
+                warnings.append(line + " (grade dropped: --allow-missing)")
+            else:
+                problems.append(line + "; expected grades only for vertebrae in the label map (is the row "
+                                "meant for another scan?)")
+            continue
+        if grade is None:
+            problems.append(f"{entry.where}: {level} is in the label map but its grade is {entry.text!r} "
+                            "(expected an integer 0-3, or an empty cell if it was not graded)")
+            continue
+        kept[label] = grade
+    return labels, mask_affine, kept, problems
+
+
+def _cross_check_centroids(scan: VerseScan, present: set[int], warnings: list) -> None:
+    if scan.centroids_path is None:
+        return
+    try:
+        _, centroids = read_centroids(scan.centroids_path)
+    except DatasetError as exc:
+        warnings.append(f"{exc} (centroids not used for the cross-check)")
+        return
+    absent = set(centroids) - present
+    if absent:
+        warnings.append(f"{scan.centroids_path}: centroids for {_levels(absent)}, absent from the label map "
+                        f"{scan.mask_path.name}")
+
+
+# ---------------------------------------------------------------- import
+def import_verse(verse_root, grades_table, out, overwrite: bool = False, allow_missing: bool = False) -> Path:
+    """Write the graded VerSe scans below ``verse_root`` into the original layout at ``out``; returns ``out``.
+
+    Refuses an existing ``out`` unless ``overwrite``, and an ``out`` that is or lies
+    inside an input; the folder appears only when complete. The layout found, then
+    each warning, goes to stderr (the warnings also when the import is refused).
+    """
+    verse_root, grades_table, out = Path(verse_root), Path(grades_table), Path(out)
+    refuse_outputs_over_inputs({"OUT": out}, {"VERSE_ROOT": verse_root, "GRADES": grades_table}, DatasetError)
+    plan = plan_verse_import(verse_root, grades_table, allow_missing=allow_missing)
+    print(f"note: {verse_root}: found {plan.layout}; {len(plan.scans)} graded scan(s)", file=sys.stderr)
+    warnings = list(plan.warnings)
+    try:
+        if not plan.scans:
+            raise DatasetError(f"{grades_table}: no row grades a scan below {verse_root} (nothing to import)")
+        with output_folder(out, overwrite=overwrite) as staging:
+            _write_scans(plan, staging, allow_missing, warnings)
+    finally:
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    return out
+
+
+def _write_scans(plan: ImportPlan, staging: Path, allow_missing: bool, warnings: list) -> None:
+    """Check every planned scan, then (when all passed) write img/, seg/ and the annotation into ``staging``."""
+    (staging / "img").mkdir()
+    (staging / "seg").mkdir()
+    problems, written = [], {}
+    for scan in plan.scans:
+        try:
+            labels, affine, grades, grade_problems = check_scan(scan, plan.grades[scan.stem], allow_missing, warnings)
+        except DatasetError as exc:
+            problems.append(str(exc))
+            continue
+        problems.extend(grade_problems)
+        if not grades:
+            warnings.append(f"{scan.ct_path}: none of {scan.stem}'s grades is left (scan not imported)")
+            continue
+        if problems:
+            continue  # nothing will be written: only look for further problems
+        name = scan.stem + NIFTI_SUFFIX
+        shutil.copyfile(scan.ct_path, safe_member(staging / "img", name, what="case id"))
+        save_nifti(safe_member(staging / "seg", name, what="case id"), labels, affine)
+        written[name] = grades
+    if problems:
+        raise DatasetError(join_problems(problems))
+    if not written:
+        raise DatasetError("no graded vertebra is left to import (see the warnings)")
+    write_annotation(staging / ANNOTATION_FILE, written)
