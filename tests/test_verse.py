@@ -73,7 +73,8 @@ def _centroids(seg, affine, extra=()):
 
 def _bids_scan(release, stem, labels, affine=PIR, mask_dtype=np.float32, extra_centroids=()):
     subject = stem.split("_")[0]
-    ct, seg = _volumes(labels)
+    axis = int(np.argmax(np.abs(affine[2, :3])))  # stack the vertebrae along the body axis, C1 end superior
+    ct, seg = _volumes(labels if affine[2, axis] < 0 else labels[::-1], axis=axis)
     _write_nifti(release / "rawdata" / subject / f"{stem}_ct.nii.gz", ct, affine)
     _write_nifti(release / "derivatives" / subject / f"{stem}_seg-vert_msk.nii.gz", seg.astype(mask_dtype), affine)
     (release / "derivatives" / subject / f"{stem}_seg-subreg_ctd.json").write_text(
@@ -235,7 +236,7 @@ def test_flat_2019_names(tmp_path):
 # ---------------------------------------------------------------- label maps
 def test_scaled_and_float64_masks_become_integer_labels(tmp_path):
     release = tmp_path / "v"
-    ct, seg = _volumes((19, 20))
+    ct, seg = _volumes((20, 19), axis=2)  # LPS: the third axis runs superior, L1 below T12
     _write_nifti(release / "rawdata" / "sub-verse030" / "sub-verse030_ct.nii.gz", ct.astype(np.float32), LPS)
     # stored as int16 twice the label, scl_slope 0.5
     _write_nifti(release / "derivatives" / "sub-verse030" / "sub-verse030_seg-vert_msk.nii.gz",
