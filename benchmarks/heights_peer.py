@@ -6,34 +6,44 @@ TotalSegmentator's spine report (``totalsegmentator.spine_report.measure_verte_h
 writes). Its height code runs on label maps without model weights, so both can
 measure the very same maps, here drawn by SynthSpine with known true heights:
 
-- **The maps.** Three runs T11-L5 (seven vertebrae) placed on SynthSpine's sagittal
-  curve (kyphosis above L1, lordosis below, so L4-L5 are tilted by 10-30 degrees):
-  ``normal`` and ``lordotic`` (lordosis x 1.4) hold normal vertebrae only;
-  ``fractured`` holds a wedge (superior endplate), a crush, a biconcave, a normal,
-  an inferior-endplate wedge and a grade-3 biconcave vertebra. Each is drawn at
-  0.8 x 0.8 x 1 mm and 0.8 x 0.8 x 3 mm (generated on that grid, no resampling),
-  stored RAS. The drawing is SynthSpine's own (:mod:`vfnb.data.synth.drawing`):
-  a voxel is labelled when its centre lies inside the body or the posterior
-  elements; the body is drawn as its own primitive, so its voxels of each label
-  are the **vertebral-body mask** the peer needs. Fracture signs (irregular
-  endplates, cortical buckling) are off, so the true heights are exactly SynthSpine's
+- **The maps.** Five runs T11-L5 (seven vertebrae each) placed on SynthSpine's
+  sagittal curve (kyphosis above L1, lordosis below, so L4-L5 are tilted by 5-30
+  degrees): ``normal``, ``lordotic`` (lordosis x 1.4) and ``straighter`` (x 0.6) hold
+  normal vertebrae; ``subthreshold`` holds wedge, biconcave and crush deformities of
+  10-15 % (grade 0, as SynthSpine's normal vertebrae may have); ``fractured`` a wedge
+  (superior endplate), a crush, a biconcave, an inferior-endplate wedge and a grade-3
+  biconcave vertebra at L5. Each is drawn at 0.8 x 0.8 x 1 mm and 0.8 x 0.8 x 3 mm
+  (generated on that grid, no resampling), stored RAS. The drawing is SynthSpine's own
+  (:mod:`vfnb.data.synth.drawing`, reached through its private functions): a voxel is
+  labelled when its centre lies inside the body or the posterior elements; the body is
+  drawn as its own primitive, so the body's voxels of each label are the
+  **vertebral-body mask** the peer needs. Fracture signs (irregular endplates, cortical
+  buckling) are off, so the true heights are exactly SynthSpine's
   (``_Vertebra.heights``: along the vertebra's own supero-inferior axis, in its
-  mid-sagittal plane, at 15 %, 50 % and 85 % of its depth).
+  mid-sagittal plane, at 15 %, 50 % and 85 % of its depth), and so is the true grade
+  (Genant's band of the deformity against the vertebra's own heights before it).
 - **The peer's inputs.** The label map in TotalSegmentator's ``total`` numbering with
   its label names (:data:`TOTALSEG_VERTEBRAE`, :func:`to_totalseg`), and the body
   mask as class 1 ``vertebrae_body`` (the inputs of the report's command line,
-  ``-v`` and ``-b``), as nibabel images in canonical RAS, with the horizontal axis
-  found on the raw mask (``horizontal_mask_type="raw"``, what ``totalseg_spine_report``
-  uses).
-- **Figures.** Per level and height, the absolute difference vfnb - peer (median and
-  max over the three runs and two voxel sizes; targets: median <= 1 mm, none > 2.5 mm);
-  per voxel size, each method's absolute error against the truth (median, max and the
-  signed median as ``signed_median``); how many normal vertebrae each method's own
-  fracture rule flags (the peer: ``1 - min / max`` of the three heights > 0.2,
-  ``detect_potential_fracture``; vfnb: Genant grade >= 1 of the morphometry grader).
-- **Pictures.** ``<workdir>/heights_peer_figures/<run>_<voxel>.png``: for each
-  vertebra, vfnb's slice at its body's centroid plane (grey), the peer's chosen slice
-  as a red outline, vfnb's height segments in blue and the peer's in red.
+  ``-v`` and ``-b``), as nibabel images in canonical RAS, the horizontal axis found
+  on the raw mask (``horizontal_mask_type="raw"``, as ``totalseg_spine_report`` calls it).
+  A second pass runs the same code with its boundary-search step (``STEP_SIZE``, 0.5
+  voxel, whose refinement loop returns the previous step) set to :data:`FINE_STEP`,
+  to tell the peer's quantisation from its method (``peerfine``).
+- **Figures.** Per level and height, ``|vfnb - peer|`` over the ten maps (median, max;
+  targets: median <= 1 mm, none > 2.5 mm), and per voxel size against the peer and
+  the fine-step peer; per voxel size, each method's ``|measured - true|`` (the signed
+  median as ``signed_median``); how many grade-0 and fractured vertebrae each method's
+  own fracture rule flags (the peer: ``1 - min / max`` of its three heights > 0.2,
+  ``detect_potential_fracture``; vfnb: Genant grade >= 1 of the morphometry grader);
+  seconds per map of each.
+- **Beside the JSON**, in the work folder: ``heights_peer_figures/<run>_<voxel>.png``
+  (each vertebra's body on vfnb's slice at its centroid plane in grey, the peer's
+  chosen slice outlined in red, vfnb's height segments blue, the peer's red, the true
+  ones dashed green) and ``largest_differences.png`` (the four vertebrae where the two
+  differ most, larger, with the three sets of heights), ``heights_peer_rows.csv`` (every vertebra: truth, each method's
+  heights, grade, flag) and ``heights_peer_levels.md`` (per level and voxel size,
+  median and max ``|vfnb - peer|``).
 
 Needs ``totalsegmentator`` and ``scikit-image`` (and ``imgkit``, which the report's
 module imports); neither is a vfnb dependency. Without them the section is reported
@@ -45,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import io
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -265,7 +276,8 @@ def measure_peer(ph: Phantom, step: float | None = None) -> dict:
     from totalsegmentator.spine_report.measure_verte_height import VertebraeProcessor, detect_potential_fracture
 
     by_name = {name: verse for verse, (_, name) in TOTALSEG_VERTEBRAE.items()}
-    with contextlib.redirect_stdout(io.StringIO()), _peer_step(step):
+    with contextlib.redirect_stdout(io.StringIO()), _peer_step(step), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # its skimage binary_erosion is deprecated in 0.26
         info = VertebraeProcessor(*peer_images(ph), horizontal_mask_type="raw").process_vertebrae()
     out = {}
     for name, vertebra in info.items():
@@ -410,56 +422,90 @@ def _vfnb_segments(mask: np.ndarray, spacing) -> tuple[int, dict]:
     return x, segments
 
 
-def draw_figure(ph: Phantom, peer: dict, path: Path) -> Path:
-    """One PNG per map: each vertebra's body around vfnb's slice, both methods' height segments drawn."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+LEGEND = ("vfnb blue (grey: its slice at the body's centroid plane), TotalSegmentator red (outline: its chosen "
+          "slice), true heights dashed green; x from the midline")
+
+
+def _draw_panel(ax, ph: Phantom, label: int, peer: dict, title: str = "") -> None:
+    """One vertebra's body on vfnb's slice, with vfnb's, the peer's and the true height segments (mm)."""
     from vfnb.levels import level_name
 
     sx, sy, sz = (float(s) for s in np.diag(ph.affine)[:3])
-    labels = sorted(ph.truth, key=LEVELS.index)
-    fig, axes = plt.subplots(1, len(labels), figsize=(2.0 * len(labels), 2.6), squeeze=False)
-    for ax, label in zip(axes[0], labels):
-        ax.set_axis_off()
-        mask = ph.seg == label
-        nz = np.nonzero(mask)
-        lo = [max(0, int(n.min()) - 1) for n in nz]
-        hi = [int(n.max()) + 2 for n in nz]
-        x, ours = _vfnb_segments(mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], (sx, sy, sz))
-        x += lo[0]
-        near = np.nonzero(ph.body & mask)
-        ylo, yhi = (near[1].min() - 1) * sy - 2, (near[1].max() + 1) * sy + 2
-        zlo, zhi = (near[2].min() - 1) * sz - 2, (near[2].max() + 1) * sz + 2
-        extent = (-sy / 2, (ph.seg.shape[1] - 0.5) * sy, -sz / 2, (ph.seg.shape[2] - 0.5) * sz)
-        ax.imshow((mask[x] & ph.body[x]).T, origin="lower", cmap="Greys", vmin=0, vmax=1.6, extent=extent,
-                  interpolation="nearest")
-        for a, b in ours.values():
-            ax.plot([lo[1] * sy + a[0], lo[1] * sy + b[0]], [lo[2] * sz + a[1], lo[2] * sz + b[1]], "b-", lw=1.6)
-        for (y0, z0), (y1, z1) in ph.truth_segments[label].values():
-            ax.plot([y0, y1], [z0, z1], color="limegreen", lw=0.8, ls=(0, (2, 1)))
-        theirs = peer.get(label)
-        midline = float(ph.affine[0, 3])
-        title = f"{level_name(label)} {ph.morphology[label]}\nx {x * sx + midline:+.0f} mm"
-        if theirs:
-            xs = theirs["x_slice"]
-            ys, zs = np.arange(ph.seg.shape[1]) * sy, np.arange(ph.seg.shape[2]) * sz
-            ax.contour(ys, zs, (mask[xs] & ph.body[xs]).T.astype(float), levels=[0.5], colors="r", linewidths=0.5)
-            for (y0, z0), (y1, z1) in theirs["segments"].values():
-                ax.plot([y0 * sy, y1 * sy], [z0 * sz, z1 * sz], "r-", lw=0.9)
-            title += f" / {xs * sx + midline:+.0f} mm"
-        ax.set_xlim(ylo, yhi)
-        ax.set_ylim(zlo, zhi)
-        ax.set_aspect("equal")
-        ax.set_title(title, fontsize=7)
-    fig.suptitle(f"{ph.run.name}, {_spacing(ph.voxel)} mm: vfnb (blue; grey: its slice) / TotalSegmentator "
-                 "(red; outline: its slice); true heights dashed green; x from the midline", fontsize=7)
+    ax.set_axis_off()
+    mask = ph.seg == label
+    lo = [max(0, int(n.min()) - 1) for n in np.nonzero(mask)]
+    hi = [int(n.max()) + 2 for n in np.nonzero(mask)]
+    x, ours = _vfnb_segments(mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], (sx, sy, sz))
+    x += lo[0]
+    near = np.nonzero(ph.body & mask)
+    extent = (-sy / 2, (ph.seg.shape[1] - 0.5) * sy, -sz / 2, (ph.seg.shape[2] - 0.5) * sz)
+    ax.imshow((mask[x] & ph.body[x]).T, origin="lower", cmap="Greys", vmin=0, vmax=1.6, extent=extent,
+              interpolation="nearest")
+    for a, b in ours.values():
+        ax.plot([lo[1] * sy + a[0], lo[1] * sy + b[0]], [lo[2] * sz + a[1], lo[2] * sz + b[1]], "b-", lw=2.2)
+    midline = float(ph.affine[0, 3])
+    text = f"{level_name(label)} {ph.morphology[label]} {title}\nx {x * sx + midline:+.0f} mm"
+    theirs = peer.get(label)
+    if theirs:
+        xs = theirs["x_slice"]
+        ys, zs = np.arange(ph.seg.shape[1]) * sy, np.arange(ph.seg.shape[2]) * sz
+        ax.contour(ys, zs, (mask[xs] & ph.body[xs]).T.astype(float), levels=[0.5], colors="r", linewidths=0.6)
+        for (y0, z0), (y1, z1) in theirs["segments"].values():
+            ax.plot([y0 * sy, y1 * sy], [z0 * sz, z1 * sz], "r-", lw=1.0)
+        text += f" / {xs * sx + midline:+.0f} mm"
+    for (y0, z0), (y1, z1) in ph.truth_segments[label].values():
+        ax.plot([y0, y1], [z0, z1], color="limegreen", lw=1.1, ls=(0, (2, 1.5)), zorder=5)
+    ax.set_xlim((near[1].min() - 1) * sy - 2, (near[1].max() + 1) * sy + 2)
+    ax.set_ylim((near[2].min() - 1) * sz - 2, (near[2].max() + 1) * sz + 2)
+    ax.set_aspect("equal")
+    ax.set_title(text, fontsize=7)
+
+
+def _save(fig, path: Path, dpi: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    _pyplot().close(fig)
     return path
+
+
+def draw_figure(ph: Phantom, peer: dict, path: Path) -> Path:
+    """One PNG per map: each vertebra's mid-sagittal body with the three methods' height segments."""
+    labels = sorted(ph.truth, key=LEVELS.index)
+    fig, axes = _pyplot().subplots(1, len(labels), figsize=(2.0 * len(labels), 2.6), squeeze=False)
+    for ax, label in zip(axes[0], labels):
+        _draw_panel(ax, ph, label, peer)
+    fig.suptitle(f"{ph.run.name}, {_spacing(ph.voxel)} mm: {LEGEND}", fontsize=7)
+    return _save(fig, path, 110)
+
+
+def draw_largest(phantoms, peer: list[dict], rows: list[dict], path: Path, n: int = 4) -> Path:
+    """The ``n`` vertebrae where vfnb and the peer differ most (largest height difference), larger."""
+    where = {(ph.run.name, ph.voxel): (ph, theirs) for ph, theirs in zip(phantoms, peer)}
+
+    def spread(row):
+        d = [abs(row[f"vfnb_{h}"] - row[f"peer_{h}"]) for h in HEIGHTS]
+        return max((x for x in d if np.isfinite(x)), default=0.0)
+
+    worst = sorted(rows, key=spread, reverse=True)[:n]
+    fig, axes = _pyplot().subplots(1, len(worst), figsize=(3.0 * len(worst), 3.6), squeeze=False)
+    for ax, row in zip(axes[0], worst):
+        ph, theirs = where[(row["run"], row["voxel"])]
+        _draw_panel(ax, ph, row["label"], theirs, f"({row['run']}, {_spacing(row['voxel'])} mm)")
+        ax.text(0.5, -0.02, "A/M/P mm: true " + "/".join(f"{row[f'truth_{h}']:.1f}" for h in HEIGHTS)
+                + "\nvfnb " + "/".join(f"{row[f'vfnb_{h}']:.1f}" for h in HEIGHTS)
+                + ", peer " + "/".join(f"{row[f'peer_{h}']:.1f}" for h in HEIGHTS),
+                transform=ax.transAxes, ha="center", va="top", fontsize=7)
+    fig.suptitle(f"Largest vfnb - TotalSegmentator differences: {LEGEND}", fontsize=7)
+    return _save(fig, path, 100)
 
 
 # ------------------------------------------------------------------ the section
@@ -490,6 +536,7 @@ def run(cfg) -> dict:
     folder = Path(cfg.workdir) / FIGURES_DIR
     for ph, peer in zip(phantoms, measured["peer"]):
         draw_figure(ph, peer, folder / f"{ph.run.name}_{ph.voxel}.png")
+    draw_largest(phantoms, measured["peer"], rows, folder / "largest_differences.png")
     print_rows(rows)
     write_rows(rows, Path(cfg.workdir) / "heights_peer_rows.csv")
     table = level_table(rows)
