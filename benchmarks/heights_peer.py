@@ -179,7 +179,8 @@ def _grid(verts, spacing, lateral_mm: float = 50.0):
 def draw_phantom(run: SpineRun, voxel: str) -> Phantom:
     """``run`` drawn on a RAS grid of ``VOXELS[voxel]`` mm by SynthSpine: labels, body mask, CT, truth."""
     from vfnb.data.synth.config import SynthConfig
-    from vfnb.data.synth.drawing import _draw_vertebra, _Local, _posterior_shape, _Tissue, _vertebra_extent, _vertebral_body
+    from vfnb.data.synth.drawing import (_draw_vertebra, _Local, _posterior_shape, _Tissue, _vertebra_extent,
+                                         _vertebral_body)
     from vfnb.data.synth.geometry import _corners
 
     verts = _vertebrae(run)

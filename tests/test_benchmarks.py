@@ -195,16 +195,19 @@ def test_heights_peer_figures_from_rows():
             out.update({f"vfnb_{name}": a, f"peer_{name}": b, f"truth_{name}": a})
         return out
 
-    rows = [row("1mm", 20, 0, (25, 24, 26), (24, 24, 26), 0, False), row("3mm", 20, 0, (25, 24, 26), (27.5, 24, 26), 1, True),
+    rows = [row("1mm", 20, 0, (25, 24, 26), (24, 24, 26), 0, False),
+            row("3mm", 20, 0, (25, 24, 26), (27.5, 24, 26), 1, True),
             row("1mm", 21, 2, (18, 24, 26), (18.5, 24, 26), 2, False)]
     figs = difference_figures(rows)
     l1 = figs["heights_peer.diff_L1_anterior_mm"]
     assert (l1["value"], l1["max"], l1["n"], l1["signed_median"]) == (1.75, 2.5, 2, -0.75)
     assert figs["heights_peer.diff_1mm_anterior_mm"]["samples"] == [1.0, 0.5]
     flags = flag_figures(rows)
-    assert flags["heights_peer.normal_flagged_peer"]["value"] == 1 and flags["heights_peer.normal_flagged_peer"]["of"] == 2
+    normal_peer = flags["heights_peer.normal_flagged_peer"]
+    assert (normal_peer["value"], normal_peer["of"]) == (1, 2)
     assert flags["heights_peer.normal_flagged_vfnb"]["value"] == 1
-    assert flags["heights_peer.fractured_flagged_peer"]["value"] == 0 and flags["heights_peer.fractured_flagged_vfnb"]["value"] == 1
+    assert flags["heights_peer.fractured_flagged_peer"]["value"] == 0
+    assert flags["heights_peer.fractured_flagged_vfnb"]["value"] == 1
 
 
 def test_heights_peer_phantom_and_both_measurements():
