@@ -27,7 +27,8 @@ from pathlib import Path
 
 from . import harness
 
-SECTIONS = ("augmentation", "pipeline", "training", "inference", "predict", "predict_dicom", "data", "study")
+SECTIONS = ("augmentation", "pipeline", "training", "inference", "predict", "predict_dicom", "heights_peer", "data",
+            "study")
 
 
 @dataclass

@@ -157,6 +157,85 @@ def test_dicom_series_holds_the_nifti_voxels_and_geometry(tmp_path):
     np.testing.assert_allclose(read.GetOrigin(), [-12.5, 3.0, 80.0], atol=1e-6)
 
 
+# ------------------------------------------------------------------ heights against TotalSegmentator
+def test_verse_labels_renumbered_to_totalsegmentator_total_task():
+    from benchmarks.heights_peer import TOTALSEG_VERTEBRAE, to_totalseg
+
+    assert TOTALSEG_VERTEBRAE[1] == (50, "vertebrae_C1") and TOTALSEG_VERTEBRAE[7] == (44, "vertebrae_C7")
+    assert TOTALSEG_VERTEBRAE[8] == (43, "vertebrae_T1") and TOTALSEG_VERTEBRAE[19] == (32, "vertebrae_T12")
+    assert TOTALSEG_VERTEBRAE[20] == (31, "vertebrae_L1") and TOTALSEG_VERTEBRAE[24] == (27, "vertebrae_L5")
+    verse = np.zeros((4, 3, 5), dtype=np.uint8)
+    verse[0, :, :2], verse[1, 1, :], verse[3, 2, 4] = 19, 20, 24
+    ts, names = to_totalseg(verse)
+    assert names == {32: "vertebrae_T12", 31: "vertebrae_L1", 27: "vertebrae_L5"}
+    assert (ts[verse == 19] == 32).all() and (ts[verse == 20] == 31).all() and (ts[verse == 24] == 27).all()
+    assert (ts[verse == 0] == 0).all() and ts.shape == verse.shape
+    for extra in (25, 28, 26):  # L6, T13, sacrum: no vertebra of that name in the 'total' task
+        with pytest.raises(ValueError, match=f"VerSe label {extra}"):
+            to_totalseg(np.full((2, 2, 2), extra, dtype=np.uint8))
+
+
+def test_totalsegmentator_numbering_is_totalsegmentators_own():
+    map_to_binary = pytest.importorskip("totalsegmentator.map_to_binary",
+                                        reason="totalsegmentator is not installed (a benchmark-only peer)")
+    from benchmarks.heights_peer import TOTALSEG_VERTEBRAE
+
+    theirs = {label: name for label, name in map_to_binary.class_map["total"].items()
+              if name.startswith("vertebrae_") and name != "vertebrae_S1"}
+    assert theirs == dict(TOTALSEG_VERTEBRAE.values())
+
+
+def test_heights_peer_figures_from_rows():
+    from benchmarks.heights_peer import difference_figures, flag_figures
+
+    def row(voxel, label, grade, vfnb, peer, vfnb_grade, flag):
+        out = {"run": "r", "voxel": voxel, "label": label, "grade": grade, "vfnb_grade": vfnb_grade,
+               "peer_fracture": flag}
+        for name, a, b in zip(("anterior", "middle", "posterior"), vfnb, peer):
+            out.update({f"vfnb_{name}": a, f"peer_{name}": b, f"truth_{name}": a})
+        return out
+
+    rows = [row("1mm", 20, 0, (25, 24, 26), (24, 24, 26), 0, False),
+            row("3mm", 20, 0, (25, 24, 26), (27.5, 24, 26), 1, True),
+            row("1mm", 21, 2, (18, 24, 26), (18.5, 24, 26), 2, False)]
+    figs = difference_figures(rows)
+    l1 = figs["heights_peer.diff_L1_anterior_mm"]
+    assert (l1["value"], l1["max"], l1["n"], l1["signed_median"]) == (1.75, 2.5, 2, -0.75)
+    assert figs["heights_peer.diff_1mm_anterior_mm"]["samples"] == [1.0, 0.5]
+    flags = flag_figures(rows)
+    normal_peer = flags["heights_peer.normal_flagged_peer"]
+    assert (normal_peer["value"], normal_peer["of"]) == (1, 2)
+    assert flags["heights_peer.normal_flagged_vfnb"]["value"] == 1
+    assert flags["heights_peer.fractured_flagged_peer"]["value"] == 0
+    assert flags["heights_peer.fractured_flagged_vfnb"]["value"] == 1
+
+
+def test_heights_peer_phantom_and_both_measurements():
+    pytest.importorskip("skimage", reason="scikit-image is not installed (TotalSegmentator's height code needs it)")
+    from benchmarks import heights_peer as hp
+
+    missing = hp.peer_available()
+    if missing:
+        pytest.skip(missing)
+    from totalsegmentator.spine_report import measure_verte_height as peer_module
+
+    run = hp.SpineRun("t", seed=0, levels=(20, 21, 22))
+    ph = hp.draw_phantom(run, "1mm")
+    assert ph.seg.shape == ph.body.shape and (ph.seg[ph.body] > 0).all()
+    for label in (20, 21, 22):  # the body is part of the vertebra, the posterior elements are not body
+        assert 0 < (ph.body & (ph.seg == label)).sum() < 0.8 * (ph.seg == label).sum()
+    ours = hp.measure_vfnb(ph)
+    theirs = hp.measure_peer(ph, step=hp.FINE_STEP)
+    assert peer_module.STEP_SIZE == 0.5  # the fine step is undone after the call
+    assert set(ours) == set(theirs) == {20, 21, 22}
+    for label, truth in ph.truth.items():
+        assert 20 < truth["middle"] < 32
+        for name in hp.HEIGHTS:
+            assert abs(ours[label][name] - truth[name]) < 1.5, (label, name)
+            assert abs(theirs[label][name] - truth[name]) < 1.5, (label, name)
+        assert ours[label]["grade"] == 0 and theirs[label]["fracture"] is False
+
+
 # ------------------------------------------------------------------ smoke runs
 @pytest.mark.slow
 def test_quick_benchmark_writes_expected_keys(tmp_path, subprocess_env):
