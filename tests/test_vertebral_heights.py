@@ -14,7 +14,8 @@ from vfnb.morphometry.heights import (HEIGHT_POSITIONS, body_heights, expected_p
                                          height_ratios, neighbour_labels)
 
 
-def _vertebra(h_anterior, h_posterior, depth, tilt_deg, spacing, width=30.0, canal=6.0, posterior_elements=True):
+def _vertebra(h_anterior, h_posterior, depth, tilt_deg, spacing, width=30.0, canal=6.0, posterior_elements=True,
+              concavity=0.0):
     """Rasterise a body (a wedge; a box when the heights are equal) + posterior elements.
 
     Body frame: u along antero-posterior (0 at the posterior wall, ``depth`` at the
@@ -34,6 +35,8 @@ def _vertebra(h_anterior, h_posterior, depth, tilt_deg, spacing, width=30.0, can
     u = dy * ap[0] + dz * ap[1] + depth / 2  # 0 at the posterior wall
     v = dy * si[0] + dz * si[1]
     half = (h_posterior + (h_anterior - h_posterior) * u / depth) / 2
+    # biconcave: both endplates sunk towards the middle by ``concavity`` of the height, V-shaped
+    half = half * (1 - concavity * np.clip(1 - np.abs(2 * u / depth - 1), 0, 1))
     lateral = np.abs(x - centre[0]) <= width / 2
     body = lateral & (u >= 0) & (u <= depth) & (np.abs(v) <= half)
     mask = body
@@ -167,3 +170,15 @@ def test_steeply_tilted_anisotropic_wedge_within_a_voxel(tilt):
     out = body_heights(_vertebra(14.0, 26.0, 34.0, tilt, spacing), spacing)
     for name in HEIGHT_POSITIONS:
         assert out[name] == pytest.approx(_expected(14.0, 26.0, name), abs=max(spacing)), name
+
+
+@pytest.mark.parametrize("tilt", [-25.0, 13.0, 22.0, 31.0])
+def test_a_deep_biconcave_body_tilted_at_3mm_slices_keeps_its_frame(tilt):
+    """The frame follows the endplates' rims, not their sunken middle, so a tilted biconcave body is not turned."""
+    spacing, concavity = (0.8, 0.8, 3.0), 0.45
+    out = body_heights(_vertebra(26.0, 24.0, 34.0, tilt, spacing, concavity=concavity), spacing)
+    for name in HEIGHT_POSITIONS:
+        from_back = 1 - HEIGHT_POSITIONS[name]
+        sunk = 1 - concavity * (1 - abs(2 * from_back - 1))
+        assert out[name] == pytest.approx(_expected(26.0, 24.0, name) * sunk, abs=2.0), (name, out)
+    assert out["tilt_deg"] == pytest.approx(tilt, abs=4.0)

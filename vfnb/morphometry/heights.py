@@ -76,28 +76,33 @@ def _rotate(points_mm: np.ndarray, tilt: float) -> tuple[np.ndarray, np.ndarray,
 
 
 def _endplate_slope(u: np.ndarray, v: np.ndarray, bin_mm: float) -> float:
-    """Mean slope (dv/du) of the top and bottom outlines over the middle 60 % of the body's depth."""
-    lo, hi = np.quantile(u, [0.2, 0.8])
-    bins = np.floor((u - lo) / bin_mm).astype(int)
-    keep = (u >= lo) & (u <= hi)
+    """Mean slope (dv/du) of the top and bottom outlines between their posterior and anterior rims.
+
+    Each outline's height is taken in two windows near the walls (10-30 % and
+    70-90 % of the body's depth), where the endplates' rims lie, and the slope is
+    the line through the two: a concave endplate (its middle sunk, as in a
+    biconcave fracture) does not tilt the frame, whatever the body's own tilt.
+    """
+    windows = [np.quantile(u, q) for q in ((0.10, 0.30), (0.70, 0.90))]
     slopes = []
     for pick in (np.max, np.min):
-        centres, outline = [], []
-        for b in np.unique(bins[keep]):
-            here = keep & (bins == b)
-            centres.append(u[here].mean())
-            outline.append(pick(v[here]))
-        if len(centres) >= 2:
-            slopes.append(np.polyfit(centres, outline, 1)[0])
+        rims = []
+        for lo, hi in windows:
+            keep = (u >= lo) & (u <= hi)
+            bins = np.floor((u[keep] - lo) / bin_mm).astype(int)
+            outline = [pick(v[keep][bins == b]) for b in np.unique(bins)]
+            rims.append((float(u[keep].mean()), float(np.median(outline))) if outline else None)
+        if None not in rims and rims[1][0] > rims[0][0]:
+            slopes.append((rims[1][1] - rims[0][1]) / (rims[1][0] - rims[0][0]))
     return float(np.mean(slopes)) if slopes else 0.0
 
 
-def body_frame(points_mm: np.ndarray, bin_mm: float = 1.0, iterations: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def body_frame(points_mm: np.ndarray, bin_mm: float = 1.0, iterations: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Unit antero-posterior and supero-inferior axes of a body's ``[N, 2]`` (y, z) mm points.
 
     The antero-posterior axis follows the endplates: starting from the patch axes,
     the frame is turned by the mean slope of the body's top and bottom outlines
-    (middle 60 % of its depth, away from the walls) until it no longer moves. A body
+    from rim to rim (:func:`_endplate_slope`) until it no longer moves. A body
     tilted as a whole comes out level; a wedge whose endplates converge is measured
     along the bisector of its endplates.
     """
