@@ -43,7 +43,10 @@ def test_a_broken_scan_is_a_row_of_the_table_and_the_others_are_graded(tmp_path,
     failed = table[table["scan"] == "b"]
     assert len(failed) == 1 and "b.nii.gz" in failed["error"].iloc[0] and failed["level"].isna().all()
     assert table[table["scan"] != "b"]["error"].isna().all() and len(table[table["scan"] == "c"]) == 3
-    assert sorted(p.name for p in reports.iterdir()) == ["a.html", "c.html"]
+    assert sorted(p.name for p in reports.iterdir()) == ["a.html", "c.html", "index.html"]
+    index = (reports / "index.html").read_text()
+    assert "href='a.html'" in index and "href='c.html'" in index and "href='b.html'" not in index
+    assert "not graded: " in index and "b.nii.gz" in index
     # the corrected rerun grades only b
     ct, _, affine = synthetic_scan()
     save_nifti(img / "b.nii.gz", ct, affine)
@@ -98,3 +101,9 @@ def test_two_ct_files_with_one_scan_name_are_refused(tmp_path, capsys):
     assert _predict(img, seg, tmp_path / "g.csv") == 2
     assert "a.nii and a.nii.gz share the scan name 'a'" in capsys.readouterr().err
     assert not (tmp_path / "g.csv").exists()
+
+
+def test_a_scan_named_index_is_refused_when_reports_are_asked_for(tmp_path, capsys):
+    img, seg = _folders(tmp_path, names=("index",))
+    assert _predict(img, seg, tmp_path / "g.csv", "--report", str(tmp_path / "r")) == 2
+    assert "a scan named 'index'" in capsys.readouterr().err

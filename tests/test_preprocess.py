@@ -372,3 +372,14 @@ def test_warnings_name_the_vertebra_and_their_counts_agree(tmp_path, write_box_s
         "vertebrae": len({(w["case"], w["label"]) for w in settings["warnings"]})}
     for w in settings["warnings"]:
         assert f"warning: {w['case']} {w['level']} (label {w['label']}): {w['message']}" in printed
+
+
+def test_a_vertebra_at_the_scan_edge_is_said_to_touch_that_anatomical_edge():
+    from vfnb.data.preprocess import _edges_touched
+
+    ras, lps = np.diag([1.0, 1.0, 2.0, 1.0]), np.diag([-1.0, -1.0, 2.0, 1.0])
+    shape = (20, 20, 30)
+    assert _edges_touched(((3, 10), (4, 12), (0, 8)), shape, ras) == ["inferior"]
+    assert _edges_touched(((0, 10), (4, 20), (5, 30)), shape, ras) == ["left", "anterior", "superior"]
+    assert _edges_touched(((0, 10), (4, 20), (5, 9)), shape, lps) == ["right", "posterior"]
+    assert _edges_touched(((2, 10), (4, 12), (5, 9)), shape, lps) == []

@@ -229,6 +229,25 @@ def _checked_scan(image, label_map, affine, seg_affine, size, where: str):
     return image, label_map, affine, seg_affine
 
 
+#: The anatomical direction (RAS world axis, sign) an edge of the scan faces.
+_DIRECTIONS = {(0, 1): "right", (0, -1): "left", (1, 1): "anterior", (1, -1): "posterior",
+               (2, 1): "superior", (2, -1): "inferior"}
+
+
+def _edges_touched(box: Box, shape, affine: np.ndarray) -> list[str]:
+    """The scan edges (``superior``, ``left``, ...) that the label's bounding ``box`` reaches."""
+    edges = []
+    for axis, (a, b) in enumerate(box):
+        direction = np.asarray(affine[:3, axis], float)
+        world = int(np.argmax(np.abs(direction)))
+        sign = 1 if direction[world] > 0 else -1
+        if a == 0:
+            edges.append(_DIRECTIONS[(world, -sign)])
+        if b == shape[axis]:
+            edges.append(_DIRECTIONS[(world, sign)])
+    return edges
+
+
 def _vertebra_patch(image, affine, label_map, seg_affine, label: int, box: Box, size: int) -> "Patch | str":
     """The patch of one label, with its notes; or, for a label too small or too thin to be a vertebra, the reason."""
     region = tuple(slice(a, b) for a, b in box)
@@ -243,9 +262,10 @@ def _vertebra_patch(image, affine, label_map, seg_affine, label: int, box: Box, 
                 "no patch")
     patch_affine, shape = patch_grid(world_lo, world_hi, size)
     notes = []
-    cut = [axis for axis, (a, b) in enumerate(box) if a == 0 or b == label_map.shape[axis]]
-    if cut:
-        notes.append(f"touches the scan border along source axis {cut}: the vertebra may be cut off")
+    edges = _edges_touched(box, label_map.shape, seg_affine)
+    if edges:
+        notes.append(f"touches the scan's {' and '.join(edges)} edge: the vertebra may be cut off (part of it "
+                     "outside the scan)")
     pieces = ndimage.label(in_region)[1]
     if pieces > 1:
         notes.append(f"label map holds {pieces} separate pieces of this label, the patch box covers all of them")

@@ -46,12 +46,13 @@ from ..data.scan_input import is_ct_input
 from ..io import atomic_write_text, refuse_outputs_over_inputs, spreadsheet_safe, strip_nifti_suffix
 from ..models.checkpoints import load_checkpoint
 from ..models.networks import resolve_device
-from .exports import plan_label_maps, write_label_maps
 from .dicom_seg import write_dicom_seg
+from .exports import plan_label_maps, write_label_maps
 from .folder_run import FolderProgress
 from .grading import ScanGrading, grade_scan
 from .outputs import (cube_saliency, read_operating_point, refuse_existing, refuse_without_network, saliency_paths,
                       write_report, write_saliency)
+from .report import write_report_index
 from .safety import check_gradable, checked_operating_point, model_notes
 
 
@@ -169,6 +170,9 @@ def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwri
     if resume and not folder_mode:
         raise VfnbError("--resume continues a run over folders of scans; --ct names one scan")
     _check_outputs(out, report, saliency_dir, folder_mode, overwrite or resume)
+    if folder_mode and report is not None and any(name == "index" for name, _, _ in pairs):
+        raise DatasetError(f"{ct}: a scan named 'index' would give its report the name of the folder's index page "
+                           f"({report}/index.html); rename that CT")
     dicom_series = _planned_dicom_seg(dicom_seg, ct, seg, checkpoint, series, folder_mode, overwrite)
     label_maps = plan_label_maps(label_map, [name for name, _, _ in pairs], folder_mode,
                                  {"--ct": ct, "--seg": seg, "--checkpoint": checkpoint,
@@ -218,7 +222,9 @@ def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwri
             progress.record(name, table.to_csv(index=False, float_format="%.6f"))
             print(f"[{i}/{len(pairs)}] {name}: {len(table)} vertebrae graded", file=sys.stderr)
         tables.append(table)
-    _write_table(tables, out, folder_mode, len(pairs) - len(failures))
+    table = _write_table(tables, out, folder_mode, len(pairs) - len(failures))
+    if folder_mode and report is not None:
+        write_report_index(report, table, failures)
     if progress is not None:
         progress.close(len(failures))
     for what, where in (("saliency maps", saliency_dir), ("report(s)", report), ("label maps", label_map)):
@@ -245,18 +251,19 @@ def _planned_dicom_seg(dicom_seg, ct, seg, checkpoint, series, folder_mode: bool
     return find_series(ct, series)
 
 
-def _write_table(tables: list, out, folder_mode: bool, graded: int) -> None:
-    """The rows of every scan as one CSV (spreadsheet-safe), to ``out`` atomically or printed."""
+def _write_table(tables: list, out, folder_mode: bool, graded: int) -> pd.DataFrame:
+    """The rows of every scan as one CSV (spreadsheet-safe), to ``out`` atomically or printed; the table."""
     table = pd.concat(tables, ignore_index=True)
     if folder_mode:  # the error column last: failure rows carry only scan and error
         table = table[[c for c in table.columns if c != "error"] + ["error"]]
     text = spreadsheet_safe(table).to_csv(index=False, float_format="%.6f")
     if out is None:
         sys.stdout.write(text)
-        return
+        return table
     atomic_write_text(out, text)
     vertebrae = int(table["level"].notna().sum()) if "level" in table else 0
     print(f"wrote {out} ({vertebrae} vertebrae of {graded} scan(s))", file=sys.stderr)
+    return table
 
 
 def _grade_one(name, ct_path, seg_path, model, checkpoint, device, series, saliency_dir, report_path, point,

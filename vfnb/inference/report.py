@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import html
+from urllib.parse import quote
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,13 +230,21 @@ def _title(view: VertebraView) -> str:
     return f"<h3 style='color:{GRADE_COLORS[grade]}'>{level}: grade {grade} ({GRADE_NAMES[grade]})</h3>"
 
 
+#: Grade probabilities spanning less than this (highest - lowest) are read as "the model cannot tell".
+UNSURE_SPREAD = 0.15
+
+
 def _probabilities(row: Mapping) -> str:
     values = [row.get(f"p{g}") for g in range(NUM_GRADES)]
     if any(_missing(v) for v in values):
         return ""
     probs = "".join(f"<tr><td>grade {g} ({GRADE_NAMES[g]})</td><td>{float(v):.3f}</td></tr>"
                     for g, v in enumerate(values))
-    return f"<table><tr><th colspan=2>grade probabilities</th></tr>{probs}</table>"
+    spread = max(float(v) for v in values) - min(float(v) for v in values)
+    flat = ("" if spread >= UNSURE_SPREAD else
+            f"<tr><td colspan=2 class='warn'>nearly uniform (spread {spread:.2f}): the model cannot<br>"
+            "tell the grades apart here; its grade is close to a guess</td></tr>")
+    return f"<table><tr><th colspan=2>grade probabilities</th></tr>{probs}{flat}</table>"
 
 
 def _vertebra_section(view: VertebraView, point: Mapping | None, grader: str | None = None) -> str:
@@ -294,3 +303,35 @@ def write_scan_report(path: str | Path, report: ScanReport) -> Path:
     """Write the page to ``path`` atomically; returns the path."""
     atomic_write_text(path, render(report))
     return Path(path)
+
+
+def write_report_index(folder: str | Path, table, failures: Sequence[tuple[str, str]]) -> Path:
+    """``folder/index.html``: one line per scan of a folder run, linking its page, with its worst grade.
+
+    ``table``: the run's rows (``scan``, ``level``, ``pred``); ``failures``: ``(scan, why)``
+    of the scans that could not be graded (no page, the reason shown).
+    """
+    import pandas as pd
+
+    why = dict(failures)
+    rows = []
+    for scan in dict.fromkeys(str(s) for s in table["scan"]):
+        name = html.escape(scan)
+        if scan in why:
+            rows.append(f"<tr><td>{name}</td><td colspan=3 class='warn'>not graded: {html.escape(why[scan])}</td></tr>")
+            continue
+        mine = table[table["scan"].astype(str) == scan]
+        grades = pd.to_numeric(mine["pred"], errors="coerce")
+        worst = None if grades.isna().all() else int(grades.max())
+        fractured = ", ".join(html.escape(str(level)) for level, g in zip(mine["level"], grades) if g >= 1) or "-"
+        colour = NOT_ASSESSABLE_COLOR if worst is None else GRADE_COLORS[worst]
+        worst_text = "-" if worst is None else f"{worst} ({GRADE_NAMES[worst]})"
+        rows.append(f"<tr><td><a href='{html.escape(quote(scan + '.html'))}'>{name}</a></td>"
+                    f"<td>{int(grades.notna().sum())} of {len(mine)}</td>"
+                    f"<td style='color:{colour}'><b>{worst_text}</b></td><td>{fractured}</td></tr>")
+    body = ("<tr><th>scan</th><th>vertebrae graded</th><th>highest grade</th><th>grade 1 or more</th></tr>"
+            + "".join(rows))
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>vfnb: {len(rows)} scans graded</title>"
+            f"<style>{_CSS}</style></head><body><h1>Vertebral fracture grades: {len(rows)} scans</h1>"
+            f"<p class='notice'>{NOT_A_DEVICE}</p><table>{body}</table></body></html>")
+    return atomic_write_text(Path(folder) / "index.html", page)
