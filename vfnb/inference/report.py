@@ -92,45 +92,81 @@ def canonical(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def overview_figure(report: ScanReport) -> str:
-    """Mid-sagittal slice through the labelled spine, each graded vertebra named and coloured by grade.
+    """Mid-sagittal and mid-coronal slices through the labelled spine, each graded vertebra named and coloured.
 
     Axes are world millimetres (the scan's RAS coordinates) with the anatomical
-    direction of each; the grade palette is the legend, outside the image.
+    direction of each; the grade palette is the legend, outside the images.
     """
-    from matplotlib import patheffects
     from matplotlib.patches import Patch
 
     ct, ras_affine = canonical(report.ct_hu, report.affine)
     labels, _ = canonical(report.label_map, report.affine)
-    x0 = int(round(np.nonzero(labels)[0].mean()))
     spacing = np.linalg.norm(ras_affine[:3, :3], axis=0)
-    origin = ras_affine[:3, 3]
-    extent = (origin[1] - spacing[1] / 2, origin[1] + (ct.shape[1] - 0.5) * spacing[1],
-              origin[2] - spacing[2] / 2, origin[2] + (ct.shape[2] - 0.5) * spacing[2])
-    fig = Figure(figsize=(6.5, 8))
-    ax = fig.subplots()
-    ax.imshow(window(ct[x0].T, *BONE_WINDOW), cmap="gray", origin="lower", extent=extent)
-    ys = origin[1] + np.arange(ct.shape[1]) * spacing[1]
-    zs = origin[2] + np.arange(ct.shape[2]) * spacing[2]
+    centres = [ras_affine[a, 3] + np.arange(ct.shape[a]) * spacing[a] for a in range(3)]  # voxel centres, mm
+    spine = np.nonzero(labels)
+    x0 = int(round(spine[0].mean()))
+    ct_coronal, labels_coronal = _curved_coronal(ct, labels)
+    fig = Figure(figsize=(11, 8))
+    sagittal, coronal = fig.subplots(1, 2, gridspec_kw={"width_ratios": [ct.shape[1] * spacing[1],
+                                                                         ct.shape[0] * spacing[0]]})
+    _overview_panel(sagittal, ct[x0], labels[x0], centres[1], centres[2], report.vertebrae, names=True)
+    sagittal.set_xlabel("posterior <- -> anterior (mm)")
+    sagittal.set_title("sagittal, through the spine's middle", fontsize=10)
+    _overview_panel(coronal, ct_coronal, labels_coronal, centres[0], centres[2], report.vertebrae, names=False)
+    coronal.set_xlabel("patient's right <- -> left (mm)")
+    coronal.set_title("coronal, following the vertebral bodies", fontsize=10)
+    coronal.invert_xaxis()  # radiological convention: the patient's right on the viewer's left
+    for ax in (sagittal, coronal):
+        ax.set_ylabel("inferior <- -> superior (mm)")
+    fig.suptitle(f"{report.scan_name}: predicted Genant grade per vertebra", fontsize=11)
+    handles = [Patch(color=GRADE_COLORS[g], label=f"grade {g}") for g in sorted(GRADE_COLORS)]
+    handles.append(Patch(color=NOT_ASSESSABLE_COLOR, label="not assessable"))
+    coronal.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=9)
+    return _png(fig)
+
+
+def _curved_coronal(ct: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Coronal ``[X, Z]`` slices of the RAS volumes through the vertebral bodies at every height.
+
+    A flat coronal plane misses the bodies where the spine curves (lordosis,
+    kyphosis); at each axial level the plane is moved to the labels' anterior part
+    (the 75th percentile of their antero-posterior position), smoothed along the
+    spine and held constant above and below it.
+    """
+    from scipy.ndimage import uniform_filter1d
+
+    depth = np.full(ct.shape[2], np.nan)
+    for z in range(ct.shape[2]):
+        ys = np.nonzero(labels[:, :, z])[1]
+        if ys.size:
+            depth[z] = np.quantile(ys, 0.75)
+    known = np.flatnonzero(np.isfinite(depth))
+    depth = np.interp(np.arange(ct.shape[2]), known, depth[known])
+    rows = np.clip(np.round(uniform_filter1d(depth, size=5)).astype(int), 0, ct.shape[1] - 1)
+    z = np.arange(ct.shape[2])
+    return ct[:, rows, z], labels[:, rows, z]
+
+
+def _overview_panel(ax, ct_slice, label_slice, across, up, vertebrae, names: bool) -> None:
+    """One slice of the overview in mm, each vertebra outlined in its grade's colour (named when ``names``)."""
+    from matplotlib import patheffects
+
+    step_a, step_u = across[1] - across[0], up[1] - up[0]
+    extent = (across[0] - step_a / 2, across[-1] + step_a / 2, up[0] - step_u / 2, up[-1] + step_u / 2)
+    ax.imshow(window(ct_slice.T, *BONE_WINDOW), cmap="gray", origin="lower", extent=extent)
     outline = [patheffects.withStroke(linewidth=2.5, foreground="black")]
-    for view in report.vertebrae:
-        mask = labels[x0] == int(view.row["label"])
+    for view in vertebrae:
+        mask = label_slice == int(view.row["label"])
         voxels = np.nonzero(mask)
         if voxels[0].size == 0:
             continue
         grade = _grade(view.row)
         colour = NOT_ASSESSABLE_COLOR if grade is None else GRADE_COLORS[grade]
-        ax.contour(ys, zs, mask.T, levels=[0.5], colors=colour, linewidths=1.4)
-        ax.text(ys[voxels[0].max()] + 4, zs[int(round(np.mean(voxels[1])))],
-                f"{view.row['level']}: {'n/a' if grade is None else grade}",
-                color=colour, fontsize=10, va="center", fontweight="bold", path_effects=outline)
-    ax.set_xlabel("posterior <- -> anterior (mm)")
-    ax.set_ylabel("inferior <- -> superior (mm)")
-    ax.set_title(f"{report.scan_name}: predicted Genant grade per vertebra", fontsize=11)
-    handles = [Patch(color=GRADE_COLORS[g], label=f"grade {g}") for g in sorted(GRADE_COLORS)]
-    handles.append(Patch(color=NOT_ASSESSABLE_COLOR, label="not assessable"))
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=9)
-    return _png(fig)
+        ax.contour(across, up, mask.T, levels=[0.5], colors=colour, linewidths=1.4)
+        if names:
+            ax.text(across[voxels[0].max()] + 4, up[int(round(np.mean(voxels[1])))],
+                    f"{view.row['level']}: {'n/a' if grade is None else grade}",
+                    color=colour, fontsize=10, va="center", fontweight="bold", path_effects=outline)
 
 
 def _grade(row: Mapping) -> int | None:
@@ -296,7 +332,7 @@ def render(report: ScanReport) -> str:
             f"vertebral body's centroid (15 %, 50 % and 85 % of the body's depth from the front); a vertebra whose "
             f"body touches the scan's edge is not assessable and not graded; the saliency (Grad-CAM, when shown) marks where the network's evidence for its grade "
             f"lies, brighter = more.</p>"
-            f"<img src='{overview_figure(report)}' alt='sagittal overview'>{sections}</body></html>")
+            f"<img src='{overview_figure(report)}' alt='sagittal and coronal overview'>{sections}</body></html>")
 
 
 def write_scan_report(path: str | Path, report: ScanReport) -> Path:
