@@ -116,7 +116,7 @@ def test_a_folder_of_scans_gives_one_table_with_the_screening_decision(tmp_path,
     # the same world data stored two ways grade the same
     assert np.allclose(table.loc[table.scan == "a", "fracture_prob"], table.loc[table.scan == "b", "fracture_prob"],
                        atol=1e-4)
-    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["a.html", "b.html"]
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["a.html", "b.html", "index.html"]
     err = capsys.readouterr().err
     assert "[1/2] a: 3 vertebrae graded" in err and "[2/2] b: 3 vertebrae graded" in err
 
