@@ -55,6 +55,7 @@ screenshots: $(STAMP)
 # Regenerate the committed reference report results/default (replaces it).
 reference: $(STAMP)
 	$(VENV)/bin/vfnb study --params params/default.yaml --out results/default --overwrite
+	$(PY) -m vfnb.study.portable results/default
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
