@@ -13,16 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-def _ds(value: float) -> str:
-    """A DICOM decimal string (at most 16 characters), as exact as that allows."""
-    for digits in range(10, 0, -1):
-        text = f"{value:.{digits}f}".rstrip("0").rstrip(".")
-        if len(text) <= 16:
-            return text
-    return f"{value:.6g}"
+from benchmarks.dicom_series import LPS_FROM_RAS, _ds  # DICOM decimal strings; LPS from RAS
 
 
 def _jpeg_lossless(pixels: np.ndarray) -> bytes:
