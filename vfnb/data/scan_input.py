@@ -30,9 +30,16 @@ class CTScan:
 
 
 def is_ct_input(path: str | os.PathLike) -> bool:
-    """Whether ``path`` names one CT (a file, or a folder holding a DICOM series), not a folder of CT files."""
+    """Whether ``path`` names one CT (a file, or a folder holding a DICOM series), not a folder of CT files.
+
+    A folder with NIfTI files directly in it is a folder of CTs, whatever its subfolders hold.
+    """
     path = Path(path)
-    return not path.is_dir() or is_dicom_folder(path)
+    if not path.is_dir():
+        return True
+    if any(p.name.endswith((".nii", ".nii.gz")) and not p.name.startswith(".") for p in path.iterdir()):
+        return False
+    return is_dicom_folder(path)
 
 
 def read_ct(path: str | os.PathLike, series: str | None = None) -> CTScan:
