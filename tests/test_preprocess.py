@@ -203,7 +203,7 @@ def test_border_and_padding_are_warned():
     ct[seg > 0] = 500
     (patch,) = extract_patches_from_arrays(ct, seg, np.diag([1.0, 1.0, 1.0, 1.0]), size=30)
     assert patch.box == ((0, 10), (5, 35), (2, 8))
-    assert any("border" in w for w in patch.warnings)
+    assert any("touches the scan's left edge" in w for w in patch.warnings)
     assert any("padded" in w for w in patch.warnings)
     assert (patch.image[:8] == PAD_HU).all()  # 10 voxels widened to 30: 10 voxels each side, outside
     assert patch.image[15, 15, 3] == 500
