@@ -138,9 +138,9 @@ def _printed(cells: list[dict], fragment: str, which: str) -> str:
 
 
 @pytest.mark.slow
-def test_every_cell_executes_again_without_training_again(tmp_path):
+def test_every_cell_executes_again_without_training_again(tmp_path, smoke_data_dir):
     merged = study.resolve_param_paths(study.merge_params([ROOT / "params" / "smoke.yaml"],
-                                                          [f"data_dir={tmp_path / 'data'}"]), ROOT)
+                                                          [f"data_dir={smoke_data_dir}"]), ROOT)
     params = study.validate_study_params(merged).as_dict()  # what the runner hands the notebooks
     run_dir = tmp_path / "run"
     with study.project_kernel() as kernel:

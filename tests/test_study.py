@@ -274,9 +274,9 @@ class _Links(HTMLParser):
 
 
 @pytest.mark.slow
-def test_smoke_study_end_to_end(tmp_path):
+def test_smoke_study_end_to_end(tmp_path, smoke_data_dir):
     out = tmp_path / "results" / "smoke"
-    result = run_study([SMOKE], [f"data_dir={tmp_path / 'data'}"], out, progress=False)
+    result = run_study([SMOKE], [f"data_dir={smoke_data_dir}"], out, progress=False)
     assert result == out and not out.with_name("smoke.failed").exists()
 
     # metrics.json: every model, every headline number finite, CIs around the point
