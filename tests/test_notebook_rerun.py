@@ -139,8 +139,10 @@ def _printed(cells: list[dict], fragment: str, which: str) -> str:
 
 @pytest.mark.slow
 def test_every_cell_executes_again_without_training_again(tmp_path, smoke_data_dir):
-    merged = study.resolve_param_paths(study.merge_params([ROOT / "params" / "smoke.yaml"],
-                                                          [f"data_dir={smoke_data_dir}"]), ROOT)
+    # smoke parameters; no occlusion and fewer resamples: this test is about executing cells again, the smoke
+    # study's test checks what they compute
+    overrides = [f"data_dir={smoke_data_dir}", "occlusion_checked=0", "n_boot=10"]
+    merged = study.resolve_param_paths(study.merge_params([ROOT / "params" / "smoke.yaml"], overrides), ROOT)
     params = study.validate_study_params(merged).as_dict()  # what the runner hands the notebooks
     run_dir = tmp_path / "run"
     with study.project_kernel() as kernel:
