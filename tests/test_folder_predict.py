@@ -107,3 +107,11 @@ def test_a_scan_named_index_is_refused_when_reports_are_asked_for(tmp_path, caps
     img, seg = _folders(tmp_path, names=("index",))
     assert _predict(img, seg, tmp_path / "g.csv", "--report", str(tmp_path / "r")) == 2
     assert "a scan named 'index'" in capsys.readouterr().err
+
+
+def test_predict_says_what_it_does_before_the_slow_part_and_after_each_scan(tmp_path, capsys):
+    img, seg = _folders(tmp_path, names=("a",))
+    assert main(["predict", "--ct", str(img / "a.nii.gz"), "--seg", str(seg / "a.nii.gz"),
+                 "--out", str(tmp_path / "g.csv")]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith(f"vfnb predict: reading {img / 'a.nii.gz'}") and "a: 3 vertebrae graded" in lines

@@ -100,6 +100,8 @@ def _cmd_train(a):
 
 
 def _cmd_predict(a):
+    # the first output comes after PyTorch, the model and the scan are loaded: say so at once
+    print(f"vfnb predict: reading {a.ct} (loading PyTorch and the model first: a few seconds)", file=sys.stderr)
     from .inference.command import predict_command
 
     failed = predict_command(a.ct, a.seg, a.checkpoint, a.out, device=a.device, overwrite=a.overwrite,

@@ -221,6 +221,8 @@ def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwri
             table["error"] = ""
             progress.record(name, table.to_csv(index=False, float_format="%.6f"))
             print(f"[{i}/{len(pairs)}] {name}: {len(table)} vertebrae graded", file=sys.stderr)
+        else:
+            print(f"{name}: {len(table)} vertebrae graded", file=sys.stderr)
         tables.append(table)
     table = _write_table(tables, out, folder_mode, len(pairs) - len(failures))
     if folder_mode and report is not None:
