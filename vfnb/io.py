@@ -27,6 +27,10 @@ import yaml
 from .errors import DatasetError, VfnbError
 
 NIFTI_SUFFIX = ".nii.gz"
+#: The file endings of a NIfTI file, longest first.
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+#: How far (mm) two affines may differ and still describe one voxel grid (a CT and its label map).
+AFFINE_TOLERANCE_MM = 1e-3
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -662,7 +666,7 @@ def save_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) ->
 
 
 def strip_nifti_suffix(name: str) -> str:
-    for suffix in (".nii.gz", ".nii"):
+    for suffix in NIFTI_ENDINGS:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name

@@ -32,16 +32,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError
-from ..io import NIFTI_SUFFIX, load_nifti, load_yaml, strip_nifti_suffix, verify_nifti
+from ..io import AFFINE_TOLERANCE_MM, NIFTI_SUFFIX, load_nifti, load_yaml, strip_nifti_suffix, verify_nifti
 from ..levels import GRADES, LEVEL_NAMES, level_name, spine_order
 from .label_schemes import read_vertebra_labels
 from .original import ANNOTATION_FILE, outside_links, scan_original
-from .resample import onto_grid
+from .resample import onto_ct_grid
 from .scan_input import read_ct
 from .processed import (LIST_INFIX, LIST_SUFFIX, SPLITS, parse_list_filename, parse_patch_name,
                         validate_list_entries)
-
-AFFINE_TOLERANCE_MM = 1e-3
 
 
 @dataclass
@@ -243,10 +241,8 @@ def _check_original(root: Path, report: CheckReport) -> None:
             continue
         report.label_schemes[case.case_id] = labels.describe()
         report.warnings.extend(f"{case.seg_path}: {note}" for note in labels.notes)
-        seg, seg_affine = labels.array, labels.affine
-        reordered = onto_grid(seg, seg_affine, ct_shape, ct_affine) if seg.ndim == 3 else None
-        if reordered is not None:  # the same voxels in another array order: pre-processing re-orders them
-            seg, seg_affine = reordered, ct_affine
+        # the same voxels in another array order: pre-processing re-orders them too
+        seg, seg_affine = onto_ct_grid(labels.array, labels.affine, ct_shape, ct_affine)
         _compare_geometry(case.image_path, (ct_shape, ct_affine), case.seg_path, (seg.shape, seg_affine),
                           report.errors)
         present = {int(v) for v in np.unique(seg).tolist() if v != 0}

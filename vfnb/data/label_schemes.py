@@ -91,7 +91,7 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import DatasetError, ParamsError
-from ..io import load_nifti
+from ..io import AFFINE_TOLERANCE_MM, NIFTI_ENDINGS, load_nifti
 from ..levels import GRADABLE_LABELS, MAX_LABEL, label_from_level, level_name, spine_order
 
 SCHEMES = ("verse", "totalsegmentator")
@@ -115,7 +115,6 @@ _LEVEL = r"(C[1-7]|T1[0-3]|T[1-9]|L[1-6]|S1|sacrum|coccyx)"
 STRUCTURE_PATTERN = re.compile(rf"(?:vertebrae?[_-])?{_LEVEL}", re.IGNORECASE)
 #: A file name (without ``.nii`` / ``.nii.gz``) that says a level: ``vertebrae_L1``, ``T12_mask``.
 FILE_LEVEL_PATTERN = re.compile(rf"(?:vertebrae?[_-])?{_LEVEL}(?:[_-](?:mask|msk|seg|label))?", re.IGNORECASE)
-NIFTI_ENDINGS = (".nii.gz", ".nii")
 
 SACRUM, COCCYX = 26, 27
 MAX_HEIGHT_MM = {"vertebra": 80.0, SACRUM: 160.0, COCCYX: 80.0}  # along the body axis
@@ -129,7 +128,6 @@ _VERSE_SEQUENCE = list(range(1, 20)) + [28] + list(range(20, 28))  # C1 .. T12, 
 _TOTALSEG_SEQUENCE = list(range(1, 25)) + [SACRUM]  # C1 .. L5, sacrum
 _OPTIONAL = {25, 28}  # L6, T13: most spines have neither
 MAX_XML_BYTES = 1_000_000
-AFFINE_TOLERANCE_MM = 1e-3  # a label map's affine must match its CT's to this (voxel -> world mm)
 
 
 @dataclass

@@ -75,7 +75,7 @@ from ..io import atomic_write_json, atomic_write_text, output_folder, overlap, s
 from ..levels import LEVEL_NAMES, MAX_LABEL, level_name, spine_order
 from .origin import source_origin
 from .processed import patch_filename
-from .resample import onto_grid, patch_grid, sample_in_world, voxel_spacing, world_box
+from .resample import onto_ct_grid, patch_grid, sample_in_world, voxel_spacing, world_box
 from .scan_input import read_ct
 
 PAD_HU = -1024  # air: the value of patch voxels that fall outside the scan
@@ -308,11 +308,7 @@ def _load_scan(ct_path, seg_path, label_scheme: str = "auto"):
     labels = read_vertebra_labels(seg_path, label_scheme)
     for note in labels.notes:
         print(f"warning: {seg_path}: {note}", file=sys.stderr)
-    seg, seg_affine = labels.array, labels.affine
-    if seg.ndim == 3 and (seg.shape != image.shape or not np.allclose(seg_affine, affine, atol=1e-3)):
-        reordered = onto_grid(seg, seg_affine, image.shape, affine)
-        if reordered is not None:
-            seg, seg_affine = reordered, affine
+    seg, seg_affine = onto_ct_grid(labels.array, labels.affine, image.shape, affine)
     if seg.shape != image.shape:
         raise DatasetError(f"{seg_path}: label map shape {seg.shape} differs from the CT {ct_path} shape {image.shape}")
     if image.dtype.kind not in "iuf":

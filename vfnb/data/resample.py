@@ -33,6 +33,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from ..io import AFFINE_TOLERANCE_MM
+
 SPLINE_MARGIN = 8  # source voxels kept around the patch for the cubic prefilter
 TIE_NUDGE = 1e-6  # patch voxels along +X, +Y, +Z: nearest-neighbour ties go to the +RAS side (module docstring)
 
@@ -212,3 +214,17 @@ def onto_grid(volume: np.ndarray, volume_affine: np.ndarray, shape: Sequence[int
         if start != 0:
             return None
     return np.ascontiguousarray(out)
+
+
+def onto_ct_grid(volume: np.ndarray, volume_affine: np.ndarray, shape: Sequence[int],
+                 affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(volume, its affine)`` on the CT's grid when it stores the CT's voxels in another array order; else as given.
+
+    The caller then checks shape and affine as before: a volume on another grid
+    comes back unchanged, to be refused there (:func:`onto_grid` says which is which).
+    """
+    same = np.shape(volume) == tuple(shape) and np.allclose(volume_affine, affine, rtol=0.0, atol=AFFINE_TOLERANCE_MM)
+    if np.ndim(volume) != 3 or same:
+        return volume, volume_affine
+    reordered = onto_grid(volume, volume_affine, shape, affine)
+    return (volume, volume_affine) if reordered is None else (reordered, np.asarray(affine, float))

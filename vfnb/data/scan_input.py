@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError
+from ..io import NIFTI_ENDINGS
 from .dicom import DicomSeries, find_series, is_dicom_file, is_dicom_folder, read_series
 
 
@@ -37,7 +38,7 @@ def is_ct_input(path: str | os.PathLike) -> bool:
     path = Path(path)
     if not path.is_dir():
         return True
-    if any(p.name.endswith((".nii", ".nii.gz")) and not p.name.startswith(".") for p in path.iterdir()):
+    if any(p.name.endswith(NIFTI_ENDINGS) and not p.name.startswith(".") for p in path.iterdir()):
         return False
     return is_dicom_folder(path)
 

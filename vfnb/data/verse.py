@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError
-from ..io import NIFTI_SUFFIX, load_nifti, output_folder, refuse_outputs_over_inputs, safe_member, save_nifti, \
+from ..io import AFFINE_TOLERANCE_MM, NIFTI_SUFFIX, load_nifti, output_folder, refuse_outputs_over_inputs, safe_member, save_nifti, \
     verify_nifti
 from ..levels import MAX_LABEL, level_name, spine_order
 from .original import ANNOTATION_FILE, write_annotation
@@ -70,7 +70,6 @@ from .verse_files import VerseScan, find_verse_scans, read_centroids
 from .verse_grades import GradeEntry, read_grade_table
 
 NEVER_GRADED = (26, 27)  # sacrum and coccyx
-AFFINE_TOLERANCE_MM = 1e-3
 SLAB = 32  # label-map slices converted at a time (bounds the memory of the integer check)
 
 __all__ = ["ImportPlan", "VerseScan", "find_verse_scans", "import_verse", "plan_verse_import", "read_grade_table"]

@@ -41,9 +41,9 @@ from typing import Mapping
 import pandas as pd
 
 from ..errors import DatasetError, VfnbError
-from ..data.dicom import find_series, is_dicom_folder
+from ..data.dicom import is_dicom_folder
 from ..data.scan_input import is_ct_input
-from ..io import atomic_write_text, refuse_outputs_over_inputs, spreadsheet_safe, strip_nifti_suffix
+from ..io import NIFTI_ENDINGS, atomic_write_text, refuse_outputs_over_inputs, spreadsheet_safe, strip_nifti_suffix
 from ..models.checkpoints import load_checkpoint
 from ..models.networks import resolve_device
 from .dicom_seg import write_dicom_seg
@@ -61,7 +61,6 @@ def scan_name(ct: str | Path) -> str:
     return strip_nifti_suffix(Path(ct).name)
 
 
-NIFTI_ENDINGS = (".nii.gz", ".nii")
 
 
 def scan_pairs(ct: str | Path, seg: str | Path) -> list[tuple[str, Path, Path]]:
@@ -173,7 +172,7 @@ def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwri
     if folder_mode and report is not None and any(name == "index" for name, _, _ in pairs):
         raise DatasetError(f"{ct}: a scan named 'index' would give its report the name of the folder's index page "
                            f"({report}/index.html); rename that CT")
-    dicom_series = _planned_dicom_seg(dicom_seg, ct, seg, checkpoint, series, folder_mode, overwrite)
+    _check_dicom_seg(dicom_seg, ct, seg, checkpoint, folder_mode, overwrite)
     label_maps = plan_label_maps(label_map, [name for name, _, _ in pairs], folder_mode,
                                  {"--ct": ct, "--seg": seg, "--checkpoint": checkpoint,
                                   "--operating-points": operating_points}, overwrite or resume)
@@ -207,8 +206,7 @@ def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwri
         report_path = None if report is None else (Path(report) / f"{name}.html" if folder_mode else report)
         try:
             table = _grade_one(name, ct_path, seg_path, model, checkpoint, device, series, saliency_dir,
-                               report_path, point, label_maps, overwrite or resume,
-                               None if dicom_series is None else (dicom_series, dicom_seg), label_scheme)
+                               report_path, point, label_maps, overwrite or resume, dicom_seg, label_scheme)
         except VfnbError as exc:
             if not folder_mode:
                 raise
@@ -241,16 +239,15 @@ def predict_command(ct, seg, checkpoint, out=None, device: str = "auto", overwri
     return len(failures)
 
 
-def _planned_dicom_seg(dicom_seg, ct, seg, checkpoint, series, folder_mode: bool, overwrite: bool):
-    """The DICOM series a ``--dicom-seg`` output will refer to, checked before any scan is graded (else None)."""
+def _check_dicom_seg(dicom_seg, ct, seg, checkpoint, folder_mode: bool, overwrite: bool) -> None:
+    """Refuse a ``--dicom-seg`` output before any scan is graded: no DICOM series to refer to, or a bad place."""
     if dicom_seg is None:
-        return None
+        return
     if folder_mode or not is_dicom_folder(ct):
         raise VfnbError(f"--dicom-seg {dicom_seg}: a DICOM segmentation refers to the DICOM series it segments; "
                         f"--ct {ct} is not a DICOM series folder (use --label-map for NIfTI outputs)")
     refuse_outputs_over_inputs({"--dicom-seg": dicom_seg}, {"--ct": ct, "--seg": seg, "--checkpoint": checkpoint})
     refuse_existing([dicom_seg], overwrite)
-    return find_series(ct, series)
 
 
 def _write_table(tables: list, out, folder_mode: bool, graded: int) -> pd.DataFrame:
@@ -272,7 +269,7 @@ def _grade_one(name, ct_path, seg_path, model, checkpoint, device, series, salie
                label_maps, overwrite, dicom_seg=None, label_scheme: str = "auto") -> pd.DataFrame:
     """Grade one scan and write its asked-for outputs; its table with the screening decision.
 
-    ``dicom_seg``: ``(DICOM series, path)`` of a segmentation to write, or None.
+    ``dicom_seg``: the path of a DICOM segmentation of the scan's series to write, or None.
     """
     try:
         grading = grade_scan(ct_path, seg_path, model, device=device,
@@ -282,8 +279,8 @@ def _grade_one(name, ct_path, seg_path, model, checkpoint, device, series, salie
         if name in label_maps:
             write_label_maps(grading, label_maps[name], overwrite)
         if dicom_seg is not None:
-            write_dicom_seg(grading, dicom_seg[0], dicom_seg[1], overwrite)
-            print(f"wrote the DICOM segmentation {dicom_seg[1]}", file=sys.stderr)
+            write_dicom_seg(grading, dicom_seg, overwrite)
+            print(f"wrote the DICOM segmentation {dicom_seg}", file=sys.stderr)
     except (RuntimeError, ValueError) as exc:
         if isinstance(exc, VfnbError):
             raise

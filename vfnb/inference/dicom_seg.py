@@ -47,15 +47,18 @@ def _frames(label_map: np.ndarray, label: int) -> np.ndarray:
     return np.ascontiguousarray((label_map == label)[:, ::-1, :].transpose(2, 1, 0))
 
 
-def write_dicom_seg(grading: ScanGrading, series, path: str | Path, overwrite: bool = False) -> Path:
-    """Write the segmentation of ``grading`` (a scan read from the DICOM ``series``) to ``path``, atomically."""
+def write_dicom_seg(grading: ScanGrading, path: str | Path, overwrite: bool = False) -> Path:
+    """Write the segmentation of ``grading`` (a scan read from a DICOM series: ``grading.dicom``) to ``path``, atomically."""
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
 
     from .. import __version__
 
-    path = Path(path)
+    path, series = Path(path), grading.dicom
+    if series is None:
+        raise VfnbError(f"{path}: a DICOM segmentation refers to the DICOM series it segments; this scan was not "
+                        "read from one")
     if path.exists() and not overwrite:
         raise VfnbError(f"{path}: file already exists (choose another output, or pass --overwrite)")
     sources = [pydicom.dcmread(p) for p in series.files]

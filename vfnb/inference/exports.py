@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import VfnbError
-from ..io import atomic_write_text, refuse_outputs_over_inputs, save_nifti, strip_nifti_suffix
+from ..io import NIFTI_ENDINGS, atomic_write_text, refuse_outputs_over_inputs, save_nifti, strip_nifti_suffix
 from ..levels import (GRADABLE_LABELS, GRADE_COLORS, GRADE_NAMES, GRADES, NOT_ASSESSABLE_COLOR, NOT_GRADED_COLOR,
                       level_name)
 from .outputs import refuse_existing
@@ -54,7 +54,6 @@ from .outputs import refuse_existing
 BACKGROUND_CODE = 0
 NOT_ASSESSABLE_CODE = len(GRADES) + 1  # 5
 NOT_GRADED_CODE = len(GRADES) + 2  # 6
-NIFTI_ENDINGS = (".nii.gz", ".nii")
 
 
 def grade_code(grade: int) -> int:

@@ -29,12 +29,12 @@ import numpy as np
 import torch
 
 from ..data.preprocess import as_label_map, extract_patches_from_arrays, vertebra_name
-from ..data.resample import onto_grid
+from ..data.resample import onto_ct_grid
 from ..data.scan_input import read_ct
 from ..data.transforms import eval_transform
 from ..errors import DatasetError, VfnbError
 from ..models.features import extract
-from ..io import strip_nifti_suffix
+from ..io import AFFINE_TOLERANCE_MM, strip_nifti_suffix
 from ..levels import GRADABLE_LABELS, level_name, spine_order
 from ..models.networks import GradingModel, resolve_device, unwrap_model
 from ..models.checkpoints import load_checkpoint
@@ -42,7 +42,6 @@ from .heights_grading import morphometry_grades, scan_heights, with_heights
 from .safety import annotate
 
 LOG = logging.getLogger("vfnb.inference.grading")
-AFFINE_TOLERANCE_MM = 1e-3  # CT and label map affines must agree to this (voxel -> world mm)
 
 
 def _prob_columns(num_grades: int) -> list[str]:
@@ -138,7 +137,8 @@ def _table(records: list, prob: np.ndarray):
 
 
 def _read_scan(ct: Path, seg: Path, series: str | None = None, label_scheme: str = "auto"):
-    """``(image, affine, label map, its affine)`` of one scan, checked: a 3D CT, its label map on the same grid.
+    """``(image, affine, label map, its affine, DICOM series or None)`` of one scan, checked: a 3D CT, its label
+    map on the same grid.
 
     ``ct``: a NIfTI file or a DICOM series folder (``series``: its UID when the
     folder holds several). ``label_scheme``: the label map's numbering (``auto``,
@@ -152,11 +152,7 @@ def _read_scan(ct: Path, seg: Path, series: str | None = None, label_scheme: str
     label_map, seg_affine = _read_labels(seg, label_scheme)
     if image.ndim != 3 or image.dtype.kind not in "iuf":
         raise DatasetError(f"{ct}: CT has shape {image.shape} and type {image.dtype}; expected a 3D volume of HU values")
-    if label_map.ndim == 3 and (label_map.shape != image.shape
-                                or not np.allclose(seg_affine, affine, rtol=0.0, atol=AFFINE_TOLERANCE_MM)):
-        reordered = onto_grid(label_map, seg_affine, image.shape, affine)
-        if reordered is not None:
-            label_map, seg_affine = reordered, affine
+    label_map, seg_affine = onto_ct_grid(label_map, seg_affine, image.shape, affine)
     if label_map.shape != image.shape:
         raise DatasetError(f"{seg}: label map shape {label_map.shape} does not match the CT {ct} shape {image.shape}; "
                            "expected the label map of this CT, on the same voxel grid")
@@ -166,7 +162,7 @@ def _read_scan(ct: Path, seg: Path, series: str | None = None, label_scheme: str
                            "on the same voxel grid and orientation")
     label_map = as_label_map(label_map, str(seg))
     _check_plausible(ct, image, seg, label_map, affine)
-    return image, affine, label_map, seg_affine
+    return image, affine, label_map, seg_affine, scan.dicom
 
 
 def _read_labels(seg: Path, label_scheme: str):
@@ -209,10 +205,10 @@ def _gradable_labels(label_map: np.ndarray, seg: Path) -> list[int]:
 
 def _grade_by_heights(ct: Path, seg: Path, series: str | None, label_scheme: str = "auto") -> "ScanGrading":
     """Every gradable vertebra graded from its heights on the scan's grid, without a network."""
-    image, affine, label_map, seg_affine = _read_scan(ct, seg, series, label_scheme)
+    image, affine, label_map, seg_affine, dicom = _read_scan(ct, seg, series, label_scheme)
     table = morphometry_grades(scan_heights(label_map, seg_affine, _gradable_labels(label_map, seg)))
     table.insert(0, "model_notes", "")  # no network: nothing learnt from any training data
-    return ScanGrading(table, [], [], None, image, label_map, affine)
+    return ScanGrading(table, [], [], None, image, label_map, affine, dicom)
 
 
 @dataclass
@@ -224,7 +220,8 @@ class ScanGrading:
     ``records``: the in-memory patch records given to the model; ``image``,
     ``label_map``, ``affine``: the CT, its label map and their voxel -> world affine.
     Graded without a checkpoint (the morphometry grader), ``model`` is None and
-    ``patches`` / ``records`` are empty.
+    ``patches`` / ``records`` are empty. ``dicom``: the DICOM series the CT was read
+    from (:class:`vfnb.data.dicom.DicomSeries`), None for a NIfTI CT.
     """
 
     table: Any
@@ -234,6 +231,7 @@ class ScanGrading:
     image: np.ndarray
     label_map: np.ndarray
     affine: np.ndarray
+    dicom: Any = None
 
 
 def grade_scan(ct: str | os.PathLike, seg: str | os.PathLike,
@@ -254,7 +252,7 @@ def grade_scan(ct: str | os.PathLike, seg: str | os.PathLike,
     if spec is None:
         raise VfnbError("the model carries no input size (model.input_spec is None); load it with "
                         "vfnb.models.checkpoints.load_checkpoint or set its ModelInput")
-    image, affine, label_map, seg_affine = _read_scan(ct, seg, series, label_scheme)
+    image, affine, label_map, seg_affine, dicom = _read_scan(ct, seg, series, label_scheme)
     labels = _gradable_labels(label_map, seg)
     skipped: list = []
     patches = extract_patches_from_arrays(image, label_map, affine, size=spec.patch_size, labels=labels,
@@ -273,7 +271,7 @@ def grade_scan(ct: str | os.PathLike, seg: str | os.PathLike,
     name = grader or ("network" if isinstance(checkpoint, torch.nn.Module) else str(checkpoint))
     table = with_heights(table, scan_heights(label_map, seg_affine, table["label"].tolist()), name)
     table = annotate(table, unwrap_model(model), patches)  # model_notes first; scan outside training in warnings
-    return ScanGrading(table, patches, records, unwrap_model(model), image, label_map, affine)
+    return ScanGrading(table, patches, records, unwrap_model(model), image, label_map, affine, dicom)
 
 
 def predict_scan(ct: str | os.PathLike, seg: str | os.PathLike,
