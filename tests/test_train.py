@@ -54,7 +54,7 @@ def test_supcon_then_linear_and_every_mode(tiny_processed, tmp_path):
     assert [h["epoch"] for h in sup.history] == [1, 2]
     row = sup.history[-1]
     assert set(row) == {"epoch", "steps", "loss", "lr", "val_macro_f1", "val_accuracy", "val_fracture_auc",
-                        "val_probe_macro_f1", "val_probe_fracture_auc", "epoch_seconds", "data_wait_fraction",
+                        "val_loss", "val_probe_macro_f1", "val_probe_fracture_auc", "epoch_seconds", "data_wait_fraction",
                         "loss_no_structure", "proj_cos_own_view", "proj_cos_same_grade", "proj_cos_other_grade"}
     assert [h["steps"] for h in sup.history] == [sup.history[0]["steps"] * k for k in (1, 2)]
     # the probe is the supcon run's validation number; the reference loss is ln(views in a batch - 1)
@@ -78,7 +78,10 @@ def test_supcon_then_linear_and_every_mode(tiny_processed, tmp_path):
     lin = train(_params(tiny_processed, mode="linear", epochs=1, init_checkpoint=str(sup.best_checkpoint)),
                 tmp_path / "linear")
     before, after = load_checkpoint(sup.best_checkpoint).state_dict(), load_checkpoint(lin.last_checkpoint).state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("classifier."))
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith(("classifier.", "feature_norm.")))
+    # the classifier reads standardised features: the probe's scaler became the model's fixed feature_norm
+    assert not torch.equal(after["feature_norm.scale"], torch.ones_like(after["feature_norm.scale"]))
+    assert row["val_loss"] is None and lin.history[0]["val_loss"] > 0 and lin.selected_by == "val_loss"
     assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
     # the classifier starts from a logistic regression on the frozen features: far above chance at once
     # (the tiny patches' grades differ by the box height, which even a 2-epoch encoder separates)
@@ -88,7 +91,7 @@ def test_supcon_then_linear_and_every_mode(tiny_processed, tmp_path):
     ruined = train(_params(tiny_processed, mode="linear", epochs=1, lr=500.0, momentum=0.0,
                            init_checkpoint=str(sup.best_checkpoint)), tmp_path / "linear_ruined")
     chosen = load_checkpoint_dict(ruined.best_checkpoint)
-    assert chosen["best_epoch"] == 0 and chosen["best_metric"] > ruined.history[0]["val_macro_f1"]
+    assert chosen["best_epoch"] == 0 and chosen["best_metric"] < ruined.history[0]["val_loss"]
 
     # finetune starts its classifier from the same probe fit (linear probing, then fine-tuning), and that
     # start is a candidate too: a fine-tuning step that ruins the network is not selected
@@ -96,7 +99,7 @@ def test_supcon_then_linear_and_every_mode(tiny_processed, tmp_path):
                                init_checkpoint=str(sup.best_checkpoint)), tmp_path / "finetune_ruined")
     start = load_checkpoint_dict(fin_ruined.best_checkpoint)
     assert start["best_epoch"] == 0 and start["best_metric"] == chosen["best_metric"] and fin_ruined.best_epoch == 0
-    assert start["best_metric"] > fin_ruined.history[0]["val_macro_f1"]
+    assert start["best_metric"] < fin_ruined.history[0]["val_loss"]
     lin_start = load_checkpoint(ruined.best_checkpoint).state_dict()
     fin_start = load_checkpoint(fin_ruined.best_checkpoint).state_dict()
     assert all(torch.equal(lin_start[k], fin_start[k]) for k in lin_start)  # encoder and classifier alike

@@ -322,8 +322,15 @@ def _released_model(state: dict, path) -> tuple[GradingModel, dict]:
     return model, mapped
 
 
+# Checkpoints written before the classifier read standardised features (and the study's released
+# ones) have no standardisation buffers: theirs is the identity, which the model starts with.
+_FEATURE_NORM_KEYS = ("feature_norm.mean", "feature_norm.scale")
+
+
 def _load_state(model: GradingModel, state: dict, path) -> None:
     expected = model.state_dict()
+    if not any(k in state for k in _FEATURE_NORM_KEYS):
+        state = {**state, **{k: expected[k].clone() for k in _FEATURE_NORM_KEYS}}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
@@ -343,6 +350,10 @@ def _load_state(model: GradingModel, state: dict, path) -> None:
     if broken:
         raise CheckpointError(f"{path}: weights {_few(broken)} hold NaN or infinite values; expected finite "
                               "weights (the training that wrote it diverged, or the file was damaged)")
+    scale = state["feature_norm.scale"]
+    if not bool((scale > 0).all()):
+        raise CheckpointError(f"{path}: 'feature_norm.scale' holds values <= 0; expected the positive spread of "
+                              "each training feature (the file was edited or damaged)")
     model.load_state_dict(state, strict=True)
 
 

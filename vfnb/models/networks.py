@@ -125,6 +125,27 @@ def _build_encoder(backbone: str, in_channels: int, num_grades: int, backbone_kw
     raise ValueError(f"backbone {backbone!r} unknown; expected one of {', '.join(BACKBONES)}")
 
 
+class FeatureStandardization(nn.Module):
+    """A fixed ``(feature - mean) / scale`` in front of the grade classifier (buffers, never trained).
+
+    The pooled features of a trained encoder have means of about twice their spread, so SGD
+    on a classifier that reads them raw steps in a badly conditioned space: the logistic
+    regression it starts from is undone within an epoch at any learning rate. Standardised
+    with the training features' statistics (set when the classifier starts from the probe),
+    the classifier trains where the probe was fitted. The identity by default, so a model
+    without a fitted probe (and every checkpoint written before this layer existed) computes
+    exactly what it did.
+    """
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(num_features))
+        self.register_buffer("scale", torch.ones(num_features))
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        return (feature - self.mean) / self.scale
+
+
 class GradingModel(nn.Module):
     """Encoder + projection head + grade classifier.
 
@@ -152,6 +173,7 @@ class GradingModel(nn.Module):
                                       nn.Linear(num_features, feature_dim))
         else:
             raise ValueError(f"head {head!r} unknown; expected one of {', '.join(HEADS)}")
+        self.feature_norm = FeatureStandardization(num_features)
         self.classifier = nn.Linear(num_features, num_grades)
         self.model_args = dict(model_args)
         self.input_spec: ModelInput | None = None
@@ -161,13 +183,17 @@ class GradingModel(nn.Module):
         """Pooled encoder feature ``[B, F]`` (F = :attr:`num_features`)."""
         return self.encoder(x)
 
+    def grade_logits(self, feature: torch.Tensor) -> torch.Tensor:
+        """Pooled feature ``[B, F]`` -> grade logits ``[B, num_grades]`` (standardised, then the classifier)."""
+        return self.classifier(self.feature_norm(feature))
+
     def project(self, feature: torch.Tensor) -> torch.Tensor:
         """Pooled feature ``[B, F]`` -> L2-normalised projection ``[B, feature_dim]``."""
         return F.normalize(self.head(feature), dim=1)
 
     def forward(self, x: torch.Tensor, detach_classifier: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         feature = self.embed(x)
-        logits = self.classifier(feature.detach() if detach_classifier else feature)
+        logits = self.grade_logits(feature.detach() if detach_classifier else feature)
         return logits, self.project(feature)
 
 

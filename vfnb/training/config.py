@@ -261,6 +261,16 @@ class TrainConfig:
     classifier_init: str = param("probe", Choice(("probe", "random")),
                                  "linear and finetune: the classifier starts from a logistic-regression fit on the "
                                  "frozen features (probe) or fresh (random)")
+    encoder_lr_scale: float = param(1.0, Real(0.0, low_open=True), "finetune: the encoder's learning rate as a share of lr "
+                                    "(the classifier trains at lr; 1 = one rate for the whole network)")
+    bn_statistics: str = param("auto", Choice(("auto", "frozen", "train")),
+                               "batch-norm statistics of the encoder: frozen (kept from init_checkpoint: the "
+                               "class-balanced batches of training are not the data's mix) or train; auto = frozen "
+                               "for linear and finetune, train otherwise")
+    select_by: str = param("auto", Choice(("auto", "val_macro_f1", "val_loss")),
+                           "the epoch best.pt keeps: validation macro-F1, or the validation cross-entropy "
+                           "averaged per grade (val_loss; supcon grades by its probe and uses macro-F1); auto = "
+                           "val_loss for linear and finetune, val_macro_f1 otherwise")
     init_checkpoint: str | None = param(None, PathValue(),
                                         "checkpoint to start from (required for linear and finetune) or null")
     seed: int = param(0, Integer(0), "seed of initialisation, batches and augmentation")

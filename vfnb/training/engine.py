@@ -66,6 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
@@ -78,7 +79,7 @@ from .config import RESUME_MUTABLE, TrainConfig, load_params_files, parse_overri
 from ..data.processed import ProcessedDataset
 from .distributed import Processes, is_main_process, training_processes
 from ..errors import CheckpointError, ParamsError
-from ..models.features import extract, fit_probe, probe_as_linear, probe_predict
+from ..models.features import balanced_cross_entropy, calibrated_probe, extract, probe_predict
 from ..io import atomic_write_yaml, refuse_outputs_over_inputs, release_lock
 from ..models.losses import ProjectionSimilarity, SupConLoss
 from ..models.networks import ModelInput, network_for, resolve_device
@@ -116,8 +117,18 @@ OBJECTIVES = {
 
 
 def selection_for(config: TrainConfig) -> Selection:
-    if OBJECTIVES[config.mode].graded_by_probe and config.probe == "none":
+    """Which epoch ``best.pt`` keeps: ``select_by``; ``auto`` is the validation loss for the modes that
+    start from the probe (linear, finetune: the start is a candidate, and on a small validation set
+    macro-F1 rewards whichever epoch's argmax happened to flip one rare-grade vertebra), validation
+    macro-F1 otherwise; supcon without a probe keeps the lowest training loss."""
+    objective = OBJECTIVES[config.mode]
+    if objective.graded_by_probe and config.probe == "none":
         return Selection("train_loss", "loss", lower_is_better=True)
+    key = config.select_by
+    if key == "auto":
+        key = "val_loss" if objective.from_checkpoint else "val_macro_f1"
+    if key == "val_loss" and not objective.graded_by_probe:
+        return Selection("val_loss", "val_loss", lower_is_better=True)
     return Selection("val_macro_f1", "val_macro_f1")
 
 
@@ -247,6 +258,10 @@ def train_one_epoch(state: "TrainingState", batches, epoch: int, run_dir: Path) 
     state.net.train()
     if objective.frozen_encoder:
         state.model.encoder.eval()  # frozen encoder: keep its batch-norm statistics
+    elif frozen_bn_statistics(config):
+        for module in state.model.encoder.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()  # normalise with the start's statistics; the affine parameters still train
     loss_sum = torch.zeros(2, dtype=torch.float64)  # [sum of batch losses, batches]
     similarity, wait, started, steps = ProjectionSimilarity(), 0.0, time.perf_counter(), len(batches)
     stream = batches.epoch(epoch)
@@ -299,7 +314,7 @@ def objective_loss(state: "TrainingState", logits, projected, grades, n: int, v:
 def validate(state: "TrainingState", data) -> dict:
     """The validation columns of a history row (main process only; None where a mode has no such number)."""
     config, objective = state.config, state.objective
-    row = dict.fromkeys(("val_macro_f1", "val_accuracy", "val_fracture_auc", "val_probe_macro_f1",
+    row = dict.fromkeys(("val_macro_f1", "val_accuracy", "val_fracture_auc", "val_loss", "val_probe_macro_f1",
                          "val_probe_fracture_auc"))
     if objective.graded_by_probe and config.probe == "none":
         return row
@@ -313,18 +328,21 @@ def validate(state: "TrainingState", data) -> dict:
     if objective.graded_by_probe:
         row["val_macro_f1"], row["val_accuracy"] = macro_f1_accuracy(val.grades, pred)
         row["val_fracture_auc"] = row["val_probe_fracture_auc"]
+    elif not np.isfinite(val.logits).all():
+        # the training diverged: the worst validation numbers, so selection keeps an earlier epoch
+        LOG.warning("%s: non-finite validation outputs (the training diverged; try a lower lr)", config.mode)
+        row.update(val_macro_f1=0.0, val_accuracy=0.0)  # val_loss stays None: never selected
     else:
         row["val_macro_f1"], row["val_accuracy"] = macro_f1_accuracy(val.grades, val.logits.argmax(1))
         p_normal = torch.softmax(torch.as_tensor(val.logits), dim=1)[:, 0].numpy()
         row["val_fracture_auc"] = evaluate.fracture_auc(val.grades, 1.0 - p_normal)
+        row["val_loss"] = balanced_cross_entropy(val.logits, val.grades)
     return row
 
 
 def validate_classifier(state: "TrainingState", data) -> float:
-    """Validation macro-F1 of the classifier as it is (the probe start of linear / finetune)."""
-    state.model.eval()
-    val = _extract(state, data.val_loader)
-    return macro_f1_accuracy(val.grades, val.logits.argmax(1))[0]
+    """The selection metric of the classifier as it is (the probe start of linear / finetune)."""
+    return validate(state, data)[selection_for(state.config).key]
 
 
 def _extract(state: "TrainingState", loader):
@@ -419,11 +437,11 @@ def build_training_state(config: TrainConfig, data, processes: Processes, ckpt: 
     starts_from_probe = ckpt is None and objective.from_checkpoint and config.classifier_init == "probe"
     if starts_from_probe:
         # deterministic, so every rank computes the same start (DDP also broadcasts rank 0's)
-        classifier_from_probe(model, data.train_set, config, device)
+        classifier_from_probe(model, data, config, device)
     channels_last = config.channels_last is True or (config.channels_last == "auto" and device.type == "cuda")
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+    optimizer = torch.optim.SGD(parameter_groups(model, config), lr=config.lr,
                                 momentum=config.momentum, weight_decay=config.weight_decay)
     if config.lr_schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
@@ -444,6 +462,28 @@ def build_training_state(config: TrainConfig, data, processes: Processes, ckpt: 
                SupConLoss(temperature=config.temperature, base_temperature=config.base_temperature),
                use_amp=device.type == "cuda" and config.amp in ("auto", True), channels_last=channels_last,
                starts_from_probe=starts_from_probe)
+
+
+def parameter_groups(model, config: TrainConfig) -> list[dict]:
+    """The trained parameters as SGD groups: everything but the encoder at ``lr`` (group 0, the logged
+    rate), the encoder at ``lr * encoder_lr_scale`` (fine-tuning moves a pretrained encoder gently
+    while its new classifier learns at full rate)."""
+    encoder = {id(p) for p in model.encoder.parameters()}
+    trained = [p for p in model.parameters() if p.requires_grad]
+    if config.encoder_lr_scale == 1.0:
+        return [{"params": trained}]  # one rate: one group, as optimizer states written before this option hold
+    groups = [{"params": [p for p in trained if id(p) not in encoder]}]
+    encoder_params = [p for p in trained if id(p) in encoder]
+    if encoder_params:
+        groups.append({"params": encoder_params, "lr": config.lr * config.encoder_lr_scale})
+    return [g for g in groups if g["params"]]
+
+
+def frozen_bn_statistics(config: TrainConfig) -> bool:
+    """Whether the encoder's batch-norm layers normalise with their stored statistics while training."""
+    if config.bn_statistics == "auto":
+        return OBJECTIVES[config.mode].from_checkpoint
+    return config.bn_statistics == "frozen"
 
 
 def build_network(config: TrainConfig):
@@ -469,16 +509,22 @@ def _maybe_sync_bn(model, config: TrainConfig, processes: Processes):
     return model
 
 
-def classifier_from_probe(model, train_set, config: TrainConfig, device) -> None:
-    """Set ``model.classifier`` to the logistic-regression probe fitted on the centred training views' features."""
+def classifier_from_probe(model, data, config: TrainConfig, device) -> None:
+    """Start ``model``'s classifier from the logistic-regression probe on the centred training views' features.
+
+    The probe's regularisation is chosen on the validation views (:func:`vfnb.models.features.calibrated_probe`);
+    its standardisation becomes the model's fixed ``feature_norm``, its weights the classifier.
+    """
     model.eval()
-    loader = torch.utils.data.DataLoader(train_set.as_eval(), batch_size=config.eval_batch_size, shuffle=False)
-    seen = extract(model, loader, device)
-    weight, bias = probe_as_linear(fit_probe("logreg", seen.features, seen.grades, config.seed),
-                                   model.classifier.out_features)
+    loader = torch.utils.data.DataLoader(data.train_set.as_eval(), batch_size=config.eval_batch_size, shuffle=False)
+    train_part, val = extract(model, loader, device), extract(model, data.val_loader, device)
+    probe = calibrated_probe(train_part, val, model.classifier.out_features, config.seed)
+    LOG.info("%s: classifier starts from the logistic-regression probe (C = %g, chosen on validation)",
+             config.mode, probe.C)
     with torch.no_grad():
-        model.classifier.weight.copy_(torch.as_tensor(weight, dtype=model.classifier.weight.dtype))
-        model.classifier.bias.copy_(torch.as_tensor(bias, dtype=model.classifier.bias.dtype))
+        for target, value in ((model.feature_norm.mean, probe.mean), (model.feature_norm.scale, probe.scale),
+                              (model.classifier.weight, probe.weight), (model.classifier.bias, probe.bias)):
+            target.copy_(torch.as_tensor(value, dtype=target.dtype))
 
 
 # ------------------------------------------------------------------ run folders and resuming

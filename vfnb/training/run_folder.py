@@ -33,6 +33,9 @@ class Selection:
     lower_is_better: bool = False
 
     def better(self, value, best) -> bool:
+        """Whether ``value`` beats ``best``; a missing value (a diverged epoch) never does."""
+        if value is None or value != value:
+            return False
         return best is None or (value < best if self.lower_is_better else value > best)
 
 
