@@ -90,6 +90,9 @@ class Checkpointer:
         return improved
 
     def result(self) -> TrainResult:
+        if self.history and self.best_epoch is None:
+            raise VfnbError(f"{self.run_dir}: no epoch gave finite validation outputs (the training diverged); "
+                            "no best.pt was written; train again with a lower lr")
         return TrainResult(run_dir=self.run_dir, best_checkpoint=self.run_dir / "best.pt",
                            last_checkpoint=self.run_dir / "last.pt", history=self.history, best_metric=self.best,
                            best_epoch=self.best_epoch, selected_by=self.selection.name)
