@@ -26,6 +26,9 @@ install: $(STAMP)
 
 $(STAMP): requirements.in requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@command -v nvidia-smi >/dev/null || [ -n "$(TORCH_INDEX)" ] || echo "note: no NVIDIA driver found; torch comes \
+	from pip's index as configured (plain PyPI: the CUDA build, several GB). The CPU-only build: make clean-venv && \
+	make install TORCH_INDEX=https://download.pytorch.org/whl/cpu (README: Which PyTorch build gets installed)"
 	# torch first, pinned to the version the reference results were made with, and from
 	# TORCH_INDEX when given; the constraints below then keep it.
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0$(if $(TORCH_INDEX), --index-url $(TORCH_INDEX))

@@ -180,7 +180,8 @@ def show_given_parameters(ipynb: Path, shown: Mapping, final_dir: str) -> None:
     for cell in nb.cells:
         if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
             names = [line.split("=", 1)[0].strip() for line in cell.source.splitlines() if "=" in line]
-            cell.source = "\n".join(["# Parameters, as given to `vfnb study` (paths relative to where it ran)",
+            cell.source = "\n".join(["# Parameters, as given to `vfnb study` (paths relative to where it ran);",
+                                     "# they replace the defaults of the cell above",
                                      *(_assignment(k, shown[k]) for k in names if k in shown)])
     record = nb.metadata.get("papermill")
     if isinstance(record, dict):
