@@ -76,7 +76,7 @@ def build_step(backbone: str, cube_size: int, vertebrae: int, device: str = "cpu
 # Training steps per second of the engine's own loop (vfnb.training.engine.train_one_epoch):
 # "today" = the settings before the fast CPU path (MONAI augmentation per view in the
 # DataLoader workers, contiguous tensors); "new" = the current defaults (batched torch
-# augmentation in the workers, channels-last-3d). Both in one process, epochs alternating,
+# augmentation in the workers, channels-last-3d for the default resnet10). Both in one process, epochs alternating,
 # so the ratio of each pair is measured under the same load.
 FMA_FP32_FLOPS_PER_CYCLE = 32  # AVX2: 2 FMA units x 8 fp32 lanes x 2 FLOPs per core and cycle
 TODAY = {"augment_on": "cpu", "channels_last": False}

@@ -266,7 +266,7 @@ class TrainConfig:
     seed: int = param(0, Integer(0), "seed of initialisation, batches and augmentation")
     device: str = param("auto", Device(), "auto (CUDA when present), cpu, cuda or cuda:N")
     amp: Any = param("auto", Flag(auto=True), "bf16 autocast: auto = on CUDA only")
-    channels_last: Any = param("auto", Flag(auto=True), "channels-last-3d memory format: auto = on (CUDA and CPU)")
+    channels_last: Any = param("auto", Flag(auto=True), "channels-last-3d memory format: auto = on CUDA, and on the CPU for resnet10 / resnet18")
     sync_bn: bool = param(False, Flag(), "SyncBatchNorm under DDP (CUDA only)")
     workers: int = param(2, Integer(0, 64), "DataLoader worker processes for training batches")
     threads: Any = param("auto", Threads(), "CPU torch threads per process: auto = cores / processes - workers")

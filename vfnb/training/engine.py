@@ -420,7 +420,7 @@ def build_training_state(config: TrainConfig, data, processes: Processes, ckpt: 
     if starts_from_probe:
         # deterministic, so every rank computes the same start (DDP also broadcasts rank 0's)
         classifier_from_probe(model, data.train_set, config, device)
-    channels_last = uses_channels_last(config.channels_last)
+    channels_last = uses_channels_last(config.channels_last, device, config.backbone)
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=config.lr,
@@ -446,14 +446,21 @@ def build_training_state(config: TrainConfig, data, processes: Processes, ckpt: 
                starts_from_probe=starts_from_probe)
 
 
-def uses_channels_last(channels_last) -> bool:
-    """Whether the step runs in the channels-last-3d memory format (``auto``: yes, on CUDA and on the CPU).
+CHANNELS_LAST_ON_CPU = ("resnet10", "resnet18")  # backbones whose CPU step is faster in channels-last-3d
 
-    On the CPU, oneDNN's 3D convolution backward is much faster on channels-last tensors
-    than on contiguous ones at the study's cube sizes (benchmarks ``steps``); the values
-    are the same up to float rounding (tests/test_step_settings.py).
+
+def uses_channels_last(channels_last, device: torch.device, backbone: str) -> bool:
+    """Whether the step runs in the channels-last-3d memory format.
+
+    ``auto``: on CUDA always; on the CPU for the basic-block ResNets
+    (:data:`CHANNELS_LAST_ON_CPU`), whose 3D convolution backward oneDNN runs much faster
+    on channels-last tensors at the study's cube sizes, but not for SEResNet50, whose
+    step is slower so (benchmarks ``steps``, BENCHMARKS.md). The values are the same up
+    to float rounding (tests/test_step_settings.py).
     """
-    return channels_last is True or channels_last == "auto"
+    if channels_last == "auto":
+        return device.type == "cuda" or backbone in CHANNELS_LAST_ON_CPU
+    return channels_last is True
 
 
 def build_network(config: TrainConfig):
