@@ -16,9 +16,9 @@ stream, so a resumed run and a run with another number of workers see the same o
   views wherever they are made (workers or not).
 
 ``augment_on`` picks the path (:func:`batched_augmentation`): ``cpu`` MONAI per view,
-``device`` batched, ``auto`` batched everywhere. The batched path costs a third to a
-half of the CPU time of the per-view one for a batch (BENCHMARKS.md, ``steps``), which
-on a 2-core machine is time taken from the training step itself.
+``device`` batched, ``auto`` batched everywhere. The batched path takes a third to a
+half less CPU time per batch than the per-view one (BENCHMARKS.md, ``steps``), time that
+on a 2-core machine is otherwise taken from the training step itself.
 
 :class:`TrainingBatches` starts an epoch's iterator on request, so DataLoader workers
 prepare the next epoch's first batches while the main process validates; batches
