@@ -5,6 +5,11 @@
 The step is: forward, cross-entropy on the classifier over the *detached* pooled
 feature plus SupCon on the projections (STUDY §1.5), backward, SGD (lr 0.005,
 momentum 0.9, weight decay 1e-4).
+
+:func:`run` is the ``steps`` section of ``python -m benchmarks``: training steps per
+second of the engine's loop for the default recipe, data path included, and of the
+step alone for resnet10 and the paper's SEResNet50, today's settings against the new
+ones, with FLOPs per step and the share of the fp32 peak (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -76,8 +81,8 @@ def build_step(backbone: str, cube_size: int, vertebrae: int, device: str = "cpu
 # Training steps per second of the engine's own loop (vfnb.training.engine.train_one_epoch):
 # "today" = the settings before the fast CPU path (MONAI augmentation per view in the
 # DataLoader workers, contiguous tensors); "new" = the current defaults (batched torch
-# augmentation in the workers, channels-last-3d for the default resnet10). Both in one process, epochs alternating,
-# so the ratio of each pair is measured under the same load.
+# augmentation in the workers, channels-last-3d for the default resnet10). Both in one
+# process, epochs alternating, so the ratio of each pair is measured under the same load.
 FMA_FP32_FLOPS_PER_CYCLE = 32  # AVX2: 2 FMA units x 8 fp32 lanes x 2 FLOPs per core and cycle
 TODAY = {"augment_on": "cpu", "channels_last": False}
 NEW = {"augment_on": "auto", "channels_last": "auto"}
