@@ -27,7 +27,7 @@ from pathlib import Path
 
 from . import harness
 
-SECTIONS = ("augmentation", "pipeline", "training", "inference", "predict", "predict_dicom", "heights_peer", "data",
+SECTIONS = ("augmentation", "pipeline", "training", "steps", "inference", "predict", "predict_dicom", "heights_peer", "data",
             "study")
 
 

@@ -8,9 +8,17 @@ stream, so a resumed run and a run with another number of workers see the same o
 - on the CPU path (MONAI in the DataLoader workers) each vertebra's views are drawn
   with a seed from ``(seed, epoch, rank, step, position in the batch)``
   (:class:`SeededBatches`);
-- on the device path (:mod:`vfnb.data.device_augment`) the loader only reads the
-  cached patches and the whole batch is augmented on the training device with a
-  generator seeded by ``(seed, epoch, rank, step)`` and a stream tag.
+- on the batched path (:mod:`vfnb.data.device_augment`) the whole batch is augmented at
+  once, with torch, by a generator seeded by ``(seed, epoch, rank, step)`` and a stream
+  tag: on a GPU the loader only reads the cached patches and the main process augments
+  on the device; on the CPU the loader workers augment (:class:`AugmentingCollate`), so
+  the batch arrives ready while the main process trains. The same key gives the same
+  views wherever they are made (workers or not).
+
+``augment_on`` picks the path (:func:`batched_augmentation`): ``cpu`` MONAI per view,
+``device`` batched, ``auto`` batched everywhere. The batched path takes a third to a
+half less CPU time per batch than the per-view one (BENCHMARKS.md, ``steps``), time that
+on a 2-core machine is otherwise taken from the training step itself.
 
 :class:`TrainingBatches` starts an epoch's iterator on request, so DataLoader workers
 prepare the next epoch's first batches while the main process validates; batches
@@ -49,9 +57,74 @@ class SeededBatches:
             yield [(int(i), int(s)) for i, s in zip(batch, seeds)]
 
 
+def batched_augmentation(augment_on: str) -> bool:
+    """Whether training views come from the batched augmentation (``augment_on`` auto or device), not MONAI per view."""
+    return augment_on in ("auto", "device")
+
+
 def augments_on_device(augment_on: str, device: torch.device) -> bool:
-    """Whether training views are augmented on ``device`` (``augment_on``: auto = on CUDA only)."""
-    return augment_on == "device" or (augment_on == "auto" and device.type == "cuda")
+    """Whether the main process augments each batch on ``device`` (the batched path on a GPU).
+
+    On the CPU the batched path runs in the loader (workers, or the main process with
+    none), inside :class:`AugmentingCollate`, so the views are ready when the step starts.
+    """
+    return batched_augmentation(augment_on) and device.type != "cpu"
+
+
+class KeyedBatches:
+    """Batch sampler wrapper: each index becomes ``(index, epoch, step)``, the key of its batch's augmentation."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        epoch = self.sampler.epoch  # fixed when the epoch's iterator starts
+        for step, batch in enumerate(self.sampler):
+            yield [(int(i), epoch, step) for i in batch]
+
+
+class KeyedPatches(torch.utils.data.Dataset):
+    """:class:`~vfnb.data.device_augment.CachedPatches` read by ``(index, epoch, step)`` keys; the item keeps the key."""
+
+    def __init__(self, patches: CachedPatches):
+        self.patches = patches
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    def __getitem__(self, key):
+        index, epoch, step = (int(k) for k in key)
+        return {**self.patches[index], "epoch": epoch, "step": step}
+
+
+def batch_generator(seed: int, epoch: int, rank: int, step: int) -> torch.Generator:
+    """The CPU generator of one batch's augmentation, from ``(seed, epoch, rank, step)`` and the stream tag."""
+    key = [int(seed), int(epoch), int(rank), int(step), DEVICE_AUGMENT_STREAM]
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+
+
+class AugmentingCollate:
+    """``collate_fn`` of the CPU batched path: the batch's cached patches -> ``image`` ``[B, V, 3, S, S, S]``.
+
+    Runs in a loader worker (one torch thread there), so augmentation overlaps the
+    training step; the views depend on the batch's ``(epoch, step)`` key, not on the worker.
+    """
+
+    def __init__(self, config, rank: int):
+        self.seed, self.rank = int(config.seed), int(rank)
+        self.views, self.augmentation, self.cube_size = config.views, config.augmentation, config.cube_size
+
+    def __call__(self, items):
+        batch = torch.utils.data.default_collate(items)
+        epoch, step = int(batch.pop("epoch")[0]), int(batch.pop("step")[0])
+        batch["image"] = augment_batch(batch, self.views, self.augmentation, self.cube_size,
+                                       batch_generator(self.seed, epoch, self.rank, step), "cpu")
+        for name in ("hu", "mask"):
+            del batch[name]
+        return batch
 
 
 class TrainingBatches:
@@ -70,9 +143,15 @@ class TrainingBatches:
                                                  seed=config.seed, rank=rank, world_size=world_size)
         self.on_device = augments_on_device(config.augment_on, device)
         workers = config.workers
+        if self.on_device:
+            source, batch_sampler, collate = CachedPatches(train_set), SeededBatches(self.sampler, config.seed, rank), None
+        elif batched_augmentation(config.augment_on):  # batched, in the loader, on the CPU
+            source, batch_sampler = KeyedPatches(CachedPatches(train_set)), KeyedBatches(self.sampler)
+            collate = AugmentingCollate(config, rank)
+        else:
+            source, batch_sampler, collate = train_set, SeededBatches(self.sampler, config.seed, rank), None
         self.loader = torch.utils.data.DataLoader(
-            CachedPatches(train_set) if self.on_device else train_set,
-            batch_sampler=SeededBatches(self.sampler, config.seed, rank), num_workers=workers,
+            source, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate,
             persistent_workers=workers > 0, pin_memory=device.type == "cuda",
             prefetch_factor=4 if workers > 0 else None)
         self._started: tuple[int, object] | None = None
@@ -96,14 +175,12 @@ class TrainingBatches:
         return batches
 
     def views(self, batch, epoch: int, step: int) -> torch.Tensor:
-        """A loader batch -> its views ``[B, V, 3, S, S, S]`` (on the CPU path, as the workers made them)."""
+        """A loader batch -> its views ``[B, V, 3, S, S, S]`` (off the GPU, as the loader made them)."""
         if not self.on_device:
             return batch["image"]
         c = self.config
-        key = [c.seed, epoch, self.rank, step, DEVICE_AUGMENT_STREAM]
-        seed = int(np.random.SeedSequence(key).generate_state(1)[0])
-        return augment_batch(batch, c.views, c.augmentation, c.cube_size, torch.Generator().manual_seed(seed),
-                             self.device)
+        return augment_batch(batch, c.views, c.augmentation, c.cube_size,
+                             batch_generator(c.seed, epoch, self.rank, step), self.device)
 
 
 @dataclass

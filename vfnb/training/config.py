@@ -251,8 +251,8 @@ class TrainConfig:
     augmentation: str = param("paper", Choice(AUGMENTATIONS),
                               "augmentation strength: paper, or weak (vfnb.data.transforms.AUGMENTATIONS)")
     augment_on: str = param("auto", Choice(("auto", "cpu", "device")),
-                            "where views are augmented: cpu (MONAI in the loader workers), device (batched on the "
-                            "training device) or auto (device on CUDA, else cpu)")
+                            "where views are augmented: cpu (MONAI per view in the loader workers), device or auto "
+                            "(batched with torch: on a GPU in the main process, on the CPU in the loader workers)")
     warmup_epochs: int = param(0, Integer(0), "linear learning-rate warm-up, step by step, over this many epochs "
                                               "(fewer than epochs; the paper has none)")
     probe: str = param("logreg", Choice(("logreg", "knn", "none")),
@@ -276,7 +276,7 @@ class TrainConfig:
     seed: int = param(0, Integer(0), "seed of initialisation, batches and augmentation")
     device: str = param("auto", Device(), "auto (CUDA when present), cpu, cuda or cuda:N")
     amp: Any = param("auto", Flag(auto=True), "bf16 autocast: auto = on CUDA only")
-    channels_last: Any = param("auto", Flag(auto=True), "channels-last-3d memory format: auto = on CUDA only")
+    channels_last: Any = param("auto", Flag(auto=True), "channels-last-3d memory format: auto = on CUDA, and on the CPU for resnet10 / resnet18")
     sync_bn: bool = param(False, Flag(), "SyncBatchNorm under DDP (CUDA only)")
     workers: int = param(2, Integer(0, 64), "DataLoader worker processes for training batches")
     threads: Any = param("auto", Threads(), "CPU torch threads per process: auto = cores / processes - workers")

@@ -438,7 +438,7 @@ def build_training_state(config: TrainConfig, data, processes: Processes, ckpt: 
     if starts_from_probe:
         # deterministic, so every rank computes the same start (DDP also broadcasts rank 0's)
         classifier_from_probe(model, data, config, device)
-    channels_last = config.channels_last is True or (config.channels_last == "auto" and device.type == "cuda")
+    channels_last = uses_channels_last(config.channels_last, device, config.backbone)
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.SGD(parameter_groups(model, config), lr=config.lr,
@@ -484,6 +484,23 @@ def frozen_bn_statistics(config: TrainConfig) -> bool:
     if config.bn_statistics == "auto":
         return OBJECTIVES[config.mode].from_checkpoint
     return config.bn_statistics == "frozen"
+
+
+CHANNELS_LAST_ON_CPU = ("resnet10", "resnet18")  # backbones whose CPU step is faster in channels-last-3d
+
+
+def uses_channels_last(channels_last, device: torch.device, backbone: str) -> bool:
+    """Whether the step runs in the channels-last-3d memory format.
+
+    ``auto``: on CUDA always; on the CPU for the basic-block ResNets
+    (:data:`CHANNELS_LAST_ON_CPU`), whose 3D convolution backward oneDNN runs much faster
+    on channels-last tensors at the study's cube sizes, but not for SEResNet50, whose
+    step is slower so (benchmarks ``steps``, BENCHMARKS.md). The values are the same up
+    to float rounding (tests/test_step_settings.py).
+    """
+    if channels_last == "auto":
+        return device.type == "cuda" or backbone in CHANNELS_LAST_ON_CPU
+    return channels_last is True
 
 
 def build_network(config: TrainConfig):
