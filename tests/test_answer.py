@@ -98,9 +98,9 @@ def test_the_sweep_answer_counts_wins_and_states_the_mean_difference():
     assert "won 1 of 2 runs and the cross-entropy baseline 1" in mixed and "cannot be told apart across these runs" in mixed
     assert sweep_answer(runs, synthetic=True)[-1].startswith("These are synthetic data")
     head, rows = sweep_answer_rows(runs)
-    assert head[-1] == "Won" and rows[1][0] == "seed-1"
+    assert head[-1].startswith("Higher") and rows[1][0] == "seed-1"
     assert rows[1][1][3] == "+0.12 [−0.01, +0.25]"
-    assert rows[1][1][4] == "SupCon encoder + linear probe (not told apart by this run's paired interval)"
+    assert rows[1][1][4] == "SupCon; not told apart" and rows[0][1][4] == "SupCon; told apart"
 
 
 def test_only_a_sweeps_run_links_the_sweep_page(tmp_path):

@@ -125,7 +125,7 @@ def _difference_clause(metrics: Mapping, model: str, baseline: str, key: str, wo
     """``"macro-F1 0.34 against 0.30: +0.04 (paired 95 % interval −0.02 to +0.10), they cannot be told apart ..."``."""
     points = _metric_points(metrics, key)
     a, b = points.get(model), points.get(baseline)
-    head = f"{words} {_num(a)} against {_num(b)}"
+    head = f"{words} {_num(a)} against {_num(b)}" if a is not None and b is not None else words
     comparison = (metrics.get("comparisons") or {}).get(comparison_key(model, baseline))
     if not comparison:
         diff = None if a is None or b is None else a - b
@@ -183,16 +183,15 @@ def _run_interval(run: Mapping, model: str, baseline: str, metric: str) -> tuple
 
 
 def run_winner(run: Mapping, model: str, baseline: str, metric: str = "macro_f1") -> str:
-    """Who won one run: the higher point, with whether its own paired interval tells them apart."""
+    """Who won one run (``"SupCon"``, ``"cross-entropy"``, ``"tie"``), and whether its own paired interval tells them apart."""
     diff = _run_difference(run, model, baseline, metric)
     if diff is None:
         return MISSING
     low, high = _run_interval(run, model, baseline, metric)
-    name = _title(model) if diff > 0 else (_baseline_words(baseline) if diff < 0 else "tie")
+    name = side_words(model) if diff > 0 else (side_words(baseline) if diff < 0 else "tie")
     if low is None or high is None:
         return name
-    told = low > 0 or high < 0
-    return f"{name} ({'told apart' if told else 'not told apart'} by this run's paired interval)"
+    return f"{name}; {'told apart' if low > 0 or high < 0 else 'not told apart'}"
 
 
 def _mean_over_runs(runs: Sequence[Mapping], model: str, metric: str) -> float | None:
@@ -203,7 +202,7 @@ def _mean_over_runs(runs: Sequence[Mapping], model: str, metric: str) -> float |
 def _sweep_clause(runs: Sequence[Mapping], model: str, baseline: str, key: str, words: str, confidence: float) -> str:
     diffs = [d for d in (_run_difference(r, model, baseline, key) for r in runs) if d is not None]
     if not diffs:
-        return f"{words}: no run holds both"
+        return f"{words}: not recorded for both by these runs"
     low, high = METRIC_RANGE.get(key, (0.0, 1.0))
     stats = mean_interval(diffs, confidence, bounds=(low - high, high - low))
     won, lost = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
@@ -261,7 +260,7 @@ def sweep_answer_rows(runs: Sequence[Mapping]) -> tuple[list[str], list[tuple[st
     if not supcon or BASELINE not in present:
         return [], []
     head = ["Run", "Grid values", f"{_title(supcon)}: macro-F1", "Cross-entropy baseline: macro-F1",
-            "Difference [paired 95 % interval]", "Won"]
+            "Difference [paired 95 % interval]", "Higher (told apart by the run's paired interval?)"]
     rows = []
     for r in runs:
         diff = _run_difference(r, supcon, BASELINE, "macro_f1")
