@@ -122,7 +122,7 @@ def _metric_points(metrics: Mapping, metric: str) -> dict[str, float | None]:
 
 
 def _difference_clause(metrics: Mapping, model: str, baseline: str, key: str, words: str) -> str:
-    """``"macro-F1 0.34 against 0.30: +0.04 (paired 95 % interval −0.02 to +0.10), they cannot be told apart ..."``."""
+    """``"macro-F1 0.34 against 0.30, a difference of +0.04 (paired 95 % interval −0.02 to +0.10): they cannot ..."``."""
     points = _metric_points(metrics, key)
     a, b = points.get(model), points.get(baseline)
     head = f"{words} {_num(a)} against {_num(b)}" if a is not None and b is not None else words
