@@ -333,5 +333,5 @@ def test_saliency_panels_share_one_colour_scale_and_flat_maps_say_so():
     # the weak map is shown at its own unscaled values, dim, not stretched to the full range
     assert np.asarray(heat_layers[1].get_array()).max() < 0.25 * strong.max()
     assert "flat map" in panels[1].get_title() and "flat map" not in panels[0].get_title()
-    assert "one scale for every panel" in colourbars[0].get_ylabel()
+    assert "one scale\nfor every panel" in colourbars[0].get_ylabel()
     assert not any(".nii" in ax.get_title() for ax in panels)  # the vertebra in words, not its file name

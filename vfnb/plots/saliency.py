@@ -52,15 +52,16 @@ def figure_scale(items: Sequence[dict]) -> tuple[float, str]:
     """``(top, label)``: the one colour scale of a gallery (0 to ``top``) and its colour bar's words.
 
     With every item's unscaled map the scale runs to the largest value among them, so
-    colours compare strengths between panels; otherwise (maps each scaled to [0, 1]
+    colours compare strengths between panels (the label is short: a long colour-bar
+    label stretches the figure); otherwise (maps each scaled to [0, 1]
     before they reached the figure) it is 0-1 and the label says colours compare places
     within a map only.
     """
     if items and all("gradcam_raw" in item for item in items):
         top = max((float(np.nanmax(_shown_map(item))) for item in items), default=0.0)
         if top > 0:
-            return top, "Grad-CAM of the predicted grade (one scale for every panel: 0 to the largest value shown)"
-    return 1.0, "Grad-CAM, each map scaled to its own range (0-1)"
+            return top, "Grad-CAM, one scale\nfor every panel"
+    return 1.0, "Grad-CAM, each map\nscaled to its own range"
 
 
 def panel_title(item: dict, note: str = "") -> str:
