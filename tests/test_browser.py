@@ -18,6 +18,7 @@ from vfnb.cli import main
 from vfnb.io import save_nifti
 from vfnb.models.checkpoints import save_checkpoint
 from vfnb.models.networks import ModelInput, build_model
+from vfnb.study.registry import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -49,6 +50,16 @@ def test_no_committed_result_file_names_a_folder_of_the_machine_that_made_it():
             text = path.read_text(errors="replace")
             found = MACHINE_PATH.search(re.sub(r"data:image/[a-z]+;base64,[A-Za-z0-9+/=]+", "", text))
             assert found is None, f"{path}: {text[max(0, found.start() - 40):found.end() + 40]!r}"
+
+
+@pytest.mark.slow
+def test_smoke_study_pages_read_cleanly(browser, smoke_study):
+    """The pages of a fresh run (the session's smoke study, shared with test_study), not only the committed ones."""
+    pages = sorted(smoke_study.glob("*.html"))
+    assert {p.name for p in pages} == {"index.html", *(f"{n}.html" for n in NOTEBOOKS)}
+    for page in pages:
+        problems = [p for p in page_problems(browser, page) if "machine path" not in p]  # the test's own folders
+        assert problems == [], page.name
 
 
 @pytest.fixture(scope="module")

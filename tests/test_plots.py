@@ -10,6 +10,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from vfnb import evaluate as ev  # noqa: E402
@@ -62,14 +63,17 @@ def test_save_figure_writes_png_atomically(tmp_path):
         plots.save_figure(plots.plot_confusion(np.eye(4), title="t"), tmp_path / "x.jpg")
 
 
-def test_plot_confusion_counts_and_row_normalised():
+def test_plot_confusion_cells_give_the_count_and_the_row_share():
     cm = [[8, 2, 0, 0], [1, 3, 0, 0], [0, 0, 0, 0], [0, 1, 1, 2]]
     fig = plots.plot_confusion(cm, title="SupCon, test split")
     assert_labelled(fig)
-    counts_ax, norm_ax = plot_axes(fig)
-    normalised = np.asarray(norm_ax.collections[0].get_array()).reshape(4, 4)
-    assert normalised[0] == pytest.approx([0.8, 0.2, 0, 0])
-    assert normalised[3] == pytest.approx([0, 0.25, 0.25, 0.5])
+    (ax,) = plot_axes(fig)  # one matrix, not two side by side
+    shares = np.asarray(ax.collections[0].get_array()).reshape(4, 4)
+    assert shares[0] == pytest.approx([0.8, 0.2, 0, 0]) and shares[3] == pytest.approx([0, 0.25, 0.25, 0.5])
+    cells = [t.get_text() for t in ax.texts]
+    assert cells[:4] == ["8\n80 %", "2\n20 %", "0\n0 %", "0\n0 %"] and cells[15] == "2\n50 %"
+    assert cells[8:12] == ["0\n–"] * 4  # grade 2 has no vertebra: no share to give
+    assert min(t.get_fontsize() for t in ax.texts) >= 14  # readable at half the page's width
     assert "SupCon" in fig._suptitle.get_text()
     with pytest.raises(DatasetError):
         plots.plot_confusion(np.ones((3, 4)))
@@ -277,11 +281,18 @@ def test_figures_read_at_a_glance():
     rng = np.random.default_rng(0)
     grades = rng.integers(0, 4, 80)
     scores = np.clip(grades / 3 + rng.normal(0, 0.3, 80), 0, 1)
-    roc = plots.plot_roc({"a": (grades, scores), "b": (grades, scores ** 2)}, thresholds={"a": 0.5})
-    assert roc.axes[0].get_legend() is None and len(roc.legends) == 1  # below the axes, not over the curves
+    for fig in (plots.plot_roc({"a": (grades, scores), "b": (grades, scores ** 2)}, thresholds={"a": 0.5}),
+                plots.plot_pr({"a": (grades, scores), "b": (grades, scores ** 2)})):
+        assert fig.axes[0].get_legend() is None and len(fig.legends) == 1  # below the axes, not over the curves
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()  # the constrained layout places the legend when the figure is drawn
+        renderer = canvas.get_renderer()
+        legend = fig.legends[0].get_window_extent(renderer)
+        axes = fig.axes[0].get_window_extent(renderer)
+        assert legend.y1 <= axes.y0 and not legend.overlaps(axes)  # drawn: the legend box lies outside the axes
     confusion = plots.plot_confusion(np.array([[9, 1, 0, 0], [2, 3, 0, 0], [0, 1, 4, 0], [0, 0, 1, 2]]))
-    cells = {t.get_text() for t in confusion.axes[1].texts}  # the row shares, each with its count
-    assert "0.90\n(9)" in cells and "0.60\n(3)" in cells
+    cells = {t.get_text() for t in confusion.axes[0].texts}  # each count with its share of the row
+    assert "9\n90 %" in cells and "3\n60 %" in cells
 
     cube = rng.random((3, 16, 16, 16))
     cube[2] = 0
@@ -296,5 +307,31 @@ def test_figures_read_at_a_glance():
     assert panel_title(items[0]) == "L1 of synth-s0-0013\ngrade 1, predicted 0 (wrong)"
     gallery = plot_saliency_gallery(items, "Grad-CAM")
     assert len(gallery.axes) == 4  # three panels and one colour bar for all
-    notes = [t.get_text() for ax in gallery.axes[:3] for t in ax.texts]
-    assert any(n.startswith("empty map") for n in notes) and any(n.startswith("evenly spread") for n in notes)
+    titles = [ax.get_title() for ax in gallery.axes[:3]]
+    assert titles[0].endswith("\nempty map (no positive evidence anywhere)") and "evenly spread" in titles[1]
+    assert titles[2].count("\n") == 1  # nothing to say of a focused map
+
+
+def test_saliency_panels_share_one_colour_scale_and_flat_maps_say_so():
+    from vfnb.plots.saliency import plot_saliency_gallery
+
+    rng = np.random.default_rng(1)
+    cube = rng.random((3, 16, 16, 16))
+    cube[2] = 0
+    cube[2][4:12, 4:12, 4:12] = 1
+    strong = rng.random((16,) * 3) * 2.0           # unscaled Grad-CAM values of one model
+    weak = 0.4 + rng.random((16,) * 3) * 0.05        # spans 0.05 of a scale reaching 2: flat
+    items = [{"name": f"synth-s0-0001_{label}_0.nii.gz", "grade": 0, "pred": 0, "input": cube,
+              "gradcam": (raw - raw.min()) / (raw.max() - raw.min()), "gradcam_raw": raw}
+             for label, raw in ((18, strong), (19, weak))]
+    fig = plot_saliency_gallery(items, "Grad-CAM of the predicted grade")
+    colourbars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(colourbars) == 1 and colourbars[0].get_ylim()[1] == pytest.approx(strong.max())
+    panels = [ax for ax in fig.axes if ax not in colourbars]
+    heat_layers = [ax.images[1] for ax in panels]
+    assert all(layer.get_clim() == (0, pytest.approx(strong.max())) for layer in heat_layers)  # one scale
+    # the weak map is shown at its own unscaled values, dim, not stretched to the full range
+    assert np.asarray(heat_layers[1].get_array()).max() < 0.25 * strong.max()
+    assert "flat map" in panels[1].get_title() and "flat map" not in panels[0].get_title()
+    assert "one scale\nfor every panel" in colourbars[0].get_ylabel()
+    assert not any(".nii" in ax.get_title() for ax in panels)  # the vertebra in words, not its file name

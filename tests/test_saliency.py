@@ -24,13 +24,27 @@ def test_grad_cam_maps_cover_the_input_and_leave_the_model_as_it_was(model):
         p.requires_grad_(False)
     heat = grad_cam(model, x, grade=[1, 3])
     assert heat.shape == (2, 32, 32, 32)
-    assert heat.min() >= 0 and heat.max() == pytest.approx(1.0)  # MONAI scales each map to [0, 1]
+    assert heat.min() >= 0 and heat.max() == pytest.approx(1.0)  # each map scaled to [0, 1]
     other = grad_cam(model, x, grade=[0, 2])
     assert not np.allclose(heat, other)  # the explained grade matters
     assert not any(p.requires_grad for p in model.encoder.parameters())
     assert all(p.grad is None for p in model.parameters())
     for p in model.encoder.parameters():
         p.requires_grad_(True)
+
+
+def test_grad_cam_is_highest_where_the_unscaled_evidence_is(model):
+    # MONAI's default scaling reverses a map (its largest value becomes 0): the scaled map must keep the order
+    x = torch.rand(2, 3, 32, 32, 32)
+    raw = grad_cam(model, x, grade=[1, 3], scaled=False)
+    heat = grad_cam(model, x, grade=[1, 3])
+    assert raw.min() >= 0 and raw.max() > 0
+    for r, h in zip(raw, heat):
+        if r.max() == r.min():  # no positive evidence anywhere: a flat map stays flat, at 0
+            assert not h.any()
+            continue
+        assert h.flat[r.argmax()] == pytest.approx(1.0) and h.flat[r.argmin()] == pytest.approx(0.0)
+        assert np.corrcoef(r.ravel(), h.ravel())[0, 1] > 0.999  # the same map, scaled
 
 
 def test_occlusion_finds_the_only_region_that_matters():

@@ -274,10 +274,9 @@ class _Links(HTMLParser):
 
 
 @pytest.mark.slow
-def test_smoke_study_end_to_end(tmp_path, smoke_data_dir):
-    out = tmp_path / "results" / "smoke"
-    result = run_study([SMOKE], [f"data_dir={smoke_data_dir}"], out, progress=False)
-    assert result == out and not out.with_name("smoke.failed").exists()
+def test_smoke_study_end_to_end(smoke_study):
+    out = smoke_study  # run once for the session (conftest), its pages also read in a browser (test_browser)
+    assert (out / "metrics.json").is_file() and not out.with_name("smoke.failed").exists()
 
     # metrics.json: every model, every headline number finite, CIs around the point
     metrics = json.loads((out / "metrics.json").read_text())
@@ -296,6 +295,15 @@ def test_smoke_study_end_to_end(tmp_path, smoke_data_dir):
         assert sum(r["n_vertebrae"] for r in regions.values()) == entry["n_vertebrae"]
     assert metrics["dataset"]["synthetic"] is True
     assert metrics["paper"]["metrics"]["specificity"]["value"] == 0.99
+    # the paired differences behind the stated answer: SupCon graders vs CE, each network vs each morphometry grader
+    comparisons = metrics["comparisons"]
+    assert {"supcon_linear - ce", "supcon_finetune - ce", "ce - morphometry_logistic"} <= set(comparisons)
+    for pair in comparisons.values():
+        own = {m: metrics["models"][m]["metrics"]["macro_f1"]["value"] for m in (pair["model"], pair["baseline"])}
+        diff = pair["metrics"]["macro_f1"]
+        assert diff["value"] == pytest.approx(own[pair["model"]] - own[pair["baseline"]])
+        if diff["ci_low"] is not None:
+            assert diff["ci_low"] - 1e-9 <= diff["value"] <= diff["ci_high"] + 1e-9
 
     # no cell errored; every notebook executed and rendered
     for name in NOTEBOOKS:
@@ -309,6 +317,9 @@ def test_smoke_study_end_to_end(tmp_path, smoke_data_dir):
     # index.html: a headline row per model and the paper's, every link resolves
     index = (out / "index.html").read_text()
     assert "synthetic" in index and "Paper (Wei et al. 2022)" in index
+    answer = index.split("<div class='answer'>")[1].split("</div>")[0]
+    assert "Does SupCon beat cross-entropy?" in answer and "These are synthetic data" in answer
+    assert "sweep" not in answer and "../../index.html" not in index  # a standalone run links no sweep
     for label, _ in [(t, None) for t in ("SupCon encoder + linear probe", "Cross-entropy baseline")]:
         assert label in index
     parser = _Links()

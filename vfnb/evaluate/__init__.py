@@ -41,7 +41,8 @@ Typical use (notebook 02 picks the threshold, notebook 03 reports)::
 
 Modules: :mod:`.metrics` (names, labels, checks; grading, screening, operating point),
 :mod:`.calibration`, :mod:`.fast` (the numpy path the bootstrap uses),
-:mod:`.intervals` (patient bootstrap; t-interval across runs), :mod:`.regions` (thoracic / lumbar) and :mod:`.tables`
+:mod:`.intervals` (patient bootstrap; t-interval across runs), :mod:`.paired` (the paired bootstrap of a
+difference between two models on the same patients), :mod:`.regions` (thoracic / lumbar) and :mod:`.tables`
 (``evaluate_predictions`` and the tables built from it). This file only re-exports.
 """
 
@@ -52,16 +53,17 @@ from .metrics import (GRADE2_METRICS, HEADLINE_METRICS, METRIC_DECISION, METRIC_
                       PAPER_REPORTED, PROB_COLUMNS, REGION_METRICS, REPORTED_METRICS, REQUIRED_COLUMNS,
                       chance_macro_f1, check_predictions, grade2_metrics, grade_metrics, jsonable, permutation_p_value,
                       quadratic_kappa, row_normalised, screening_metrics, threshold_for_specificity)
+from .paired import PAIRED_METRICS, paired_difference
 from .regions import REGION_TITLES, SPINE_REGIONS, region_masks, vertebra_labels
 from .tables import (comparison_table, confusion_table, evaluate_by_region, evaluate_predictions, format_ci, format_p,
                      most_confident_errors, recall_by, region_table)
 
 __all__ = ["GRADE2_METRICS", "HEADLINE_METRICS", "Interval", "METRIC_DECISION", "METRIC_LABELS", "METRIC_RANGE",
-           "MISSING", "PAPER_REPORTED", "PROB_COLUMNS", "REGION_METRICS", "REGION_TITLES", "REPORTED_METRICS",
+           "MISSING", "PAIRED_METRICS", "PAPER_REPORTED", "PROB_COLUMNS", "REGION_METRICS", "REGION_TITLES", "REPORTED_METRICS",
            "REQUIRED_COLUMNS", "SPINE_REGIONS", "binary_calibration", "bootstrap_ci", "bootstrap_indices",
            "calibration", "chance_macro_f1", "check_predictions", "comparison_table", "confusion_table",
            "evaluate_by_region", "evaluate_predictions", "finite_values", "format_ci", "format_p", "fracture_auc",
            "grade2_metrics", "grade_metrics", "jsonable", "mean_interval", "most_confident_errors",
-           "permutation_p_value", "quadratic_kappa", "recall_by", "region_masks", "region_table",
+           "paired_difference", "permutation_p_value", "quadratic_kappa", "recall_by", "region_masks", "region_table",
            "reported_metrics", "row_normalised", "screening_metrics", "threshold_for_specificity",
            "vertebra_labels"]

@@ -53,15 +53,32 @@ class GradeLogits(nn.Module):
         return self.model(x)[0]
 
 
-def grad_cam(model: nn.Module, x: torch.Tensor, grade: int | Sequence[int] | None = None) -> np.ndarray:
-    """Grad-CAM maps ``[B, X, Y, Z]`` in [0, 1] for inputs ``x`` ``[B, C, X, Y, Z]``.
+def _unchanged(maps: torch.Tensor) -> torch.Tensor:
+    return maps
+
+
+def scale_map(heat: np.ndarray) -> np.ndarray:
+    """One map min-max scaled to [0, 1], its strongest evidence at 1; a flat map is all 0."""
+    heat = np.asarray(heat, dtype=float)
+    low, high = float(heat.min()), float(heat.max())
+    return (heat - low) / (high - low) if high > low else np.zeros_like(heat)
+
+
+def grad_cam(model: nn.Module, x: torch.Tensor, grade: int | Sequence[int] | None = None,
+             scaled: bool = True) -> np.ndarray:
+    """Grad-CAM maps ``[B, X, Y, Z]`` for inputs ``x`` ``[B, C, X, Y, Z]``.
 
     ``grade``: the grade whose logit is explained (one per input, or one for all);
-    ``None`` explains each input's predicted grade. The model is put in eval mode;
-    its parameters are left as they were (frozen ones included).
+    ``None`` explains each input's predicted grade. ``scaled``: each map min-max
+    scaled to [0, 1] (:func:`scale_map`), 1 where the evidence for the grade is
+    strongest; ``False`` gives MONAI's unscaled map (ReLU of the gradient-weighted
+    activations, upsampled), whose values compare across inputs of one model, for
+    figures that put several maps on one colour scale. MONAI's own default scaling
+    maps the largest value to 0 (it reverses the map), so it is replaced here. The
+    model is put in eval mode; its parameters are left as they were (frozen ones included).
     """
     model.eval()
-    cam = GradCAM(nn_module=GradeLogits(model), target_layers=TARGET_LAYER)
+    cam = GradCAM(nn_module=GradeLogits(model), target_layers=TARGET_LAYER, postprocessing=_unchanged)
     # gradients flow from the input, not into the parameters: no .grad is left behind
     trainable = [p for p in model.parameters() if p.requires_grad]
     try:
@@ -72,7 +89,8 @@ def grad_cam(model: nn.Module, x: torch.Tensor, grade: int | Sequence[int] | Non
     finally:
         for p in trainable:
             p.requires_grad_(True)
-    return heat[:, 0].detach().cpu().numpy()
+    maps = heat[:, 0].detach().cpu().numpy().astype(np.float32)
+    return np.stack([scale_map(m) for m in maps]).astype(np.float32) if scaled else maps
 
 
 def occlusion(model: nn.Module, x: torch.Tensor, grade: int, mask_size: int = 8, overlap: float = 0.5,
@@ -187,7 +205,8 @@ def explain_records(model: nn.Module, records: Sequence[dict], occlusion_check: 
     """Grad-CAM of the predicted grade for each record, with its input and regions.
 
     Returns one dict per record: ``name``, ``grade`` (the reference), ``pred``,
-    ``input`` ``[3, S, S, S]``, ``gradcam`` ``[S, S, S]``, ``regions`` and ``shares``
+    ``input`` ``[3, S, S, S]``, ``gradcam`` ``[S, S, S]`` (scaled to [0, 1]), ``gradcam_raw``
+    (the same map unscaled, comparable between the records of one model), ``regions`` and ``shares``
     (:func:`saliency_shares`); the first ``occlusion_check`` records also get
     ``occlusion`` and its shares (``occlusion_shares``), to check Grad-CAM against a
     model-agnostic method. The model runs at its own cube size (``input_spec``).
@@ -202,10 +221,11 @@ def explain_records(model: nn.Module, records: Sequence[dict], occlusion_check: 
         x = torch.as_tensor(transform(dict(record))["image"])[None]
         with torch.no_grad():
             pred = int(net(x)[0].argmax(dim=1))
-        heat = grad_cam(net, x, grade=pred)[0]
+        raw = grad_cam(net, x, grade=pred, scaled=False)[0]
+        heat = scale_map(raw).astype(np.float32)
         regions = region_masks(x[0].numpy())
         item = {"name": record.get("name"), "grade": record.get("grade"), "pred": pred, "input": x[0].numpy(),
-                "gradcam": heat, "regions": regions, "shares": saliency_shares(heat, regions)}
+                "gradcam": heat, "gradcam_raw": raw, "regions": regions, "shares": saliency_shares(heat, regions)}
         if index < occlusion_check:
             item["occlusion"] = occlusion(net, x, pred)
             item["occlusion_shares"] = saliency_shares(item["occlusion"], regions)

@@ -15,7 +15,7 @@ from ..errors import ParamsError
 from ..io import atomic_path
 from ..levels import GRADE_NAMES, MAX_LABEL
 
-#: One colour per Genant grade, the same in every figure (grade 1, the faint one, stands out).
+#: The network's three input channels, as figures name them.
 CHANNEL_NAMES = (
     f"ch 0: soft-tissue window (L {SOFT_TISSUE_WINDOW[0]:g} / W {SOFT_TISSUE_WINDOW[1]:g} HU)",
     f"ch 1: bone window (L {BONE_WINDOW[0]:g} / W {BONE_WINDOW[1]:g} HU)",

@@ -19,6 +19,7 @@ One module per job (this file only re-exports, lazily: :mod:`vfnb.lazy`):
 from ..lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "run_answer": "answer", "study_comparisons": "answer", "sweep_answer": "answer",
     "beyond_measurement": "beyond", "explain_networks": "beyond", "grade_by_morphometry": "beyond",
     "morphometry_models": "beyond", "occlusion_agreement": "beyond", "saliency_overview": "beyond",
     "saliency_record": "beyond",

@@ -157,8 +157,12 @@ def per_grade_table(results: Mapping[str, dict]) -> pd.DataFrame:
 
 
 def metrics_document(results: Mapping[str, dict], data, operating_points: Mapping[str, OperatingPoint],
-                     n_boot: int) -> dict:
-    """The content of ``metrics.json``: every number per model with its CI, and the paper's row."""
+                     n_boot: int, comparisons: Mapping[str, dict] | None = None) -> dict:
+    """The content of ``metrics.json``: every number per model with its CI, and the paper's row.
+
+    ``comparisons``: the paired differences between models
+    (:func:`vfnb.study.answer.study_comparisons`), from which the report states the answer.
+    """
     any_result = next(iter(results.values()), {})
     boot = any_result.get("bootstrap", {})
     points = {m: (p.as_dict() if isinstance(p, OperatingPoint) else dict(p)) for m, p in operating_points.items()}
@@ -173,5 +177,6 @@ def metrics_document(results: Mapping[str, dict], data, operating_points: Mappin
         "ci": {"method": "percentile bootstrap over patients (image_id)", "level": boot.get("confidence", 0.95),
                "n_boot": n_boot},
         "models": {m: {"title": model_title(m), **r} for m, r in results.items()},
+        **({"comparisons": dict(comparisons)} if comparisons else {}),
         "paper": paper_row(),
     }

@@ -21,6 +21,7 @@ import yaml
 from ..evaluate import (GRADE2_METRICS, HEADLINE_METRICS, METRIC_DECISION, METRIC_LABELS, MISSING, REGION_METRICS,
                         REGION_TITLES, SPINE_REGIONS, format_ci)
 from ..io import atomic_write_text
+from .answer import run_answer
 from .params import recipe_deviations
 from .paths import shown_path
 from .records import TrainingSummary
@@ -116,6 +117,40 @@ def _training(run_dir: Path) -> TrainingSummary | None:
         return TrainingSummary.from_dict(data, str(run_dir / TRAINING_FILE)) if isinstance(data, dict) else None
     except Exception:  # an older run folder: the report does without the notes
         return None
+
+
+# ===================================================================== the answer, and the sweep a run belongs to
+#: The file a sweep writes beside its ``runs/`` folder before its first run starts (``vfnb.sweep.runner``).
+SWEEP_PLAN_FILE = "plan.json"
+
+
+def sweep_page_of(run_dir: Path) -> str | None:
+    """The sweep page relative to a run's page (``../../index.html``) when the run was made by a sweep, else None.
+
+    A sweep builds each run at ``<sweep>/runs/<run>/`` (through a staging folder beside
+    it, in the same ``runs/``) after recording its plan in ``<sweep>/plan.json``; a run
+    elsewhere is a standalone run and links nowhere.
+    """
+    runs = Path(run_dir).absolute().parent
+    return "../../index.html" if runs.name == "runs" and (runs.parent / SWEEP_PLAN_FILE).is_file() else None
+
+
+def sweep_line(run_dir: Path) -> str:
+    """The line that links a sweep's run to its sweep page (HTML; empty for a standalone run)."""
+    link = sweep_page_of(run_dir)
+    if link is None:
+        return ""
+    return (f"<p class='note'>This run is one of the runs of a sweep: <a href='{e(link)}'>the sweep's page</a> "
+            "states the answer across all its runs.</p>")
+
+
+def answer_section(metrics: Mapping, data: Mapping) -> str:
+    """The study's answer on this run's test set, computed from metrics.json (HTML; empty without metrics)."""
+    sentences = run_answer(metrics, bool(data.get("synthetic")))
+    if not sentences:
+        return ""
+    return "<div class='answer'><h2>The answer on this test set</h2>" + "".join(
+        f"<p>{e(s)}</p>" for s in sentences) + "</div>"
 
 
 # ===================================================================== headline
@@ -307,13 +342,13 @@ def provenance_section(provenance: Mapping, params: Mapping) -> str:
 
 # ===================================================================== the pages
 def _index_html(title: str, params: Mapping, provenance: Mapping, metrics: Mapping, training, figures,
-                notebooks: Sequence[str]) -> str:
+                notebooks: Sequence[str], sweep: str = "") -> str:
     data = provenance.get("data") or {}
     return "\n".join([
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>",
         f"<style>{REPORT_CSS}</style></head><body>",
         "<h1>Vertebral fracture grading with supervised contrastive learning</h1>",
-        smoke_banner(params), f"<p>{INTRO}</p>",
+        smoke_banner(params), sweep, answer_section(metrics, data), f"<p>{INTRO}</p>",
         f"<p class='{'synthetic' if data.get('synthetic') else 'note'}'>{dataset_sentence(data)}</p>",
         headline_section(metrics, params, training), field_section(metrics), recipe_section(params),
         figures_section(figures),
@@ -322,9 +357,14 @@ def _index_html(title: str, params: Mapping, provenance: Mapping, metrics: Mappi
 
 
 def _summary_md(title: str, params: Mapping, provenance: Mapping, metrics: Mapping, training, figures,
-                notebooks: Sequence[str]) -> str:
+                notebooks: Sequence[str], sweep: str = "") -> str:
     op = metrics.get("operating_point") or {}
     md = [f"# {title}", ""] + ([f"**{SMOKE_WARNING}**", ""] if params.get("smoke") else [])
+    if sweep:
+        md += ["This run is one of the runs of a sweep: [the sweep's page](../../index.html) states the answer "
+               "across all its runs.", ""]
+    answer = run_answer(metrics, bool((provenance.get("data") or {}).get("synthetic")))
+    md += (["## The answer on this test set", ""] + [markdown_text(s) + "\n" for s in answer]) if answer else []
     md += ["Reproduction of Wei et al., *Faint Features Tell* (BIBM 2022): SupCon-shaped features versus a "
            "cross-entropy baseline for Genant grading of vertebrae on CT.", "",
            strip_tags(dataset_sentence(provenance.get("data") or {})), "", "## Headline (test set)", ""]
@@ -358,7 +398,7 @@ def write_report(run_dir: Path, params: Mapping[str, Any], provenance: Mapping[s
     """
     run_dir = Path(run_dir)
     parts = (f"vfnb study: {name or run_dir.name}", params, provenance, read_json(run_dir / "metrics.json") or {},
-             _training(run_dir), figure_index(run_dir), notebooks)
+             _training(run_dir), figure_index(run_dir), notebooks, sweep_line(run_dir))
     index = atomic_write_text(run_dir / "index.html", _index_html(*parts))
     summary = atomic_write_text(run_dir / "summary.md", _summary_md(*parts))
     return index, summary

@@ -17,6 +17,7 @@ from ..io import atomic_write_json, atomic_write_text
 from ..plots import save_figure
 from ..study import (MODEL_TITLES, REPORT_CSS, dataset_sentence, html_table, md_table, model_title, read_json,
                      recipe_deviations, strip_tags, markdown_text, OwnMarkdown)
+from ..study.answer import sweep_answer, sweep_answer_rows
 from .plan import SweepPlan
 
 CONFIDENCE = 0.95
@@ -125,6 +126,7 @@ def collect_runs(out: Path, plan: SweepPlan) -> list[dict]:
         metrics = {m: {k: _metric_value(doc, m, k) for k in SWEEP_METRICS} for m in (doc.get("models") or {})}
         params = read_json(out / "runs" / name / "provenance.json") or {}
         runs.append({"name": name, "folder": f"runs/{name}", "grid": point, "metrics": metrics,
+                     "comparisons": doc.get("comparisons") or {},
                      "regions": _region_metrics(doc), "dataset": doc.get("dataset") or {},
                      "params": params.get("params") or {}})
     return runs
@@ -177,6 +179,9 @@ class _SweepTables:
     """Everything the sweep's pages show, computed once for the HTML page and the Markdown summary."""
 
     title: str
+    opening: list
+    opening_head: list
+    opening_rows: list
     count: str
     grid_text: str
     dataset_text: str
@@ -215,11 +220,12 @@ def _sweep_document(out: Path, plan: SweepPlan, runs: list, models: dict, paired
         "runs_finished": len(runs),
         "runs_missing": [n for n, _ in plan.points if n not in {r["name"] for r in runs}],
         "runs_failed": failed,
-        "runs": [{k: r[k] for k in ("name", "folder", "grid", "metrics", "regions")} for r in runs],
+        "runs": [{k: r[k] for k in ("name", "folder", "grid", "metrics", "comparisons", "regions")} for r in runs],
         "models": {m: {"title": model_title(m), "metrics": v} for m, v in models.items()},
         "by_region": regions,
         "paired": paired,
-        "answer": verdict,
+        "answer": {**verdict, "opening": sweep_answer(runs, any(r["dataset"].get("synthetic") for r in runs),
+                                                      CONFIDENCE)},
         "recipe_deviations": deviations,
         "budget_curves": {**budget, "figure": "figures/budget_curves.png" if figure else None},
     }
@@ -228,8 +234,12 @@ def _sweep_document(out: Path, plan: SweepPlan, runs: list, models: dict, paired
 def _sweep_html(t: _SweepTables) -> str:
     e = html.escape
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(t.title)}</title>",
-             f"<style>{REPORT_CSS}</style></head><body><h1>{e(t.title)}</h1>",
-             f"<p>The study run once per grid point ({e(t.grid_text)}); {e(t.count)}.</p>"]
+             f"<style>{REPORT_CSS}</style></head><body><h1>{e(t.title)}</h1>"]
+    if t.opening:
+        parts.append("<div class='answer'><h2>The answer across these runs</h2>"
+                     + "".join(f"<p>{e(s)}</p>" for s in t.opening)
+                     + (html_table(t.opening_head, t.opening_rows) if t.opening_rows else "") + "</div>")
+    parts.append(f"<p>The study run once per grid point ({e(t.grid_text)}); {e(t.count)}.</p>")
     if t.dataset_text:
         parts.append(f"<p class='{'synthetic' if t.synthetic else 'note'}'>{t.dataset_text}</p>")
     parts.append(f"<p class='note'>Brackets: {e(INTERVALS)}. “{MISSING}”: fewer than 2 runs.</p>")
@@ -268,7 +278,11 @@ def _sweep_html(t: _SweepTables) -> str:
 
 
 def _sweep_markdown(t: _SweepTables) -> str:
-    md = [f"# {t.title}", "", f"The study run once per grid point ({t.grid_text}); {t.count}.", ""]
+    md = [f"# {t.title}", ""]
+    if t.opening:
+        md += ["## The answer across these runs", ""] + [markdown_text(s) + "\n" for s in t.opening]
+        md += (md_table(t.opening_head, t.opening_rows) + [""]) if t.opening_rows else []
+    md += [f"The study run once per grid point ({t.grid_text}); {t.count}.", ""]
     if t.dataset_text:
         md += [strip_tags(t.dataset_text), ""]
     md += [f"Brackets: {INTERVALS}. {MISSING}: fewer than 2 runs.", ""]
@@ -312,8 +326,10 @@ def write_sweep_report(out: str | os.PathLike, plan: SweepPlan, failed: dict | N
     document = _sweep_document(out, plan, runs, models, paired, regions, verdict, deviations, budget, figure, failed)
     atomic_write_json(out / "sweep.json", document)
     missing = document["runs_missing"]
+    opening_head, opening_rows = sweep_answer_rows(runs)
     tables = _SweepTables(
-        title=f"vfnb sweep: {out.name}",
+        title=f"vfnb sweep: {out.name}", opening=sweep_answer(runs, synthetic, CONFIDENCE),
+        opening_head=opening_head, opening_rows=opening_rows,
         count=(f"{len(runs)} of {len(plan.points)} planned runs finished"
                + (f"; missing: {', '.join(missing)}" if missing else "")
                + (f"; failed in this sweep: {', '.join(failed)}" if failed else "")),
