@@ -366,8 +366,9 @@ def test_a_torchrun_worker_killed_mid_training_ends_the_run_in_bounded_time(
     os.kill(ranks[1], signal.SIGKILL)
     start = time.monotonic()
     code = run.finish(timeout=180)
-    assert code != 0
-    assert time.monotonic() - start < 180
+    elapsed = time.monotonic() - start
+    print(f"torchrun exited {code} {elapsed:.1f} s after rank 1 was killed")
+    assert code != 0 and elapsed < 180
     _assert_none_left(children, within=60)
     assert not list(out.glob(".tmp-*")), "a half-written checkpoint was left"
     from vfnb.models.checkpoints import load_checkpoint_dict
