@@ -78,8 +78,13 @@ class Run:
     def __init__(self, args: list[str], log: Path, env: dict, preexec=None, cwd: Path | None = None):
         self.log = log
         self._fh = open(log, "wb")
+        def setup():
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # as in a terminal, even under a runner that ignores it
+            if preexec is not None:
+                preexec()
+
         self.proc = subprocess.Popen([sys.executable, "-m", *args], stdout=self._fh, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True, preexec_fn=preexec, cwd=cwd)
+                                     env=env, start_new_session=True, preexec_fn=setup, cwd=cwd)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -130,11 +135,19 @@ def _study_args(out: Path, data_dir: Path, *extra: str) -> list[str]:
     return [*args, *extra]
 
 
+def _without_run_ids(value):
+    """``value`` without its ``run_id`` entries: each training run gets a fresh random one."""
+    if isinstance(value, dict):
+        return {k: _without_run_ids(v) for k, v in value.items() if k != "run_id"}
+    if isinstance(value, list):
+        return [_without_run_ids(v) for v in value]
+    return value
+
+
 def _numbers(run_dir: Path) -> dict:
-    """What a study concluded: metrics.json without its timings, and the operating points."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    metrics.pop("seconds", None)
-    return {"metrics": metrics, "points": json.loads((run_dir / "operating_points.json").read_text())}
+    """What a study concluded: ``metrics.json`` and the operating points (training runs' ids aside)."""
+    return _without_run_ids({"metrics": json.loads((run_dir / "metrics.json").read_text()),
+                             "points": json.loads((run_dir / "operating_points.json").read_text())})
 
 
 def _staging_of(out: Path) -> list[Path]:
@@ -207,31 +220,31 @@ def subprocess_env_module() -> dict:
     return env
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "sigint"])
-def test_a_study_stopped_in_each_notebook_reruns_to_the_uninterrupted_numbers(study_data, subprocess_env_module,
-                                                                              sig):
-    """One --out, the same command each time: stopped in 00, then in 01, 02 and 03, then left to finish."""
+def test_a_study_stopped_in_each_notebook_reruns_to_the_uninterrupted_numbers(study_data, subprocess_env_module):
+    """One --out, the same command each time: SIGKILL, then Ctrl-C, in notebook 00, then 01, 02 and 03; then
+    left to finish, it gives the numbers of the uninterrupted run (the CPU path is deterministic)."""
     base, data_dir = study_data["base"], study_data["data_dir"]
-    out = base / f"stopped-{signal.Signals(sig).name.lower()}"
+    out = base / "stopped"
     for i, name in enumerate(NOTEBOOKS):
-        run = Run(_study_args(out, data_dir), base / f"{out.name}-{i}.log", subprocess_env_module)
-        run.wait_for(rf"^\[{i + 1}/4\] {name} \.\.\.")
-        children = run.stop(sig)
-        _assert_none_left(children)
-        if sig == signal.SIGINT:
-            assert run.proc.returncode != 0
-            _one_line_interrupt(run.text())
-            assert not _staging_of(out), "an interrupted run removes its staging folder"
-        else:
-            assert run.proc.returncode == -signal.SIGKILL
-        assert not out.exists(), f"stopped in {name}, yet {out} exists"
-        _assert_data_cache_consistent(data_dir)
-    stale = _staging_of(out)
-    run = Run(_study_args(out, data_dir), base / f"{out.name}-rerun.log", subprocess_env_module)
+        for sig in (signal.SIGKILL, signal.SIGINT):
+            run = Run(_study_args(out, data_dir), base / f"stopped-{i}-{sig.name}.log", subprocess_env_module)
+            run.wait_for(rf"^\[{i + 1}/4\] {name} \.\.\.")
+            children = run.stop(sig)
+            _assert_none_left(children)
+            if sig == signal.SIGINT:
+                assert run.proc.returncode == 130
+                _one_line_interrupt(run.text())
+                assert "vfnb study stopped before it finished" in run.text()
+                assert not _staging_of(out), "an interrupted run removes its staging folder"
+            else:
+                assert run.proc.returncode == -signal.SIGKILL
+                assert _staging_of(out), "the killed run's staging folder is expected beside --out"
+            assert not out.exists(), f"stopped in {name}, yet {out} exists"
+            assert not out.with_name(out.name + ".failed").exists(), "an interrupted run is not a failed one"
+            _assert_data_cache_consistent(data_dir)
+    run = Run(_study_args(out, data_dir), base / "stopped-rerun.log", subprocess_env_module)
     assert run.finish() == 0, run.text()[-3000:]
     assert not _staging_of(out) and not out.with_name(out.name + ".failed").exists()
-    if sig == signal.SIGKILL:
-        assert stale and "note: removed" in run.text()  # the killed runs' staging folders, named
     for name in NOTEBOOKS:
         assert (out / f"{name}.html").is_file() and (out / f"{name}.ipynb").is_file()
     assert "study complete" in (out / "run.log").read_text()
@@ -283,13 +296,19 @@ def _sweep_file(folder: Path, data_dir: Path) -> Path:
     return path
 
 
-def _sweep_table(out: Path) -> dict:
-    doc = json.loads((out / "sweep.json").read_text())
-    return {k: v for k, v in doc.items() if k not in ("written", "created", "seconds")}
+def _sweep_table(out: Path) -> tuple[dict, list[str]]:
+    """The sweep's numbers (``sweep.json`` but the time it was written) and the tables of its page."""
+    doc = _without_run_ids(json.loads((out / "sweep.json").read_text()))
+    doc.pop("written_utc")
+    return doc, re.findall(r"<table.*?</table>", (out / "index.html").read_text(), re.DOTALL)
 
 
 def test_a_sweep_stopped_while_a_point_runs_reuses_finished_points_and_redoes_the_stopped_one(
         study_data, subprocess_env_module):
+    """An uninterrupted two-point sweep; then a sweep holding its finished first point (copied, as from another
+    machine's --only job) stopped by Ctrl-C, then by SIGKILL, while its second point runs; then rerun."""
+    import shutil
+
     base = study_data["base"]
     sweep = _sweep_file(base, study_data["data_dir"])
     whole = base / "sweep-whole"
@@ -298,19 +317,21 @@ def test_a_sweep_stopped_while_a_point_runs_reuses_finished_points_and_redoes_th
     assert run.finish(2 * RUN_TIMEOUT) == 0, run.text()[-3000:]
 
     out = base / "sweep-stopped"
-    args = ["vfnb", "sweep", "--params", str(sweep), "--out", str(out)]
+    shutil.copytree(whole / "runs" / "seed-0", out / "runs" / "seed-0")
     finished = out / "runs" / "seed-0" / "metrics.json"
+    kept = (finished.read_bytes(), finished.stat().st_mtime_ns)
+    args = ["vfnb", "sweep", "--params", str(sweep), "--out", str(out)]
     for k, sig in enumerate((signal.SIGINT, signal.SIGKILL)):
         run = Run(args, base / f"sweep-stopped-{k}.log", subprocess_env_module)
-        run.wait_for(r"^\[2/2\] seed-1 \.\.\.", 2 * RUN_TIMEOUT)
-        run.wait_for(r"01_supcon_pretraining \.\.\.")
-        children = run.stop(sig)
+        run.wait_for(r"^\[2/2\] seed-1 \.\.\.")
+        run.wait_for(r"00_data_exploration \.\.\.")
+        children = run.stop(sig, settle=5)
         _assert_none_left(children)
-        assert run.proc.returncode != 0
+        assert run.proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL)
+        assert "seed-0: finished before, kept" in run.text()
         if sig == signal.SIGINT:
             _one_line_interrupt(run.text())
-        if k == 0:
-            kept = (finished.read_bytes(), finished.stat().st_mtime_ns)
+            assert "vfnb sweep stopped while seed-1 ran" in run.text()
         assert not (out / "runs" / "seed-1").exists()
     run = Run(args, base / "sweep-stopped-rerun.log", subprocess_env_module)
     assert run.finish() == 0, run.text()[-3000:]

@@ -55,8 +55,10 @@ from .report import SMOKE_WARNING, write_report
 from .run import DATASET_FILE, RUN_LOG, StudyError, read_json
 
 KERNEL_ARGV = ("-m", "ipykernel_launcher", "-f", "{connection_file}",
-               # the kernel's own notices (e.g. that it talks to papermill over local TCP) are not the study's
-               "--IPKernelApp.log_level=ERROR")
+               # the kernel's own log (that it talks to papermill over local TCP; its sockets closed under a
+               # running cell when Ctrl-C stops the study) is not the study's: a cell's error reaches the
+               # notebook and the StudyError naming it
+               "--IPKernelApp.log_level=CRITICAL")
 
 
 # ===================================================================== console and run.log
@@ -304,6 +306,19 @@ def run_study(params_files: Sequence[str | os.PathLike], overrides: Sequence[str
     git = git_state(project_root())  # before the staging folder exists, so it is not counted as a change
     started = _dt.datetime.now(_dt.timezone.utc)
     failed = out.with_name(out.name + ".failed")
+    try:
+        _build_run(out, overwrite, failed, params, shown, notebooks, notebook_dir, git, started, progress)
+    except KeyboardInterrupt:  # Ctrl-C: the kernel is shut down and the staging folder removed by now
+        raise KeyboardInterrupt(f"vfnb study stopped before it finished; {out} is as it was and the unfinished "
+                                "run was removed (the same command starts it again)") from None
+    if failed.exists():
+        shutil.rmtree(failed, ignore_errors=True)  # a stale failure report would mislead
+    return out
+
+
+def _build_run(out: Path, overwrite: bool, failed: Path, params: dict, shown: dict, notebooks: Sequence[str],
+               notebook_dir: Path, git: dict, started: _dt.datetime, progress: bool) -> None:
+    """The run built in a staging folder and moved to ``out`` when complete (``failed`` if a notebook fails)."""
     with output_folder(out, overwrite=overwrite) as staging:
         log = RunLog(staging / RUN_LOG, console=progress)
         log.say(f"building the run in {staging} (moved to {out} when complete; to {failed} if a notebook fails)")
@@ -316,6 +331,3 @@ def run_study(params_files: Sequence[str | os.PathLike], overrides: Sequence[str
         atomic_write_json(staging / "provenance.json", provenance)
         write_report(staging, shown, provenance, notebooks=notebooks, name=out.name)
         log.say(f"study complete: {out / 'index.html'}")
-    if failed.exists():
-        shutil.rmtree(failed, ignore_errors=True)  # a stale failure report would mislead
-    return out
