@@ -320,14 +320,30 @@ def _build_run(out: Path, overwrite: bool, failed: Path, params: dict, shown: di
                notebook_dir: Path, git: dict, started: _dt.datetime, progress: bool) -> None:
     """The run built in a staging folder and moved to ``out`` when complete (``failed`` if a notebook fails)."""
     with output_folder(out, overwrite=overwrite) as staging:
-        log = RunLog(staging / RUN_LOG, console=progress)
-        log.say(f"building the run in {staging} (moved to {out} when complete; to {failed} if a notebook fails)")
-        atomic_write_yaml(staging / "params.yaml", params)
         try:
-            durations = _run_notebooks(staging, params, shown, notebooks, notebook_dir, log, progress)
-        except StudyError as exc:
-            raise _keep_failed(staging, failed, exc, log) from None
-        provenance = build_provenance(read_json(staging / DATASET_FILE) or {}, params, durations, git, started)
-        atomic_write_json(staging / "provenance.json", provenance)
-        write_report(staging, shown, provenance, notebooks=notebooks, name=out.name)
-        log.say(f"study complete: {out / 'index.html'}")
+            _fill_staging(staging, out, failed, params, shown, notebooks, notebook_dir, git, started, progress)
+        except OSError as exc:  # a full disk, ``ulimit -f``: the staging folder goes, so name the file in ``out``
+            raise _named_in_out(exc, staging, out) from None
+
+
+def _fill_staging(staging: Path, out: Path, failed: Path, params: dict, shown: dict, notebooks: Sequence[str],
+                  notebook_dir: Path, git: dict, started: _dt.datetime, progress: bool) -> None:
+    log = RunLog(staging / RUN_LOG, console=progress)
+    log.say(f"building the run in {staging} (moved to {out} when complete; to {failed} if a notebook fails)")
+    atomic_write_yaml(staging / "params.yaml", params)
+    try:
+        durations = _run_notebooks(staging, params, shown, notebooks, notebook_dir, log, progress)
+    except StudyError as exc:
+        raise _keep_failed(staging, failed, exc, log) from None
+    provenance = build_provenance(read_json(staging / DATASET_FILE) or {}, params, durations, git, started)
+    atomic_write_json(staging / "provenance.json", provenance)
+    write_report(staging, shown, provenance, notebooks=notebooks, name=out.name)
+    log.say(f"study complete: {out / 'index.html'}")
+
+
+def _named_in_out(exc: OSError, staging: Path, out: Path) -> OSError:
+    """``exc`` naming the file it could not write where the run puts it (``out/...``), not in the staging folder."""
+    name = Path(exc.filename) if exc.filename else None
+    if name is None or not name.is_relative_to(staging):
+        return exc
+    return OSError(exc.errno, exc.strerror or str(exc), str(out / name.relative_to(staging)))
