@@ -364,19 +364,52 @@ def _ranks(torchrun_pid: int) -> dict[int, int]:
     return ranks
 
 
+def _ddp_params(dataset: Path, epochs: int) -> dict:
+    return {"dataset": str(dataset), "tag": "t0", "mode": "joint", "epochs": epochs, "epoch_mode": "replacement",
+            "batches_per_epoch": 2, "cube_size": 16, "backbone": "resnet10",
+            "backbone_kwargs": {"block_inplanes": [4, 8, 8, 16]}, "workers": 0, "threads": 1,
+            "eval_batch_size": 32, "progress": False, "device": "cpu"}
+
+
+def _torchrun(params_file: Path, out: Path, log: Path, env: dict) -> Run:
+    return Run(["torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                f"--master_port={_free_port()}", "-m", "vfnb", "train", "--params", str(params_file),
+                "--out", str(out)], log, env)
+
+
+def test_a_torchrun_worker_that_hangs_ends_the_run_after_the_process_group_timeout(
+        tiny_processed, tmp_path, subprocess_env_module):
+    """A peer stopped (SIGSTOP), not dead: no socket closes, so only the collective timeout ends the wait."""
+    params_file = tmp_path / "p.yaml"
+    params_file.write_text(yaml.safe_dump(_ddp_params(tiny_processed, epochs=200)))
+    out = tmp_path / "ddp"
+    run = _torchrun(params_file, out, tmp_path / "ddp.log", {**subprocess_env_module, "VFNB_DIST_TIMEOUT_S": "20"})
+    run.wait_until(lambda: (out / "last.pt").is_file(), "a first checkpoint", 300)
+    ranks = _ranks(run.proc.pid)
+    children = _descendants(run.proc.pid)
+    os.kill(ranks[1], signal.SIGSTOP)
+    start = time.monotonic()
+    try:
+        code = run.finish(timeout=240)
+        elapsed = time.monotonic() - start
+        print(f"torchrun exited {code} {elapsed:.1f} s after rank 1 was stopped (timeout 20 s)")
+        assert code != 0 and elapsed < 240
+        _assert_none_left(children, within=60)
+    finally:  # never leave a stopped process behind, whatever the outcome
+        for pid in children | {run.proc.pid}:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert not list(out.glob(".tmp-*")), "a half-written checkpoint was left"
+
+
 def test_a_torchrun_worker_killed_mid_training_ends_the_run_in_bounded_time(
         tiny_processed, tmp_path, subprocess_env_module):
-    params = {"dataset": str(tiny_processed), "tag": "t0", "mode": "joint", "epochs": 200,
-              "epoch_mode": "replacement", "batches_per_epoch": 2, "cube_size": 16, "backbone": "resnet10",
-              "backbone_kwargs": {"block_inplanes": [4, 8, 8, 16]}, "workers": 0, "threads": 1,
-              "eval_batch_size": 32, "progress": False, "device": "cpu"}
+    params = _ddp_params(tiny_processed, epochs=200)
     params_file = tmp_path / "p.yaml"
     params_file.write_text(yaml.safe_dump(params))
 
     def torchrun(out: Path, log: Path) -> Run:
-        return Run(["torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                    f"--master_port={_free_port()}", "-m", "vfnb", "train", "--params", str(params_file),
-                    "--out", str(out)], log, subprocess_env_module)
+        return _torchrun(params_file, out, log, subprocess_env_module)
 
     out = tmp_path / "ddp"
     run = torchrun(out, tmp_path / "ddp.log")
