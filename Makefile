@@ -1,6 +1,7 @@
 # vfnb: two commands on a fresh machine.
 #   make study   install everything into .venv, then run the default study (SynthSpine, CPU)
 #   make test    install everything into .venv, then run the whole test suite
+#   (make test-integration: the kill / resume / full-disk runs, which make test leaves out)
 # Both reuse .venv; it is reinstalled only when requirements.in, requirements.lock
 # or pyproject.toml change.
 #
@@ -20,7 +21,7 @@ RUN    ?= run-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 TORCH_INDEX ?=
 
-.PHONY: install study test lab bench reference screenshots clean-venv
+.PHONY: install study test test-integration lab bench reference screenshots clean-venv
 
 install: $(STAMP)
 
@@ -62,6 +63,11 @@ reference: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Real runs killed (SIGKILL, Ctrl-C), cut off by a file-size limit or losing a torchrun
+# worker, then run again (tests marked `integration`, left out of `make test`; minutes).
+test-integration: $(STAMP)
+	$(PY) -m pytest -m integration $(PYTEST_ARGS)
 
 # JupyterLab refuses to run as root without --allow-root (containers often run as root).
 lab: $(STAMP)

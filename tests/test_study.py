@@ -248,6 +248,19 @@ def test_failing_cell_names_notebook_and_cell_and_keeps_the_partial_run(tmp_path
     assert "FAILED: notebook broken.ipynb failed in cell 4" in log
 
 
+def test_a_write_that_fails_in_the_staging_folder_is_named_where_the_run_goes(tmp_path):
+    """The staging folder is removed when a write fails (a full disk), so the error names the file in --out."""
+    import errno
+
+    from vfnb.study.runner import _named_in_out
+
+    staging, out = tmp_path / ".tmp-run-1-ab", tmp_path / "run"
+    named = _named_in_out(OSError(errno.EFBIG, "File too large", str(staging / "figures" / "a.png")), staging, out)
+    assert (named.errno, named.filename) == (errno.EFBIG, str(out / "figures" / "a.png"))
+    elsewhere = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "data" / "x.nii.gz"))
+    assert _named_in_out(elsewhere, staging, out) is elsewhere
+
+
 def test_cli_missing_dataset_is_refused_before_any_notebook(tmp_path, capsys):
     out = tmp_path / "run"
     code = cli.main(["study", "--params", str(SMOKE), "-p", f"dataset={tmp_path / 'no-such-dataset'}",

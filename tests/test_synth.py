@@ -13,6 +13,8 @@ import json
 import csv
 import dataclasses
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -362,3 +364,24 @@ def test_ensure_default_dataset_reuses_and_refuses(tmp_path, monkeypatch):
         synth.ensure_default_dataset(tmp_path, cases=4, seed=1, size=32,
                                      config=dataclasses.replace(SynthConfig(), fracture_rate=0.5))
     assert len(calls) == 3
+
+
+def test_a_killed_runs_preprocessing_is_cleared_and_never_taken_for_the_processed_folder(tmp_path, monkeypatch):
+    """A run killed while it pre-processed leaves its staging folder (patches, no marker); the next run removes
+    it, says so, and makes the processed folder whole."""
+    def fake_preprocess(original, processed, size, workers):
+        Path(processed).mkdir()
+        (Path(processed) / "patches.csv").write_text("name\n")
+
+    monkeypatch.setattr(synth_dataset, "preprocess_dataset", fake_preprocess)
+    monkeypatch.setattr(synth_dataset, "split_dataset", lambda *a, **kw: None)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    original, processed = tmp_path / "original", tmp_path / "processed-32"
+    original.mkdir()
+    stale = tmp_path / f".tmp-processed-32-{dead.pid}-123"
+    (stale / "processed-32" / "img").mkdir(parents=True)  # half-written patches of the killed run
+    recipe = {"size": 32, "tag": "synth", "folds": 2, "val_fraction": 0.2, "split_seed": 0}
+    synth_dataset.ensure_processed(original, processed, recipe, workers=1)
+    assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["original", "processed-32"]
+    assert json.loads((processed / synth_dataset.PROCESSED_MARKER).read_text()) == recipe

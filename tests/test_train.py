@@ -295,6 +295,20 @@ def test_cuda_device_always_carries_an_index(device_param, monkeypatch):
         _Dist("auto")
 
 
+def test_the_process_group_timeout_is_bounded_and_checked(monkeypatch):
+    """torchrun processes wait a bounded time for a peer at a collective; VFNB_DIST_TIMEOUT_S sets it."""
+    from vfnb.training.distributed import PROCESS_GROUP_TIMEOUT_S, process_group_timeout
+
+    monkeypatch.delenv("VFNB_DIST_TIMEOUT_S", raising=False)
+    assert process_group_timeout().total_seconds() == PROCESS_GROUP_TIMEOUT_S
+    monkeypatch.setenv("VFNB_DIST_TIMEOUT_S", "90")
+    assert process_group_timeout().total_seconds() == 90
+    for bad in ("0", "-5", "soon", "inf", "nan"):
+        monkeypatch.setenv("VFNB_DIST_TIMEOUT_S", bad)
+        with pytest.raises(ParamsError, match=f"VFNB_DIST_TIMEOUT_S={bad!r}: expected a number of seconds > 0"):
+            process_group_timeout()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_run_with_bf16_autocast_and_channels_last(tiny_processed, tmp_path):
     """The GPU path: bf16 autocast and channels-last-3d (both "auto" = on for CUDA), then finetune from it."""

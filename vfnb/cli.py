@@ -315,8 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: vfnb {args.command} ran out of memory; expected inputs of a size this machine can "
               "hold (see docs/GUARANTEES.md for the size limits)", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, saying what was kept where the command says so
+        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
         return 130
     return int(code or 0)
 

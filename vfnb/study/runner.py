@@ -55,8 +55,10 @@ from .report import SMOKE_WARNING, write_report
 from .run import DATASET_FILE, RUN_LOG, StudyError, read_json
 
 KERNEL_ARGV = ("-m", "ipykernel_launcher", "-f", "{connection_file}",
-               # the kernel's own notices (e.g. that it talks to papermill over local TCP) are not the study's
-               "--IPKernelApp.log_level=ERROR")
+               # the kernel's own log (that it talks to papermill over local TCP; its sockets closed under a
+               # running cell when Ctrl-C stops the study) is not the study's: a cell's error reaches the
+               # notebook and the StudyError naming it
+               "--IPKernelApp.log_level=CRITICAL")
 
 
 # ===================================================================== console and run.log
@@ -305,18 +307,44 @@ def run_study(params_files: Sequence[str | os.PathLike], overrides: Sequence[str
     git = git_state(project_root())  # before the staging folder exists, so it is not counted as a change
     started = _dt.datetime.now(_dt.timezone.utc)
     failed = out.with_name(out.name + ".failed")
-    with output_folder(out, overwrite=overwrite) as staging:
-        log = RunLog(staging / RUN_LOG, console=progress)
-        log.say(f"building the run in {staging} (moved to {out} when complete; to {failed} if a notebook fails)")
-        atomic_write_yaml(staging / "params.yaml", params)
-        try:
-            durations = _run_notebooks(staging, params, shown, notebooks, notebook_dir, log, progress)
-        except StudyError as exc:
-            raise _keep_failed(staging, failed, exc, log) from None
-        provenance = build_provenance(read_json(staging / DATASET_FILE) or {}, params, durations, git, started)
-        atomic_write_json(staging / "provenance.json", provenance)
-        write_report(staging, shown, provenance, notebooks=notebooks, name=out.name)
-        log.say(f"study complete: {out / 'index.html'}")
+    try:
+        _build_run(out, overwrite, failed, params, shown, notebooks, notebook_dir, git, started, progress)
+    except KeyboardInterrupt:  # Ctrl-C: the kernel is shut down and the staging folder removed by now
+        raise KeyboardInterrupt(f"vfnb study stopped before it finished; {out} is as it was and the unfinished "
+                                "run was removed (the same command starts it again)") from None
     if failed.exists():
         shutil.rmtree(failed, ignore_errors=True)  # a stale failure report would mislead
     return out
+
+
+def _build_run(out: Path, overwrite: bool, failed: Path, params: dict, shown: dict, notebooks: Sequence[str],
+               notebook_dir: Path, git: dict, started: _dt.datetime, progress: bool) -> None:
+    """The run built in a staging folder and moved to ``out`` when complete (``failed`` if a notebook fails)."""
+    with output_folder(out, overwrite=overwrite) as staging:
+        try:
+            _fill_staging(staging, out, failed, params, shown, notebooks, notebook_dir, git, started, progress)
+        except OSError as exc:  # a full disk, ``ulimit -f``: the staging folder goes, so name the file in ``out``
+            raise _named_in_out(exc, staging, out) from None
+
+
+def _fill_staging(staging: Path, out: Path, failed: Path, params: dict, shown: dict, notebooks: Sequence[str],
+                  notebook_dir: Path, git: dict, started: _dt.datetime, progress: bool) -> None:
+    log = RunLog(staging / RUN_LOG, console=progress)
+    log.say(f"building the run in {staging} (moved to {out} when complete; to {failed} if a notebook fails)")
+    atomic_write_yaml(staging / "params.yaml", params)
+    try:
+        durations = _run_notebooks(staging, params, shown, notebooks, notebook_dir, log, progress)
+    except StudyError as exc:
+        raise _keep_failed(staging, failed, exc, log) from None
+    provenance = build_provenance(read_json(staging / DATASET_FILE) or {}, params, durations, git, started)
+    atomic_write_json(staging / "provenance.json", provenance)
+    write_report(staging, shown, provenance, notebooks=notebooks, name=out.name)
+    log.say(f"study complete: {out / 'index.html'}")
+
+
+def _named_in_out(exc: OSError, staging: Path, out: Path) -> OSError:
+    """``exc`` naming the file it could not write where the run puts it (``out/...``), not in the staging folder."""
+    name = Path(exc.filename) if exc.filename else None
+    if name is None or not name.is_relative_to(staging):
+        return exc
+    return OSError(exc.errno, exc.strerror or str(exc), str(out / name.relative_to(staging)))

@@ -85,6 +85,9 @@ def run_sweep(params_files: Sequence[str | os.PathLike], overrides: Sequence[str
                     run_params = atomic_write_yaml(out / "params" / f"{name}.yaml", {**plan.overrides, **point})
                     run_one([*plan.study_params, run_params], (), run_dir, progress=progress)
                 result.ran.append(name)
+            except KeyboardInterrupt:  # Ctrl-C stops the sweep, not just this run
+                raise KeyboardInterrupt(f"vfnb sweep stopped while {name} ran; the finished runs are kept and "
+                                        f"{name} was removed (the same command resumes the sweep)") from None
             except Exception as exc:  # a failing run must not stop the others
                 result.failed[name] = f"{type(exc).__name__}: {exc}"
                 _say(f"[{i + 1}/{len(points)}] {name} FAILED: {exc}", progress)

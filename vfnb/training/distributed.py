@@ -9,12 +9,36 @@ writes the run folder.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 
 import torch
 import torch.distributed as dist
 
 from ..errors import ParamsError
+
+
+#: How long a process waits at a collective (a barrier, the loss sum) for the others, in seconds, unless
+#: ``VFNB_DIST_TIMEOUT_S`` says otherwise: a peer that stopped answering (stopped, hung, its machine gone)
+#: ends the run with an error in bounded time instead of a hang; long enough for rank 0's validation and
+#: checkpoint, which the others wait for at a barrier. A peer that dies is seen sooner: its sockets close and
+#: torchrun stops the rest.
+PROCESS_GROUP_TIMEOUT_S = 1800
+TIMEOUT_VARIABLE = "VFNB_DIST_TIMEOUT_S"
+
+
+def process_group_timeout() -> datetime.timedelta:
+    """The collective timeout: :data:`PROCESS_GROUP_TIMEOUT_S`, or ``VFNB_DIST_TIMEOUT_S`` (seconds, > 0)."""
+    text = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not text:
+        return datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ParamsError(f"environment variable {TIMEOUT_VARIABLE}={text!r}: expected a number of seconds > 0")
+    return datetime.timedelta(seconds=seconds)
 
 
 class Processes:
@@ -29,7 +53,8 @@ class Processes:
             self.world_size, self.rank = dist.get_world_size(), dist.get_rank()
         self.device = self._device(device_param)
         if self.world_size > 1 and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo",
+                                    timeout=process_group_timeout())
             self.owns_group = True
             self.world_size, self.rank = dist.get_world_size(), dist.get_rank()
         self.distributed = self.world_size > 1

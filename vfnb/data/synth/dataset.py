@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ...errors import DatasetError, ParamsError
-from ...io import atomic_write_json, atomic_write_text, output_folder, save_nifti
+from ...io import atomic_write_json, atomic_write_text, clean_stale_staging, output_folder, save_nifti
 from ..origin import GENERATOR_RECORD
 from ..original import write_annotation
 from ..preprocess import preprocess_dataset
@@ -138,14 +139,23 @@ def ensure_generated(original: Path, cases: int, seed: int, workers: int, config
 
 
 def _preprocess_and_split(original: Path, processed: Path, recipe: dict, workers: int) -> Path:
-    """Steps 2 and 3 into a staging folder beside ``processed``, renamed into place when both are done."""
+    """Steps 2 and 3 into a staging folder beside ``processed``, renamed into place when both are done.
+
+    A staging folder left by a killed run (its process gone) is removed first: it is never
+    taken for the processed folder, and a killed run's patches do not pile up in ``data_dir``.
+    """
+    for stale in clean_stale_staging(processed):
+        print(f"note: removed {stale}, the pre-processing of an earlier run that did not finish", file=sys.stderr)
+    # everything of this run (pre-processing's own staging folder and lock too) lies inside ``staging``
     staging = processed.with_name(f".tmp-{processed.name}-{os.getpid()}-{int(time.time())}")
+    staging.mkdir()
+    made = staging / processed.name
     try:
-        preprocess_dataset(original, staging, size=recipe["size"], workers=workers)
-        split_dataset(staging, recipe["tag"], folds=recipe["folds"], val_fraction=recipe["val_fraction"],
+        preprocess_dataset(original, made, size=recipe["size"], workers=workers)
+        split_dataset(made, recipe["tag"], folds=recipe["folds"], val_fraction=recipe["val_fraction"],
                       seed=recipe["split_seed"])
-        atomic_write_json(staging / PROCESSED_MARKER, recipe)
-        os.replace(staging, processed)
+        atomic_write_json(made / PROCESSED_MARKER, recipe)
+        os.replace(made, processed)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
