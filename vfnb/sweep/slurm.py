@@ -265,7 +265,7 @@ def failure_message(job, record: JobRecord, run_dir: Path) -> str:
     Without one, SLURM ended the job before the function returned (time limit, memory, scancel).
     """
     detail = f"the job ended {record.state} without a result (time limit, memory or scancel: see its log)"
-    if job.paths.result_pickle.exists():
+    if job.paths.result_pickle.exists() or not _is_slurm(job):
         lines = [line.strip() for line in str(job.exception() or "").splitlines()]
         errors = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b", line)]
         if errors:
@@ -337,17 +337,15 @@ def _say(text: str, enabled: bool) -> None:
 def _wait(watched: dict, book: JobBook, options: SlurmOptions, on_end: Callable, progress: bool,
           poll_s: float) -> None:
     """Poll until every watched job has ended; one progress line whenever the counts change (or every 5 min)."""
-    import submitit
-
     total, failed = len(watched), 0
     gone_since: dict[str, float] = {}
     start, shown, shown_at = time.monotonic(), None, 0.0
     while watched:
-        slurm_ids = [book.jobs[n].job_id for n, (job, _) in watched.items() if isinstance(job, submitit.SlurmJob)]
+        slurm_ids = [book.jobs[n].job_id for n, (job, _) in watched.items() if _is_slurm(job)]
         states = queue_states(slurm_ids)
         for name, (job, point) in list(watched.items()):
             record = book.jobs[name]
-            if isinstance(job, submitit.SlurmJob):
+            if _is_slurm(job):
                 record.state = states.get(record.job_id, record.state if record.state not in _QUEUED else "ENDED")
                 ended = job.paths.result_pickle.exists()
                 if not ended and record.state not in _QUEUED:  # ended without a result yet: a slow file system?
@@ -370,13 +368,19 @@ def _wait(watched: dict, book: JobBook, options: SlurmOptions, on_end: Callable,
             time.sleep(poll_s)
 
 
+def _is_slurm(job) -> bool:
+    import submitit
+
+    return isinstance(job, submitit.SlurmJob)
+
+
 def _end(name: str, job, point: PointJob, book: JobBook, options: SlurmOptions, on_end: Callable) -> int:
     """Record how the job of ``name`` ended, tell ``on_end``; 1 when it failed."""
     record = book.jobs[name]
     record.ended = _now()
     value, message = None, None
     try:
-        if not job.paths.result_pickle.exists():
+        if _is_slurm(job) and not job.paths.result_pickle.exists():
             raise RuntimeError("no result")
         value = job.result()
     except Exception:
