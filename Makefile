@@ -20,7 +20,7 @@ RUN    ?= run-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 TORCH_INDEX ?=
 
-.PHONY: install study test lab bench reference screenshots clean-venv
+.PHONY: install study test slurm-test lab bench reference screenshots clean-venv
 
 install: $(STAMP)
 
@@ -59,6 +59,15 @@ reference: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The sweep on a real SLURM (tests/test_sweep_slurm.py, skipped by `make test` when no SLURM
+# answers): start a single-node SLURM on this machine (scripts/slurm-local.sh, as root, state
+# in $(SLURM_DIR)), run the test against it, stop SLURM whether the test passed or not.
+SLURM_DIR ?= /tmp/vfnb-slurm
+slurm-test: $(STAMP)
+	VFNB_SLURM_DIR=$(SLURM_DIR) scripts/slurm-local.sh start
+	SLURM_CONF=$(SLURM_DIR)/slurm.conf $(PY) -m pytest -rs tests/test_sweep_slurm.py $(PYTEST_ARGS); \
+	    status=$$?; VFNB_SLURM_DIR=$(SLURM_DIR) scripts/slurm-local.sh stop; exit $$status
 
 # JupyterLab refuses to run as root without --allow-root (containers often run as root).
 lab: $(STAMP)
