@@ -241,6 +241,56 @@ def test_ctrl_c_while_waiting_cancels_the_jobs(tmp_path, job_env, monkeypatch, c
     assert not (out / "runs" / "seed-2" / "metrics.json").exists()
 
 
+def test_a_refused_first_submission_stops_before_anything_runs(tmp_path, capsys):
+    class Refusing:
+        def submit(self, fn, *args):
+            raise RuntimeError("sbatch: error: Batch job submission failed:\n Requested node configuration is "
+                               "not available")
+
+    out = tmp_path / "sw"
+    with pytest.raises(SweepError, match=r"--executor slurm: submission failed: RuntimeError: sbatch: error: Batch "
+                                         r"job submission failed: Requested node configuration is not available"):
+        run_sweep([sweep_file(tmp_path)], out=out, progress=False, run_one=fake_study, executor="slurm",
+                  make_executor=lambda *a: Refusing())
+    assert not (out / "runs").exists() and not (out / "slurm" / "jobs.json").exists()
+
+
+def test_a_rerun_waits_for_the_jobs_an_interrupted_submission_left_running(tmp_path, monkeypatch, capsys):
+    """The submitting process was killed, its jobs still run: the same command watches them, submits nothing."""
+    import submitit
+    from submitit.core.utils import cloudpickle_dump
+
+    from vfnb.sweep.runner import run_point
+    from vfnb.sweep.slurm import JobBook
+
+    out = tmp_path / "sw"
+    book = JobBook(out / "slurm")
+    paths = {name: submitit.SlurmJob(folder=out / "slurm", job_id=job_id).paths
+             for name, job_id in (("seed-0", "70"), ("seed-1", "71"))}
+    for (name, job_paths), job_id in zip(paths.items(), ("70", "71")):
+        book.add(name, type("Submitted", (), {"job_id": job_id, "paths": job_paths})())
+    book.save(SlurmOptions())
+    polls = []
+
+    def squeue(job_ids):  # the cluster: both running, then each ends after writing its result, as a job does
+        polls.append(list(job_ids))
+        if len(polls) == 2:
+            for name, job_paths in paths.items():
+                value = run_point(out, name, [], {"seed": int(name[-1])}, fake_study, False)
+                cloudpickle_dump(("success", value), job_paths.result_pickle)
+        return {job_id: "RUNNING" if len(polls) < 2 else "COMPLETED" for job_id in job_ids}
+
+    monkeypatch.setattr(sweep_slurm, "queue_states", squeue)
+    monkeypatch.setattr(sweep_slurm, "POLL_S", 0.01)
+    monkeypatch.setattr("vfnb.sweep.runner.check_cluster", lambda options: None)
+    monkeypatch.setattr(submitit.SlurmExecutor,
+                        "submit", lambda *a, **k: pytest.fail("submitted a point whose job still runs"))
+    result = run_sweep([sweep_file(tmp_path)], out=out, progress=True, run_one=fake_study, executor="slurm")
+    assert result.ok and result.ran == ["seed-0", "seed-1"] and result.jobs == {"seed-0": "70", "seed-1": "71"}
+    assert "seed-0: SLURM job 70 of an earlier run of this sweep is still RUNNING: waiting for it" in capsys.readouterr().err
+    assert json.loads((out / "slurm" / "jobs.json").read_text())["jobs"]["seed-1"]["outcome"] == "finished"
+
+
 # ------------------------------------------------------------------ a real SLURM
 def _slurm_answers() -> bool:
     if shutil.which("sinfo") is None:

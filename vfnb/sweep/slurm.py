@@ -191,18 +191,18 @@ def check_picklable(function: Callable, args: tuple, what: str) -> None:
                          "be a module-level function and its arguments plain values") from None
 
 
-def queue_states(job_ids: list[str]) -> dict[str, str]:
+def queue_states(job_ids: list[str]) -> dict[str, str] | None:
     """Each job's state as ``squeue`` reports it (ended jobs too, while the controller still lists them);
-    a job it no longer lists is absent. ``{}`` when squeue fails (then nothing is concluded)."""
+    a job it no longer lists is absent. ``None`` when squeue fails (then nothing is concluded)."""
     if not job_ids:
         return {}
     try:
         done = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i %T", "-j", ",".join(job_ids)],
                               capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
-        return {}
+        return None
     if done.returncode != 0 and "Invalid job id" not in done.stderr:
-        return {}
+        return None
     states = {}
     for line in done.stdout.splitlines():
         parts = line.split()
@@ -288,18 +288,33 @@ def run_on_slurm(out: Path, points: list[PointJob], options: SlurmOptions, funct
     """Submit one job per point running ``function(*point.args)``, wait for all, return ``{point: job id}``.
 
     ``on_end(name, job id or None, failure message or None, the function's return value)`` is called as
-    each job ends.
-    A point whose job (recorded in ``jobs.json``) is still queued or running is waited for, not
+    each job ends. A point whose job (recorded in ``jobs.json``) is still queued or running is waited for, not
     submitted again. The first submission failing raises :class:`SweepError` (nothing was submitted);
     a later one is reported through ``on_end``. Ctrl-C cancels the unfinished jobs, then re-raises.
     """
-    import submitit
-
-    folder = out / "slurm"
-    book = JobBook(folder)
+    book = JobBook(out / "slurm")
     watched: dict[str, tuple[Any, PointJob]] = {}
     reattach = make_executor is slurm_executor
     queued = queue_states([book.jobs[p.name].job_id for p in points if p.name in book.jobs]) if reattach else {}
+    if queued is None:
+        raise SweepError("--executor slurm: squeue failed, so the jobs of an earlier run of this sweep cannot be "
+                         f"checked ({book.path}); is slurmctld answering?")
+    try:
+        _submit_all(out, points, options, function, on_end, make_executor, progress, book, queued, watched)
+        ids = {name: book.jobs[name].job_id for name in watched}
+        _wait(watched, book, options, on_end, progress, poll_s)
+    except KeyboardInterrupt:
+        _cancel(watched, book, options, progress)
+        raise
+    return ids
+
+
+def _submit_all(out: Path, points: list[PointJob], options: SlurmOptions, function: Callable, on_end: Callable,
+                make_executor: Callable, progress: bool, book: JobBook, queued: dict, watched: dict) -> None:
+    """Submit a job per point into ``watched``, or watch the still-queued job an earlier run submitted."""
+    import submitit
+
+    folder = out / "slurm"
     for point in points:
         record = book.jobs.get(point.name)
         if record is not None and queued.get(record.job_id) in _QUEUED:
@@ -311,7 +326,7 @@ def run_on_slurm(out: Path, points: list[PointJob], options: SlurmOptions, funct
         try:
             job = make_executor(folder, options, f"vfnb-{out.name}-{point.name}").submit(function, *point.args)
         except Exception as exc:  # sbatch refused: resources the cluster has not, a full queue, ...
-            message = f"submission failed: {type(exc).__name__}: {str(exc).strip()}"
+            message = f"submission failed: {type(exc).__name__}: {' '.join(str(exc).split())}"
             if not watched:
                 raise SweepError(f"--executor slurm: {message}") from None
             on_end(point.name, None, message, None)
@@ -320,13 +335,6 @@ def run_on_slurm(out: Path, points: list[PointJob], options: SlurmOptions, funct
         book.save(options)
         watched[point.name] = (job, point)
         _say(f"{point.name}: submitted as SLURM job {record.job_id} (log {record.stderr})", progress)
-    ids = {name: book.jobs[name].job_id for name in watched}
-    try:
-        _wait(watched, book, options, on_end, progress, poll_s)
-    except KeyboardInterrupt:
-        _cancel(watched, book, options, progress)
-        raise
-    return ids
 
 
 def _say(text: str, enabled: bool) -> None:
@@ -343,6 +351,8 @@ def _wait(watched: dict, book: JobBook, options: SlurmOptions, on_end: Callable,
     while watched:
         slurm_ids = [book.jobs[n].job_id for n, (job, _) in watched.items() if _is_slurm(job)]
         states = queue_states(slurm_ids)
+        if states is None:  # squeue did not answer this time: conclude nothing, ask again
+            states = {book.jobs[n].job_id: book.jobs[n].state for n in watched}
         for name, (job, point) in list(watched.items()):
             record = book.jobs[name]
             if _is_slurm(job):
