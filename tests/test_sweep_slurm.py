@@ -193,7 +193,7 @@ def test_each_point_is_one_job_running_run_point_and_a_rerun_submits_nothing(tmp
     assert json.loads((out / "slurm" / "jobs.json").read_text()) == book
 
 
-@pytest.mark.slow  # a real job process imports torch (vfnb.sweep): ~10 s alone, 40 s on a loaded 2-core machine
+@pytest.mark.slow  # the job process imports torch (through vfnb.sweep), which takes a while on a busy 2-core machine
 def test_a_failed_job_names_its_log_and_run_folder_and_the_page_has_the_others(tmp_path, job_env, monkeypatch, capsys):
     """A real job process (submitit's LocalExecutor): the call is unpickled and imported there, and fails."""
     out = tmp_path / "sw"

@@ -39,7 +39,7 @@ from ..study import read_json
 from .plan import SweepError
 
 SLURM_KEYS = ("partition", "time", "cpus", "mem")
-DEFAULT_TIME_MIN = 240  # a default study takes about 14 min on 2 cores; a cluster's nodes vary
+DEFAULT_TIME_MIN = 240  # generous for one default study; set --slurm-time to what one study takes on the nodes
 DEFAULT_CPUS = 2
 POLL_S = 10.0
 RESULT_GRACE_S = 30.0  # a job's result file may show up on a shared file system after squeue says it ended
