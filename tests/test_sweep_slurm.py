@@ -67,7 +67,8 @@ def local_executor(folder, options, job_name):
 @pytest.fixture
 def job_env(monkeypatch):
     """The jobs' Python finds this checkout and this test module (as a cluster job finds the shared checkout)."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), str(HERE), os.environ.get("PYTHONPATH")])))
+    paths = [str(ROOT), str(HERE), os.environ.get("PYTHONPATH")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, paths)))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setattr(sweep_slurm, "POLL_S", 0.2)
 
@@ -287,7 +288,8 @@ def test_a_rerun_waits_for_the_jobs_an_interrupted_submission_left_running(tmp_p
                         "submit", lambda *a, **k: pytest.fail("submitted a point whose job still runs"))
     result = run_sweep([sweep_file(tmp_path)], out=out, progress=True, run_one=fake_study, executor="slurm")
     assert result.ok and result.ran == ["seed-0", "seed-1"] and result.jobs == {"seed-0": "70", "seed-1": "71"}
-    assert "seed-0: SLURM job 70 of an earlier run of this sweep is still RUNNING: waiting for it" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "seed-0: SLURM job 70 of an earlier run of this sweep is still RUNNING: waiting for it" in err
     assert json.loads((out / "slurm" / "jobs.json").read_text())["jobs"]["seed-1"]["outcome"] == "finished"
 
 

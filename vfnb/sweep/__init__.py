@@ -30,8 +30,8 @@ A lock left by a dead process on the same host is taken over; one from another h
 is not (its pid cannot be checked there): remove it by hand once that job is gone.
 
 Modules: :mod:`.plan` (sweep files into a plan), :mod:`.locks`, :mod:`.runner`
-(``run_sweep``, ``run_point``), :mod:`.slurm` (the SLURM executor) and :mod:`.report` (statistics across runs and the pages). This file
-only re-exports.
+(``run_sweep``, ``run_point``), :mod:`.slurm` (the SLURM executor) and :mod:`.report`
+(statistics across runs and the pages). This file only re-exports.
 """
 
 from ..evaluate import mean_interval
@@ -41,6 +41,7 @@ from .report import ANSWER_METRICS, CONFIDENCE, PAIRS, aggregate, answer, collec
 from .runner import EXECUTORS, SweepResult, is_finished, run_point, run_sweep
 from .slurm import SlurmOptions, slurm_options
 
-__all__ = ["ANSWER_METRICS", "CONFIDENCE", "EXECUTORS", "PAIRS", "SWEEP_KEYS", "SlurmOptions", "SweepError", "SweepPlan",
-           "SweepResult", "aggregate", "answer", "collect_runs", "is_finished", "load_sweep", "mean_interval", "pid_lock",
-           "run_name", "run_point", "run_sweep", "select_points", "slurm_options", "write_sweep_report"]
+__all__ = ["ANSWER_METRICS", "CONFIDENCE", "EXECUTORS", "PAIRS", "SWEEP_KEYS", "SlurmOptions", "SweepError",
+           "SweepPlan", "SweepResult", "aggregate", "answer", "collect_runs", "is_finished", "load_sweep",
+           "mean_interval", "pid_lock", "run_name", "run_point", "run_sweep", "select_points", "slurm_options",
+           "write_sweep_report"]

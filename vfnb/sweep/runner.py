@@ -1,4 +1,5 @@
-"""Running a sweep: every unfinished grid point, here in sequence or as SLURM jobs; resumable, a failing run reported and skipped."""
+"""Running a sweep: every unfinished grid point, here in sequence or as SLURM jobs; resumable, a failing run
+reported and skipped."""
 
 from __future__ import annotations
 

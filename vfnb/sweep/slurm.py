@@ -95,7 +95,8 @@ def parse_time(value: Any, where: str) -> int:
 
 def parse_mem(value: Any, where: str) -> str:
     """Memory per job as sbatch's ``--mem`` takes it (``16G``, ``800M``; a bare number is megabytes)."""
-    match = _MEM.fullmatch(str(value).strip()) if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+    plain = isinstance(value, (int, str)) and not isinstance(value, bool)
+    match = _MEM.fullmatch(str(value).strip()) if plain else None
     if not match or int(match.group(1)) <= 0:
         raise SweepError(f"{where} = {value!r}: expected memory above zero, e.g. 16G or 8000M (a bare number is MB)")
     return f"{int(match.group(1))}{(match.group(2) or 'M').upper()}"
@@ -249,7 +250,8 @@ class JobBook:
     def add(self, name: str, job) -> JobRecord:
         old = self.jobs.get(name)
         earlier = [*(old.earlier_job_ids or []), old.job_id] if old else None
-        record = JobRecord(str(job.job_id), _now(), str(job.paths.stdout), str(job.paths.stderr), earlier_job_ids=earlier)
+        record = JobRecord(str(job.job_id), _now(), str(job.paths.stdout), str(job.paths.stderr),
+                           earlier_job_ids=earlier)
         self.jobs[name] = record
         return record
 
@@ -304,7 +306,7 @@ def run_on_slurm(out: Path, points: list[PointJob], options: SlurmOptions, funct
         ids = {name: book.jobs[name].job_id for name in watched}
         _wait(watched, book, options, on_end, progress, poll_s)
     except KeyboardInterrupt:
-        _cancel(watched, book, options, progress)
+        _cancel(watched, book, options)
         raise
     return ids
 
@@ -403,7 +405,7 @@ def _end(name: str, job, point: PointJob, book: JobBook, options: SlurmOptions, 
     return 1 if message else 0
 
 
-def _cancel(watched: dict, book: JobBook, options: SlurmOptions, progress: bool) -> None:
+def _cancel(watched: dict, book: JobBook, options: SlurmOptions) -> None:
     """Ctrl-C: cancel the jobs not ended (scancel), record them as cancelled."""
     for name, (job, _) in watched.items():
         job.cancel(check=False)
