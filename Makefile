@@ -62,10 +62,11 @@ test: $(STAMP)
 
 # The sweep on a real SLURM (tests/test_sweep_slurm.py, skipped by `make test` when no SLURM
 # answers): start a single-node SLURM on this machine (scripts/slurm-local.sh, as root, state
-# in $(SLURM_DIR)), run the test against it, stop SLURM whether the test passed or not.
+# in $(SLURM_DIR), its jobs at niceness 10), run the test against it, stop SLURM whether the
+# test passed or not.
 SLURM_DIR ?= /tmp/vfnb-slurm
 slurm-test: $(STAMP)
-	VFNB_SLURM_DIR=$(SLURM_DIR) scripts/slurm-local.sh start
+	VFNB_SLURM_DIR=$(SLURM_DIR) VFNB_SLURM_NICE=10 scripts/slurm-local.sh start
 	SLURM_CONF=$(SLURM_DIR)/slurm.conf $(PY) -m pytest -rs tests/test_sweep_slurm.py $(PYTEST_ARGS); \
 	    status=$$?; VFNB_SLURM_DIR=$(SLURM_DIR) scripts/slurm-local.sh stop; exit $$status
 

@@ -13,6 +13,7 @@
 # real cluster's configuration on the same machine is never touched. Clients find this
 # cluster through SLURM_CONF: `export SLURM_CONF=$VFNB_SLURM_DIR/slurm.conf` (start prints it).
 #
+# VFNB_SLURM_NICE (default 0): the niceness slurmd, and so every job, runs at.
 # No cgroups and no systemd (containers rarely have either): proctrack/linuxproc, task/none,
 # no accounting (sacct does not answer; squeue does).
 
@@ -24,6 +25,7 @@ NODE=vfnb-node
 PARTITION=debug
 CONF=$DIR/slurm.conf
 WAIT_S=${VFNB_SLURM_WAIT_S:-60}
+NICE=${VFNB_SLURM_NICE:-0}  # the jobs inherit slurmd's niceness: 10 keeps them behind interactive work
 
 die() { echo "slurm-local: $*" >&2; exit 2; }
 say() { echo "slurm-local: $*" >&2; }
@@ -108,7 +110,7 @@ start() {
     fi
     export SLURM_CONF=$CONF
     slurmctld -f "$CONF" || die "slurmctld did not start; see $DIR/log/slurmctld.log"
-    slurmd -f "$CONF" -N "$NODE" || die "slurmd did not start; see $DIR/log/slurmd.log"
+    nice -n "$NICE" slurmd -f "$CONF" -N "$NODE" || die "slurmd did not start; see $DIR/log/slurmd.log"
     local waited=0 state=""
     while (( waited < WAIT_S )); do
         state=$(node_state)
