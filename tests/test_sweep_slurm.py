@@ -293,6 +293,24 @@ def test_a_rerun_waits_for_the_jobs_an_interrupted_submission_left_running(tmp_p
     assert json.loads((out / "slurm" / "jobs.json").read_text())["jobs"]["seed-1"]["outcome"] == "finished"
 
 
+def test_the_local_slurm_script_refuses_clearly_without_root_or_packages(tmp_path):
+    bin_dir = tmp_path / "bin"  # a PATH holding `id` and none of SLURM's or munge's commands
+    bin_dir.mkdir()
+    (bin_dir / "id").symlink_to(shutil.which("id"))
+    script = [shutil.which("bash"), str(ROOT / "scripts" / "slurm-local.sh")]
+    env = {"PATH": str(bin_dir), "VFNB_SLURM_DIR": str(tmp_path / "state")}
+    done = subprocess.run([*script, "start"], capture_output=True, text=True, env=env)
+    assert done.returncode == 2
+    if os.geteuid() == 0:
+        assert "missing munged slurmctld slurmd sinfo scontrol squeue scancel sbatch" in done.stderr
+        assert "apt-get install -y slurmctld slurmd munge" in done.stderr
+    else:
+        assert "must run as root" in done.stderr
+    assert not (tmp_path / "state").exists()  # refused before writing anything
+    usage = subprocess.run([*script, "restart"], capture_output=True, text=True, env=env)
+    assert usage.returncode == 2 and "usage: " in usage.stderr and "start|stop|status" in usage.stderr
+
+
 # ------------------------------------------------------------------ a real SLURM
 def _slurm_answers() -> bool:
     if shutil.which("sinfo") is None:
