@@ -349,8 +349,12 @@ def test_a_two_point_smoke_sweep_on_slurm(tmp_path, smoke_data_dir, monkeypatch)
         assert book[name]["job_id"] == job_id and book[name]["outcome"] == "finished"
         assert book[name]["worker"]["slurm_job_id"] == job_id  # the point ran inside that SLURM job
         assert (out / "runs" / name / "metrics.json").is_file()
-    states = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i %T", "-j", ",".join(result.jobs.values())],
-                            capture_output=True, text=True).stdout.split()
+    for _ in range(60):  # the result is written before srun and the batch script return: COMPLETING, then COMPLETED
+        states = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i %T", "-j", ",".join(result.jobs.values())],
+                                capture_output=True, text=True).stdout.split()
+        if states.count("COMPLETED") == 2:
+            break
+        time.sleep(1)
     assert states.count("COMPLETED") == 2, states
     assert (out / "index.html").is_file() and json.loads((out / "sweep.json").read_text())["runs_finished"] == 2
     again = run_sweep([sweep], out=out, executor="slurm")
