@@ -21,7 +21,7 @@ RUN    ?= run-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 TORCH_INDEX ?=
 
-.PHONY: install study test test-integration lab bench reference screenshots clean-venv
+.PHONY: install study test test-integration slurm-test lab bench reference screenshots clean-venv
 
 install: $(STAMP)
 
@@ -68,6 +68,16 @@ test: $(STAMP)
 # worker, then run again (tests marked `integration`, left out of `make test`; minutes).
 test-integration: $(STAMP)
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
+
+# The sweep on a real SLURM (tests/test_sweep_slurm.py, skipped by `make test` when no SLURM
+# answers): start a single-node SLURM on this machine (scripts/slurm-local.sh, as root, state
+# in $(SLURM_DIR), its jobs at niceness 10), run the test against it, stop SLURM whether the
+# test passed or not.
+SLURM_DIR ?= /tmp/vfnb-slurm
+slurm-test: $(STAMP)
+	VFNB_SLURM_DIR=$(SLURM_DIR) VFNB_SLURM_NICE=10 scripts/slurm-local.sh start
+	SLURM_CONF=$(SLURM_DIR)/slurm.conf $(PY) -m pytest -rs tests/test_sweep_slurm.py $(PYTEST_ARGS); \
+	    status=$$?; VFNB_SLURM_DIR=$(SLURM_DIR) scripts/slurm-local.sh stop; exit $$status
 
 # JupyterLab refuses to run as root without --allow-root (containers often run as root).
 lab: $(STAMP)

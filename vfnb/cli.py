@@ -43,7 +43,8 @@ EXAMPLES = {
     "study": ["vfnb study --params params/smoke.yaml --out results/smoke",
               "vfnb study --params params/default.yaml -p seed=1 --out results/seed1"],
     "sweep": ["vfnb sweep --params params/sweep.yaml --out results/sweep-seeds",
-              "vfnb sweep --params params/sweep.yaml --out results/sweep-seeds --only seed=2"],
+              "vfnb sweep --params params/sweep.yaml --out results/sweep-seeds --only seed=2",
+              "vfnb sweep --params params/sweep.yaml --out results/sweep-seeds --executor slurm --slurm-time 1:00:00"],
 }
 
 
@@ -121,7 +122,9 @@ def _cmd_study(a):
 def _cmd_sweep(a):
     from .sweep import run_sweep
 
-    result = run_sweep(a.params, a.param, a.out, only=a.only, aggregate_only=a.aggregate_only)
+    slurm = {"partition": a.slurm_partition, "time": a.slurm_time, "cpus": a.slurm_cpus, "mem": a.slurm_mem}
+    result = run_sweep(a.params, a.param, a.out, only=a.only, aggregate_only=a.aggregate_only, executor=a.executor,
+                       slurm=slurm)
     if result.report is not None:
         print(f"report: {result.report}")
     print(f"ran {len(result.ran)}, finished before {len(result.skipped)}, failed {len(result.failed)}")
@@ -281,20 +284,31 @@ def _add_study_commands(sub) -> None:
 
     s = sub.add_parser("sweep", help="run the study over a grid of seeds/folds and aggregate across runs",
                        description="Run the study once per grid point of a sweep file (params/sweep.yaml: "
-                                   "study_params, overrides, grid) into OUT/runs/<key>-<value>, in sequence, "
-                                   "skipping finished runs, then write OUT/index.html, summary.md and sweep.json: "
+                                   "study_params, overrides, grid, slurm) into OUT/runs/<key>-<value>, in sequence "
+                                   "here or as one SLURM job each (--executor slurm), skipping finished runs, then "
+                                   "write OUT/index.html, summary.md and sweep.json: "
                                    "mean and 95 % t-interval across runs, paired SupCon - CE differences, budget "
                                    "curves. Exit status 1 when a run failed.")
     s.add_argument("--params", type=Path, action="append", default=[], required=True,
                    help="sweep file (repeatable; a later file replaces an earlier file's keys)")
     s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="a sweep key (study_params, overrides, grid) replaced, or a study parameter fixed for every run")
+                   help="a sweep key (study_params, overrides, grid, slurm) replaced, or a study parameter fixed for "
+                        "every run")
     s.add_argument("--out", type=Path, required=True, help="sweep folder, e.g. results/sweep-<name> (created or resumed)")
     mode = s.add_mutually_exclusive_group()
     mode.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                       help="run only the grid points with this value (repeatable; one cluster job per point); "
                            "writes no report")
     mode.add_argument("--aggregate-only", action="store_true", help="run nothing; write the report from finished runs")
+    s.add_argument("--executor", choices=("local", "slurm"), default="local",
+                   help="local: run the points here, one after another (default); slurm: one SLURM job per point "
+                        "(submitit; logs in OUT/slurm/), wait for all, then report. Ctrl-C cancels the jobs")
+    s.add_argument("--slurm-partition", metavar="NAME", help="--executor slurm: partition (default: the cluster's)")
+    s.add_argument("--slurm-time", metavar="TIME", help="--executor slurm: time limit per job, minutes or "
+                                                         "[D-]HH:MM:SS (default 240 minutes)")
+    s.add_argument("--slurm-cpus", metavar="N", help="--executor slurm: CPUs per job (default 2)")
+    s.add_argument("--slurm-mem", metavar="MEM", help="--executor slurm: memory per job, e.g. 16G (default: the "
+                                                       "cluster's); these four override the sweep file's slurm: block")
     s.set_defaults(func=_cmd_sweep)
 
 

@@ -14,7 +14,7 @@ from ..io import load_yaml
 from ..study import default_params_file, merge_params, parse_override, unknown_key
 from ..study.parameters import StudyParams
 
-SWEEP_KEYS = ("study_params", "overrides", "grid")
+SWEEP_KEYS = ("study_params", "overrides", "grid", "slurm")  # slurm: the jobs' resources (vfnb.sweep.slurm)
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]*")
 
 
@@ -35,6 +35,7 @@ class SweepPlan:
     grid: dict
     points: list[tuple[str, dict]]
     sources: dict = field(default_factory=dict)  # sweep key -> the file or -p option that set it
+    slurm: Any = None  # the sweep file's `slurm:` block, as read; checked by vfnb.sweep.slurm.slurm_options
 
     def describe(self) -> dict:
         return {"study_params": [str(p) for p in self.study_params], "overrides": self.overrides,
@@ -48,7 +49,7 @@ def run_name(point: dict) -> str:
 
 def _read_sweep_keys(params_files, overrides) -> tuple[dict, dict, dict]:
     """The sweep keys from the files then the ``-p`` options, where each came from, and ``-p`` study parameters."""
-    raw: dict[str, Any] = {"study_params": [str(default_params_file())], "overrides": {}, "grid": None}
+    raw: dict[str, Any] = {"study_params": [str(default_params_file())], "overrides": {}, "grid": None, "slurm": None}
     sources = {key: "the default" for key in raw}
     for path in params_files:
         data = load_yaml(path)
@@ -141,7 +142,7 @@ def load_sweep(params_files: Sequence[str | os.PathLike], overrides: Sequence[st
     grid = _check_grid(raw["grid"], sources["grid"], known, fixed_from)
     points = _grid_points(grid, sources["grid"])
     _check_points(points, {**known, **fixed}, sources["grid"], {k: sources["overrides"] for k in fixed})
-    return SweepPlan(study_params, fixed, grid, points, sources)
+    return SweepPlan(study_params, fixed, grid, points, sources, raw["slurm"])
 
 
 def _check_points(points: list[tuple[str, dict]], base: dict, where: str, fixed_from: dict) -> None:
