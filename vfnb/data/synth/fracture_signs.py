@@ -119,8 +119,9 @@ def dense_band(signs: EndplateSigns, W, top, bot, ct, cb):
         return 0.0
     cm = signs.band_mm
     wt, wb = _weights(signs, ct, cb)
-    band = (wt * np.exp(-(((top - W) - 0.5 * cm) / cm) ** 2)
-            + wb * np.exp(-(((W - bot) - 0.5 * cm) / cm) ** 2))
+    # centred half its thickness beneath the endplate, fading within about its thickness
+    band = (wt * np.exp(-(((top - W) - 0.5 * cm) / (0.5 * cm)) ** 2)
+            + wb * np.exp(-(((W - bot) - 0.5 * cm) / (0.5 * cm)) ** 2))
     return signs.band_hu * np.clip(band, 0.0, 1.0)
 
 

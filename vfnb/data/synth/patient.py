@@ -132,7 +132,8 @@ def _normal_variant(rng: np.random.Generator, config: SynthConfig) -> str:
     return "typical"
 
 
-def _new_vertebra(rng: np.random.Generator, config: SynthConfig, lab: int, size: float, density: int) -> _Vertebra:
+def _new_vertebra(rng: np.random.Generator, config: SynthConfig, lab: int, size: float, density: int,
+                  hu_offset: float = 0.0) -> _Vertebra:
     """One intact vertebra of level ``lab``: the level's mean anatomy scaled to the patient, with individual variation.
 
     Normal variation (the config's v2 shape block): Ha/Hp varies around the level's
@@ -157,7 +158,7 @@ def _new_vertebra(rng: np.random.Generator, config: SynthConfig, lab: int, size:
     Hp0 = 2.0 * H / (1.0 + ratio)
     Ha0 = ratio * Hp0
     lum = float(np.clip((pos - 10.0) / 4.0, 0.0, 1.0))
-    trab = (config.trabecular_hu_l1[density] + config.trabecular_hu_sd * rng.standard_normal()
+    trab = (config.trabecular_hu_l1[density] + hu_offset + config.trabecular_hu_sd * rng.standard_normal()
             + config.trabecular_hu_per_level * (13.0 - pos))
     concavity = config.deep_concavity_mm if variant == "deep_concavity" else config.endplate_concavity_mm
     sd = config.body_depth_sd
@@ -221,7 +222,8 @@ def sample_patient(rng: np.random.Generator, config: SynthConfig) -> dict:
     sex = "F" if rng.random() < config.p_female else "M"
     density = int(rng.choice(3, p=np.asarray(config.density_probs, dtype=float)))
     size = (config.female_scale if sex == "F" else 1.0) * (1.0 + config.size_sd * rng.standard_normal())
-    verts = [_new_vertebra(rng, config, lab, size, density) for lab in _draw_run(rng, config)]
+    hu_offset = config.patient_trabecular_sd * rng.standard_normal()  # density varies within a class too
+    verts = [_new_vertebra(rng, config, lab, size, density, hu_offset) for lab in _draw_run(rng, config)]
     _draw_fractures(rng, config, verts, density)
     return dict(sex=sex, density=density, size=float(size), vertebrae=verts)
 
