@@ -336,15 +336,15 @@ def test_ensure_default_dataset_reuses_and_refuses(tmp_path, monkeypatch):
         calls.append(("generate", kw["cases"]))
         Path(out).mkdir(parents=True)
         (Path(out) / synth.META_FILE).write_text(
-            __import__("json").dumps(synth_dataset._meta(kw["cases"], kw["seed"], kw["config"])))
+            __import__("json").dumps(synth_dataset._meta(kw["cases"], kw["seed"], kw["config"], kw["test_cases"])))
         return Path(out)
 
     def fake_preprocess(original, processed, size, workers):
         calls.append(("preprocess", size))
         Path(processed).mkdir()
 
-    def fake_split(processed, tag, folds, val_fraction, seed):
-        calls.append(("split", tag, folds))
+    def fake_split(processed, tag, folds, val_fraction, seed, test_only):
+        calls.append(("split", tag, folds, tuple(test_only)))
 
     monkeypatch.setattr(synth_dataset, "generate_dataset", fake_generate)
     monkeypatch.setattr(synth_dataset, "preprocess_dataset", fake_preprocess)
@@ -361,4 +361,8 @@ def test_ensure_default_dataset_reuses_and_refuses(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match="does not match"):
         synth.ensure_default_dataset(tmp_path, cases=4, seed=1, size=32,
                                      config=dataclasses.replace(SynthConfig(), fracture_rate=0.5))
-    assert len(calls) == 3
+    assert len(calls) == 3 and calls[2][3] == ()
+    # a fracture-enriched test cohort: its own folder, its cases handed to the split as test-only
+    enriched = synth.ensure_default_dataset(tmp_path, cases=4, seed=1, size=32, workers=1, folds=2, test_cases=2)
+    assert enriched["original"] == tmp_path / "synthspine-s1-n4-t2" / "original"
+    assert calls[-1] == ("split", "synth", 2, ("synth-s1-t0000", "synth-s1-t0001"))

@@ -21,7 +21,7 @@ from ..data.check import require_valid
 from ..data.original import read_original
 from ..data.processed import ProcessedDataset
 from ..data.synth import META_FILE, TRUTH_FILE, default_dataset_paths, ensure_default_dataset
-from ..data.synth.dataset import test_case_ids
+from ..data.synth.dataset import enriched_case_ids
 from ..data.transforms import TwoViews, eval_transform, train_transform
 from ..errors import DatasetError, ParamsError
 from ..io import load_nifti
@@ -108,7 +108,7 @@ class StudyData:
         meta = read_json(self.original / META_FILE) or {}
         if not meta.get("test_cases"):
             return 0
-        enriched = set(test_case_ids(meta.get("seed", 0), meta["test_cases"]))
+        enriched = set(enriched_case_ids(meta.get("seed", 0), meta["test_cases"]))
         with contextlib.suppress(DatasetError):
             return len({r["image_id"] for r in self.records("test")} & enriched)
         return 0

@@ -60,7 +60,7 @@ def cohort_config(config: SynthConfig, cohort: str) -> SynthConfig:
     return config
 
 
-def test_case_ids(seed: int, test_cases: int) -> list[str]:
+def enriched_case_ids(seed: int, test_cases: int) -> list[str]:
     """The image ids of the fracture-enriched test cohort of a dataset."""
     return [case_id(seed, k, "test") for k in range(int(test_cases))]
 
@@ -179,7 +179,7 @@ def _preprocess_and_split(original: Path, processed: Path, recipe: dict, workers
         preprocess_dataset(original, staging, size=recipe["size"], workers=workers)
         source = recipe["source"]
         split_dataset(staging, recipe["tag"], folds=recipe["folds"], val_fraction=recipe["val_fraction"],
-                      seed=recipe["split_seed"], test_only=test_case_ids(source["seed"], source.get("test_cases", 0)))
+                      seed=recipe["split_seed"], test_only=enriched_case_ids(source["seed"], source.get("test_cases", 0)))
         atomic_write_json(staging / PROCESSED_MARKER, recipe)
         os.replace(staging, processed)
     finally:
