@@ -107,3 +107,15 @@ def test_fracture_enriched_test_cohort_is_its_own_deterministic_stream():
 def test_v2_shape_settings_are_checked(change, field):
     with pytest.raises(ParamsError, match=field):
         generate_case(0, config=dataclasses.replace(CONFIG, **change))
+
+
+def test_pages_say_an_enriched_test_set_has_no_population_ppv():
+    from vfnb.data.synth.dataset import enriched_test_note
+    from vfnb.study.report import dataset_sentence
+
+    assert enriched_test_note(0) == ""
+    note = enriched_test_note(24)
+    assert "24 CTs" in note and "PPV and NPV" in note and "not population values" in note
+    sentence = dataset_sentence({"synthetic": True, "cases": 88, "vertebrae": 900, "test_note": note + " <b>"})
+    assert "PPV and NPV on it are not population values" in sentence and "&lt;b&gt;" in sentence
+    assert "PPV" not in dataset_sentence({"synthetic": True, "cases": 64, "vertebrae": 600, "test_note": ""})

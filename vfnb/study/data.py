@@ -21,7 +21,7 @@ from ..data.check import require_valid
 from ..data.original import read_original
 from ..data.processed import ProcessedDataset
 from ..data.synth import META_FILE, TRUTH_FILE, default_dataset_paths, ensure_default_dataset
-from ..data.synth.dataset import enriched_case_ids
+from ..data.synth.dataset import enriched_case_ids, enriched_test_note
 from ..data.transforms import TwoViews, eval_transform, train_transform
 from ..errors import DatasetError, ParamsError
 from ..io import load_nifti
@@ -33,16 +33,6 @@ from .report import dataset_sentence
 from .run import read_json, say
 
 SPLITS = ("train", "val", "test")
-
-
-def enriched_test_note(enriched_cases: int) -> str:
-    """The sentence a page shows when the test set holds a fracture-enriched cohort (empty otherwise)."""
-    if not enriched_cases:
-        return ""
-    return (f"The test set is fracture-enriched: besides its share of the study's CTs it holds {enriched_cases} "
-            "CTs generated with a higher fracture rate (test only, never trained on), so that mild fractures are "
-            "numerous enough to measure. Its prevalence is not a population's: PPV and NPV on it are not "
-            "population values (sensitivity, specificity and AUC do not depend on prevalence).")
 
 
 class StudyData:
@@ -131,8 +121,8 @@ def _prepare_synthspine(data_dir: str, synth_cases: int, synth_seed: int, patch_
     paths = default_dataset_paths(resolve_path(data_dir), synth_cases, synth_seed, patch_size, synth_test_cases)
     if not paths["processed"].is_dir():
         where = shown_path(paths["processed"].parent.parent)
-        say(f"SynthSpine (synthetic data) is not in {where} yet: generating {synth_cases + synth_test_cases} CTs and their patches "
-            "(a few minutes on 2 cores, once; later runs reuse them). To use your own data instead, set the "
+        say(f"SynthSpine (synthetic data) is not in {where} yet: generating {synth_cases + synth_test_cases} CTs and "
+            "their patches (a few minutes on 2 cores, once; later runs reuse them). To use your own data instead, set the "
             "parameters dataset (a processed folder) and tag.")
     with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
         paths = ensure_default_dataset(resolve_path(data_dir), cases=synth_cases, seed=synth_seed, size=patch_size,

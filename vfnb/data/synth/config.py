@@ -161,7 +161,8 @@ def _check_config(config: SynthConfig) -> None:
     if not 6 <= config.min_vertebrae <= config.max_vertebrae:
         raise ParamsError(f"SynthSpine config: min_vertebrae/max_vertebrae = {config.min_vertebrae}/"
                           f"{config.max_vertebrae}; expected 6 <= min <= max")
-    for name in ("density_probs", "grade_mix", "test_grade_mix", "orientation_probs", "morphology_thoracic", "morphology_lumbar"):
+    for name in ("density_probs", "grade_mix", "test_grade_mix", "orientation_probs", "morphology_thoracic",
+                 "morphology_lumbar"):
         p = np.asarray(getattr(config, name), dtype=float)
         if np.any(p < 0) or abs(p.sum() - 1.0) > 1e-6:
             raise ParamsError(f"SynthSpine config: {name} = {list(p)}; expected non-negative probabilities summing to 1")

@@ -65,6 +65,16 @@ def enriched_case_ids(seed: int, test_cases: int) -> list[str]:
     return [case_id(seed, k, "test") for k in range(int(test_cases))]
 
 
+def enriched_test_note(enriched_cases: int) -> str:
+    """The sentence a page shows when the test set holds a fracture-enriched cohort (empty otherwise)."""
+    if not enriched_cases:
+        return ""
+    return (f"The test set is fracture-enriched: besides its share of the study's CTs it holds {enriched_cases} "
+            "CTs generated with a higher fracture rate (test only, never trained on), so that mild fractures are "
+            "numerous enough to measure. Its prevalence is not a population's: PPV and NPV on it are not "
+            "population values (sensitivity, specificity and AUC do not depend on prevalence).")
+
+
 def _mp_context():
     # fork where available: scripts without a __main__ guard and notebooks work; the
     # workers only use numpy / scipy / nibabel, so a parent that imported torch is harmless
@@ -179,7 +189,8 @@ def _preprocess_and_split(original: Path, processed: Path, recipe: dict, workers
         preprocess_dataset(original, staging, size=recipe["size"], workers=workers)
         source = recipe["source"]
         split_dataset(staging, recipe["tag"], folds=recipe["folds"], val_fraction=recipe["val_fraction"],
-                      seed=recipe["split_seed"], test_only=enriched_case_ids(source["seed"], source.get("test_cases", 0)))
+                      seed=recipe["split_seed"],
+                      test_only=enriched_case_ids(source["seed"], source.get("test_cases", 0)))
         atomic_write_json(staging / PROCESSED_MARKER, recipe)
         os.replace(staging, processed)
     finally:

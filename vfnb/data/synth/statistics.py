@@ -91,8 +91,9 @@ def separation_auc(values: np.ndarray, fractured: np.ndarray, higher_means_fract
     return float(roc_auc_score(fractured, values if higher_means_fractured else -values))
 
 
-def dataset_statistics(original) -> "pandas.DataFrame":
-    """One row per graded vertebra of an original-layout dataset: ``case``, ``label``, ``grade`` and :data:`STATISTICS`."""
+def dataset_statistics(original):
+    """A table (pandas) with one row per graded vertebra of an original-layout dataset:
+    ``case``, ``label``, ``grade``, :data:`STATISTICS` and the voxel counts."""
     import pandas as pd
 
     from ...io import load_nifti
