@@ -87,7 +87,7 @@ class SynthConfig:
     level_weights: tuple = (("T4", 0.5), ("T5", 0.6), ("T6", 0.9), ("T7", 1.5), ("T8", 1.5), ("T9", 0.9),
                             ("T10", 0.9), ("T11", 1.3), ("T12", 2.3), ("T13", 2.3), ("L1", 2.6),
                             ("L2", 1.6), ("L3", 1.1), ("L4", 0.9), ("L5", 0.7), ("L6", 0.7))
-    density_fracture_risk: tuple = (0.5, 1.0, 2.0)  # relative risk by density class
+    density_fracture_risk: tuple = (0.7, 1.0, 1.5)  # relative risk by density class
     frailty_shape: float = 0.8    # gamma shape of a per-patient frailty (smaller = more clustered)
     neighbour_boost: float = 1.6  # risk multiplier below a fractured vertebra (clusters)
     max_fracture_prob: float = 0.9
@@ -110,7 +110,7 @@ class SynthConfig:
     p_deep_concavity: float = 0.15         # normals with deep (biconcave-looking) endplates
     deep_concavity_mm: tuple = (1.2, 2.4)
     body_depth_sd: float = 0.05            # individual variation of body depth and width (fraction)
-    patient_trabecular_sd: float = 15.0    # per-patient trabecular HU offset: density varies within a class too
+    patient_trabecular_sd: float = 25.0    # per-patient trabecular HU offset: density varies within a class too
     p_short_body: float = 0.05             # short-bodied normals: both heights lower than the level's
     short_body_scale: tuple = (0.80, 0.90)
     p_degenerative: float = 0.07           # mildly degenerative normals: anterior narrowing, sclerosis, irregularity
@@ -118,9 +118,9 @@ class SynthConfig:
     degenerative_sclerosis_hu: tuple = (20.0, 70.0)
     degenerative_irregularity_mm: tuple = (0.2, 0.6)
     # fracture signs by grade 1-3 (each a (low, high) range drawn uniformly; see fracture_signs.py)
-    compaction_hu: tuple = ((30.0, 80.0), (50.0, 110.0), (70.0, 140.0))  # denser band beneath the endplate
+    compaction_hu: tuple = ((40.0, 100.0), (60.0, 130.0), (80.0, 160.0))  # denser band beneath the endplate
     compaction_mm: tuple = ((1.5, 2.5), (1.5, 3.0), (2.0, 3.5))          # its thickness
-    p_no_compaction: tuple = (0.30, 0.20, 0.10)   # fractures without a visible band (older, remodelled)
+    p_no_compaction: tuple = (0.25, 0.15, 0.10)   # fractures without a visible band (older, remodelled)
     irregularity_mm: tuple = ((0.2, 0.5), (0.3, 0.8), (0.4, 1.0))        # endplate waviness amplitude
     step_mm: tuple = ((0.0, 0.6), (0.3, 1.0), (0.5, 1.5))                # endplate step at the fracture line
     buckle: tuple = ((0.01, 0.035), (0.03, 0.06), (0.04, 0.08))          # anterior cortical bulge (fraction)
