@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from vfnb.data.synth import SynthConfig, generate_case
-from vfnb.data.synth.dataset import cohort_config
 from vfnb.data.synth.statistics import separation_auc, vertebra_statistics
 
 
@@ -62,11 +61,13 @@ def test_separation_auc_directions_and_missing_values():
 
 
 # Fracture-rich, small scans: many fractured vertebrae per second of generation.
-# Many patients matter more than many vertebrae: fractures cluster in frail, osteoporotic
-# patients, so an AUC over few patients mostly measures those few.
-COHORT = dataclasses.replace(cohort_config(SynthConfig(), "test"), min_vertebrae=7, max_vertebrae=9,
+# The study cohort's rates (the enriched test cohort's saturated fracture rate would hide
+# the density link), in small scans. Many patients matter more than many vertebrae:
+# fractures cluster in frail, osteoporotic patients, so an AUC over few patients mostly
+# measures those few.
+COHORT = dataclasses.replace(SynthConfig(), min_vertebrae=8, max_vertebrae=10,
                              inplane_spacing=(0.9, 1.0), slice_spacings=(2.0, 2.5, 3.0), max_voxels=1_500_000)
-COHORT_CASES = 24
+COHORT_CASES = 30
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +83,7 @@ def cohort_statistics():
 @pytest.mark.slow
 def test_no_intensity_statistic_gives_fractures_away(cohort_statistics):
     fractured = np.array([r["grade"] >= 1 for r in cohort_statistics])
-    assert fractured.sum() >= 40 and (~fractured).sum() >= 80
+    assert fractured.sum() >= 35 and (~fractured).sum() >= 150
     aucs = {}
     for name in ("core_median_hu", "core_sd_hu", "endplate_band_hu"):
         auc = separation_auc(np.array([r[name] for r in cohort_statistics]), fractured)
