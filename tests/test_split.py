@@ -129,3 +129,27 @@ def test_cli_split(tiny_processed, capsys):
 def test_params_error_is_a_params_error(tiny_processed):
     with pytest.raises(ParamsError):
         split_dataset(tiny_processed, "x", folds=1, test_fraction=1.0, verbose=False)
+
+
+def test_test_only_cts_join_every_test_list_and_nothing_else(stratified_dataset, tmp_path):
+    """A fixed test cohort: in every fold's test list, never trained on; the other CTs split as without it."""
+    import shutil
+
+    root, worst = stratified_dataset
+    plain = tmp_path / "plain"
+    shutil.copytree(root, plain)
+    extra = ["ct36", "ct37", "ct38", "ct39"]  # grade-3 CTs in the fixture
+    for p in list((plain / "img").iterdir()) + list((plain / "seg").iterdir()):
+        if p.name.split("_")[0] in extra:
+            p.unlink()
+    split_dataset(root, "enr", folds=3, seed=5, test_only=extra, verbose=False)
+    split_dataset(plain, "enr", folds=3, seed=5, verbose=False)
+    for i in range(3):
+        tag = f"enr-f{i}"
+        ids = {s: _ids(n) for s, n in _lists(root, tag).items()}
+        plain_ids = {s: _ids(n) for s, n in _lists(plain, tag).items()}
+        assert set(extra) <= ids["test"] and not set(extra) & (ids["train"] | ids["val"])
+        assert ids["test"] - set(extra) == plain_ids["test"]
+        assert ids["train"] == plain_ids["train"] and ids["val"] == plain_ids["val"]
+    with pytest.raises(DatasetError, match="ct99"):
+        split_dataset(root, "bad", folds=3, test_only=["ct99"], verbose=False)

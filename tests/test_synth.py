@@ -338,15 +338,15 @@ def test_ensure_default_dataset_reuses_and_refuses(tmp_path, monkeypatch):
         calls.append(("generate", kw["cases"]))
         Path(out).mkdir(parents=True)
         (Path(out) / synth.META_FILE).write_text(
-            __import__("json").dumps(synth_dataset._meta(kw["cases"], kw["seed"], kw["config"])))
+            __import__("json").dumps(synth_dataset._meta(kw["cases"], kw["seed"], kw["config"], kw["test_cases"])))
         return Path(out)
 
     def fake_preprocess(original, processed, size, workers):
         calls.append(("preprocess", size))
         Path(processed).mkdir()
 
-    def fake_split(processed, tag, folds, val_fraction, seed):
-        calls.append(("split", tag, folds))
+    def fake_split(processed, tag, folds, val_fraction, seed, test_only):
+        calls.append(("split", tag, folds, tuple(test_only)))
 
     monkeypatch.setattr(synth_dataset, "generate_dataset", fake_generate)
     monkeypatch.setattr(synth_dataset, "preprocess_dataset", fake_preprocess)
@@ -363,7 +363,11 @@ def test_ensure_default_dataset_reuses_and_refuses(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match="does not match"):
         synth.ensure_default_dataset(tmp_path, cases=4, seed=1, size=32,
                                      config=dataclasses.replace(SynthConfig(), fracture_rate=0.5))
-    assert len(calls) == 3
+    assert len(calls) == 3 and calls[2][3] == ()
+    # a fracture-enriched test cohort: its own folder, its cases handed to the split as test-only
+    enriched = synth.ensure_default_dataset(tmp_path, cases=4, seed=1, size=32, workers=1, folds=2, test_cases=2)
+    assert enriched["original"] == tmp_path / "synthspine-s1-n4-t2" / "original"
+    assert calls[-1] == ("split", "synth", 2, ("synth-s1-t0000", "synth-s1-t0001"))
 
 
 def test_a_killed_runs_preprocessing_is_cleared_and_never_taken_for_the_processed_folder(tmp_path, monkeypatch):
@@ -381,7 +385,7 @@ def test_a_killed_runs_preprocessing_is_cleared_and_never_taken_for_the_processe
     original.mkdir()
     stale = tmp_path / f".tmp-processed-32-{dead.pid}-123"
     (stale / "processed-32" / "img").mkdir(parents=True)  # half-written patches of the killed run
-    recipe = {"size": 32, "tag": "synth", "folds": 2, "val_fraction": 0.2, "split_seed": 0}
+    recipe = {"size": 32, "tag": "synth", "source": {"seed": 0}, "folds": 2, "val_fraction": 0.2, "split_seed": 0}
     synth_dataset.ensure_processed(original, processed, recipe, workers=1)
     assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["original", "processed-32"]
     assert json.loads((processed / synth_dataset.PROCESSED_MARKER).read_text()) == recipe

@@ -20,10 +20,13 @@ SYNTH_HELP = (
     "L5 (rarely T13/L6) with kyphosis/lordosis; vertebral bodies with cortical shell, textured "
     "trabecular bone and endplates; pedicles, laminae, spinous/transverse/articular processes, "
     "canal; discs; ribs; muscle, fat, lungs and air; sizes by level and sex; bone density classes; "
-    "Genant-graded wedge/biconcave/crush fractures with faint signs (endplate irregularity, "
-    "cortical buckling, a dense compaction band) and sub-threshold normal variation; partial-volume "
-    "blur, noise and RAS/LPS/permuted/oblique headers. It does NOT model metal, degenerative "
-    "disease, other pathology, contrast, scoliosis, realistic organs, or scanner artefacts beyond "
+    "Genant-graded wedge/biconcave/crush fractures with faint signs (endplate irregularity and "
+    "step, cortical buckling, a dense compaction band) graded against the vertebra's own heights; "
+    "normal variation that can look like mild deformity (thoracolumbar wedging, deep endplate "
+    "concavities, short-bodied and mildly degenerative normals); partial-volume "
+    "blur, noise and RAS/LPS/permuted/oblique headers. --test-cases adds a fracture-enriched test "
+    "cohort. It does NOT model metal, degenerative "
+    "disease beyond mild endplate changes, other pathology, contrast, scoliosis, realistic organs, or scanner artefacts beyond "
     "noise and blur. Results on it are results on synthetic data."
 )
 
@@ -56,7 +59,8 @@ def _examples(command: str, before: str = "") -> str:
 def _cmd_synth(a):
     from .data.synth import generate_dataset
 
-    out = generate_dataset(a.out, cases=a.cases, seed=a.seed, workers=a.workers, overwrite=a.overwrite)
+    out = generate_dataset(a.out, cases=a.cases, seed=a.seed, workers=a.workers, overwrite=a.overwrite,
+                           test_cases=a.test_cases)
     print(f"wrote {out}")
 
 
@@ -163,6 +167,8 @@ def _add_data_commands(sub) -> None:
     s.add_argument("--cases", type=int, default=64, help="number of CT scans to generate (default 64)")
     s.add_argument("--seed", type=int, default=0, help="generator seed; case k depends only on (seed, k) (default 0)")
     s.add_argument("--workers", type=int, default=1, help="scans generated in parallel (default 1)")
+    s.add_argument("--test-cases", type=int, default=0,
+                   help="extra scans of a fracture-enriched test cohort, named synth-s<seed>-t<k> (default 0)")
     s.add_argument("--overwrite", action="store_true", help="replace OUT if vfnb wrote it before")
     s.set_defaults(func=_cmd_synth)
 

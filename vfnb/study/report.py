@@ -100,7 +100,8 @@ def dataset_sentence(data: Mapping) -> str:
                 f"({data.get('cases', '?')} cases, {data.get('vertebrae', '?')} graded vertebrae). "
                 "They model vertebral anatomy, bone density and Genant-graded fractures, but no metal, "
                 "degenerative disease or scanner artefacts beyond noise and blur. Every number below is a "
-                "number on synthetic data, not evidence about clinical performance.")
+                "number on synthetic data, not evidence about clinical performance."
+                + (f" {e(data['test_note'])}" if data.get("test_note") else ""))
     where = shown_path(data["processed"]) if data.get("processed") else "?"
     return (f"The data are the processed dataset at <code>{e(where)}</code> "
             f"({data.get('cases', '?')} cases, {data.get('vertebrae', '?')} graded vertebrae).")

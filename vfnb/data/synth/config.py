@@ -63,8 +63,8 @@ class SynthConfig:
     p_female: float = 0.6
     female_scale: float = 0.92
     size_sd: float = 0.04        # between-person size variation (fraction)
-    level_height_sd: float = 0.03  # level-to-level height variation within a person
-    wedge_ratio_sd: float = 0.03   # physiological Ha/Hp variation
+    level_height_sd: float = 0.045  # level-to-level height variation within a person
+    wedge_ratio_sd: float = 0.045  # physiological Ha/Hp variation (v2 shape: wider)
     thoracic_wedge_max: float = 0.15  # normal thoracic Ha may be up to 15 % below Hp
     curve_scale: tuple = (0.6, 1.4)   # individual kyphosis / lordosis factor
     density_probs: tuple = (0.45, 0.35, 0.20)          # normal, osteopenic, osteoporotic
@@ -87,7 +87,7 @@ class SynthConfig:
     level_weights: tuple = (("T4", 0.5), ("T5", 0.6), ("T6", 0.9), ("T7", 1.5), ("T8", 1.5), ("T9", 0.9),
                             ("T10", 0.9), ("T11", 1.3), ("T12", 2.3), ("T13", 2.3), ("L1", 2.6),
                             ("L2", 1.6), ("L3", 1.1), ("L4", 0.9), ("L5", 0.7), ("L6", 0.7))
-    density_fracture_risk: tuple = (0.4, 1.0, 2.6)  # relative risk by density class
+    density_fracture_risk: tuple = (0.7, 1.0, 1.5)  # relative risk by density class
     frailty_shape: float = 0.8    # gamma shape of a per-patient frailty (smaller = more clustered)
     neighbour_boost: float = 1.6  # risk multiplier below a fractured vertebra (clusters)
     max_fracture_prob: float = 0.9
@@ -96,7 +96,37 @@ class SynthConfig:
     p_inferior_endplate: float = 0.25  # a wedge collapsing at the inferior endplate
     p_subthreshold: float = 0.30       # normal vertebrae with a sub-threshold deformity
     subthreshold_range: tuple = (0.02, 0.15)
-    compaction_hu: tuple = ((40.0, 90.0), (60.0, 130.0), (90.0, 180.0))  # by grade 1-3
+    # ---------------------------------------------------------------- v2 shape
+    # Normal variation as in real spines, so that a normal vertebra's heights may look
+    # deformed against a population reference (what makes grade 1 hard), and the faint
+    # non-height signs of a fracture with their strength per grade (grade 1, 2, 3).
+    # Normal Ha/Hp: the level's mean (the anatomy table) lowered at the thoracolumbar
+    # junction, with individual variation, clipped to a floor by region.
+    thoracolumbar_levels: tuple = ("T11", "T12", "T13", "L1")
+    thoracolumbar_wedge: float = 0.06      # physiological anterior wedging: mean Ha/Hp lowered by this
+    thoracolumbar_ratio_floor: float = 0.79  # normal Ha/Hp at T11-L1 down to this
+    lumbar_ratio_floor: float = 0.86       # L2 and below
+    endplate_concavity_mm: tuple = (0.2, 1.1)  # central endplate concavity (each endplate), usual range
+    p_deep_concavity: float = 0.15         # normals with deep (biconcave-looking) endplates
+    deep_concavity_mm: tuple = (1.2, 2.4)
+    body_depth_sd: float = 0.05            # individual variation of body depth and width (fraction)
+    patient_trabecular_sd: float = 25.0    # per-patient trabecular HU offset: density varies within a class too
+    p_short_body: float = 0.05             # short-bodied normals: both heights lower than the level's
+    short_body_scale: tuple = (0.80, 0.90)
+    p_degenerative: float = 0.07           # mildly degenerative normals: anterior narrowing, sclerosis, irregularity
+    degenerative_ratio_loss: tuple = (0.03, 0.10)
+    degenerative_sclerosis_hu: tuple = (20.0, 70.0)
+    degenerative_irregularity_mm: tuple = (0.2, 0.6)
+    # fracture signs by grade 1-3 (each a (low, high) range drawn uniformly; see fracture_signs.py)
+    compaction_hu: tuple = ((40.0, 100.0), (60.0, 130.0), (80.0, 160.0))  # denser band beneath the endplate
+    compaction_mm: tuple = ((1.5, 2.5), (1.5, 3.0), (2.0, 3.5))          # its thickness
+    p_no_compaction: tuple = (0.25, 0.15, 0.10)   # fractures without a visible band (older, remodelled)
+    irregularity_mm: tuple = ((0.2, 0.5), (0.3, 0.8), (0.4, 1.0))        # endplate waviness amplitude
+    step_mm: tuple = ((0.0, 0.6), (0.3, 1.0), (0.5, 1.5))                # endplate step at the fracture line
+    buckle: tuple = ((0.01, 0.035), (0.03, 0.06), (0.04, 0.08))          # anterior cortical bulge (fraction)
+    # fracture-enriched test cohort (the default study's extra test-only cases): its own rates
+    test_fracture_rate: float = 0.45
+    test_grade_mix: tuple = (0.60, 0.25, 0.15)
     # scanner
     inplane_spacing: tuple = (0.6, 1.0)
     slice_spacings: tuple = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
@@ -131,10 +161,56 @@ def _check_config(config: SynthConfig) -> None:
     if not 6 <= config.min_vertebrae <= config.max_vertebrae:
         raise ParamsError(f"SynthSpine config: min_vertebrae/max_vertebrae = {config.min_vertebrae}/"
                           f"{config.max_vertebrae}; expected 6 <= min <= max")
-    for name in ("density_probs", "grade_mix", "orientation_probs", "morphology_thoracic", "morphology_lumbar"):
+    for name in ("density_probs", "grade_mix", "test_grade_mix", "orientation_probs", "morphology_thoracic",
+                 "morphology_lumbar"):
         p = np.asarray(getattr(config, name), dtype=float)
         if np.any(p < 0) or abs(p.sum() - 1.0) > 1e-6:
             raise ParamsError(f"SynthSpine config: {name} = {list(p)}; expected non-negative probabilities summing to 1")
     lo, hi = config.inplane_spacing
     if not (0 < lo <= hi):
         raise ParamsError(f"SynthSpine config: inplane_spacing = {config.inplane_spacing}; expected 0 < low <= high")
+    _check_shape(config)
+
+
+def _check_range(name: str, value, lo: float, hi: float) -> None:
+    try:
+        a, b = (float(x) for x in value)
+    except (TypeError, ValueError):
+        raise ParamsError(f"SynthSpine config: {name} = {value!r}; expected a (low, high) pair") from None
+    if not lo <= a <= b <= hi:
+        raise ParamsError(f"SynthSpine config: {name} = {value!r}; expected {lo} <= low <= high <= {hi}")
+
+
+def _check_shape(config: SynthConfig) -> None:
+    """The v2 shape block: probabilities in [0, 1], ranges ordered and bounded, one range per grade."""
+    for name in ("p_deep_concavity", "p_short_body", "p_degenerative", "test_fracture_rate"):
+        if not 0.0 <= float(getattr(config, name)) <= 1.0:
+            raise ParamsError(f"SynthSpine config: {name} = {getattr(config, name)!r}; expected a probability in [0, 1]")
+    for name in ("thoracolumbar_ratio_floor", "lumbar_ratio_floor"):
+        if not 0.6 <= float(getattr(config, name)) <= 1.0:
+            raise ParamsError(f"SynthSpine config: {name} = {getattr(config, name)!r}; expected a ratio in [0.6, 1]")
+    if not 0.0 <= float(config.thoracolumbar_wedge) <= 0.2:
+        raise ParamsError(f"SynthSpine config: thoracolumbar_wedge = {config.thoracolumbar_wedge!r}; expected 0-0.2")
+    if not 0.0 <= float(config.patient_trabecular_sd) <= 60.0:
+        raise ParamsError(f"SynthSpine config: patient_trabecular_sd = {config.patient_trabecular_sd!r}; "
+                          "expected 0-60 HU")
+    if not 0.0 <= float(config.body_depth_sd) <= 0.2:
+        raise ParamsError(f"SynthSpine config: body_depth_sd = {config.body_depth_sd!r}; expected 0-0.2")
+    unknown = set(config.thoracolumbar_levels) - set(dict(config.level_weights))
+    if unknown:
+        raise ParamsError(f"SynthSpine config: thoracolumbar_levels has {sorted(unknown)}; expected level names "
+                          f"of level_weights")
+    for name, lo, hi in (("endplate_concavity_mm", 0.0, 4.0), ("deep_concavity_mm", 0.0, 4.0),
+                         ("short_body_scale", 0.5, 1.0), ("degenerative_ratio_loss", 0.0, 0.2),
+                         ("degenerative_sclerosis_hu", 0.0, 400.0), ("degenerative_irregularity_mm", 0.0, 2.0)):
+        _check_range(name, getattr(config, name), lo, hi)
+    for name, lo, hi in (("compaction_hu", 0.0, 400.0), ("compaction_mm", 0.5, 6.0), ("irregularity_mm", 0.0, 2.0),
+                         ("step_mm", 0.0, 3.0), ("buckle", 0.0, 0.2)):
+        per_grade = getattr(config, name)
+        if len(per_grade) != 3:
+            raise ParamsError(f"SynthSpine config: {name} = {per_grade!r}; expected one (low, high) range per grade 1-3")
+        for grade, value in enumerate(per_grade, start=1):
+            _check_range(f"{name}[grade {grade}]", value, lo, hi)
+    if len(config.p_no_compaction) != 3 or not all(0.0 <= float(p) <= 1.0 for p in config.p_no_compaction):
+        raise ParamsError(f"SynthSpine config: p_no_compaction = {config.p_no_compaction!r}; expected three "
+                          "probabilities in [0, 1], one per grade 1-3")

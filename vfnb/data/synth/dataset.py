@@ -1,8 +1,21 @@
-"""SynthSpine datasets: many cases in the original layout, and the study's default dataset (generated, pre-processed, split)."""
+"""SynthSpine datasets: many cases in the original layout, and the study's default dataset (generated, pre-processed, split).
+
+A dataset holds ``cases`` cases of the study cohort (``synth-s<seed>-<k>``) and,
+optionally, ``test_cases`` cases of a fracture-enriched test cohort
+(``synth-s<seed>-t<k>``): the same generator with the config's
+``test_fracture_rate`` and ``test_grade_mix``, each case a function of
+``(seed, k)`` alone, drawn from a stream of its own. The split puts the whole test
+cohort into every test list and never into training or validation
+(:func:`vfnb.data.split.split_dataset`'s ``test_only``), so the test set holds
+enough mild fractures for a grade-1 recall with a usable interval while training
+costs what it did. Its prevalence is not the population's: PPV and NPV on it are
+not population values.
+"""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io as _io
 import json
 import multiprocessing
@@ -22,7 +35,7 @@ from ..original import write_annotation
 from ..preprocess import preprocess_dataset
 from ..split import split_dataset
 from .config import GENERATOR_VERSION, SynthConfig, _check_config
-from .scan import generate_case
+from .scan import case_id, generate_case
 
 TRUTH_FILE = "synth_truth.csv"
 META_FILE = GENERATOR_RECORD  # synth.json: "synthetic": true travels into preprocess.json (vfnb.data.origin)
@@ -30,15 +43,37 @@ TRUTH_COLUMNS = ["case", "label", "level", "grade", "morphology", "endplate",
                  "height_anterior_before_mm", "height_middle_before_mm", "height_posterior_before_mm",
                  "height_anterior_after_mm", "height_middle_after_mm", "height_posterior_after_mm",
                  "deformity_pct", "trabecular_hu", "sex", "density_class", "orientation", "axcodes",
-                 "spacing_mm", "noise_sigma_hu"]
+                 "spacing_mm", "noise_sigma_hu", "cohort", "normal_variant"]
 
 
 def _write_case(args) -> tuple[str, dict, list]:
-    folder, index, seed, config_dict = args
-    case = generate_case(index, seed, SynthConfig.from_dict(config_dict))
+    folder, index, seed, config_dict, cohort = args
+    case = generate_case(index, seed, cohort_config(SynthConfig.from_dict(config_dict), cohort), cohort)
     save_nifti(Path(folder) / "img" / case.filename, case.image, case.affine)
     save_nifti(Path(folder) / "seg" / case.filename, case.seg, case.affine)
     return case.filename, case.grades, case.truth
+
+
+def cohort_config(config: SynthConfig, cohort: str) -> SynthConfig:
+    """The config a cohort's cases are drawn with: the test cohort's own fracture rate and grade mix."""
+    if cohort == "test":
+        return dataclasses.replace(config, fracture_rate=config.test_fracture_rate, grade_mix=config.test_grade_mix)
+    return config
+
+
+def enriched_case_ids(seed: int, test_cases: int) -> list[str]:
+    """The image ids of the fracture-enriched test cohort of a dataset."""
+    return [case_id(seed, k, "test") for k in range(int(test_cases))]
+
+
+def enriched_test_note(enriched_cases: int) -> str:
+    """The sentence a page shows when the test set holds a fracture-enriched cohort (empty otherwise)."""
+    if not enriched_cases:
+        return ""
+    return (f"The test set is fracture-enriched: besides its share of the study's CTs it holds {enriched_cases} "
+            "CTs generated with a higher fracture rate (test only, never trained on), so that mild fractures are "
+            "numerous enough to measure. Its prevalence is not a population's: PPV and NPV on it are not "
+            "population values (sensitivity, specificity and AUC do not depend on prevalence).")
 
 
 def _mp_context():
@@ -47,15 +82,17 @@ def _mp_context():
     return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
 
 
-def _meta(cases: int, seed: int, config: SynthConfig) -> dict:
+def _meta(cases: int, seed: int, config: SynthConfig, test_cases: int = 0) -> dict:
     return {"generator": "vfnb.data.synth", "version": GENERATOR_VERSION, "seed": int(seed),
-            "cases": int(cases), "config": config.to_dict(), "synthetic": True}
+            "cases": int(cases), "test_cases": int(test_cases), "config": config.to_dict(), "synthetic": True}
 
 
 def _generate_cases(staging: Path, cases: int, seed: int, workers: int, config: SynthConfig,
-                    progress: bool) -> list[tuple[str, dict, list]]:
-    """Write every case's CT and label map into ``staging``; ``[(file name, grades, truth rows)]`` in case order."""
-    jobs = [(str(staging), k, int(seed), config.to_dict()) for k in range(int(cases))]
+                    progress: bool, test_cases: int = 0) -> list[tuple[str, dict, list]]:
+    """Write every case's CT and label map into ``staging``; ``[(file name, grades, truth rows)]`` in case order
+    (the study cohort, then the test cohort)."""
+    jobs = [(str(staging), k, int(seed), config.to_dict(), cohort)
+            for cohort, n in (("study", cases), ("test", test_cases)) for k in range(int(n))]
     bar = tqdm(total=len(jobs), desc="SynthSpine", unit="case", disable=not progress)
     results = []
     if int(workers) == 1:
@@ -81,9 +118,12 @@ def _truth_csv(results: list[tuple[str, dict, list]]) -> str:
 
 
 def generate_dataset(out, cases: int = 64, seed: int = 0, workers: int = 1, overwrite: bool = False,
-                     config: SynthConfig | None = None, progress: bool = True) -> Path:
+                     config: SynthConfig | None = None, progress: bool = True, test_cases: int = 0) -> Path:
     """Write SynthSpine (original layout) to ``out``: ``img/``, ``seg/``, ``annotation.yaml``,
     ``synth_truth.csv`` (one row per vertebra) and ``synth.json`` (generator version and config).
+
+    ``test_cases`` adds that many cases of the fracture-enriched test cohort
+    (``synth-s<seed>-t<k>``; column ``cohort`` of the truth table says which is which).
 
     Built in a staging folder and renamed into place; refuses an existing ``out``
     unless ``overwrite``. ``workers`` processes generate cases in parallel.
@@ -94,14 +134,16 @@ def generate_dataset(out, cases: int = 64, seed: int = 0, workers: int = 1, over
         raise ParamsError(f"synth: --cases {cases}; expected at least 1")
     if int(workers) < 1:
         raise ParamsError(f"synth: --workers {workers}; expected at least 1")
+    if int(test_cases) < 0:
+        raise ParamsError(f"synth: --test-cases {test_cases}; expected 0 or more")
     out = Path(out)
     with output_folder(out, overwrite=overwrite) as staging:
         (staging / "img").mkdir()
         (staging / "seg").mkdir()
-        results = _generate_cases(staging, cases, seed, workers, config, progress)
+        results = _generate_cases(staging, cases, seed, workers, config, progress, test_cases)
         write_annotation(staging / "annotation.yaml", {name: grades for name, grades, _ in results})
         atomic_write_text(staging / TRUTH_FILE, _truth_csv(results))
-        atomic_write_json(staging / META_FILE, _meta(cases, seed, config))
+        atomic_write_json(staging / META_FILE, _meta(cases, seed, config, test_cases))
     return out
 
 
@@ -116,24 +158,27 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def default_dataset_paths(data_dir, cases: int = 64, seed: int = 0, size: int = 64) -> dict:
-    """Where the study keeps SynthSpine: ``{"original": ..., "processed": ...}`` under ``data_dir``."""
-    root = Path(data_dir) / f"synthspine-s{int(seed)}-n{int(cases)}"
+def default_dataset_paths(data_dir, cases: int = 64, seed: int = 0, size: int = 64, test_cases: int = 0) -> dict:
+    """Where the study keeps SynthSpine: ``{"original": ..., "processed": ...}`` under ``data_dir``
+    (``synthspine-s<seed>-n<cases>``, with ``-t<test_cases>`` when there is a test cohort)."""
+    root = Path(data_dir) / (f"synthspine-s{int(seed)}-n{int(cases)}" + (f"-t{int(test_cases)}" if test_cases else ""))
     return {"original": root / "original", "processed": root / f"processed-{int(size)}"}
 
 
-def ensure_generated(original: Path, cases: int, seed: int, workers: int, config: SynthConfig) -> Path:
+def ensure_generated(original: Path, cases: int, seed: int, workers: int, config: SynthConfig,
+                     test_cases: int = 0) -> Path:
     """Step 1: the original layout at ``original``, generated when missing, reused when its ``synth.json`` matches.
 
     A folder made with another generator version, seed, case count or config is
     refused (:class:`DatasetError`), never overwritten.
     """
     if not original.exists():
-        return generate_dataset(original, cases=cases, seed=seed, workers=workers, config=config)
-    if _read_json(original / META_FILE) != json.loads(json.dumps(_meta(cases, seed, config))):
+        return generate_dataset(original, cases=cases, seed=seed, workers=workers, config=config,
+                                test_cases=test_cases)
+    if _read_json(original / META_FILE) != json.loads(json.dumps(_meta(cases, seed, config, test_cases))):
         raise DatasetError(
             f"{original}: exists but its {META_FILE} does not match SynthSpine {GENERATOR_VERSION} with "
-            f"seed={seed}, cases={cases} and this config (missing, older generator or other parameters); "
+            f"seed={seed}, cases={cases}, test_cases={test_cases} and this config (missing, older generator or other parameters); "
             "delete the folder or choose another data directory")
     return original
 
@@ -152,8 +197,10 @@ def _preprocess_and_split(original: Path, processed: Path, recipe: dict, workers
     made = staging / processed.name
     try:
         preprocess_dataset(original, made, size=recipe["size"], workers=workers)
+        source = recipe["source"]
         split_dataset(made, recipe["tag"], folds=recipe["folds"], val_fraction=recipe["val_fraction"],
-                      seed=recipe["split_seed"])
+                      seed=recipe["split_seed"],
+                      test_only=enriched_case_ids(source["seed"], source.get("test_cases", 0)))
         atomic_write_json(made / PROCESSED_MARKER, recipe)
         os.replace(made, processed)
     finally:
@@ -181,18 +228,19 @@ def ensure_processed(original: Path, processed: Path, recipe: dict, workers: int
 
 def ensure_default_dataset(data_dir, cases: int = 64, seed: int = 0, size: int = 64, workers: int = 2,
                            tag: str = "synth", folds: int = 5, val_fraction: float = 0.2,
-                           config: SynthConfig | None = None) -> dict:
+                           config: SynthConfig | None = None, test_cases: int = 0) -> dict:
     """The study's SynthSpine: generated, pre-processed and split when missing, reused when present.
 
     Layout: ``data_dir/synthspine-s{seed}-n{cases}/original`` (original layout) and
     ``.../processed-{size}`` (patches + split lists ``{tag}-f0`` ...), each reused only
     when its recorded parameters match (otherwise a :class:`DatasetError`; nothing is
-    overwritten). Returns ``{"original": Path, "processed": Path}``.
+    overwritten). ``test_cases`` cases of the fracture-enriched test cohort join every
+    fold's test list (never training or validation). Returns ``{"original": Path, "processed": Path}``.
     """
     config = config or SynthConfig()
-    paths = default_dataset_paths(data_dir, cases, seed, size)
-    ensure_generated(paths["original"], cases, seed, workers, config)
-    recipe = {"source": _meta(cases, seed, config), "size": int(size), "tag": tag, "folds": int(folds),
+    paths = default_dataset_paths(data_dir, cases, seed, size, test_cases)
+    ensure_generated(paths["original"], cases, seed, workers, config, test_cases)
+    recipe = {"source": _meta(cases, seed, config, test_cases), "size": int(size), "tag": tag, "folds": int(folds),
               "val_fraction": float(val_fraction), "split_seed": int(seed)}
     ensure_processed(paths["original"], paths["processed"], recipe, workers)
     return paths

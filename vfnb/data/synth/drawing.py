@@ -11,6 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from .config import _POS, SynthConfig
+from .fracture_signs import cortical_buckling, dense_band
 from .geometry import _capsule, _corners, _ellipse2, _frac, _Grid
 from .patient import _Vertebra
 
@@ -223,11 +224,7 @@ def _body_scale(v: _Vertebra, V, W, top, bot, ct, cb):
     H = v.Hmid
     tt = np.clip(W / (0.5 * H), -1.0, 1.0)
     scale = 1.0 - v.waist * (1.0 - tt * tt)
-    if v.signs and v.buckle > 0:
-        # cortical buckling: the wall bulges just beneath the collapsed endplate
-        depth = np.where(ct >= cb, top - W, W - bot)
-        scale = scale * (1.0 + v.buckle * np.exp(-((depth - 2.5) / 1.8) ** 2) * (np.maximum(ct, cb) > 0.3)
-                         * np.clip(V / v.b + 0.3, 0.0, 1.0))
+    scale = scale * cortical_buckling(v.signs, V, W, v.b, top, bot, ct, cb)
     if v.morphology == "crush":
         scale = scale * (1.0 + 0.25 * v.deformity)
     return scale
@@ -241,14 +238,6 @@ def _body_radial_distance(v: _Vertebra, U, V, scale):
     f = ax_ ** p + av_ ** p - 1.0
     g = p * np.sqrt((ax_ ** (p - 1) / a_s) ** 2 + (av_ ** (p - 1) / b_s) ** 2) + 1e-3
     return -f / g
-
-
-def _compaction(v: _Vertebra, W, top, bot, ct, cb):
-    """The denser band of compacted trabecular bone beneath a collapsed endplate (0-1)."""
-    cm = v.compaction_mm
-    band = (np.clip(ct / 0.5, 0, 1) * np.exp(-(((top - W) - 0.5 * cm) / cm) ** 2)
-            + np.clip(cb / 0.5, 0, 1) * np.exp(-(((W - bot) - 0.5 * cm) / cm) ** 2))
-    return np.clip(band, 0.0, 1.0)
 
 
 @dataclass
@@ -278,8 +267,8 @@ def _vertebral_body(loc: _Local, texture, tissue: _Tissue) -> _Body:
     inn = _frac(dw - 0.9, loc.ew) * _frac(dr - tissue.cortex_mm, loc.er)
     body.frac[bs], body.inner[bs], body.shell[bs] = bf, inn, bf - inn
     body.inside[bs] = (dw > 0) & (dr > 0)
-    if v.signs and v.compaction_hu > 0:
-        body.trab[bs] += v.compaction_hu * _compaction(v, W, top, bot, ct, cb)
+    if v.signs.band_hu:  # a fracture's compaction band, a degenerative normal's sclerosis
+        body.trab[bs] += dense_band(v.signs, W, top, bot, ct, cb)
     return body
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 
 from .config import _CURVE_KNOTS, _POS, HEIGHT_POSITIONS, SynthConfig
+from .fracture_signs import NO_SIGNS
 from .patient import _Vertebra
 
 
@@ -64,7 +65,7 @@ def _place(verts: list[_Vertebra], kyph: float, lord: float) -> None:
 
 def _virtual_neighbour(v: _Vertebra, above: bool, config: SynthConfig) -> _Vertebra:
     """An undrawn neighbour beyond the end of the run: only bounds the end disc."""
-    n = dataclasses.replace(v, grade=0, morphology="none", deformity=0.0, delta=0.0, signs=False,
+    n = dataclasses.replace(v, grade=0, morphology="none", deformity=0.0, delta=0.0, signs=NO_SIGNS,
                             endplate="none", virtual=True)
     n.Ha0 = n.Hp0 = v.Hmid
     disc = v.disc_below if not above else max(3.5, v.disc_below * 0.9)

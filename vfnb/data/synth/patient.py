@@ -8,6 +8,7 @@ import numpy as np
 
 from ...levels import level_name
 from .config import _ANATOMY, _ORDER, _POS, HEIGHT_POSITIONS, MORPHOLOGIES, SynthConfig
+from .fracture_signs import NO_SIGNS, EndplateSigns, degenerative_signs, endplate_relief, fracture_signs
 
 
 @dataclass
@@ -27,12 +28,8 @@ class _Vertebra:
     deformity: float = 0.0
     endplate: str = "none"     # which endplate collapses: superior / inferior / both
     delta: float = 0.0         # collapse amplitude (mm)
-    signs: bool = False        # faint fracture signs present
-    compaction_hu: float = 0.0
-    compaction_mm: float = 2.0
-    buckle: float = 0.0
-    irregularity_mm: float = 0.0
-    irr_phase: tuple = (0.0, 0.0, 1.0, 1.0)
+    signs: EndplateSigns = NO_SIGNS  # non-height signs: a fracture's, or a degenerative normal's look-alikes
+    variant: str = "typical"   # normal variant: typical / deep_concavity / short_body / degenerative
     trab_hu: float = 150.0
     lumbar_t: float = 0.0      # 0 thoracic .. 1 lumbar (posterior-element shape)
     phi: float = 0.0           # sagittal tilt (radians)
@@ -70,11 +67,9 @@ class _Vertebra:
         ct, cb = self.delta * ut, self.delta * ub
         top = 0.5 * rim - self.dep_top * bowl - ct
         bot = -0.5 * rim + self.dep_bot * bowl + cb
-        if with_signs and self.signs and self.irregularity_mm > 0:
-            p1, p2, k1, k2 = self.irr_phase
-            wav = self.irregularity_mm * np.sin(k1 * u + p1) * np.sin(k2 * v + p2)
-            top = top - wav * np.clip(ct / 0.5, 0, 1)
-            bot = bot + wav * np.clip(cb / 0.5, 0, 1)
+        if with_signs and self.signs.any:
+            dt, db = endplate_relief(self.signs, u, v, self.b, ct, cb)
+            top, bot = top - dt, bot + db
         return top, bot, ct, cb
 
     def heights(self, after: bool) -> tuple[float, float, float]:
@@ -120,26 +115,61 @@ def _draw_run(rng: np.random.Generator, config: SynthConfig) -> list[int]:
     return run
 
 
-def _new_vertebra(rng: np.random.Generator, config: SynthConfig, lab: int, size: float, density: int) -> _Vertebra:
-    """One intact vertebra of level ``lab``: the level's mean anatomy scaled to the patient, with individual variation."""
+def _ratio_floor(config: SynthConfig, name: str, pos: float) -> float:
+    """The lowest normal Ha/Hp of a level: thoracic wedging, the thoracolumbar junction's, lumbar."""
+    if name in config.thoracolumbar_levels:
+        return config.thoracolumbar_ratio_floor
+    return 1.0 - config.thoracic_wedge_max if pos <= 12.5 else config.lumbar_ratio_floor
+
+
+def _normal_variant(rng: np.random.Generator, config: SynthConfig) -> str:
+    """Which normal variant a vertebra is: most are typical; a few deep-concave, short-bodied or degenerative."""
+    p = (config.p_deep_concavity, config.p_short_body, config.p_degenerative)
+    x = rng.random()
+    for name, edge in zip(("deep_concavity", "short_body", "degenerative"), np.cumsum(p)):
+        if x < edge:
+            return name
+    return "typical"
+
+
+def _new_vertebra(rng: np.random.Generator, config: SynthConfig, lab: int, size: float, density: int,
+                  hu_offset: float = 0.0) -> _Vertebra:
+    """One intact vertebra of level ``lab``: the level's mean anatomy scaled to the patient, with individual variation.
+
+    Normal variation (the config's v2 shape block): Ha/Hp varies around the level's
+    mean, lower at the thoracolumbar junction (physiological wedging), down to a floor
+    by region; endplate concavity varies, deep in some normals; body depth and width
+    vary per vertebra; a few normals are short-bodied or mildly degenerative (anterior
+    narrowing, endplate sclerosis and irregularity). None of this is a fracture: the
+    grade is set later against these, the vertebra's own, heights.
+    """
     H, ratio, depth, width, disc = _interp_anatomy(lab)
-    pos = _POS[lab]
+    pos, name = _POS[lab], level_name(lab)
+    variant = _normal_variant(rng, config)
     H *= size * (1.0 + config.level_height_sd * rng.standard_normal())
+    if variant == "short_body":
+        H *= rng.uniform(*config.short_body_scale)
+    if name in config.thoracolumbar_levels:
+        ratio -= config.thoracolumbar_wedge
     ratio = ratio + config.wedge_ratio_sd * rng.standard_normal()
-    thoracic = pos <= 12.5
-    ratio = float(np.clip(ratio, 1.0 - config.thoracic_wedge_max if thoracic else 0.9, 1.22))
+    if variant == "degenerative":
+        ratio -= rng.uniform(*config.degenerative_ratio_loss)
+    ratio = float(np.clip(ratio, _ratio_floor(config, name, pos), 1.22))
     Hp0 = 2.0 * H / (1.0 + ratio)
     Ha0 = ratio * Hp0
     lum = float(np.clip((pos - 10.0) / 4.0, 0.0, 1.0))
-    trab = (config.trabecular_hu_l1[density] + config.trabecular_hu_sd * rng.standard_normal()
+    trab = (config.trabecular_hu_l1[density] + hu_offset + config.trabecular_hu_sd * rng.standard_normal()
             + config.trabecular_hu_per_level * (13.0 - pos))
+    concavity = config.deep_concavity_mm if variant == "deep_concavity" else config.endplate_concavity_mm
+    sd = config.body_depth_sd
     return _Vertebra(
-        label=lab, name=level_name(lab), Ha0=float(Ha0), Hp0=float(Hp0),
-        a=float(0.5 * width * size * (1 + 0.03 * rng.standard_normal())),
-        b=float(0.5 * depth * size * (1 + 0.03 * rng.standard_normal())),
+        label=lab, name=name, Ha0=float(Ha0), Hp0=float(Hp0),
+        a=float(0.5 * width * size * (1 + sd * rng.standard_normal())),
+        b=float(0.5 * depth * size * (1 + sd * rng.standard_normal())),
         disc_below=float(disc * size * (1 + 0.12 * rng.standard_normal())),
-        waist=float(rng.uniform(0.04, 0.09)), dep_top=float(rng.uniform(0.2, 0.8)),
-        dep_bot=float(rng.uniform(0.2, 0.8)), trab_hu=float(trab), lumbar_t=lum)
+        waist=float(rng.uniform(0.04, 0.09)), dep_top=float(rng.uniform(*concavity)),
+        dep_bot=float(rng.uniform(*concavity)), trab_hu=float(trab), lumbar_t=lum, variant=variant,
+        signs=degenerative_signs(rng, config) if variant == "degenerative" else NO_SIGNS)
 
 
 def _fracture(rng: np.random.Generator, config: SynthConfig, v: _Vertebra, morph: str) -> None:
@@ -148,12 +178,7 @@ def _fracture(rng: np.random.Generator, config: SynthConfig, v: _Vertebra, morph
     lo_d, hi_d = config.grade_bands[v.grade - 1]
     v.deformity = float(rng.uniform(lo_d, hi_d))
     v.morphology = morph
-    v.signs = True
-    clo, chi = config.compaction_hu[v.grade - 1]
-    v.compaction_hu = float(rng.uniform(clo, chi))
-    v.compaction_mm = float(rng.uniform(1.5, 3.0))
-    v.buckle = float(rng.uniform(0.03, 0.07)) if morph in ("wedge", "crush") else 0.0
-    v.irregularity_mm = float(rng.uniform(0.3, 0.8))
+    v.signs = fracture_signs(rng, config, v.grade, morph)
 
 
 def _deform(rng: np.random.Generator, config: SynthConfig, v: _Vertebra, fractured: bool) -> None:
@@ -171,8 +196,6 @@ def _deform(rng: np.random.Generator, config: SynthConfig, v: _Vertebra, fractur
         v.endplate = "inferior" if rng.random() < config.p_inferior_endplate else "superior"
     elif v.morphology != "none":
         v.endplate = "both"
-    v.irr_phase = tuple(float(x) for x in (rng.uniform(0, 6.3), rng.uniform(0, 6.3),
-                                              rng.uniform(0.35, 0.7), rng.uniform(0.35, 0.7)))
     if v.deformity > 0:
         _solve_collapse(v)
     if v.grade == 0:
@@ -199,7 +222,8 @@ def sample_patient(rng: np.random.Generator, config: SynthConfig) -> dict:
     sex = "F" if rng.random() < config.p_female else "M"
     density = int(rng.choice(3, p=np.asarray(config.density_probs, dtype=float)))
     size = (config.female_scale if sex == "F" else 1.0) * (1.0 + config.size_sd * rng.standard_normal())
-    verts = [_new_vertebra(rng, config, lab, size, density) for lab in _draw_run(rng, config)]
+    hu_offset = config.patient_trabecular_sd * rng.standard_normal()  # density varies within a class too
+    verts = [_new_vertebra(rng, config, lab, size, density, hu_offset) for lab in _draw_run(rng, config)]
     _draw_fractures(rng, config, verts, density)
     return dict(sex=sex, density=density, size=float(size), vertebrae=verts)
 

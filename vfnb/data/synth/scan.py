@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from ...errors import ParamsError
 from ...io import NIFTI_SUFFIX
 from .config import DENSITY_CLASSES, ORIENTATIONS, SynthConfig, _check_config
 from .drawing import _background, _draw_disc, _draw_vertebra, _Tissue
@@ -32,8 +33,21 @@ class SynthCase:
         return self.case_id + NIFTI_SUFFIX
 
 
-def case_id(seed: int, index: int) -> str:
-    return f"synth-s{int(seed)}-{int(index):04d}"
+# The cohorts a case can belong to, and the stream each draws from: the study cohort
+# ("synth-s<seed>-<k>") and the fracture-enriched test cohort ("synth-s<seed>-t<k>").
+COHORTS = ("study", "test")
+
+
+def case_id(seed: int, index: int, cohort: str = "study") -> str:
+    return f"synth-s{int(seed)}-{'t' if cohort == 'test' else ''}{int(index):04d}"
+
+
+def _case_rng(seed: int, index: int, cohort: str) -> np.random.Generator:
+    """Case ``index``'s generator: a function of ``(seed, index)`` and its cohort only."""
+    if cohort not in COHORTS:
+        raise ParamsError(f"SynthSpine: cohort {cohort!r}; expected one of {', '.join(COHORTS)}")
+    key = [int(seed), int(index)] + ([1] if cohort == "test" else [])
+    return np.random.default_rng(key)
 
 
 def _choose_geometry(rng, config: SynthConfig, world_lo, world_hi):
@@ -135,10 +149,11 @@ def _truth_row(cid: str, v: _Vertebra, scan: dict) -> dict:
         deformity_pct=round(100.0 * v.deformity, 2), trabecular_hu=round(v.trab_hu, 1),
         sex=scan["sex"], density_class=scan["density_class"], orientation=scan["orientation"],
         axcodes=scan["axcodes"], spacing_mm="x".join(f"{s:g}" for s in scan["spacing_mm"]),
-        noise_sigma_hu=round(scan["noise_sigma_hu"], 1))
+        noise_sigma_hu=round(scan["noise_sigma_hu"], 1), cohort=scan["cohort"], normal_variant=v.variant)
 
 
-def generate_case(case_index: int, seed: int = 0, config: SynthConfig | None = None) -> SynthCase:
+def generate_case(case_index: int, seed: int = 0, config: SynthConfig | None = None,
+                  cohort: str = "study") -> SynthCase:
     """Generate SynthSpine case ``case_index``: a function of ``(seed, case_index, config)`` only.
 
     Returns a :class:`SynthCase` with ``image`` int16 HU and ``seg`` uint8 VerSe labels,
@@ -149,7 +164,7 @@ def generate_case(case_index: int, seed: int = 0, config: SynthConfig | None = N
     """
     config = config or SynthConfig()
     _check_config(config)
-    rng = np.random.default_rng([int(seed), int(case_index)])
+    rng = _case_rng(seed, case_index, cohort)
     pat = sample_patient(rng, config)
     verts: list[_Vertebra] = pat["vertebrae"]
     kyph, lord = rng.uniform(*config.curve_scale), rng.uniform(*config.curve_scale)
@@ -165,11 +180,11 @@ def generate_case(case_index: int, seed: int = 0, config: SynthConfig | None = N
     _draw_spine(hu, seg, grid, chain, disc_hu, rng, tissue)
     image, seg, affine, axcodes = _reorient(_scanner(hu, grid.spacing, psf, noise, rng), seg, grid, kind, rng)
 
-    cid = case_id(seed, case_index)
+    cid = case_id(seed, case_index, cohort)
     meta = dict(sex=pat["sex"], density_class=DENSITY_CLASSES[pat["density"]], orientation=kind, axcodes=axcodes,
                 spacing_mm=[float(s) for s in grid.spacing], noise_sigma_hu=float(noise), shape=list(image.shape),
                 kyphosis_scale=float(kyph), lordosis_scale=float(lord), cortical_hu=float(tissue.cortex_hu),
-                disc_hu=float(disc_hu))
+                disc_hu=float(disc_hu), cohort=cohort)
     present = set(int(x) for x in np.unique(seg)) - {0}
     labelled = [v for v in verts if v.label in present]
     return SynthCase(cid, image, seg, affine, {v.label: int(v.grade) for v in labelled},
