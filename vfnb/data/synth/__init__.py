@@ -45,12 +45,12 @@ cases on disk, and the study's default dataset). This file only re-exports.
 """
 
 from .config import DENSITY_CLASSES, GENERATOR_VERSION, HEIGHT_POSITIONS, MORPHOLOGIES, ORIENTATIONS, SynthConfig
-from .dataset import (META_FILE, PROCESSED_MARKER, TRUTH_COLUMNS, TRUTH_FILE, default_dataset_paths,
+from .dataset import (EXACT_SEG_DIR, META_FILE, PROCESSED_MARKER, TRUTH_COLUMNS, TRUTH_FILE, default_dataset_paths,
                       ensure_default_dataset, ensure_generated, ensure_processed, generate_dataset)
 from .patient import sample_patient
 from .scan import SynthCase, case_id, generate_case
 
-__all__ = ["DENSITY_CLASSES", "GENERATOR_VERSION", "HEIGHT_POSITIONS", "META_FILE", "MORPHOLOGIES", "ORIENTATIONS",
+__all__ = ["DENSITY_CLASSES", "EXACT_SEG_DIR", "GENERATOR_VERSION", "HEIGHT_POSITIONS", "META_FILE", "MORPHOLOGIES", "ORIENTATIONS",
            "PROCESSED_MARKER", "SynthCase", "SynthConfig", "TRUTH_COLUMNS", "TRUTH_FILE", "case_id",
            "default_dataset_paths", "ensure_default_dataset", "ensure_generated", "ensure_processed",
            "generate_case", "generate_dataset", "sample_patient"]

@@ -110,10 +110,10 @@ class SynthConfig:
     # ---- v2 appearance (SynthSpine 2.0): bone density, noise texture, canal, surroundings, label maps
     # trabecular HU at L1 by density class: a middle-aged to elderly screening cohort, from a
     # young-normal spine (~180 HU) down to osteoporotic (< 100 HU)
-    trabecular_hu_l1: tuple = (155.0, 125.0, 100.0)
-    trabecular_hu_sd: float = 14.0
+    trabecular_hu_l1: tuple = (155.0, 128.0, 105.0)
+    trabecular_hu_sd: float = 22.0
     trabecular_texture_hu: tuple = (30.0, 45.0)       # fine trabecular texture (SD, HU)
-    trabecular_patchiness_hu: tuple = (10.0, 25.0)    # coarse within-body heterogeneity (amplitude, HU)
+    trabecular_patchiness_hu: tuple = (8.0, 20.0)     # coarse within-body heterogeneity (amplitude, HU)
     noise_grain_vox: tuple = (0.47, 0.56)  # in-plane Gaussian width (voxels) shaping the noise: the kernel's grain
     noise_grain_slice: float = 0.4       # the same along the slice axis, as a fraction of the in-plane width
     csf_hu: tuple = (0.0, 20.0)          # the thecal sac in the spinal canal
@@ -127,7 +127,7 @@ class SynthConfig:
     seg_margin_mm: tuple = (0.6, 1.4)    # how far the label reaches beyond the bone (varies smoothly)
     seg_margin_scale_mm: float = 6.0     # the length over which that reach varies (irregular boundary)
     p_seg_disc_bleed: float = 0.25       # per endplate: the label bleeds into the adjacent disc
-    seg_disc_bleed_mm: tuple = (1.5, 3.5)
+    seg_disc_bleed_mm: tuple = (1.0, 2.5)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
