@@ -11,12 +11,22 @@ thoracolumbar spine (STUDY §3-4); no patient data is involved. What is modelled
   pedicles, laminae, spinous, transverse and articular processes, a spinal canal;
   intervertebral discs; ribs (not labelled) at thoracic levels;
 - a body contour: paraspinal / psoas muscle, subcutaneous and retroperitoneal fat,
-  mediastinal soft tissue, lungs beside the thoracic spine, air behind the back;
+  mediastinal soft tissue, lungs beside the thoracic spine, air behind the back; the
+  surroundings of a real scan (:mod:`.surroundings`): aorta anterior-left (sometimes
+  calcified), inferior vena cava, kidneys in perirenal fat, bowel gas; the spinal
+  canal holds epidural fat and CSF (0-20 HU);
 - sizes by level and sex (women ~8 % smaller) with individual and level-to-level
   variation, physiological thoracic wedging up to ~15 %;
 - per-patient bone density class (normal / osteopenic / osteoporotic) setting the
-  trabecular HU; cortical, disc, muscle, fat, lung and air HU; partial-volume
-  sampling, a Gaussian point-spread blur and white noise (sigma 10-40 HU); int16 HU;
+  trabecular HU for a screening cohort (L1 ~155 / 128 / 105 HU, wide and overlapping,
+  so low density predicts a fracture only moderately), with fine texture and coarse
+  patchiness; cortical, disc, muscle, fat, lung and air HU; partial-volume sampling,
+  a Gaussian point-spread blur and noise (sigma 10-40 HU) with a reconstruction
+  kernel's grain (white noise smoothed in-plane); int16 HU;
+- two label maps per scan: ``seg/`` in a segmentation model's style (about a millimetre
+  generous, an irregular boundary, now and then bleeding into a disc: :mod:`.labelmaps`),
+  the one the study trains on and the kind users bring; ``seg_exact/`` the exact map
+  the grades and truth heights were drawn on;
 - scanner geometry: in-plane 0.6-1.0 mm, slices 1-3 mm; headers in RAS, LPS, permuted
   and slightly oblique orientations (the anatomy is defined in world millimetres and
   sampled through the header's affine, so the label map is right in world space);
@@ -31,7 +41,10 @@ thoracolumbar spine (STUDY §3-4); no patient data is involved. What is modelled
 Not modelled: metal, degenerative disease (osteophytes, disc degeneration), other
 pathology (tumours, infection), contrast agent, scanner artefacts beyond noise and
 blur (no beam hardening, streaks, ring or motion artefacts), organs beyond crude
-tissue classes, scoliosis.
+tissue classes and the few structures above, scoliosis.
+
+How close it comes to real CT: ``vfnb synth realism`` (:mod:`.realism`), against the
+ranges of :mod:`.reference_ranges`.
 
 Determinism: case ``k`` is a function of ``(seed, k, config)`` only (its random
 generator is ``np.random.default_rng([seed, k])``), so case ``k`` is byte-identical
@@ -40,6 +53,8 @@ whatever ``cases`` is; gzip output is deterministic (no mtime, no file name).
 Modules: :mod:`.config` (settings and anatomy tables), :mod:`.patient` (the run of
 vertebrae, sizes, density, fractures), :mod:`.geometry` (distances, the spine's curve,
 the sampling grid), :mod:`.drawing` (soft tissue, discs, vertebrae into HU),
+:mod:`.surroundings` (aorta, vena cava, kidneys, bowel gas), :mod:`.labelmaps` (the
+segmenter-style label map),
 :mod:`.scan` (one case: geometry, scanner, orientation, truth), :mod:`.dataset` (many
 cases on disk, and the study's default dataset). This file only re-exports.
 """

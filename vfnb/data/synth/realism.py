@@ -134,15 +134,17 @@ def synth_rows(cases: int = 8, seed: int = 0, config=None) -> list[dict]:
     return rows
 
 
-def dataset_rows(root) -> list[dict]:
-    """Statistics of an existing SynthSpine (or any original-layout) dataset: graded vertebrae of every case."""
-    from ..original import read_original
+def dataset_rows(root, limit: int | None = None) -> list[dict]:
+    """Statistics of an existing SynthSpine (or any original-layout) dataset: graded vertebrae of each case
+    (the first ``limit`` cases in name order, or all)."""
     from ..label_schemes import read_vertebra_labels
-    from ..scan_input import read_ct
+    from ..original import read_original
     from ..resample import onto_ct_grid
+    from ..scan_input import read_ct
 
     rows = []
-    for case in read_original(root):
+    cases = sorted(read_original(root), key=lambda c: c.case_id)
+    for case in cases[:limit] if limit is not None else cases:
         ct = read_ct(case.image_path)
         labels = read_vertebra_labels(case.seg_path, case.scheme)
         seg, _ = onto_ct_grid(labels.array, labels.affine, ct.image.shape, ct.affine)
@@ -195,6 +197,13 @@ def summarise(rows: list[dict]) -> dict:
     return {"statistics": out, "inside_reference_range": inside}
 
 
+def summary_rows(summary: dict) -> list[dict]:
+    """One row per statistic: the cohort's value, the real range and whether it lies inside (for a table)."""
+    values = summary["statistics"]
+    return [dict(statistic=r.statistic, value=round(values[r.statistic], 3), real_low=r.low, real_high=r.high,
+                 unit=r.unit, inside=summary["inside_reference_range"].get(r.statistic)) for r in REFERENCE_RANGES]
+
+
 def _csv_text(rows: list[dict]) -> str:
     buf = _io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore")
@@ -204,14 +213,9 @@ def _csv_text(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def plot_realism(synth: list[dict], real: list[dict], path) -> Path:
+def realism_figure(synth: list[dict], real: list[dict]):
     """SynthSpine's per-vertebra distributions (box and points), real values (red) and reference ranges (band)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ...io import atomic_path
 
     fig, axes = plt.subplots(1, len(STATISTICS), figsize=(3.0 * len(STATISTICS), 3.6))
     for ax, name in zip(axes, STATISTICS):
@@ -234,6 +238,19 @@ def plot_realism(synth: list[dict], real: list[dict], path) -> Path:
     axes[0].legend(fontsize=7, loc="best")
     fig.suptitle("SynthSpine (synthetic) against real CT, per vertebra", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot_realism(synth: list[dict], real: list[dict], path) -> Path:
+    """:func:`realism_figure` written to ``path`` (PNG, atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ...io import atomic_path
+
+    fig = realism_figure(synth, real)
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
