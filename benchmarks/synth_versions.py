@@ -45,8 +45,10 @@ def time_tree(tree: Path, out: Path, cases: int, seed: int, workers: int) -> dic
     """Seconds to generate ``cases`` cases with the package at ``tree`` (a fresh process)."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     try:
+        # run from the output's parent folder: ``python -c`` puts the working directory first on sys.path,
+        # which would shadow PYTHONPATH with the checkout it was started from
         res = subprocess.run([sys.executable, "-c", _CHILD, str(out), str(cases), str(seed), str(workers)],
-                             env=env, check=True, capture_output=True, text=True)
+                             env=env, check=True, capture_output=True, text=True, cwd=str(Path(out).parent))
     finally:
         shutil.rmtree(out, ignore_errors=True)
     return json.loads(res.stdout.strip().splitlines()[-1])

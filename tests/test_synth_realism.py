@@ -173,3 +173,19 @@ def test_dataset_rows_read_a_synthspine_folder_like_the_generator_made_it(tmp_pa
         assert a["share_below_100"] == pytest.approx(b["share_below_100"])
     table = realism.summary_rows(realism.summarise(rows))
     assert [t["statistic"] for t in table] == [r.statistic for r in realism.REFERENCE_RANGES]
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("trabecular_hu_l1", (100.0, 120.0, 90.0), "trabecular_hu_l1"),
+    ("seg_margin_mm", (2.0, 1.0), "seg_margin_mm"),
+    ("noise_grain_vox", (0.5, 9.0), "noise_grain_vox"),
+    ("p_seg_disc_bleed", 1.5, "p_seg_disc_bleed"),
+    ("csf_hu", (50.0, 60.0), "csf_hu"),
+])
+def test_appearance_settings_are_checked(field, value, expected):
+    import dataclasses
+
+    from vfnb.errors import ParamsError
+
+    with pytest.raises(ParamsError, match=expected):
+        generate_case(0, 0, dataclasses.replace(SynthConfig(), **{field: value}))

@@ -146,7 +146,7 @@ def dataset_rows(root, limit: int | None = None) -> list[dict]:
     cases = sorted(read_original(root), key=lambda c: c.case_id)
     for case in cases[:limit] if limit is not None else cases:
         ct = read_ct(case.image_path)
-        labels = read_vertebra_labels(case.seg_path, case.scheme)
+        labels = read_vertebra_labels(case.seg_path, case.label_scheme)
         seg, _ = onto_ct_grid(labels.array, labels.affine, ct.image.shape, ct.affine)
         rows += [r for r in scan_statistics(ct.image, seg, ct.affine, case.case_id, "synthspine", case.grades)
                  if r["label"] in case.grades]
