@@ -63,15 +63,15 @@ def _bleed(shape, spacing, offset, points, amplitudes, width_mm: float) -> np.nd
     return out
 
 
-def _grow(labels: np.ndarray, reach: np.ndarray, step_mm: float, footprint: np.ndarray) -> None:
-    """Grow ``labels`` (in place) into unlabelled voxels, one neighbourhood (``footprint``) per step of
+def _grow(labels: np.ndarray, reach: np.ndarray, step_mm: float, size: tuple) -> None:
+    """Grow ``labels`` (in place) into unlabelled voxels, one neighbourhood (a box of ``size``) per step of
     ``step_mm``, while the step's distance stays within ``reach``; a new voxel takes a neighbour's label."""
     steps = int(np.ceil(float(reach.max()) / step_mm + 0.5))
     for k in range(1, steps + 1):
         allowed = reach > (k - 0.5) * step_mm
         if not allowed.any():
             return
-        near = ndimage.maximum_filter(labels, footprint=footprint, mode="constant", cval=0)
+        near = ndimage.maximum_filter(labels, size=size, mode="constant", cval=0)  # separable: fast
         new = (labels == 0) & (near > 0) & allowed
         labels[new] = near[new]
 
@@ -96,11 +96,9 @@ def segmenter_labels(seg: np.ndarray, spacing, bleed_points: list[np.ndarray], r
         return out
     grown = seg[box].copy()
     reach = _margin_field(grown.shape, spacing, config.seg_margin_scale_mm, *config.seg_margin_mm, rng)
-    inplane = np.ones((3, 3, 1), bool)
-    along = np.ones((1, 1, 3), bool)
-    _grow(grown, reach, float(min(spacing[0], spacing[1])), inplane)
+    _grow(grown, reach, float(min(spacing[0], spacing[1])), (3, 3, 1))
     if chosen:
         reach = reach + _bleed(grown.shape, spacing, [b.start for b in box], chosen, amplitudes, width_mm=7.0)
-    _grow(grown, reach, float(spacing[2]), along)
+    _grow(grown, reach, float(spacing[2]), (1, 1, 3))
     out[box] = grown
     return out
