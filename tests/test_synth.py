@@ -101,6 +101,13 @@ def test_annotation_matches_label_maps_and_truth(datasets):
         assert np.allclose(seg.affine, img.affine)
         labels = set(int(x) for x in np.unique(np.asarray(seg.dataobj))) - {0}
         assert labels == set(grades), name
+        # the exact map: same grid; the segmenter-style map keeps every exact voxel and only adds around it
+        exact_img = nib.load(str(three / synth.EXACT_SEG_DIR / name))
+        assert exact_img.shape == seg.shape and np.allclose(exact_img.affine, seg.affine)
+        exact, wide = np.asarray(exact_img.dataobj), np.asarray(seg.dataobj)
+        assert np.array_equal(wide[exact > 0], exact[exact > 0])
+        assert set(int(x) for x in np.unique(exact)) - {0} == labels
+        assert 1.05 < np.count_nonzero(wide) / np.count_nonzero(exact) < 1.8
         assert len(labels) >= 6
         ordered = sorted(labels, key=lambda lab: 19.5 if lab == 28 else lab)
         assert all(lab in set(range(8, 26)) | {28} for lab in ordered)
@@ -150,8 +157,8 @@ def test_default_prevalence_close_to_verse():
 
 
 # ---------------------------------------------------------------- independent morphometry
-def _canonical(root: Path, name: str):
-    seg = nib.as_closest_canonical(nib.load(str(root / "seg" / name)))
+def _canonical(root: Path, name: str, labels: str = "seg"):
+    seg = nib.as_closest_canonical(nib.load(str(root / labels / name)))
     img = nib.as_closest_canonical(nib.load(str(root / "img" / name)))
     return np.asarray(seg.dataobj), np.asarray(img.dataobj).astype(np.float32), seg.affine
 
@@ -212,13 +219,16 @@ def _genant(deformity):
 
 
 def test_independent_morphometry_matches_annotated_grades(datasets):
+    """On the exact label maps (seg_exact/, what the grades were drawn on) the measured deformity gives the grade;
+    the segmenter-style maps (seg/) measure every height a little taller, by their margin (about 1 mm per endplate)."""
     three, _ = datasets
     truth = _truth(three)
     annotation = load_yaml(three / "annotation.yaml")
     agree, total, per_grade, severe = 0, 0, {}, []
-    errors = []
+    errors, generous = [], []
     for name, grades in annotation.items():
-        seg, _, affine = _canonical(three, name)
+        seg, _, affine = _canonical(three, name, synth.EXACT_SEG_DIR)
+        wide, _, wide_affine = _canonical(three, name, "seg")
         order = sorted(grades, key=lambda lab: 19.5 if lab == 28 else lab)
         case = name[: -len(".nii.gz")]
         rows = {int(r["label"]): r for r in truth if r["case"] == case}
@@ -227,6 +237,7 @@ def test_independent_morphometry_matches_annotated_grades(datasets):
             up = order[i - 1] if i > 0 else None
             down = order[i + 1] if i + 1 < len(order) else None
             measured[lab], _, _ = measure_body(seg, affine, lab, up, down)
+            generous.append(measure_body(wide, wide_affine, lab, up, down)[0] - measured[lab])
         for i, lab in enumerate(order):
             r = rows[lab]
             before = np.array([float(r[f"height_{p}_before_mm"]) for p in ("anterior", "middle", "posterior")])
@@ -253,6 +264,10 @@ def test_independent_morphometry_matches_annotated_grades(datasets):
     assert rate >= 0.8, (rate, summary)
     assert np.median(np.abs(errors)) < 0.03
     assert severe and max(severe) < 0.75  # grade 3 clearly shorter than its normal neighbours
+    extra = np.concatenate(generous)
+    print(f"segmenter-style map: heights taller by {np.median(extra):.2f} mm (median; 10-90 %: "
+          f"{np.percentile(extra, 10):.2f}-{np.percentile(extra, 90):.2f} mm)")
+    assert np.all(extra >= -0.3) and 0.8 <= np.median(extra) <= 4.0
 
 
 # ---------------------------------------------------------------- tissue intensities
@@ -260,11 +275,14 @@ def test_tissue_hu_in_expected_ranges(datasets):
     three, _ = datasets
     truth = _truth(three)
     annotation = load_yaml(three / "annotation.yaml")
-    ranges = {"normal": (140, 240), "osteopenic": (105, 200), "osteoporotic": (80, 170)}
+    # SynthSpine 2.0: classes set for a screening cohort (L1 ~155 / 128 / 105 HU, wide and overlapping) and
+    # patchy bone, so a 4 mm ball strays further from the vertebra's nominal HU than the fine texture alone
+    # would let it; each class keeps its own plausible span
+    ranges = {"normal": (90, 250), "osteopenic": (65, 215), "osteoporotic": (45, 190)}
     from scipy import ndimage
 
     for name, grades in annotation.items():
-        seg, img, affine = _canonical(three, name)
+        seg, img, affine = _canonical(three, name, synth.EXACT_SEG_DIR)  # the drawn anatomy
         case = name[: -len(".nii.gz")]
         rows = {int(r["label"]): r for r in truth if r["case"] == case}
         order = sorted(grades, key=lambda lab: 19.5 if lab == 28 else lab)
@@ -283,7 +301,7 @@ def test_tissue_hu_in_expected_ranges(datasets):
             if int(row["grade"]) == 0:
                 lo, hi = ranges[row["density_class"]]
                 assert lo <= trab <= hi, (name, lab, trab, row["density_class"])
-                assert abs(trab - float(row["trabecular_hu"])) < 30
+                assert abs(trab - float(row["trabecular_hu"])) < 50
             else:  # a fracture adds a denser band of compacted bone
                 assert -30 < trab - float(row["trabecular_hu"]) < 160, (name, lab, trab)
             # cortical shell: the brightest voxels of the vertebra

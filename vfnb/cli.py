@@ -23,11 +23,14 @@ SYNTH_HELP = (
     "Genant-graded wedge/biconcave/crush fractures with faint signs (endplate irregularity and "
     "step, cortical buckling, a dense compaction band) graded against the vertebra's own heights; "
     "normal variation that can look like mild deformity (thoracolumbar wedging, deep endplate "
-    "concavities, short-bodied and mildly degenerative normals); partial-volume "
-    "blur, noise and RAS/LPS/permuted/oblique headers. --test-cases adds a fracture-enriched test "
-    "cohort. It does NOT model metal, degenerative "
-    "disease beyond mild endplate changes, other pathology, contrast, scoliosis, realistic organs, or scanner artefacts beyond "
-    "noise and blur. Results on it are results on synthetic data."
+    "concavities, short-bodied and mildly degenerative normals); partial-volume blur, noise with a "
+    "reconstruction kernel's grain and RAS/LPS/permuted/oblique headers; CSF in the canal; aorta, "
+    "vena cava, kidneys and bowel gas; seg/ holds segmenter-style label maps (about 1 mm generous, "
+    "sometimes bleeding into a disc), seg_exact/ the exact ones the grades were drawn on. "
+    "--test-cases adds a fracture-enriched test cohort. It does NOT model metal, degenerative "
+    "disease beyond mild endplate changes, other pathology, contrast, scoliosis, detailed organs, "
+    "or scanner artefacts beyond noise and blur. Results on it are results on synthetic data. "
+    "'vfnb synth realism --out DIR' measures how close it looks to real CT."
 )
 
 
@@ -318,9 +321,53 @@ def _add_study_commands(sub) -> None:
     s.set_defaults(func=_cmd_sweep)
 
 
+def _realism_parser() -> argparse.ArgumentParser:
+    """``vfnb synth realism``: a sub-mode of ``synth`` (its own parser: ``synth`` takes a folder as its argument)."""
+    p = argparse.ArgumentParser(
+        prog="vfnb synth realism", formatter_class=_Formatter,
+        description="Measure how close SynthSpine looks to real CT, per vertebra: core median HU and SD (>= 4 mm "
+                    "inside the label), share of label voxels below 100 HU, spinal canal HU, and the noise "
+                    "texture (residual neighbour correlation); on a freshly generated SynthSpine cohort (or "
+                    "--synth DIR) and, when given, a real CT with its vertebra label map. Writes realism.csv, "
+                    "summary.json (with the reference ranges of real CT) and realism.png. SynthSpine is SYNTHETIC.",
+        epilog="examples:\n  vfnb synth realism --out results/realism\n"
+               "  vfnb synth realism --real scan.nii.gz --seg scan_vertebrae.nii.gz --out results/realism\n"
+               "(to generate a dataset into a folder named realism: vfnb synth ./realism)")
+    p.add_argument("--out", type=Path, required=True, help="folder to create for the report")
+    p.add_argument("--real", type=Path, help="a real CT: NIfTI file or DICOM series folder")
+    p.add_argument("--seg", type=Path, help="its vertebra label map (VerSe or TotalSegmentator; file or folder)")
+    p.add_argument("--synth", type=Path, help="measure this SynthSpine folder instead of generating a cohort")
+    p.add_argument("--cases", type=int, default=8, help="SynthSpine cases to generate (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if vfnb wrote it before")
+    p.set_defaults(func=_cmd_synth_realism, command="synth realism")
+    return p
+
+
+def _cmd_synth_realism(a):
+    from .data.synth.realism import dataset_rows, real_rows, synth_rows, write_realism_report
+    from .errors import ParamsError
+
+    if (a.real is None) != (a.seg is None):
+        raise ParamsError("synth realism: --real and --seg go together (a CT and its vertebra label map)")
+    if a.cases < 1:
+        raise ParamsError(f"synth realism: --cases {a.cases}; expected at least 1")
+    real = real_rows(a.real, a.seg) if a.real is not None else []
+    synth = dataset_rows(a.synth) if a.synth is not None else synth_rows(a.cases, a.seed)
+    out = write_realism_report(a.out, synth, real, overwrite=a.overwrite)
+    print(f"wrote {out}")
+
+
+def _parse_args(argv: list[str] | None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["synth", "realism"]:
+        return _realism_parser().parse_args(argv[2:])
+    return build_parser().parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     setup_entry_point()
-    args = build_parser().parse_args(argv)
+    args = _parse_args(argv)
     try:
         code = args.func(args)
     except VfnbError as exc:

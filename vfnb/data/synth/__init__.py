@@ -11,7 +11,10 @@ thoracolumbar spine (STUDY §3-4); no patient data is involved. What is modelled
   pedicles, laminae, spinous, transverse and articular processes, a spinal canal;
   intervertebral discs; ribs (not labelled) at thoracic levels;
 - a body contour: paraspinal / psoas muscle, subcutaneous and retroperitoneal fat,
-  mediastinal soft tissue, lungs beside the thoracic spine, air behind the back;
+  mediastinal soft tissue, lungs beside the thoracic spine, air behind the back; the
+  surroundings of a real scan (:mod:`.surroundings`): aorta anterior-left (sometimes
+  calcified), inferior vena cava, kidneys in perirenal fat, bowel gas; the spinal
+  canal holds epidural fat and CSF (0-20 HU);
 - sizes by level and sex (women ~8 % smaller) with individual and level-to-level
   variation of height, depth and width;
 - normal variation as in real spines (the config's "v2 shape" block): physiological
@@ -22,9 +25,15 @@ thoracolumbar spine (STUDY §3-4); no patient data is involved. What is modelled
   So a normal vertebra's own heights may look deformed against a population
   reference, as in real spines, and height ratios alone misgrade some normals;
 - per-patient bone density class (normal / osteopenic / osteoporotic) setting the
-  trabecular HU, with a per-patient offset (density varies within a class); cortical,
-  disc, muscle, fat, lung and air HU; partial-volume sampling, a Gaussian point-spread
-  blur and white noise (sigma 10-40 HU); int16 HU;
+  trabecular HU for a screening cohort (L1 ~155 / 128 / 105 HU, wide and overlapping,
+  with a per-patient offset, so low density predicts a fracture only moderately), with
+  fine texture and coarse patchiness; cortical, disc, muscle, fat, lung and air HU;
+  partial-volume sampling, a Gaussian point-spread blur and noise (sigma 10-40 HU) with
+  a reconstruction kernel's grain (white noise smoothed in-plane); int16 HU;
+- two label maps per scan: ``seg/`` in a segmentation model's style (about a millimetre
+  generous, an irregular boundary, now and then bleeding into a disc: :mod:`.labelmaps`),
+  the one the study trains on and the kind users bring; ``seg_exact/`` the exact map
+  the grades and truth heights were drawn on;
 - scanner geometry: in-plane 0.6-1.0 mm, slices 1-3 mm; headers in RAS, LPS, permuted
   and slightly oblique orientations (the anatomy is defined in world millimetres and
   sampled through the header's affine, so the label map is right in world space);
@@ -48,7 +57,10 @@ thoracolumbar spine (STUDY §3-4); no patient data is involved. What is modelled
 Not modelled: metal, degenerative disease beyond mild endplate changes (osteophytes, disc degeneration), other
 pathology (tumours, infection), contrast agent, scanner artefacts beyond noise and
 blur (no beam hardening, streaks, ring or motion artefacts), organs beyond crude
-tissue classes, scoliosis.
+tissue classes and the few structures above, scoliosis.
+
+How close it comes to real CT: ``vfnb synth realism`` (:mod:`.realism`), against the
+ranges of :mod:`.reference_ranges`.
 
 Determinism: case ``k`` is a function of ``(seed, k, config)`` only (its random
 generator is ``np.random.default_rng([seed, k])``, ``[seed, k, 1]`` for the test cohort's
@@ -60,17 +72,19 @@ vertebrae, sizes, normal variants, density, fractures), :mod:`.fracture_signs` (
 non-height signs of a fracture and their look-alikes), :mod:`.statistics` (per-vertebra
 intensity statistics from an image and its label map), :mod:`.geometry` (distances, the spine's curve,
 the sampling grid), :mod:`.drawing` (soft tissue, discs, vertebrae into HU),
+:mod:`.surroundings` (aorta, vena cava, kidneys, bowel gas), :mod:`.labelmaps` (the
+segmenter-style label map),
 :mod:`.scan` (one case: geometry, scanner, orientation, truth), :mod:`.dataset` (many
 cases on disk, and the study's default dataset). This file only re-exports.
 """
 
 from .config import DENSITY_CLASSES, GENERATOR_VERSION, HEIGHT_POSITIONS, MORPHOLOGIES, ORIENTATIONS, SynthConfig
-from .dataset import (META_FILE, PROCESSED_MARKER, TRUTH_COLUMNS, TRUTH_FILE, default_dataset_paths,
+from .dataset import (EXACT_SEG_DIR, META_FILE, PROCESSED_MARKER, TRUTH_COLUMNS, TRUTH_FILE, default_dataset_paths,
                       ensure_default_dataset, ensure_generated, ensure_processed, generate_dataset)
 from .patient import sample_patient
 from .scan import SynthCase, case_id, generate_case
 
-__all__ = ["DENSITY_CLASSES", "GENERATOR_VERSION", "HEIGHT_POSITIONS", "META_FILE", "MORPHOLOGIES", "ORIENTATIONS",
+__all__ = ["DENSITY_CLASSES", "EXACT_SEG_DIR", "GENERATOR_VERSION", "HEIGHT_POSITIONS", "META_FILE", "MORPHOLOGIES", "ORIENTATIONS",
            "PROCESSED_MARKER", "SynthCase", "SynthConfig", "TRUTH_COLUMNS", "TRUTH_FILE", "case_id",
            "default_dataset_paths", "ensure_default_dataset", "ensure_generated", "ensure_processed",
            "generate_case", "generate_dataset", "sample_patient"]

@@ -11,7 +11,7 @@ import numpy as np
 from ...errors import ParamsError
 
 
-GENERATOR_VERSION = "synthspine-1.0"
+GENERATOR_VERSION = "synthspine-2.0"
 DENSITY_CLASSES = ("normal", "osteopenic", "osteoporotic")
 MORPHOLOGIES = ("wedge", "biconcave", "crush")
 ORIENTATIONS = ("ras", "lps", "permuted", "oblique")
@@ -68,10 +68,7 @@ class SynthConfig:
     thoracic_wedge_max: float = 0.15  # normal thoracic Ha may be up to 15 % below Hp
     curve_scale: tuple = (0.6, 1.4)   # individual kyphosis / lordosis factor
     density_probs: tuple = (0.45, 0.35, 0.20)          # normal, osteopenic, osteoporotic
-    trabecular_hu_l1: tuple = (178.0, 143.0, 118.0)     # STUDY §4, at L1
-    trabecular_hu_sd: float = 10.0
     trabecular_hu_per_level: float = 2.0  # denser cranially (HU per level above L1)
-    trabecular_texture_hu: tuple = (25.0, 40.0)
     cortical_hu: tuple = (750.0, 1100.0)
     cortical_thickness_mm: tuple = (1.0, 0.8, 0.6)   # by density class
     disc_hu: tuple = (70.0, 100.0)
@@ -140,6 +137,27 @@ class SynthConfig:
     fov_posterior_mm: float = 100.0  # behind the vertebral body centres (reaches the skin)
     back_depth_mm: tuple = (70.0, 105.0)  # body centre -> skin of the back
     fat_layer_mm: tuple = (6.0, 28.0)
+    # ---- v2 appearance (SynthSpine 2.0): bone density, noise texture, canal, surroundings, label maps
+    # trabecular HU at L1 by density class: a middle-aged to elderly screening cohort, from a
+    # young-normal spine (~180 HU) down to osteoporotic (< 100 HU)
+    trabecular_hu_l1: tuple = (155.0, 128.0, 105.0)
+    trabecular_hu_sd: float = 22.0
+    trabecular_texture_hu: tuple = (30.0, 45.0)       # fine trabecular texture (SD, HU)
+    trabecular_patchiness_hu: tuple = (8.0, 20.0)     # coarse within-body heterogeneity (amplitude, HU)
+    noise_grain_vox: tuple = (0.47, 0.56)  # in-plane Gaussian width (voxels) shaping the noise: the kernel's grain
+    noise_grain_slice: float = 0.4       # the same along the slice axis, as a fraction of the in-plane width
+    csf_hu: tuple = (0.0, 20.0)          # the thecal sac in the spinal canal
+    epidural_fat_mm: float = 1.2         # the fat rim between the canal wall and the thecal sac
+    blood_hu: tuple = (35.0, 50.0)       # aorta, unenhanced
+    aorta_radius_mm: tuple = (9.0, 13.0)
+    p_aortic_calcification: float = 0.35
+    kidney_hu: tuple = (25.0, 40.0)      # unenhanced renal parenchyma
+    bowel_gas_pockets: tuple = (0, 5)    # pockets of gas in front of the lumbar spine (inclusive range)
+    # the label map written as seg/: a segmenter's, generous around the bone (seg_exact/ keeps the exact one)
+    seg_margin_mm: tuple = (0.6, 1.4)    # how far the label reaches beyond the bone (varies smoothly)
+    seg_margin_scale_mm: float = 6.0     # the length over which that reach varies (irregular boundary)
+    p_seg_disc_bleed: float = 0.25       # per endplate: the label bleeds into the adjacent disc
+    seg_disc_bleed_mm: tuple = (1.0, 2.5)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -166,6 +184,7 @@ def _check_config(config: SynthConfig) -> None:
         p = np.asarray(getattr(config, name), dtype=float)
         if np.any(p < 0) or abs(p.sum() - 1.0) > 1e-6:
             raise ParamsError(f"SynthSpine config: {name} = {list(p)}; expected non-negative probabilities summing to 1")
+    _check_appearance(config)
     lo, hi = config.inplane_spacing
     if not (0 < lo <= hi):
         raise ParamsError(f"SynthSpine config: inplane_spacing = {config.inplane_spacing}; expected 0 < low <= high")
@@ -214,3 +233,22 @@ def _check_shape(config: SynthConfig) -> None:
     if len(config.p_no_compaction) != 3 or not all(0.0 <= float(p) <= 1.0 for p in config.p_no_compaction):
         raise ParamsError(f"SynthSpine config: p_no_compaction = {config.p_no_compaction!r}; expected three "
                           "probabilities in [0, 1], one per grade 1-3")
+
+
+def _check_appearance(config: SynthConfig) -> None:
+    """The v2 appearance block: every range ordered and physically plausible."""
+    hu = np.asarray(config.trabecular_hu_l1, dtype=float)
+    if hu.shape != (3,) or not (np.all(np.diff(hu) < 0) and 40.0 <= hu.min() and hu.max() <= 300.0):
+        raise ParamsError(f"SynthSpine config: trabecular_hu_l1 = {config.trabecular_hu_l1}; expected three HU "
+                          "values (normal, osteopenic, osteoporotic), decreasing, within 40-300")
+    for name, low, high in (("trabecular_texture_hu", 0.0, 150.0), ("trabecular_patchiness_hu", 0.0, 100.0),
+                            ("noise_grain_vox", 0.0, 3.0), ("csf_hu", -20.0, 40.0), ("blood_hu", 0.0, 80.0),
+                            ("aorta_radius_mm", 5.0, 20.0), ("kidney_hu", 0.0, 60.0), ("bowel_gas_pockets", 0, 20),
+                            ("seg_margin_mm", 0.0, 4.0), ("seg_disc_bleed_mm", 0.0, 8.0)):
+        _check_range(name, getattr(config, name), low, high)
+    for name, low, high in (("trabecular_hu_sd", 0.0, 60.0), ("noise_grain_slice", 0.0, 2.0),
+                            ("epidural_fat_mm", 0.0, 4.0), ("p_aortic_calcification", 0.0, 1.0),
+                            ("seg_margin_scale_mm", 1.0, 50.0), ("p_seg_disc_bleed", 0.0, 1.0)):
+        value = float(getattr(config, name))
+        if not low <= value <= high:
+            raise ParamsError(f"SynthSpine config: {name} = {value}; expected {low}-{high}")

@@ -38,6 +38,7 @@ from .config import GENERATOR_VERSION, SynthConfig, _check_config
 from .scan import case_id, generate_case
 
 TRUTH_FILE = "synth_truth.csv"
+EXACT_SEG_DIR = "seg_exact"  # the exact label maps the grades were drawn on (seg/ holds the segmenter-style ones)
 META_FILE = GENERATOR_RECORD  # synth.json: "synthetic": true travels into preprocess.json (vfnb.data.origin)
 TRUTH_COLUMNS = ["case", "label", "level", "grade", "morphology", "endplate",
                  "height_anterior_before_mm", "height_middle_before_mm", "height_posterior_before_mm",
@@ -51,6 +52,7 @@ def _write_case(args) -> tuple[str, dict, list]:
     case = generate_case(index, seed, cohort_config(SynthConfig.from_dict(config_dict), cohort), cohort)
     save_nifti(Path(folder) / "img" / case.filename, case.image, case.affine)
     save_nifti(Path(folder) / "seg" / case.filename, case.seg, case.affine)
+    save_nifti(Path(folder) / EXACT_SEG_DIR / case.filename, case.exact_seg, case.affine)
     return case.filename, case.grades, case.truth
 
 
@@ -119,8 +121,10 @@ def _truth_csv(results: list[tuple[str, dict, list]]) -> str:
 
 def generate_dataset(out, cases: int = 64, seed: int = 0, workers: int = 1, overwrite: bool = False,
                      config: SynthConfig | None = None, progress: bool = True, test_cases: int = 0) -> Path:
-    """Write SynthSpine (original layout) to ``out``: ``img/``, ``seg/``, ``annotation.yaml``,
-    ``synth_truth.csv`` (one row per vertebra) and ``synth.json`` (generator version and config).
+    """Write SynthSpine (original layout) to ``out``: ``img/``, ``seg/`` (segmenter-style label maps, the
+    ones the study uses), ``seg_exact/`` (the exact label maps the grades were drawn on, same file names),
+    ``annotation.yaml``, ``synth_truth.csv`` (one row per vertebra) and ``synth.json`` (generator version
+    and config).
 
     ``test_cases`` adds that many cases of the fracture-enriched test cohort
     (``synth-s<seed>-t<k>``; column ``cohort`` of the truth table says which is which).
@@ -140,6 +144,7 @@ def generate_dataset(out, cases: int = 64, seed: int = 0, workers: int = 1, over
     with output_folder(out, overwrite=overwrite) as staging:
         (staging / "img").mkdir()
         (staging / "seg").mkdir()
+        (staging / EXACT_SEG_DIR).mkdir()
         results = _generate_cases(staging, cases, seed, workers, config, progress, test_cases)
         write_annotation(staging / "annotation.yaml", {name: grades for name, grades, _ in results})
         atomic_write_text(staging / TRUTH_FILE, _truth_csv(results))

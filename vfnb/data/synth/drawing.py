@@ -14,10 +14,12 @@ from .config import _POS, SynthConfig
 from .fracture_signs import cortical_buckling, dense_band
 from .geometry import _capsule, _corners, _ellipse2, _frac, _Grid
 from .patient import _Vertebra
+from .surroundings import SliceFrame, add_surroundings
 
 
 def _background(grid: _Grid, verts: list[_Vertebra], pat: dict, rng, config: SynthConfig) -> np.ndarray:
-    """Soft-tissue HU over the whole grid: muscle, fat, mediastinum, lungs, air (float32).
+    """Soft-tissue HU over the whole grid: muscle, fat, mediastinum, lungs, the surroundings
+    (:mod:`.surroundings`: aorta, vena cava, kidneys, bowel gas), air (float32).
 
     X and Y are exact world coordinates; the level-dependent look-ups (spine centre line,
     body size, thoracic or lumbar) use the scanner's z, which differs from world z by at
@@ -68,8 +70,10 @@ def _background(grid: _Grid, verts: list[_Vertebra], pat: dict, rng, config: Syn
     hu[np.broadcast_to(psoas, hu.shape)] = muscle
     # lungs beside the thoracic bodies (down to the costophrenic recess near T12/L1)
     lungs = (pos_z <= 12.6) & (absx > a_z + 5.0) & (rel > -b_z - 22.0) & (rel < 85.0)
-    aorta = ((X + a_z + 6.0) ** 2 + (rel - 0.7 * b_z) ** 2) < 144.0  # patient left (-x), non-contrast
-    hu[np.broadcast_to(lungs & ~aorta, hu.shape)] = lung
+    hu[np.broadcast_to(lungs, hu.shape)] = lung
+    # aorta, vena cava, kidneys, bowel gas (v2 appearance)
+    add_surroundings(hu, SliceFrame(X, rel, zs[None, None, :], pos_z, a_z, b_z), rng, config,
+                     fat=fat, soft=soft, psoas=psoas)
     # subcutaneous fat and air behind the back
     hu[np.broadcast_to(rel < -back + fat_layer, hu.shape)] = fat
     hu[np.broadcast_to(rel < -back, hu.shape)] = np.float32(config.air_hu)
@@ -110,6 +114,10 @@ class _Tissue:
     texture_hu: float
     cortex_hu: float
     cortex_mm: float
+    patchiness_hu: float = 0.0   # coarse within-body heterogeneity (v2 appearance)
+    csf_hu: float = 10.0         # the thecal sac
+    epidural_fat_hu: float = -100.0
+    epidural_fat_mm: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -208,15 +216,56 @@ class _Local:
         return out
 
 
-def _trabecular_texture(loc: _Local, s: _Posterior, lo, hi, rng) -> np.ndarray:
-    """Unit-variance smooth noise over the body and posterior elements (zero elsewhere in the box)."""
+def _patchiness(loc: _Local, sl, rng) -> np.ndarray:
+    """Smooth heterogeneity (about unit SD) over the sub-box ``sl``: products of waves 12-30 mm long along the grid axes.
+
+    Real trabecular bone is not equally dense throughout a body (denser under the
+    endplates and posteriorly, sparser centrally, patchy in osteoporosis); this coarse
+    field, added to the fine texture, gives the core a spread of values at scales the
+    fine texture cannot. Separable in the grid's axes, so it costs one product per term.
+    """
+    grid, box = loc.grid, loc.box
+    axes = [(np.arange(box[d].start, box[d].stop)[sl[d]] * grid.spacing[d]).astype(np.float32) for d in range(3)]
+    out = None
+    for _ in range(2):
+        waves = [np.cos(np.float32(2 * np.pi / rng.uniform(12.0, 30.0)) * ax + np.float32(rng.uniform(0, 6.3)))
+                 for ax in axes]
+        term = waves[0][:, None, None] * waves[1][None, :, None] * waves[2][None, None, :]
+        out = term if out is None else out + term
+    return out * np.float32(2.0)  # each term has SD 1/(2 sqrt 2); two terms: SD ~ 1
+
+
+def _trabecular_texture(loc: _Local, s: _Posterior, lo, hi, rng, tissue: _Tissue) -> np.ndarray:
+    """Smooth noise over the body and posterior elements in units of ``tissue.texture_hu`` (zero elsewhere):
+    the fine trabecular texture (unit variance) plus the coarse patchiness scaled to its HU."""
     v = loc.v
     texture = np.zeros(loc.shape, np.float32)
     reach = max(v.a, s.cw + s.lam + s.pw) * 1.3
     core = loc.part((-reach, lo[1], lo[2]), (reach, hi[1], hi[2]))
     if core is not None:
         texture[core] = _texture(texture[core].shape, rng, 0.8 / loc.grid.spacing)
+        if tissue.patchiness_hu > 0:
+            texture[core] += np.float32(tissue.patchiness_hu / tissue.texture_hu) * _patchiness(loc, core, rng)
     return texture
+
+
+def _thecal_sac(loc: _Local, s: _Posterior, sub: np.ndarray, lo, hi, tissue: _Tissue) -> np.ndarray:
+    """``sub`` with the spinal canal filled: a rim of epidural fat, then the CSF-filled thecal sac.
+
+    Drawn over the vertebra's whole height and the half discs beside it (neighbours'
+    canals overlap and agree), only where no bone is drawn yet.
+    """
+    sl = loc.part((-s.cw - 1, s.vc - s.cd - 1, lo[2]), (s.cw + 1, s.vc + s.cd + 1, hi[2]))
+    if sl is None:
+        return sub
+    d = _ellipse2(loc.u[sl], loc.vv[sl] - s.vc, s.cw, s.cd)
+    soft = sub[sl] < 150.0
+    canal = _frac(d, loc.er) * soft
+    sac = _frac(d - tissue.epidural_fat_mm, loc.er) * soft
+    out = sub.copy()
+    out[sl] = (sub[sl] * (1 - canal) + (canal - sac) * np.float32(tissue.epidural_fat_hu)
+               + sac * np.float32(tissue.csf_hu))
+    return out
 
 
 def _body_scale(v: _Vertebra, V, W, top, bot, ct, cb):
@@ -364,12 +413,12 @@ def _draw_vertebra(hu, seg, grid: _Grid, v: _Vertebra, rng, tissue: _Tissue) -> 
     if box is None:
         return
     loc = _Local(grid, v, box)
-    texture = _trabecular_texture(loc, s, lo, hi, rng)
+    texture = _trabecular_texture(loc, s, lo, hi, rng, tissue)
     body = _vertebral_body(loc, texture, tissue)
     d = _posterior_elements(loc, s, lo, hi)
     post_frac = _frac(d, loc.eiso) * (1.0 - body.frac)
     post_inner = _frac(d - 1.2, loc.eiso) * (1.0 - body.frac)
-    sub = hu[box]
+    sub = _thecal_sac(loc, s, hu[box], lo, hi, tissue)
     if s.thoracic:
         sub = _ribs(loc, s, sub, (1.0 - body.frac) * (1.0 - post_frac), texture, tissue)
     post_hu = (post_frac - post_inner) * tissue.cortex_hu + post_inner * (v.trab_hu + 120.0 + tissue.texture_hu * texture)

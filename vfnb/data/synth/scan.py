@@ -13,12 +13,18 @@ from ...io import NIFTI_SUFFIX
 from .config import DENSITY_CLASSES, ORIENTATIONS, SynthConfig, _check_config
 from .drawing import _background, _draw_disc, _draw_vertebra, _Tissue
 from .geometry import _Grid, _place, _virtual_neighbour
+from .labelmaps import segmenter_labels
 from .patient import _Vertebra, sample_patient
 
 
 @dataclass
 class SynthCase:
-    """One generated scan. ``image`` int16 HU and ``seg`` uint8 labels share ``affine`` (voxel -> RAS mm)."""
+    """One generated scan. ``image`` int16 HU and the uint8 label maps share ``affine`` (voxel -> RAS mm).
+
+    ``seg`` is the segmenter-style label map (generous around the bone, what the study
+    trains on and what users' segmenters give: :mod:`.labelmaps`); ``exact_seg`` the
+    exact one the grades and truth heights were drawn on.
+    """
 
     case_id: str
     image: np.ndarray
@@ -27,6 +33,7 @@ class SynthCase:
     grades: dict[int, int]
     truth: list[dict]
     meta: dict = field(default_factory=dict)
+    exact_seg: np.ndarray | None = None
 
     @property
     def filename(self) -> str:
@@ -103,10 +110,14 @@ def _scan_grid(verts: list[_Vertebra], rng, config: SynthConfig) -> tuple[_Grid,
 
 
 def _patient_tissue(rng, config: SynthConfig, density: int) -> _Tissue:
-    """Trabecular texture and cortical bone of one patient (osteoporotic bone: coarser, thinner, less dense)."""
+    """One patient's bone and canal: trabecular texture and patchiness (osteoporotic bone coarser and patchier),
+    cortical HU and thickness (thinner, less dense with lower density), CSF and epidural fat."""
     texture_hu = rng.uniform(*config.trabecular_texture_hu) * (1.15 if density == 2 else 1.0)
     cortex_hu = rng.uniform(*config.cortical_hu) * (1.0, 0.92, 0.85)[density]
-    return _Tissue(texture_hu, cortex_hu, config.cortical_thickness_mm[density])
+    patchiness = rng.uniform(*config.trabecular_patchiness_hu) * (1.0, 1.15, 1.3)[density]
+    return _Tissue(texture_hu, cortex_hu, config.cortical_thickness_mm[density], patchiness_hu=patchiness,
+                   csf_hu=rng.uniform(*config.csf_hu), epidural_fat_hu=rng.uniform(*config.fat_hu),
+                   epidural_fat_mm=config.epidural_fat_mm)
 
 
 def _draw_spine(hu, seg, grid: _Grid, chain: list[_Vertebra], disc_hu: float, rng, tissue: _Tissue) -> None:
@@ -119,17 +130,50 @@ def _draw_spine(hu, seg, grid: _Grid, chain: list[_Vertebra], disc_hu: float, rn
         _draw_vertebra(hu, seg, grid, v, rng, tissue)
 
 
-def _scanner(hu, spacing, psf: float, noise: float, rng) -> np.ndarray:
-    """Point-spread blur (in-plane PSF, slice profile), then white noise; int16 HU."""
+def _grain_noise(shape, grain: float, grain_slice: float, rng) -> np.ndarray:
+    """Unit-SD noise with the grain of a reconstruction kernel: white noise smoothed by a Gaussian
+    ``grain`` voxels wide in-plane (axes 0, 1) and ``grain * grain_slice`` along the slices (axis 2).
+
+    Filtered back-projection leaves noise correlated over neighbouring voxels (a soft
+    kernel more so); white noise would be a texture no scanner makes.
+    """
+    white = rng.standard_normal(shape, dtype=np.float32)
+    if grain <= 0:
+        return white
+    noise, scale = white, 1.0
+    for axis, s in enumerate((grain, grain, grain * grain_slice)):
+        if s < 0.25:  # a kernel this narrow is one voxel wide: skip the pass (speed)
+            continue
+        noise = ndimage.gaussian_filter1d(noise, s, axis=axis, mode="wrap", truncate=3.0)
+        # the SD of Gaussian-filtered unit white noise: the root sum of squares of each pass's kernel
+        r = int(3.0 * s + 0.5)
+        k = np.exp(-0.5 * (np.arange(-r, r + 1) / s) ** 2)
+        scale *= float(np.sqrt(np.sum((k / k.sum()) ** 2)))
+    noise *= np.float32(1.0 / scale)
+    return noise
+
+
+def _scanner(hu, spacing, psf: float, noise: float, grain: float, grain_slice: float, rng) -> np.ndarray:
+    """Point-spread blur (in-plane PSF, slice profile), then noise of ``noise`` HU SD with the kernel's grain; int16 HU."""
     sigma = (psf / spacing[0], psf / spacing[1], max(0.35, 0.5 * psf / spacing[2] + 0.2))
     hu = ndimage.gaussian_filter(hu, sigma, mode="nearest")
-    hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(noise)
+    hu += _grain_noise(hu.shape, grain, grain_slice, rng) * np.float32(noise)
     return np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
 
 
-def _reorient(image, seg, grid: _Grid, kind: str, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """Arrays re-ordered into the chosen header orientation, with the affine that matches; and its axis codes."""
-    ornt = _output_orientation(kind, rng)
+def _endplate_points(grid: _Grid, verts: list[_Vertebra], rng) -> list[np.ndarray]:
+    """One point on each endplate of each vertebra (voxel indices): where a segmenter's label may bleed into the disc."""
+    points = []
+    for v in verts:
+        for side in (1.0, -1.0):
+            local = np.array([rng.uniform(-0.5, 0.5) * v.a, rng.uniform(-0.5, 0.6) * v.b, side * 0.5 * v.Hmid])
+            scanner = grid.R.T @ (v.centre + v.rot @ local)
+            points.append((scanner - grid.origin) / grid.spacing)
+    return points
+
+
+def _reorient(image, seg, grid: _Grid, ornt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Arrays re-ordered into the header orientation ``ornt``, with the affine that matches; and its axis codes."""
     image = np.ascontiguousarray(nib.orientations.apply_orientation(image, ornt))
     seg = np.ascontiguousarray(nib.orientations.apply_orientation(seg, ornt))
     affine = grid.affine @ nib.orientations.inv_ornt_aff(ornt, grid.shape)
@@ -159,8 +203,9 @@ def generate_case(case_index: int, seed: int = 0, config: SynthConfig | None = N
     Returns a :class:`SynthCase` with ``image`` int16 HU and ``seg`` uint8 VerSe labels,
     both in the array order of the chosen header orientation, and ``affine`` voxel -> RAS mm.
     Every random draw comes from one generator, in a fixed order: the patient, the
-    curve, the scan geometry, the tissues, the soft-tissue background, the bone
-    texture of each vertebra, the noise, the header orientation.
+    curve, the scan geometry, the tissues, the soft-tissue background and surroundings,
+    the bone texture of each vertebra, the noise, the segmenter-style label map, the
+    header orientation.
     """
     config = config or SynthConfig()
     _check_config(config)
@@ -174,18 +219,23 @@ def generate_case(case_index: int, seed: int = 0, config: SynthConfig | None = N
     tissue = _patient_tissue(rng, config, pat["density"])
     disc_hu, noise, psf = (rng.uniform(*config.disc_hu), rng.uniform(*config.noise_sigma),
                            rng.uniform(*config.psf_sigma_mm))
+    grain = rng.uniform(*config.noise_grain_vox)
 
     hu = _background(grid, verts, pat, rng, config)
     seg = np.zeros(grid.shape, dtype=np.uint8)
     _draw_spine(hu, seg, grid, chain, disc_hu, rng, tissue)
-    image, seg, affine, axcodes = _reorient(_scanner(hu, grid.spacing, psf, noise, rng), seg, grid, kind, rng)
+    image = _scanner(hu, grid.spacing, psf, noise, grain, config.noise_grain_slice, rng)
+    segmenter = segmenter_labels(seg, grid.spacing, _endplate_points(grid, verts, rng), rng, config)
+    ornt = _output_orientation(kind, rng)
+    image, segmenter, affine, axcodes = _reorient(image, segmenter, grid, ornt)
+    exact = _reorient(seg, seg, grid, ornt)[0]
 
     cid = case_id(seed, case_index, cohort)
     meta = dict(sex=pat["sex"], density_class=DENSITY_CLASSES[pat["density"]], orientation=kind, axcodes=axcodes,
                 spacing_mm=[float(s) for s in grid.spacing], noise_sigma_hu=float(noise), shape=list(image.shape),
                 kyphosis_scale=float(kyph), lordosis_scale=float(lord), cortical_hu=float(tissue.cortex_hu),
-                disc_hu=float(disc_hu), cohort=cohort)
-    present = set(int(x) for x in np.unique(seg)) - {0}
+                disc_hu=float(disc_hu), noise_grain_vox=float(grain), cohort=cohort)
+    present = set(int(x) for x in np.unique(exact)) - {0}
     labelled = [v for v in verts if v.label in present]
-    return SynthCase(cid, image, seg, affine, {v.label: int(v.grade) for v in labelled},
-                     [_truth_row(cid, v, meta) for v in labelled], meta)
+    return SynthCase(cid, image, segmenter, affine, {v.label: int(v.grade) for v in labelled},
+                     [_truth_row(cid, v, meta) for v in labelled], meta, exact_seg=exact)
