@@ -9,7 +9,8 @@ from vfnb.data.preprocess import patch_grid, sample_in_world
 from vfnb.data.transforms import eval_transform
 from vfnb.io import save_nifti
 from vfnb.models.networks import build_model
-from vfnb.inference.saliency import REGIONS, grad_cam, heat_to_scan, occlusion, region_masks, saliency_shares
+from vfnb.inference.saliency import (REGIONS, grad_cam, heat_to_scan, occlusion, region_masks, saliency_shares,
+                                    share_summary)
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +132,16 @@ def test_heat_returns_to_the_voxel_it_came_from(tmp_path, scan_affine):
     far = list(spot)
     far[0] = 2
     assert back[tuple(far)] == 0.0  # outside the patch: no heat
+
+
+def test_share_summary_skips_empty_maps_and_stays_quiet_when_all_are_empty(recwarn):
+    """An empty map has no share: the mean is over the others, and NaN (no warning on the page) when none has one."""
+    def entry(share):
+        return {"shares": {r: {"share": share, "volume": 0.25} for r in REGIONS}}
+
+    mixed = share_summary([entry(0.5), entry(float("nan"))])
+    assert mixed["share of the map"].tolist() == [0.5] * len(REGIONS)
+    assert mixed["concentration (share / cube)"].tolist() == [2.0] * len(REGIONS)
+    empty = share_summary([entry(float("nan"))] * 2)
+    assert empty["share of the map"].isna().all()
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

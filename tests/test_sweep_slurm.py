@@ -109,7 +109,10 @@ def test_the_sweep_files_block_is_checked_and_flags_win():
     with pytest.raises(SweepError, match=r"s\.yaml: 'slurm' must be a mapping"):
         slurm_options([1], "s.yaml")
     assert SlurmOptions("short", 60, 4, "8G").sbatch_parameters() == {
-        "time": 60, "cpus_per_task": 4, "nodes": 1, "ntasks_per_node": 1, "partition": "short", "mem": "8G"}
+        "time": 60, "cpus_per_task": 4, "nodes": 1, "ntasks_per_node": 1, "signal_delay_s": 90,
+        "partition": "short", "mem": "8G"}
+    # a short limit is warned a quarter before its end, not 90 s before (which would be at once)
+    assert SlurmOptions(time_min=2).sbatch_parameters()["signal_delay_s"] == 30
 
 
 def test_a_bad_block_in_the_sweep_file_fails_before_anything_runs(tmp_path, capsys):

@@ -248,7 +248,9 @@ def share_summary(explained: Sequence[dict]):
 
     rows = {}
     for region in REGIONS:
-        share = np.nanmean([e["shares"][region]["share"] for e in explained])
+        shares = np.asarray([e["shares"][region]["share"] for e in explained], dtype=float)
+        shares = shares[np.isfinite(shares)]  # an empty map has no share
+        share = float(shares.mean()) if shares.size else float("nan")
         volume = np.mean([e["shares"][region]["volume"] for e in explained])
         rows[region] = {"share of the map": share, "share of the cube": volume,
                         "concentration (share / cube)": share / volume if volume else float("nan")}

@@ -60,9 +60,16 @@ class SlurmOptions:
     cpus: int = DEFAULT_CPUS
     mem: str | None = None
 
+    @property
+    def signal_delay_s(self) -> int:
+        """Seconds before the time limit at which SLURM warns the job: submitit's 90 s, but at most a quarter
+        of the limit, so a short limit (a minute or two) does not warn a job that has just started."""
+        return min(90, self.time_min * 60 // 4)
+
     def sbatch_parameters(self) -> dict:
         """submitit's ``SlurmExecutor.update_parameters`` keywords for these options."""
-        params: dict[str, Any] = {"time": self.time_min, "cpus_per_task": self.cpus, "nodes": 1, "ntasks_per_node": 1}
+        params: dict[str, Any] = {"time": self.time_min, "cpus_per_task": self.cpus, "nodes": 1, "ntasks_per_node": 1,
+                                  "signal_delay_s": self.signal_delay_s}
         if self.partition:
             params["partition"] = self.partition
         if self.mem:
