@@ -48,7 +48,7 @@ def test_output_shapes(backbone, head):
 def test_names_and_model_args_rebuild():
     model = build_model("resnet10", head="mlp", feature_dim=64, num_grades=3, block_inplanes=(8, 16, 32, 32))
     names = list(model.state_dict())
-    assert all(k.split(".")[0] in ("encoder", "head", "classifier") for k in names)
+    assert all(k.split(".")[0] in ("encoder", "head", "feature_norm", "classifier") for k in names)
     assert model.classifier.weight.shape == (3, 32) and model.num_features == 32
     rebuilt = build_model(**model.model_args)
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}

@@ -44,7 +44,7 @@ class _Data:
         self.processed = processed
 
     def describe(self):
-        return {"synthetic": False, "processed": self.processed, "cases": 3, "vertebrae": 17}
+        return {"synthetic": False, "processed": self.processed, "cases": 3, "vertebrae": 17, "test_note": ""}
 
 
 def _render(cells) -> str:
