@@ -147,7 +147,7 @@ class StudyParams:
     device: str = train_param("auto", "device")
     amp: Any = train_param("auto", "amp")
     # per model: budget and learning rate (registry.MODELS says which model reads which)
-    supcon_epochs: int = train_param(16, "epochs", "SupCon pretraining epochs", recipe="SupCon pretraining epochs")
+    supcon_epochs: int = train_param(24, "epochs", "SupCon pretraining epochs", recipe="SupCon pretraining epochs")
     supcon_lr: float = train_param(0.05, "lr", "SupCon learning rate", recipe="SupCon learning rate")
     supcon_augmentation: str = train_param("weak", "augmentation", "augmentation while pretraining with SupCon",
                                            recipe="augmentation during SupCon pretraining")
@@ -157,7 +157,7 @@ class StudyParams:
     linear_lr: float = train_param(0.001, "lr", "linear probe learning rate")
     finetune_epochs: int = train_param(2, "epochs", "fine-tuning epochs")
     finetune_lr: float = train_param(0.01, "lr", "fine-tuning learning rate")
-    ce_epochs: int = train_param(18, "epochs", "cross-entropy baseline epochs")
+    ce_epochs: int = train_param(26, "epochs", "cross-entropy baseline epochs")
     ce_lr: float = train_param(0.05, "lr", "cross-entropy baseline learning rate")
     # evaluation
     target_specificity: float = param(0.99, FRACTION, "screening operating point: specificity on validation")
