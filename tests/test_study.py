@@ -68,7 +68,10 @@ def test_study_validation_names_the_file_that_set_a_bad_training_value(tmp_path)
     params, sources = merge_params_with_sources([], ["finetune_epochs=0"])
     with pytest.raises(ParamsError, match=r"-p finetune_epochs=0: .*'finetune_epochs'.*\(model supcon_finetune\)"):
         validate_study_params(params, sources=sources)
-    params, sources = merge_params_with_sources([], ["supcon_warmup_epochs=16"])  # not below supcon_epochs
+    from vfnb.study.parameters import StudyParams
+
+    epochs = StudyParams().supcon_epochs  # a warm-up as long as the whole run is refused
+    params, sources = merge_params_with_sources([], [f"supcon_warmup_epochs={epochs}"])
     with pytest.raises(ParamsError, match=r"'supcon_warmup_epochs'"):
         validate_study_params(params, sources=sources)
 

@@ -7,6 +7,7 @@ can fix (:class:`vfnb.errors.VfnbError`) print ``error: ...`` and exit 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -383,9 +384,22 @@ def main(argv: list[str] | None = None) -> int:
               "hold (see docs/GUARANTEES.md for the size limits)", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C: one line, saying what was kept where the command says so
+        logging.getLogger("asyncio").addFilter(drop_dead_kernel_reports)
         print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
         return 130
     return int(code or 0)
+
+
+def drop_dead_kernel_reports(record: logging.LogRecord) -> bool:
+    """False for asyncio's report of a notebook cell whose kernel died, the rest pass.
+
+    Ctrl-C reaches the notebook kernel too (one process group), so the cell a study was
+    running ends with nbclient's ``DeadKernelError`` in a task nobody awaits any more;
+    asyncio would print that task's traceback as the interpreter exits, after the one-line
+    message that already says what happened.
+    """
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (exc is not None and type(exc).__name__ == "DeadKernelError")
 
 
 if __name__ == "__main__":
