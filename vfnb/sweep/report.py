@@ -264,11 +264,11 @@ def _sweep_html(t: _SweepTables) -> str:
     else:
         parts.append("<p>No training history found in the finished runs.</p>")
     rows = t.run_rows(lambda r: r)
-    parts.append("<h2>Runs</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in
+    parts.append("<h2>Runs</h2><div class='wide'><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in
                                                        ["Run", "Grid values", "Model", *t.heads]) + "</tr>")
     parts += [f"<tr><td><a href='{e(r['folder'])}/index.html'>{e(r['name'])}</a></td>"
               + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>" for r, cells in rows]
-    parts.append("</table>")
+    parts.append("</table></div>")
     if t.failed:
         parts.append("<h2>Failed runs</h2><ul>" + "".join(f"<li>{e(n)}: {e(m)}</li>" for n, m in t.failed.items())
                      + "</ul>")
