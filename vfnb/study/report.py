@@ -77,13 +77,22 @@ def strip_tags(text: str) -> str:
     return markdown_text(html.unescape(re.sub(r"<[^>]+>", "", text)))
 
 
+#: Columns above which a table is set in the page's ``wide`` style (smaller type, scrolling inside the page).
+WIDE_TABLE_COLUMNS = 8
+
+
 def html_table(head: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]], row_class: Sequence[str] = ()) -> str:
-    """A plain HTML table; ``rows`` are ``(label, cells)``, all escaped; ``row_class[i]`` styles row i."""
+    """A plain HTML table; ``rows`` are ``(label, cells)``, all escaped; ``row_class[i]`` styles row i.
+
+    A table of more than :data:`WIDE_TABLE_COLUMNS` columns (a column per metric) is
+    wrapped in ``<div class='wide'>`` so it stays within the page's width.
+    """
     out = ["<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"]
     for i, (label, cells) in enumerate(rows):
         cls = f" class='{row_class[i]}'" if i < len(row_class) and row_class[i] else ""
         out.append(f"<tr{cls}>" + "".join(f"<td>{e(str(c))}</td>" for c in (label, *cells)) + "</tr>")
-    return "".join(out) + "</table>"
+    table = "".join(out) + "</table>"
+    return f"<div class='wide'>{table}</div>" if len(head) > WIDE_TABLE_COLUMNS else table
 
 
 def md_table(head: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
