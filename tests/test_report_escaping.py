@@ -85,3 +85,15 @@ def test_markdown_summaries_show_user_strings_as_text(hostile):
     assert not found.handlers and not found.links
     assert markdown_text("0.85 [0.73, 0.97]") == "0.85 [0.73, 0.97]"  # no link: left as typed
     assert markdown_text("a|b") == "a\\|b"
+
+
+def test_the_data_statement_says_the_test_cohort_note_once():
+    pytest.importorskip("IPython")
+    from vfnb.study.data import data_statement
+
+    class _Enriched(_Data):
+        def describe(self):
+            return {**super().describe(), "test_note": "The test set is fracture-enriched."}
+
+    shown = data_statement(_Enriched("/data/synth")).data
+    assert shown.count("The test set is fracture-enriched.") == 1

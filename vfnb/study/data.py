@@ -202,5 +202,4 @@ def data_statement(data: StudyData):
 
     description = data.describe()
     sentence = dataset_sentence(description).replace("<strong>synthetic</strong>", "<strong>SYNTHETIC</strong>")
-    note = description["test_note"]
-    return HTML(f"<p>{sentence}</p>" + (f"<p>{note}</p>" if note else ""))
+    return HTML(f"<p>{sentence}</p>")  # the sentence already ends with the test-cohort note, when there is one

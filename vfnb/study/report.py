@@ -103,17 +103,17 @@ def md_table(head: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]]) -> 
 
 
 def dataset_sentence(data: Mapping) -> str:
-    """What the data are, as HTML: loudly synthetic for SynthSpine."""
+    """What the data are, as HTML: loudly synthetic for SynthSpine; the test cohort's note last, when there is one."""
+    note = f" {e(data['test_note'])}" if data.get("test_note") else ""
     if data.get("synthetic"):
         return ("The data are <strong>synthetic</strong>: SynthSpine, spine CTs generated from code "
                 f"({data.get('cases', '?')} cases, {data.get('vertebrae', '?')} graded vertebrae). "
                 "They model vertebral anatomy, bone density and Genant-graded fractures, but no metal, "
                 "degenerative disease or scanner artefacts beyond noise and blur. Every number below is a "
-                "number on synthetic data, not evidence about clinical performance."
-                + (f" {e(data['test_note'])}" if data.get("test_note") else ""))
+                "number on synthetic data, not evidence about clinical performance." + note)
     where = shown_path(data["processed"]) if data.get("processed") else "?"
     return (f"The data are the processed dataset at <code>{e(where)}</code> "
-            f"({data.get('cases', '?')} cases, {data.get('vertebrae', '?')} graded vertebrae).")
+            f"({data.get('cases', '?')} cases, {data.get('vertebrae', '?')} graded vertebrae)." + note)
 
 
 def smoke_banner(params: Mapping) -> str:
