@@ -148,3 +148,12 @@ def test_a_vertebra_cut_by_the_scan_edge_gets_no_map_and_the_others_do(tmp_path,
     assert pd.isna(table.loc["T12", "pred"]) and "not assessable" in table.loc["T12", "warnings"]
     assert sorted(p.name for p in out.iterdir()) == ["scan_L1_gradcam.nii.gz", "scan_L2_gradcam.nii.gz"]
     assert "T12" in (tmp_path / "r.html").read_text()
+
+
+def test_the_spine_overview_is_as_tall_as_its_panels_need():
+    """A long scan gets a tall figure, a short one a low figure: no band of white above the images."""
+    from vfnb.inference.report import _overview_height
+
+    long_scan, short_scan = _overview_height(450, 400), _overview_height(60, 400)
+    assert long_scan > 9 > 3.5 <= short_scan < 3 * 1.4
+    assert _overview_height(5000, 10) == 14.0  # clipped: a page stays readable

@@ -106,9 +106,9 @@ def overview_figure(report: ScanReport) -> str:
     spine = np.nonzero(labels)
     x0 = int(round(spine[0].mean()))
     ct_coronal, labels_coronal = _curved_coronal(ct, labels)
-    fig = Figure(figsize=(11, 8))
-    sagittal, coronal = fig.subplots(1, 2, gridspec_kw={"width_ratios": [ct.shape[1] * spacing[1],
-                                                                         ct.shape[0] * spacing[0]]})
+    widths = [ct.shape[1] * spacing[1], ct.shape[0] * spacing[0]]  # mm across the sagittal and coronal panels
+    fig = Figure(figsize=(11, _overview_height(ct.shape[2] * spacing[2], sum(widths))), layout="constrained")
+    sagittal, coronal = fig.subplots(1, 2, gridspec_kw={"width_ratios": widths})
     _overview_panel(sagittal, ct[x0], labels[x0], centres[1], centres[2], report.vertebrae, names=True)
     sagittal.set_xlabel("posterior <- -> anterior (mm)")
     sagittal.set_title("sagittal, through the spine's middle", fontsize=10)
@@ -123,6 +123,15 @@ def overview_figure(report: ScanReport) -> str:
     handles.append(Patch(color=NOT_ASSESSABLE_COLOR, label="not assessable"))
     coronal.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=9)
     return _png(fig)
+
+
+def _overview_height(height_mm: float, width_mm: float, panels_width_in: float = 8.0) -> float:
+    """Figure height (inches) that fits the two panels at their true aspect, so no band of white sits above them.
+
+    ``panels_width_in``: the part of the 11-inch figure the images get (the rest is
+    axis labels and the legend); 1.4 inches for the titles and the axis labels.
+    """
+    return float(np.clip(panels_width_in * height_mm / max(width_mm, 1.0) + 1.4, 3.5, 14.0))
 
 
 def _curved_coronal(ct: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
