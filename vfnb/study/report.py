@@ -81,18 +81,23 @@ def strip_tags(text: str) -> str:
 WIDE_TABLE_COLUMNS = 8
 
 
+def wide_block(table: str) -> str:
+    """``table`` (HTML) in the page's ``wide`` style: smaller type, scrolling inside the page rather than widening it."""
+    return f"<div class='wide'>{table}</div>"
+
+
 def html_table(head: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]], row_class: Sequence[str] = ()) -> str:
     """A plain HTML table; ``rows`` are ``(label, cells)``, all escaped; ``row_class[i]`` styles row i.
 
     A table of more than :data:`WIDE_TABLE_COLUMNS` columns (a column per metric) is
-    wrapped in ``<div class='wide'>`` so it stays within the page's width.
+    set with :func:`wide_block` so it stays within the page's width.
     """
     out = ["<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"]
     for i, (label, cells) in enumerate(rows):
         cls = f" class='{row_class[i]}'" if i < len(row_class) and row_class[i] else ""
         out.append(f"<tr{cls}>" + "".join(f"<td>{e(str(c))}</td>" for c in (label, *cells)) + "</tr>")
     table = "".join(out) + "</table>"
-    return f"<div class='wide'>{table}</div>" if len(head) > WIDE_TABLE_COLUMNS else table
+    return wide_block(table) if len(head) > WIDE_TABLE_COLUMNS else table
 
 
 def md_table(head: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]]) -> list[str]:

@@ -18,6 +18,7 @@ from ..plots import save_figure
 from ..study import (MODEL_TITLES, REPORT_CSS, dataset_sentence, html_table, md_table, model_title, read_json,
                      recipe_deviations, strip_tags, markdown_text, OwnMarkdown)
 from ..study.answer import sweep_answer, sweep_answer_rows
+from ..study.report import wide_block
 from .plan import SweepPlan
 
 CONFIDENCE = 0.95
@@ -264,11 +265,10 @@ def _sweep_html(t: _SweepTables) -> str:
     else:
         parts.append("<p>No training history found in the finished runs.</p>")
     rows = t.run_rows(lambda r: r)
-    parts.append("<h2>Runs</h2><div class='wide'><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in
-                                                       ["Run", "Grid values", "Model", *t.heads]) + "</tr>")
-    parts += [f"<tr><td><a href='{e(r['folder'])}/index.html'>{e(r['name'])}</a></td>"
-              + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>" for r, cells in rows]
-    parts.append("</table></div>")
+    table = ("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in ["Run", "Grid values", "Model", *t.heads]) + "</tr>"
+             + "".join(f"\n<tr><td><a href='{e(r['folder'])}/index.html'>{e(r['name'])}</a></td>"
+                       + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>" for r, cells in rows) + "\n</table>")
+    parts.append("<h2>Runs</h2>" + wide_block(table))
     if t.failed:
         parts.append("<h2>Failed runs</h2><ul>" + "".join(f"<li>{e(n)}: {e(m)}</li>" for n, m in t.failed.items())
                      + "</ul>")
