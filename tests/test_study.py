@@ -179,9 +179,29 @@ def test_training_settings_and_budgets_come_from_the_params():
     settings = params.training_settings()
     assert isinstance(settings, TrainingSettings) and settings.temperature == 0.2 and settings.cube_size == 24
     assert settings.lr_milestones == [3, 9]  # canonical, as the training configuration holds it
-    assert MODELS["supcon"].budget_of(params) == {"epochs": 2, "lr": 0.05, "augmentation": "weak", "warmup_epochs": 1}
+    assert MODELS["supcon"].budget_of(params) == {"epochs": 2, "lr": 0.05, "augmentation": "weak", "warmup_epochs": 1,
+                                                  "batch_per_grade": 1, "batches_per_epoch": 3}
     trained = model_training_params("ce", settings.as_dict(), MODELS["ce"].budget_of(params), "d", params.tag)
     assert trained["epochs"] == params.ce_epochs and trained["temperature"] == 0.2
+
+
+def test_supcon_batches_are_its_own_and_the_other_models_keep_the_shared_ones():
+    """SupCon's batch size and epoch length replace the shared ones for SupCon only; a bad one names its key."""
+    from vfnb.study import MODELS, StudyParams, model_training_params
+
+    params = StudyParams.from_dict(merge_params([], ["supcon_batch_per_grade=5", "supcon_batches_per_epoch=7"]))
+    settings = params.training_settings().as_dict()
+    trained = {m: model_training_params(m, settings, MODELS[m].budget_of(params), "d", params.tag,
+                                        "-" if MODELS[m].starts_from else None) for m in MODELS}
+    assert (trained["supcon"]["batch_per_grade"], trained["supcon"]["batches_per_epoch"]) == (5, 7)
+    for model in ("supcon_linear", "supcon_finetune", "ce"):
+        assert (trained[model]["batch_per_grade"], trained[model]["batches_per_epoch"]) == \
+            (params.batch_per_grade, params.batches_per_epoch), model
+    # balanced epochs have no batch count: the message speaks of the study's SupCon key
+    with pytest.raises(ParamsError, match=r"'supcon_batches_per_epoch'.*\(model supcon\)"):
+        StudyParams.from_dict(merge_params([], ["epoch_mode=balanced", "batches_per_epoch=null"]))
+    assert StudyParams.from_dict(merge_params([], ["epoch_mode=balanced", "batches_per_epoch=null",
+                                                   "supcon_batches_per_epoch=null"])).supcon_batches_per_epoch is None
 
 
 def test_recipe_table_comes_from_the_fields():

@@ -132,7 +132,8 @@ class StudyParams:
     head: str = train_param("linear", "head", recipe="projection head")
     feature_dim: int = train_param(128, "feature_dim", recipe="projection size")
     cube_size: int = train_param(32, "cube_size", recipe="network input cube (voxels)")
-    batch_per_grade: int = train_param(3, "batch_per_grade", recipe="vertebrae of each grade per batch")
+    batch_per_grade: int = train_param(3, "batch_per_grade",
+                                       recipe="vertebrae of each grade per batch (probe, fine-tuning, CE)")
     epoch_mode: str = train_param("replacement", "epoch_mode", recipe="what an epoch is")
     batches_per_epoch: int | None = train_param(48, "batches_per_epoch")
     momentum: float = train_param(0.9, "momentum")
@@ -153,6 +154,10 @@ class StudyParams:
                                            recipe="augmentation during SupCon pretraining")
     supcon_warmup_epochs: int = train_param(2, "warmup_epochs", "SupCon learning-rate warm-up (epochs)",
                                             recipe="SupCon learning-rate warm-up (epochs)")
+    supcon_batch_per_grade: int = train_param(6, "batch_per_grade", "vertebrae of each grade per SupCon batch",
+                                              recipe="vertebrae of each grade per SupCon batch")
+    supcon_batches_per_epoch: int | None = train_param(24, "batches_per_epoch",
+                                                       "SupCon batches per epoch (replacement mode; null: balanced)")
     linear_epochs: int = train_param(3, "epochs", "linear probe epochs")
     linear_lr: float = train_param(0.001, "lr", "linear probe learning rate")
     finetune_epochs: int = train_param(2, "epochs", "fine-tuning epochs")

@@ -29,8 +29,10 @@ __all__ = ["TrainingSettings", "TrainedModel", "TrainingSummary", "OperatingPoin
 class TrainingSettings:
     """The settings every model of the study shares (backbone, input, sampler, optimiser, ...).
 
-    The SupCon models and the cross-entropy baseline share backbone, augmentation and
-    sampler, so the comparison isolates the objective. Each field is the training
+    The SupCon models and the cross-entropy baseline share backbone, optimiser and the
+    class-balanced sampler, so the comparison isolates the objective; SupCon pretraining
+    sets its own batch size, epoch length, augmentation and budget (the study's
+    ``supcon_*`` parameters, :data:`vfnb.study.MODELS`), which replace these for it. Each field is the training
     parameter of the same name (:mod:`vfnb.training.engine`); notebook 01 takes them from the
     study's parameters (:meth:`vfnb.study.StudyParams.training_settings`).
     """

@@ -57,7 +57,8 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {
     PRETRAINED: ModelSpec("supcon", None, "SupCon pretraining (encoder only)",
                           {"epochs": "supcon_epochs", "lr": "supcon_lr", "augmentation": "supcon_augmentation",
-                           "warmup_epochs": "supcon_warmup_epochs"}, notebook="01_supcon_pretraining"),
+                           "warmup_epochs": "supcon_warmup_epochs", "batch_per_grade": "supcon_batch_per_grade",
+                           "batches_per_epoch": "supcon_batches_per_epoch"}, notebook="01_supcon_pretraining"),
     "supcon_linear": ModelSpec("linear", PRETRAINED, "SupCon encoder + linear probe",
                                {"epochs": "linear_epochs", "lr": "linear_lr"}),
     "supcon_finetune": ModelSpec("finetune", PRETRAINED, "SupCon encoder, fine-tuned",
