@@ -17,6 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
+import yaml
 
 from vfnb import cli
 from vfnb.errors import ParamsError, VfnbError
@@ -405,6 +406,13 @@ def test_smoke_study_end_to_end(smoke_study):
         nb = nbformat.read(str(out / f"{name}.ipynb"), as_version=4)
         injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
         assert f"run_dir = {str(out)!r}" in injected.source, name
+    # the models started from the encoder name it where the run is now, not in the staging folder
+    for model in ("supcon_linear", "supcon_finetune"):
+        recorded = yaml.safe_load((out / "runs" / model / "params.yaml").read_text())["init_checkpoint"]
+        assert Path(recorded).resolve() == (out / "runs" / "supcon" / "best.pt").resolve(), model
+        for ckpt in ("best.pt", "last.pt"):
+            params = torch.load(out / "runs" / model / ckpt, weights_only=True, map_location="cpu")["params"]
+            assert params["init_checkpoint"] == recorded, (model, ckpt)
     probe_page = (out / "01_supcon_pretraining.html").read_text()
     assert "permutation p-value" in probe_page and "p (macro-F1" not in probe_page
     # p-values below 0.001 read "< 0.001" (the last cell of each row of the probe table; an AUC may be 0.000)

@@ -53,6 +53,7 @@ from .provenance import build_provenance, git_state
 from .registry import NOTEBOOKS, NOTEBOOK_TITLES
 from .report import SMOKE_WARNING, write_report
 from .run import DATASET_FILE, RUN_LOG, StudyError, read_json
+from .training import relocate_training_runs
 
 KERNEL_ARGV = ("-m", "ipykernel_launcher", "-f", "{connection_file}",
                # the kernel's own log (that it talks to papermill over local TCP; its sockets closed under a
@@ -336,6 +337,7 @@ def _fill_staging(staging: Path, out: Path, failed: Path, params: dict, shown: d
         durations = _run_notebooks(staging, params, shown, notebooks, notebook_dir, log, progress)
     except StudyError as exc:
         raise _keep_failed(staging, failed, exc, log) from None
+    relocate_training_runs(staging, out)  # the fine-tuned runs name their encoder where it will be
     provenance = build_provenance(read_json(staging / DATASET_FILE) or {}, params, durations, git, started)
     atomic_write_json(staging / "provenance.json", provenance)
     write_report(staging, shown, provenance, notebooks=notebooks, name=out.name)

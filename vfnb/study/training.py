@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import ParamsError, VfnbError
-from ..io import load_yaml
+from ..io import atomic_torch_save, atomic_write_yaml, load_yaml
 from ..models.checkpoints import checkpoint_input, load_checkpoint_dict
 from ..models.networks import network_for
 from ..plots import plot_curves
@@ -60,6 +60,46 @@ def model_training_params(model: str, settings: Mapping[str, Any], budget: Mappi
               "init_checkpoint": None if init_checkpoint is None else str(init_checkpoint), "progress": False,
               **dict(settings), **dict(budget)}
     return validate_params(params, where=f"study training params ({spec.mode})")
+
+
+def relocate_training_runs(built: Path, final: Path) -> list[Path]:
+    """Training runs built in the folder ``built`` name their start checkpoint where it ends up, under ``final``.
+
+    A study is built in a staging folder and then moved to its ``--out`` folder; the
+    fine-tuned models' ``params.yaml`` and checkpoints record the SupCon encoder they
+    started from by its path at training time, inside the staging folder, which is
+    gone after the move. Rewritten here (atomically, before the move) as the same
+    file under ``final``, so the record names a file that exists and a notebook
+    executed again in the final folder reuses these runs. Paths outside ``built``
+    (a given checkpoint) are left as they are. Returns the files rewritten.
+    """
+    built, final = Path(built).resolve(), Path(final).resolve()
+
+    def moved(value):
+        if not isinstance(value, str) or not value:
+            return None
+        try:
+            return str(final / Path(value).resolve().relative_to(built))
+        except ValueError:
+            return None
+
+    changed = []
+    for run_dir in sorted(p for p in (built / "runs").glob("*") if p.is_dir()):
+        params_file = run_dir / "params.yaml"
+        if params_file.is_file():
+            params = load_yaml(params_file)
+            new = moved(params.get("init_checkpoint")) if isinstance(params, dict) else None
+            if new is not None:
+                atomic_write_yaml(params_file, {**params, "init_checkpoint": new})
+                changed.append(params_file)
+        for ckpt_file in sorted(run_dir.glob("*.pt")):
+            ckpt = load_checkpoint_dict(ckpt_file)
+            params = ckpt.get("params")
+            new = moved(params.get("init_checkpoint")) if isinstance(params, dict) else None
+            if new is not None:
+                atomic_torch_save({**ckpt, "params": {**params, "init_checkpoint": new}}, ckpt_file)
+                changed.append(ckpt_file)
+    return changed
 
 
 def _given_checkpoint(model: str, checkpoints: Mapping[str, str] | None) -> Path | None:
