@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from vfnb.study.portable import make_portable
 
 
@@ -21,3 +23,19 @@ def test_machine_paths_become_relative_and_everything_else_stays(tmp_path):
     assert (run / "run.log").read_text() == "study complete: results/r/index.html; cwd .\n"
     assert (run / "figures" / "a.png").read_bytes() == png
     assert make_portable(run, root) == []  # nothing left to rewrite
+
+
+def test_a_checkpoints_recorded_paths_become_relative_and_its_tensors_stay(tmp_path):
+    root = tmp_path / "repo"
+    run = root / "results" / "r" / "runs" / "supcon_linear"
+    run.mkdir(parents=True)
+    weights = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3) / 7}
+    params = {"dataset": f"{root}/data/x", "init_checkpoint": f"{root}/results/r/runs/supcon/best.pt", "lr": 0.01,
+              "tag": "synth-f0"}
+    torch.save({"model": weights, "params": params, "epoch": 3}, run / "best.pt")
+    assert make_portable(root / "results" / "r", root) == [run / "best.pt"]
+    saved = torch.load(run / "best.pt", weights_only=True)
+    assert saved["params"] == {"dataset": "data/x", "init_checkpoint": "results/r/runs/supcon/best.pt", "lr": 0.01,
+                               "tag": "synth-f0"}
+    assert torch.equal(saved["model"]["w"], weights["w"]) and saved["epoch"] == 3
+    assert make_portable(root / "results" / "r", root) == []

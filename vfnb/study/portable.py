@@ -6,8 +6,10 @@ because its notebooks run in their own working folders. For a run that is shared
 (the repository's committed reference runs), those paths name another person's
 disk. :func:`make_portable` rewrites every mention of the folder the run was made
 from (``root``) as a path relative to it, in the run's text files, and changes
-nothing else: numbers, figures and binary files are untouched, and each JSON
-file still parses.
+nothing else: numbers and figures are untouched, and each JSON file still parses.
+Checkpoints (``.pt``) record the training parameters they were made with, paths
+included; those strings are rewritten the same way (the file read with
+``weights_only=True`` and written back atomically), their tensors untouched.
 
     python -m vfnb.study.portable results/default    # root: the current folder
 """
@@ -28,12 +30,18 @@ def make_portable(run_dir: str | Path, root: str | Path | None = None) -> list[P
     """Rewrite ``root``'s absolute path (default: the current folder) as relative in ``run_dir``; the files changed."""
     run_dir = Path(run_dir)
     prefix = str(Path(root or Path.cwd()).resolve())
+
+    def relative(text: str) -> str:
+        return text.replace(prefix + "/", "").replace(prefix, ".")
+
     changed = []
     for path in sorted(run_dir.rglob("*")):
+        if path.is_file() and path.suffix == ".pt" and _portable_checkpoint(path, relative):
+            changed.append(path)
         if not path.is_file() or path.suffix not in TEXT_SUFFIXES:
             continue
         text = path.read_text(encoding="utf-8", errors="strict")
-        new = text.replace(prefix + "/", "").replace(prefix, ".")
+        new = relative(text)
         if new == text:
             continue
         if path.suffix in (".json", ".ipynb"):
@@ -41,6 +49,22 @@ def make_portable(run_dir: str | Path, root: str | Path | None = None) -> list[P
         atomic_write_text(path, new)
         changed.append(path)
     return changed
+
+
+def _portable_checkpoint(path: Path, relative) -> bool:
+    """Rewrite the path strings among a checkpoint's recorded ``params``; whether anything changed."""
+    from ..io import atomic_torch_save
+    from ..models.checkpoints import load_checkpoint_dict
+
+    ckpt = load_checkpoint_dict(path)
+    params = ckpt.get("params")
+    if not isinstance(params, dict):
+        return False
+    new = {k: relative(v) if isinstance(v, str) else v for k, v in params.items()}
+    if new == params:
+        return False
+    atomic_torch_save({**ckpt, "params": new}, path)
+    return True
 
 
 if __name__ == "__main__":
