@@ -161,7 +161,7 @@ class StudyParams:
     linear_epochs: int = train_param(3, "epochs", "linear probe epochs")
     linear_lr: float = train_param(0.001, "lr", "linear probe learning rate")
     finetune_epochs: int = train_param(2, "epochs", "fine-tuning epochs")
-    finetune_lr: float = train_param(0.01, "lr", "fine-tuning learning rate")
+    finetune_lr: float = train_param(0.001, "lr", "fine-tuning learning rate")
     ce_epochs: int = train_param(26, "epochs", "cross-entropy baseline epochs")
     ce_lr: float = train_param(0.05, "lr", "cross-entropy baseline learning rate")
     # evaluation
