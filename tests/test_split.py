@@ -153,3 +153,30 @@ def test_test_only_cts_join_every_test_list_and_nothing_else(stratified_dataset,
         assert ids["train"] == plain_ids["train"] and ids["val"] == plain_ids["val"]
     with pytest.raises(DatasetError, match="ct99"):
         split_dataset(root, "bad", folds=3, test_only=["ct99"], verbose=False)
+
+
+def test_val_only_cts_join_every_validation_list_and_nothing_else(stratified_dataset, tmp_path):
+    """A fixed validation cohort: in every fold's validation list, never trained or tested on; the rest as without it."""
+    import shutil
+
+    root, worst = stratified_dataset
+    plain = tmp_path / "plain"
+    shutil.copytree(root, plain)
+    val_cohort, test_cohort = ["ct36", "ct37"], ["ct38", "ct39"]  # grade-3 CTs in the fixture
+    for p in list((plain / "img").iterdir()) + list((plain / "seg").iterdir()):
+        if p.name.split("_")[0] in val_cohort + test_cohort:
+            p.unlink()
+    split_dataset(root, "enr", folds=3, seed=5, test_only=test_cohort, val_only=val_cohort, verbose=False)
+    split_dataset(plain, "enr", folds=3, seed=5, verbose=False)
+    for i in range(3):
+        tag = f"enr-f{i}"
+        ids = {s: _ids(n) for s, n in _lists(root, tag).items()}
+        plain_ids = {s: _ids(n) for s, n in _lists(plain, tag).items()}
+        assert set(val_cohort) <= ids["val"] and not set(val_cohort) & (ids["train"] | ids["test"])
+        assert set(test_cohort) <= ids["test"] and not set(test_cohort) & (ids["train"] | ids["val"])
+        assert ids["val"] - set(val_cohort) == plain_ids["val"]
+        assert ids["test"] - set(test_cohort) == plain_ids["test"] and ids["train"] == plain_ids["train"]
+    with pytest.raises(DatasetError, match="validation-only CT.*ct98"):
+        split_dataset(root, "bad", folds=3, val_only=["ct98"], verbose=False)
+    with pytest.raises(ParamsError, match="both test-only and validation-only"):
+        split_dataset(root, "bad2", folds=3, val_only=["ct36"], test_only=["ct36"], verbose=False)

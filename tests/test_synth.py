@@ -356,15 +356,16 @@ def test_ensure_default_dataset_reuses_and_refuses(tmp_path, monkeypatch):
         calls.append(("generate", kw["cases"]))
         Path(out).mkdir(parents=True)
         (Path(out) / synth.META_FILE).write_text(
-            __import__("json").dumps(synth_dataset._meta(kw["cases"], kw["seed"], kw["config"], kw["test_cases"])))
+            __import__("json").dumps(synth_dataset._meta(kw["cases"], kw["seed"], kw["config"], kw["test_cases"],
+                                                         kw["val_cases"])))
         return Path(out)
 
     def fake_preprocess(original, processed, size, workers):
         calls.append(("preprocess", size))
         Path(processed).mkdir()
 
-    def fake_split(processed, tag, folds, val_fraction, seed, test_only):
-        calls.append(("split", tag, folds, tuple(test_only)))
+    def fake_split(processed, tag, folds, val_fraction, seed, test_only, val_only):
+        calls.append(("split", tag, folds, tuple(test_only), tuple(val_only)))
 
     monkeypatch.setattr(synth_dataset, "generate_dataset", fake_generate)
     monkeypatch.setattr(synth_dataset, "preprocess_dataset", fake_preprocess)
@@ -385,7 +386,14 @@ def test_ensure_default_dataset_reuses_and_refuses(tmp_path, monkeypatch):
     # a fracture-enriched test cohort: its own folder, its cases handed to the split as test-only
     enriched = synth.ensure_default_dataset(tmp_path, cases=4, seed=1, size=32, workers=1, folds=2, test_cases=2)
     assert enriched["original"] == tmp_path / "synthspine-s1-n4-t2" / "original"
-    assert calls[-1] == ("split", "synth", 2, ("synth-s1-t0000", "synth-s1-t0001"))
+    assert calls[-1] == ("split", "synth", 2, ("synth-s1-t0000", "synth-s1-t0001"), ())
+    # and a fracture-enriched validation cohort: a folder of its own again, its cases validation-only
+    with_val = synth.ensure_default_dataset(tmp_path, cases=4, seed=1, size=32, workers=1, folds=2, test_cases=2,
+                                            val_cases=1)
+    assert with_val["original"] == tmp_path / "synthspine-s1-n4-t2-v1" / "original"
+    assert calls[-1] == ("split", "synth", 2, ("synth-s1-t0000", "synth-s1-t0001"), ("synth-s1-v0000",))
+    # a dataset made without the validation cohort keeps the record it was made with
+    assert "val_cases" not in synth_dataset._meta(4, 1, SynthConfig(), 2)
 
 
 def test_a_killed_runs_preprocessing_is_cleared_and_never_taken_for_the_processed_folder(tmp_path, monkeypatch):
@@ -407,3 +415,24 @@ def test_a_killed_runs_preprocessing_is_cleared_and_never_taken_for_the_processe
     synth_dataset.ensure_processed(original, processed, recipe, workers=1)
     assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["original", "processed-32"]
     assert json.loads((processed / synth_dataset.PROCESSED_MARKER).read_text()) == recipe
+
+
+def test_a_validation_cohort_lands_in_every_validation_list_and_the_pages_say_so(tmp_path):
+    """Real generation: the enriched validation cases are in each fold's validation list only, and named."""
+    from vfnb.study import StudyData, prepare_dataset
+    from vfnb.study.report import dataset_sentence
+
+    data = prepare_dataset("synthspine", str(tmp_path), "synth-f0", synth_cases=6, patch_size=32, synth_folds=2,
+                           val_fraction=0.25, synth_test_cases=1, synth_val_cases=2)
+    assert data.processed == tmp_path / "synthspine-s0-n6-t1-v2" / "processed-32"
+    cohort = {"synth-s0-v0000", "synth-s0-v0001"}
+    for tag in ("synth-f0", "synth-f1"):
+        fold = StudyData(data.processed, tag, synthetic=True, original=data.original)
+        lists = {s: {r["image_id"] for r in fold.records(s)} for s in ("train", "val", "test")}
+        assert cohort <= lists["val"] and not cohort & (lists["train"] | lists["test"]), tag
+        assert "synth-s0-t0000" in lists["test"] and lists["val"] - cohort  # the study's own share stays
+    described = data.describe()
+    assert described["enriched_val_cases"] == 2 and described["enriched_test_cases"] == 1
+    sentence = dataset_sentence(described)
+    assert "validation list is fracture-enriched too: it holds 2 further CTs" in sentence
+    assert sentence.index("The test set is fracture-enriched") < sentence.index("validation list is fracture-enriched")

@@ -95,6 +95,15 @@ def test_fracture_enriched_test_cohort_is_its_own_deterministic_stream():
         generate_case(0, cohort="train")
 
 
+def test_fracture_enriched_validation_cohort_draws_like_the_test_cohort_from_a_third_stream():
+    enriched = cohort_config(CONFIG, "val")
+    assert enriched.fracture_rate == CONFIG.test_fracture_rate and enriched.grade_mix == CONFIG.test_grade_mix
+    assert enriched_case_ids(2, 2, "val") == ["synth-s2-v0000", "synth-s2-v0001"]
+    draws = {cohort: _case_rng(0, 3, cohort).random(4) for cohort in ("study", "test", "val")}
+    assert np.array_equal(draws["val"], _case_rng(0, 3, "val").random(4))
+    assert not np.array_equal(draws["val"], draws["test"]) and not np.array_equal(draws["val"], draws["study"])
+
+
 @pytest.mark.parametrize("change, field", [
     (dict(p_short_body=1.5), "p_short_body"),
     (dict(thoracolumbar_ratio_floor=0.3), "thoracolumbar_ratio_floor"),

@@ -28,7 +28,7 @@ SYNTH_HELP = (
     "reconstruction kernel's grain and RAS/LPS/permuted/oblique headers; CSF in the canal; aorta, "
     "vena cava, kidneys and bowel gas; seg/ holds segmenter-style label maps (about 1 mm generous, "
     "sometimes bleeding into a disc), seg_exact/ the exact ones the grades were drawn on. "
-    "--test-cases adds a fracture-enriched test cohort. It does NOT model metal, degenerative "
+    "--test-cases adds a fracture-enriched test cohort, --val-cases a fracture-enriched validation cohort. It does NOT model metal, degenerative "
     "disease beyond mild endplate changes, other pathology, contrast, scoliosis, detailed organs, "
     "or scanner artefacts beyond noise and blur. Results on it are results on synthetic data. "
     "'vfnb synth realism --out DIR' measures how close it looks to real CT."
@@ -64,7 +64,7 @@ def _cmd_synth(a):
     from .data.synth import generate_dataset
 
     out = generate_dataset(a.out, cases=a.cases, seed=a.seed, workers=a.workers, overwrite=a.overwrite,
-                           test_cases=a.test_cases)
+                           test_cases=a.test_cases, val_cases=a.val_cases)
     print(f"wrote {out}")
 
 
@@ -173,6 +173,8 @@ def _add_data_commands(sub) -> None:
     s.add_argument("--workers", type=int, default=1, help="scans generated in parallel (default 1)")
     s.add_argument("--test-cases", type=int, default=0,
                    help="extra scans of a fracture-enriched test cohort, named synth-s<seed>-t<k> (default 0)")
+    s.add_argument("--val-cases", type=int, default=0,
+                   help="extra scans of a fracture-enriched validation cohort, named synth-s<seed>-v<k> (default 0)")
     s.add_argument("--overwrite", action="store_true", help="replace OUT if vfnb wrote it before")
     s.set_defaults(func=_cmd_synth)
 

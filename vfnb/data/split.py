@@ -16,6 +16,9 @@ CTs spread over the lists in proportion as far as the counts allow.
   training or validation list, e.g. a fracture-enriched test cohort. The other CTs
   are split exactly as without them. Such a test set's prevalence is not the
   population's, so its PPV and NPV are not population values.
+- ``val_only``: CTs that join every validation list written and never a training
+  or test list, e.g. a fracture-enriched validation cohort, so that model selection
+  rests on more fractured vertebrae. The other CTs are split exactly as without them.
 
 How CTs are assigned (systematic stratified sampling): CTs are ordered by worst
 grade, shuffled within each grade with the seed, and a list's share is taken at
@@ -72,12 +75,12 @@ def _fold_groups(order: list[str], folds: int, rng: np.random.Generator) -> list
     return groups
 
 
-def _test_only(root: Path, test_only, worst_by_ct: dict) -> set[str]:
-    """The ``test_only`` image ids, each checked to be a CT of the dataset."""
-    ids = {str(ct) for ct in test_only}
+def _fixed_cts(root: Path, fixed, worst_by_ct: dict, kind: str) -> set[str]:
+    """The ``test_only`` / ``val_only`` image ids (``kind``), each checked to be a CT of the dataset."""
+    ids = {str(ct) for ct in fixed}
     missing = sorted(ids - set(worst_by_ct))
     if missing:
-        raise DatasetError(f"{root}: test-only CT(s) {missing[:3]} have no patches in img/; expected image ids "
+        raise DatasetError(f"{root}: {kind} CT(s) {missing[:3]} have no patches in img/; expected image ids "
                            "of the dataset")
     return ids
 
@@ -102,7 +105,7 @@ def format_split_counts(counts: dict) -> str:
 
 
 def split_dataset(processed, tag: str, folds: int = 1, val_fraction: float = 0.2, test_fraction: float = 0.2,
-                  seed: int = 0, overwrite: bool = False, verbose: bool = True, test_only=()) -> dict:
+                  seed: int = 0, overwrite: bool = False, verbose: bool = True, test_only=(), val_only=()) -> dict:
     """Write patient-grouped, worst-grade-stratified train/val/test lists for ``processed``.
 
     Returns ``{tag: {split: {"cts": n, "vertebrae": n, "grades": {0: n, 1: n, 2: n, 3: n}}}}``
@@ -110,7 +113,8 @@ def split_dataset(processed, tag: str, folds: int = 1, val_fraction: float = 0.2
     Deterministic for a given ``seed``. Refuses to replace existing lists of a tag
     it would write unless ``overwrite``. The dataset is checked first
     (:func:`vfnb.data.check.require_valid`). ``test_only``: image ids placed in every
-    test list and in no other (each must be a CT of the dataset).
+    test list and in no other; ``val_only``: in every validation list and in no other
+    (each must be a CT of the dataset, and none both).
     """
     from .check import require_valid
 
@@ -131,8 +135,12 @@ def split_dataset(processed, tag: str, folds: int = 1, val_fraction: float = 0.2
         names_by_ct[patch.image_id].append(patch.filename)
         worst_by_ct[patch.image_id] = max(worst_by_ct.get(patch.image_id, 0), patch.grade)
         grade_of[patch.filename] = patch.grade
-    fixed_test = _test_only(root, test_only, worst_by_ct)
-    worst_by_ct = {ct: g for ct, g in worst_by_ct.items() if ct not in fixed_test}
+    fixed_test = _fixed_cts(root, test_only, worst_by_ct, "test-only")
+    fixed_val = _fixed_cts(root, val_only, worst_by_ct, "validation-only")
+    both = sorted(fixed_test & fixed_val)
+    if both:
+        raise ParamsError(f"{root}: CT(s) {both[:3]} are named both test-only and validation-only; expected each in one")
+    worst_by_ct = {ct: g for ct, g in worst_by_ct.items() if ct not in fixed_test | fixed_val}
     n_cts = len(worst_by_ct)
     needed = max(folds, 2) if (folds > 1 or test_fraction > 0) else 1
     if n_cts < needed:
@@ -154,7 +162,8 @@ def split_dataset(processed, tag: str, folds: int = 1, val_fraction: float = 0.2
     for plan_tag, train_order, test in plans:
         val, train = _take_share(train_order, _share_count(len(train_order), val_fraction), rng)
         counts[plan_tag] = {}
-        for split, cts in (("train", train), ("val", val), ("test", list(test) + sorted(fixed_test))):
+        for split, cts in (("train", train), ("val", list(val) + sorted(fixed_val)),
+                           ("test", list(test) + sorted(fixed_test))):
             names = sorted(n for ct in cts for n in names_by_ct[ct])
             write_file_list(root, split, plan_tag, names)
             grades = Counter(grade_of[n] for n in names)

@@ -21,7 +21,7 @@ from ..data.check import require_valid
 from ..data.original import read_original
 from ..data.processed import ProcessedDataset
 from ..data.synth import META_FILE, TRUTH_FILE, default_dataset_paths, ensure_default_dataset
-from ..data.synth.dataset import enriched_case_ids, enriched_test_note
+from ..data.synth.dataset import enriched_case_ids, enriched_test_note, enriched_val_note
 from ..data.transforms import TwoViews, eval_transform, train_transform
 from ..errors import DatasetError, ParamsError
 from ..io import load_nifti
@@ -91,43 +91,49 @@ class StudyData:
                  "split": split_of.get(p.filename, "unlisted"), "name": p.filename} for p in self.dataset.patches]
         return pd.DataFrame(rows)
 
-    def enriched_test_cases(self) -> int:
-        """How many CTs of the test list come from SynthSpine's fracture-enriched test cohort (0: none)."""
+    def enriched_test_cases(self, split: str = "test") -> int:
+        """How many CTs of the ``split`` list come from SynthSpine's fracture-enriched cohort of that list (0: none)."""
         if self.original is None:
             return 0
         meta = read_json(self.original / META_FILE) or {}
-        if not meta.get("test_cases"):
+        count = meta.get("val_cases" if split == "val" else "test_cases")
+        if not count:
             return 0
-        enriched = set(enriched_case_ids(meta.get("seed", 0), meta["test_cases"]))
+        enriched = set(enriched_case_ids(meta.get("seed", 0), count, "val" if split == "val" else "test"))
         with contextlib.suppress(DatasetError):
-            return len({r["image_id"] for r in self.records("test")} & enriched)
+            return len({r["image_id"] for r in self.records(split)} & enriched)
         return 0
 
     def describe(self) -> dict:
         table = self.vertebrae()
-        enriched = self.enriched_test_cases()
+        enriched, enriched_val = self.enriched_test_cases(), self.enriched_test_cases("val")
         return {"name": self.name, "synthetic": self.synthetic, "processed": str(self.processed),
                 "original": str(self.original) if self.original else None, "tag": self.tag,
                 "cases": int(table["image_id"].nunique()), "vertebrae": int(len(table)),
                 "fingerprint": dataset_fingerprint(self.processed), "enriched_test_cases": enriched,
-                "test_note": enriched_test_note(enriched)}
+                "test_note": enriched_test_note(enriched),
+                **({"enriched_val_cases": enriched_val, "val_note": enriched_val_note(enriched_val)}
+                   if enriched_val else {})}
 
 
 def _prepare_synthspine(data_dir: str, synth_cases: int, synth_seed: int, patch_size: int, synth_folds: int,
-                        val_fraction: float, workers: int, synth_test_cases: int = 0) -> dict:
+                        val_fraction: float, workers: int, synth_test_cases: int = 0,
+                        synth_val_cases: int = 0) -> dict:
     """SynthSpine generated / reused, with its progress bars and per-vertebra notes kept off the notebook."""
     captured = io.StringIO()  # the notes are kept in patches.csv; the notebook shows a count
     start = time.monotonic()
-    paths = default_dataset_paths(resolve_path(data_dir), synth_cases, synth_seed, patch_size, synth_test_cases)
+    paths = default_dataset_paths(resolve_path(data_dir), synth_cases, synth_seed, patch_size, synth_test_cases,
+                                  synth_val_cases)
     if not paths["processed"].is_dir():
         where = shown_path(paths["processed"].parent.parent)
-        say(f"SynthSpine (synthetic data) is not in {where} yet: generating {synth_cases + synth_test_cases} CTs and "
+        say(f"SynthSpine (synthetic data) is not in {where} yet: generating {synth_cases + synth_test_cases + synth_val_cases} CTs and "
             "their patches (a few minutes on 2 cores, once; later runs reuse them). To use your own data instead, set the "
             "parameters dataset (a processed folder) and tag.")
     with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
         paths = ensure_default_dataset(resolve_path(data_dir), cases=synth_cases, seed=synth_seed, size=patch_size,
                                        workers=max(1, int(workers)), tag="synth", folds=synth_folds,
-                                       val_fraction=val_fraction, test_cases=synth_test_cases)
+                                       val_fraction=val_fraction, test_cases=synth_test_cases,
+                                       val_cases=synth_val_cases)
     say(f"SynthSpine ready in {time.monotonic() - start:.0f} s: {paths['processed'].name}"
         + _warning_sentence(Path(paths["processed"]) / "preprocess.json"))
     return paths
@@ -148,17 +154,18 @@ def _warning_sentence(preprocess_json: Path) -> str:
 
 def prepare_dataset(dataset: str, data_dir: str, tag: str, synth_cases: int = 64, synth_seed: int = 0,
                     patch_size: int = 64, synth_folds: int = 5, val_fraction: float = 0.2,
-                    workers: int = 1, synth_test_cases: int = 0) -> StudyData:
+                    workers: int = 1, synth_test_cases: int = 0, synth_val_cases: int = 0) -> StudyData:
     """The study's dataset: SynthSpine (generated into ``data_dir`` when missing, else reused) or a processed folder.
 
     ``dataset == "synthspine"``: lists of tags ``synth-f0`` .. ``synth-f{synth_folds-1}``;
     ``synth_test_cases`` CTs of SynthSpine's fracture-enriched test cohort join every
-    test list (:mod:`vfnb.data.synth.dataset`); otherwise ``dataset`` is the path of a processed dataset, validated with
+    test list and ``synth_val_cases`` of its fracture-enriched validation cohort every
+    validation list (:mod:`vfnb.data.synth.dataset`); otherwise ``dataset`` is the path of a processed dataset, validated with
     :func:`vfnb.data.check.require_valid`.
     """
     if str(dataset).lower() == SYNTHSPINE:
         paths = _prepare_synthspine(data_dir, synth_cases, synth_seed, patch_size, synth_folds, val_fraction, workers,
-                                    synth_test_cases)
+                                    synth_test_cases, synth_val_cases)
         return StudyData(Path(paths["processed"]), tag, synthetic=True, original=Path(paths["original"]))
     processed = resolve_path(dataset)
     require_valid(processed)

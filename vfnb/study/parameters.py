@@ -116,6 +116,8 @@ class StudyParams:
     synth_seed: int = param(0, Integer(0), "SynthSpine: generator seed")
     synth_folds: int = param(5, Integer(2, 20), "SynthSpine: patient-grouped folds (tags synth-f0 ..)")
     synth_test_cases: int = param(24, Integer(0, 10_000), "SynthSpine: extra fracture-enriched CTs in every test list")
+    synth_val_cases: int = param(0, Integer(0, 10_000),
+                                 "SynthSpine: extra fracture-enriched CTs in every validation list")
     patch_size: int = param(64, Integer(8, 512), "SynthSpine: in-plane patch size (voxels) when pre-processing")
     val_fraction: float = param(0.2, FRACTION, "SynthSpine: share of the training CTs kept for validation")
     tag: str = train_param("synth-f0", "tag", "the split lists read: <split>_file_list.<tag>.yaml")

@@ -108,8 +108,8 @@ def md_table(head: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]]) -> 
 
 
 def dataset_sentence(data: Mapping) -> str:
-    """What the data are, as HTML: loudly synthetic for SynthSpine; the test cohort's note last, when there is one."""
-    note = f" {e(data['test_note'])}" if data.get("test_note") else ""
+    """What the data are, as HTML: loudly synthetic for SynthSpine; the enriched cohorts' notes last, when there are."""
+    note = "".join(f" {e(data[key])}" for key in ("test_note", "val_note") if data.get(key))
     if data.get("synthetic"):
         return ("The data are <strong>synthetic</strong>: SynthSpine, spine CTs generated from code "
                 f"({data.get('cases', '?')} cases, {data.get('vertebrae', '?')} graded vertebrae). "

@@ -52,7 +52,10 @@ thoracolumbar spine (STUDY §3-4); no patient data is involved. What is modelled
 - an optional fracture-enriched test cohort (cases ``synth-s<seed>-t<k>``, drawn with
   ``test_fracture_rate`` and ``test_grade_mix``), which the study's default dataset adds
   to every test list so that grade 1 is numerous enough to measure; PPV and NPV on such
-  a test set are not population values.
+  a test set are not population values;
+- an optional fracture-enriched validation cohort (cases ``synth-s<seed>-v<k>``, drawn
+  like the test cohort from a stream of its own), which the default dataset adds to
+  every validation list, so that model selection rests on more than a few fractures.
 
 Not modelled: metal, degenerative disease beyond mild endplate changes (osteophytes, disc degeneration), other
 pathology (tumours, infection), contrast agent, scanner artefacts beyond noise and

@@ -10,6 +10,13 @@ cohort into every test list and never into training or validation
 enough mild fractures for a grade-1 recall with a usable interval while training
 costs what it did. Its prevalence is not the population's: PPV and NPV on it are
 not population values.
+
+``val_cases`` cases of a fracture-enriched validation cohort (``synth-s<seed>-v<k>``,
+drawn like the test cohort from a third stream) likewise join every validation list
+and no other (``val_only``): model selection and the fine-tuning epochs are chosen on
+a validation macro-F1 that rests on a handful of grade-3 vertebrae otherwise. The
+thresholds for the screening operating point are set on validation normals, whose
+count the cohort raises too; no case of the study or test cohort changes.
 """
 
 from __future__ import annotations
@@ -58,14 +65,23 @@ def _write_case(args) -> tuple[str, dict, list]:
 
 def cohort_config(config: SynthConfig, cohort: str) -> SynthConfig:
     """The config a cohort's cases are drawn with: the test cohort's own fracture rate and grade mix."""
-    if cohort == "test":
+    if cohort in ("test", "val"):
         return dataclasses.replace(config, fracture_rate=config.test_fracture_rate, grade_mix=config.test_grade_mix)
     return config
 
 
-def enriched_case_ids(seed: int, test_cases: int) -> list[str]:
-    """The image ids of the fracture-enriched test cohort of a dataset."""
-    return [case_id(seed, k, "test") for k in range(int(test_cases))]
+def enriched_case_ids(seed: int, test_cases: int, cohort: str = "test") -> list[str]:
+    """The image ids of a dataset's fracture-enriched test (or ``cohort="val"``: validation) cohort."""
+    return [case_id(seed, k, cohort) for k in range(int(test_cases))]
+
+
+def enriched_val_note(enriched_cases: int) -> str:
+    """The sentence a page shows when the validation list holds a fracture-enriched cohort (empty otherwise)."""
+    if not enriched_cases:
+        return ""
+    return (f"The validation list is fracture-enriched too: it holds {enriched_cases} further CTs generated with the "
+            "test cohort's fracture rate (validation only), so that checkpoints and fine-tuning epochs are selected on "
+            "more than a handful of fractured vertebrae.")
 
 
 def enriched_test_note(enriched_cases: int) -> str:
@@ -84,17 +100,19 @@ def _mp_context():
     return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
 
 
-def _meta(cases: int, seed: int, config: SynthConfig, test_cases: int = 0) -> dict:
+def _meta(cases: int, seed: int, config: SynthConfig, test_cases: int = 0, val_cases: int = 0) -> dict:
+    # ``val_cases`` only when there are some: a dataset made without that cohort keeps its record
     return {"generator": "vfnb.data.synth", "version": GENERATOR_VERSION, "seed": int(seed),
-            "cases": int(cases), "test_cases": int(test_cases), "config": config.to_dict(), "synthetic": True}
+            "cases": int(cases), "test_cases": int(test_cases), **({"val_cases": int(val_cases)} if val_cases else {}),
+            "config": config.to_dict(), "synthetic": True}
 
 
 def _generate_cases(staging: Path, cases: int, seed: int, workers: int, config: SynthConfig,
-                    progress: bool, test_cases: int = 0) -> list[tuple[str, dict, list]]:
+                    progress: bool, test_cases: int = 0, val_cases: int = 0) -> list[tuple[str, dict, list]]:
     """Write every case's CT and label map into ``staging``; ``[(file name, grades, truth rows)]`` in case order
-    (the study cohort, then the test cohort)."""
+    (the study cohort, then the test cohort, then the validation cohort)."""
     jobs = [(str(staging), k, int(seed), config.to_dict(), cohort)
-            for cohort, n in (("study", cases), ("test", test_cases)) for k in range(int(n))]
+            for cohort, n in (("study", cases), ("test", test_cases), ("val", val_cases)) for k in range(int(n))]
     bar = tqdm(total=len(jobs), desc="SynthSpine", unit="case", disable=not progress)
     results = []
     if int(workers) == 1:
@@ -120,14 +138,16 @@ def _truth_csv(results: list[tuple[str, dict, list]]) -> str:
 
 
 def generate_dataset(out, cases: int = 64, seed: int = 0, workers: int = 1, overwrite: bool = False,
-                     config: SynthConfig | None = None, progress: bool = True, test_cases: int = 0) -> Path:
+                     config: SynthConfig | None = None, progress: bool = True, test_cases: int = 0,
+                     val_cases: int = 0) -> Path:
     """Write SynthSpine (original layout) to ``out``: ``img/``, ``seg/`` (segmenter-style label maps, the
     ones the study uses), ``seg_exact/`` (the exact label maps the grades were drawn on, same file names),
     ``annotation.yaml``, ``synth_truth.csv`` (one row per vertebra) and ``synth.json`` (generator version
     and config).
 
     ``test_cases`` adds that many cases of the fracture-enriched test cohort
-    (``synth-s<seed>-t<k>``; column ``cohort`` of the truth table says which is which).
+    (``synth-s<seed>-t<k>``; column ``cohort`` of the truth table says which is which), ``val_cases``
+    that many of the fracture-enriched validation cohort (``synth-s<seed>-v<k>``).
 
     Built in a staging folder and renamed into place; refuses an existing ``out``
     unless ``overwrite``. ``workers`` processes generate cases in parallel.
@@ -140,15 +160,17 @@ def generate_dataset(out, cases: int = 64, seed: int = 0, workers: int = 1, over
         raise ParamsError(f"synth: --workers {workers}; expected at least 1")
     if int(test_cases) < 0:
         raise ParamsError(f"synth: --test-cases {test_cases}; expected 0 or more")
+    if int(val_cases) < 0:
+        raise ParamsError(f"synth: --val-cases {val_cases}; expected 0 or more")
     out = Path(out)
     with output_folder(out, overwrite=overwrite) as staging:
         (staging / "img").mkdir()
         (staging / "seg").mkdir()
         (staging / EXACT_SEG_DIR).mkdir()
-        results = _generate_cases(staging, cases, seed, workers, config, progress, test_cases)
+        results = _generate_cases(staging, cases, seed, workers, config, progress, test_cases, val_cases)
         write_annotation(staging / "annotation.yaml", {name: grades for name, grades, _ in results})
         atomic_write_text(staging / TRUTH_FILE, _truth_csv(results))
-        atomic_write_json(staging / META_FILE, _meta(cases, seed, config, test_cases))
+        atomic_write_json(staging / META_FILE, _meta(cases, seed, config, test_cases, val_cases))
     return out
 
 
@@ -163,15 +185,18 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def default_dataset_paths(data_dir, cases: int = 64, seed: int = 0, size: int = 64, test_cases: int = 0) -> dict:
+def default_dataset_paths(data_dir, cases: int = 64, seed: int = 0, size: int = 64, test_cases: int = 0,
+                          val_cases: int = 0) -> dict:
     """Where the study keeps SynthSpine: ``{"original": ..., "processed": ...}`` under ``data_dir``
-    (``synthspine-s<seed>-n<cases>``, with ``-t<test_cases>`` when there is a test cohort)."""
-    root = Path(data_dir) / (f"synthspine-s{int(seed)}-n{int(cases)}" + (f"-t{int(test_cases)}" if test_cases else ""))
+    (``synthspine-s<seed>-n<cases>``, with ``-t<test_cases>`` when there is a test cohort and
+    ``-v<val_cases>`` when there is a validation cohort)."""
+    root = Path(data_dir) / (f"synthspine-s{int(seed)}-n{int(cases)}" + (f"-t{int(test_cases)}" if test_cases else "")
+                             + (f"-v{int(val_cases)}" if val_cases else ""))
     return {"original": root / "original", "processed": root / f"processed-{int(size)}"}
 
 
 def ensure_generated(original: Path, cases: int, seed: int, workers: int, config: SynthConfig,
-                     test_cases: int = 0) -> Path:
+                     test_cases: int = 0, val_cases: int = 0) -> Path:
     """Step 1: the original layout at ``original``, generated when missing, reused when its ``synth.json`` matches.
 
     A folder made with another generator version, seed, case count or config is
@@ -179,11 +204,11 @@ def ensure_generated(original: Path, cases: int, seed: int, workers: int, config
     """
     if not original.exists():
         return generate_dataset(original, cases=cases, seed=seed, workers=workers, config=config,
-                                test_cases=test_cases)
-    if _read_json(original / META_FILE) != json.loads(json.dumps(_meta(cases, seed, config, test_cases))):
+                                test_cases=test_cases, val_cases=val_cases)
+    if _read_json(original / META_FILE) != json.loads(json.dumps(_meta(cases, seed, config, test_cases, val_cases))):
         raise DatasetError(
             f"{original}: exists but its {META_FILE} does not match SynthSpine {GENERATOR_VERSION} with "
-            f"seed={seed}, cases={cases}, test_cases={test_cases} and this config (missing, older generator or other parameters); "
+            f"seed={seed}, cases={cases}, test_cases={test_cases}, val_cases={val_cases} and this config (missing, older generator or other parameters); "
             "delete the folder or choose another data directory")
     return original
 
@@ -205,7 +230,8 @@ def _preprocess_and_split(original: Path, processed: Path, recipe: dict, workers
         source = recipe["source"]
         split_dataset(made, recipe["tag"], folds=recipe["folds"], val_fraction=recipe["val_fraction"],
                       seed=recipe["split_seed"],
-                      test_only=enriched_case_ids(source["seed"], source.get("test_cases", 0)))
+                      test_only=enriched_case_ids(source["seed"], source.get("test_cases", 0)),
+                      val_only=enriched_case_ids(source["seed"], source.get("val_cases", 0), "val"))
         atomic_write_json(made / PROCESSED_MARKER, recipe)
         os.replace(made, processed)
     finally:
@@ -233,19 +259,20 @@ def ensure_processed(original: Path, processed: Path, recipe: dict, workers: int
 
 def ensure_default_dataset(data_dir, cases: int = 64, seed: int = 0, size: int = 64, workers: int = 2,
                            tag: str = "synth", folds: int = 5, val_fraction: float = 0.2,
-                           config: SynthConfig | None = None, test_cases: int = 0) -> dict:
+                           config: SynthConfig | None = None, test_cases: int = 0, val_cases: int = 0) -> dict:
     """The study's SynthSpine: generated, pre-processed and split when missing, reused when present.
 
     Layout: ``data_dir/synthspine-s{seed}-n{cases}/original`` (original layout) and
     ``.../processed-{size}`` (patches + split lists ``{tag}-f0`` ...), each reused only
     when its recorded parameters match (otherwise a :class:`DatasetError`; nothing is
     overwritten). ``test_cases`` cases of the fracture-enriched test cohort join every
-    fold's test list (never training or validation). Returns ``{"original": Path, "processed": Path}``.
+    fold's test list (never training or validation), ``val_cases`` of the validation cohort every
+    fold's validation list (never training or test). Returns ``{"original": Path, "processed": Path}``.
     """
     config = config or SynthConfig()
-    paths = default_dataset_paths(data_dir, cases, seed, size, test_cases)
-    ensure_generated(paths["original"], cases, seed, workers, config, test_cases)
-    recipe = {"source": _meta(cases, seed, config, test_cases), "size": int(size), "tag": tag, "folds": int(folds),
+    paths = default_dataset_paths(data_dir, cases, seed, size, test_cases, val_cases)
+    ensure_generated(paths["original"], cases, seed, workers, config, test_cases, val_cases)
+    recipe = {"source": _meta(cases, seed, config, test_cases, val_cases), "size": int(size), "tag": tag, "folds": int(folds),
               "val_fraction": float(val_fraction), "split_seed": int(seed)}
     ensure_processed(paths["original"], paths["processed"], recipe, workers)
     return paths

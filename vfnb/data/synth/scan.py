@@ -41,19 +41,22 @@ class SynthCase:
 
 
 # The cohorts a case can belong to, and the stream each draws from: the study cohort
-# ("synth-s<seed>-<k>") and the fracture-enriched test cohort ("synth-s<seed>-t<k>").
-COHORTS = ("study", "test")
+# ("synth-s<seed>-<k>"), the fracture-enriched test cohort ("synth-s<seed>-t<k>") and the
+# fracture-enriched validation cohort ("synth-s<seed>-v<k>").
+COHORTS = ("study", "test", "val")
+_COHORT_PREFIX = {"study": "", "test": "t", "val": "v"}
+_COHORT_STREAM = {"study": [], "test": [1], "val": [2]}
 
 
 def case_id(seed: int, index: int, cohort: str = "study") -> str:
-    return f"synth-s{int(seed)}-{'t' if cohort == 'test' else ''}{int(index):04d}"
+    return f"synth-s{int(seed)}-{_COHORT_PREFIX.get(cohort, '')}{int(index):04d}"
 
 
 def _case_rng(seed: int, index: int, cohort: str) -> np.random.Generator:
     """Case ``index``'s generator: a function of ``(seed, index)`` and its cohort only."""
     if cohort not in COHORTS:
         raise ParamsError(f"SynthSpine: cohort {cohort!r}; expected one of {', '.join(COHORTS)}")
-    key = [int(seed), int(index)] + ([1] if cohort == "test" else [])
+    key = [int(seed), int(index)] + _COHORT_STREAM[cohort]
     return np.random.default_rng(key)
 
 
