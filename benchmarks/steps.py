@@ -9,7 +9,10 @@ momentum 0.9, weight decay 1e-4).
 :func:`run` is the ``steps`` section of ``python -m benchmarks``: training steps per
 second of the engine's loop for the default recipe, data path included, and of the
 step alone for resnet10 and the paper's SEResNet50, today's settings against the new
-ones, with FLOPs per step and the share of the fp32 peak (BENCHMARKS.md).
+ones, with FLOPs per step and the share of the fp32 peak (BENCHMARKS.md). SupCon
+pretraining has its own batch in the default study; ``supcon_study_batch`` times it
+against today's settings on the shared batch at the same vertebrae an epoch, so its
+ratio is work (vertebrae) per second, not steps.
 """
 
 from __future__ import annotations
@@ -140,7 +143,9 @@ def engine_child(dataset: str, run_dir: str, recipes: dict, reps: int, warmup: i
     out = {}
     for name, recipe in recipes.items():
         torch.set_num_threads(cpu_threads("auto", recipe["workers"], 1))  # as training_processes sets it
-        runs = {label: _engine_state(dataset, run_dir, recipe, setting)
+        per_label = recipe.get("per_label", {})
+        recipe = {k: v for k, v in recipe.items() if k != "per_label"}
+        runs = {label: _engine_state(dataset, run_dir, recipe, {**setting, **per_label.get(label, {})})
                 for label, setting in (("today", TODAY), ("new", NEW))}
         times = {label: [] for label in runs}
         for epoch in range(warmup + reps):
@@ -149,6 +154,9 @@ def engine_child(dataset: str, run_dir: str, recipes: dict, reps: int, warmup: i
                 if epoch >= warmup:
                     times[label].append(seconds)
         out[name] = {"epoch_seconds": times, "steps": len(runs["new"][1].batches),
+                     "steps_by_label": {k: len(d.batches) for k, (_, d) in runs.items()},
+                     "vertebrae_by_label": {k: len(d.batches) * 4 * {**recipe, **per_label.get(k, {})}["batch_per_grade"]
+                                            for k, (_, d) in runs.items()},
                      "threads": torch.get_num_threads(),
                      "channels_last": {k: s.channels_last for k, (s, _) in runs.items()}}
         del runs
@@ -188,9 +196,38 @@ def recipes(quick: bool) -> dict:
     shared.update(epoch_mode="replacement", batches_per_epoch=2 if quick else 8)
     if quick:
         shared.update(cube_size=16, batch_per_grade=1, workers=1)
-    return {"supcon": {**shared, "mode": "supcon", "augmentation": p["supcon_augmentation"], "lr": p["supcon_lr"],
-                       "temperature": p["temperature"], "base_temperature": p["base_temperature"]},
-            "ce": {**shared, "mode": "ce", "augmentation": "paper", "lr": p["ce_lr"]}}
+    supcon = {**shared, "mode": "supcon", "augmentation": p["supcon_augmentation"], "lr": p["supcon_lr"],
+              "temperature": p["temperature"], "base_temperature": p["base_temperature"]}
+    # SupCon's own batch (new) against the shared one (today), the same vertebrae an epoch
+    own = 2 if quick else int(p.get("supcon_batch_per_grade", shared["batch_per_grade"]))
+    vertebrae = shared["batch_per_grade"] * shared["batches_per_epoch"]
+    per_label = {"today": {}, "new": {"batch_per_grade": own, "batches_per_epoch": max(1, vertebrae // own)}}
+    return {"supcon": supcon, "ce": {**shared, "mode": "ce", "augmentation": "paper", "lr": p["ce_lr"]},
+            "supcon_study_batch": {**supcon, "per_label": per_label}}
+
+
+def _study_batch_figures(recipe: dict, res: dict, size: int, peak: float) -> dict:
+    """Vertebrae per second: SupCon on its own batch with the new settings, against the shared batch today."""
+    from .harness import figure, ratio_figure
+
+    per_label = recipe["per_label"]
+    batch = {k: {**recipe, **per_label[k]}["batch_per_grade"] for k in ("today", "new")}
+    rates = {k: [res["vertebrae_by_label"][k] / s for s in v] for k, v in res["epoch_seconds"].items()}
+    what = (f"engine supcon epoch ({recipe['backbone']}, {recipe['cube_size']}^3, {res['vertebrae_by_label']['new']} "
+            f"vertebrae x 2 views an epoch; today: {4 * batch['today']} vertebrae a step, today's settings; new: "
+            f"{4 * batch['new']} a step, the study's SupCon batch and the new settings; {recipe['workers']} DataLoader "
+            f"workers, {res['threads']} torch thread(s)) on synthetic {size}^3-in-plane HU patches, data path included")
+    figures = {}
+    for label in ("today", "new"):
+        flops = flops_per_step(recipe["backbone"], recipe["cube_size"], 4 * batch[label])
+        extra = dict(flops_per_step=flops, threads=res["threads"], peak_gflops=peak)
+        figures[f"steps.supcon_study_batch_{label}_vertebrae_per_s"] = figure(rates[label], "vertebrae/s", what,
+                                                                              **extra)
+        gflops = [flops * res["steps_by_label"][label] / s / 1e9 for s in res["epoch_seconds"][label]]
+        figures[f"steps.supcon_study_batch_{label}_gflops"] = figure(gflops, "GFLOP/s", what, **extra)
+    figures["steps.supcon_study_batch_speedup"] = ratio_figure(
+        rates["new"], rates["today"], "x", f"new / today vertebrae per second, paired epochs; {what}")
+    return figures
 
 
 def run(cfg) -> dict:
@@ -214,6 +251,9 @@ def run(cfg) -> dict:
                     timeout=cfg.timeout)["recipes"]
     figures: dict = {}
     for name, res in got.items():
+        if name == "supcon_study_batch":
+            figures.update(_study_batch_figures(the_recipes[name], res, size, peak))
+            continue
         r = the_recipes[name]
         flops = flops_per_step(r["backbone"], r["cube_size"], 4 * r["batch_per_grade"])
         rates = {k: [res["steps"] / s for s in v] for k, v in res["epoch_seconds"].items()}
