@@ -199,9 +199,12 @@ def recipes(quick: bool) -> dict:
     supcon = {**shared, "mode": "supcon", "augmentation": p["supcon_augmentation"], "lr": p["supcon_lr"],
               "temperature": p["temperature"], "base_temperature": p["base_temperature"]}
     # SupCon's own batch (new) against the shared one (today), the same vertebrae an epoch
+    # (epochs of 24 shared batches: an epoch's fixed costs, the loader's start among them, weigh on both alike)
     own = 2 if quick else int(p.get("supcon_batch_per_grade", shared["batch_per_grade"]))
-    vertebrae = shared["batch_per_grade"] * shared["batches_per_epoch"]
-    per_label = {"today": {}, "new": {"batch_per_grade": own, "batches_per_epoch": max(1, vertebrae // own)}}
+    long_epoch = shared["batches_per_epoch"] if quick else 3 * shared["batches_per_epoch"]
+    vertebrae = shared["batch_per_grade"] * long_epoch
+    per_label = {"today": {"batches_per_epoch": long_epoch},
+                 "new": {"batch_per_grade": own, "batches_per_epoch": max(1, vertebrae // own)}}
     return {"supcon": supcon, "ce": {**shared, "mode": "ce", "augmentation": "paper", "lr": p["ce_lr"]},
             "supcon_study_batch": {**supcon, "per_label": per_label}}
 
